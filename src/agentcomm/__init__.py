@@ -1,0 +1,75 @@
+"""agentcomm: reliable communication for the agents of a multi-agent system.
+
+Open a hub with `agentcomm.connect(url)`; get agents from it with `await hub.agent(name)`.
+"""
+
+from contextlib import suppress as _suppress
+
+from .agent import Agent, Outgoing
+from .errors import (
+    AgentCommError,
+    AlreadySettled,
+    BackendError,
+    BackendUnavailable,
+    ConfigurationError,
+    EncodeError,
+    HubClosed,
+    InvalidName,
+    LeaseLost,
+    NotFound,
+    RequestTimeout,
+    UnknownAgent,
+    ValidationError,
+)
+from .hub import Hub, connect
+from .mailbox import Message, Reply
+from .models import (
+    AgentInfo,
+    DeadLetter,
+    HubStats,
+    MailboxStats,
+    PendingInfo,
+    PruneReport,
+    ScheduleInfo,
+)
+from .settings import Backoff, Retention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentCommError",
+    "AgentInfo",
+    "AlreadySettled",
+    "Backoff",
+    "BackendError",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "DeadLetter",
+    "EncodeError",
+    "Hub",
+    "HubClosed",
+    "HubStats",
+    "InvalidName",
+    "LeaseLost",
+    "MailboxStats",
+    "Message",
+    "NotFound",
+    "Outgoing",
+    "PendingInfo",
+    "PruneReport",
+    "Reply",
+    "RequestTimeout",
+    "Retention",
+    "ScheduleInfo",
+    "UnknownAgent",
+    "ValidationError",
+    "connect",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        with _suppress(AttributeError, TypeError):
+            _obj.__module__ = "agentcomm"
+del _name, _obj, _suppress

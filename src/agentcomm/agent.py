@@ -1,0 +1,309 @@
+"""An agent's handle: its identity when sending, and its mailbox when receiving."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import msgspec
+
+from .backends.base import mail_channel, reply_channel
+from .codec import encode_metadata, encode_payload
+from .errors import HubClosed, RequestTimeout, ValidationError
+from .mailbox import Message, Reply
+from .models import NewMessage, ScheduleSpec
+from .scheduling import first_occurrence, validate_recurrence
+from .validation import (
+    check_attempts,
+    check_name,
+    check_non_negative,
+    check_positive,
+    check_priority,
+)
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["Agent", "Outgoing"]
+
+_TOUCH_EVERY = 5.0  # seconds between last_seen updates of an active agent
+
+
+class Outgoing(msgspec.Struct, kw_only=True):
+    """One message for `Agent.send_many`; the fields mean what `Agent.send`'s arguments mean."""
+
+    to: str
+    data: Any
+    type: str = "message"
+    priority: int = 0
+    ttl: float | None = None
+    max_attempts: int | None = None
+    idempotency_key: str | None = None
+    delay: float | None = None
+    at: datetime | float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Agent:
+    """A registered agent. Get one with `await hub.agent(name)`.
+
+    Every message it sends carries its name as the sender; nothing else can set the sender.
+    """
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self._hub = hub
+        self._name = name
+        self._touched = time.time()
+
+    @property
+    def name(self) -> str:
+        """The agent's name."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<Agent {self._name!r}>"
+
+    async def _touch(self, now: float) -> None:
+        if now - self._touched >= _TOUCH_EVERY:
+            self._touched = now
+            await self._hub._require_backend().register_agent(self._name, now)
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _build(self, out: Outgoing, now: float) -> NewMessage:
+        hub = self._hub
+        check_name("recipient", out.to)
+        check_name("type", out.type)
+        ttl = hub.default_ttl if out.ttl is None else check_positive("ttl", out.ttl)
+        if out.delay is not None and out.at is not None:
+            raise ValidationError("Give delay= or at=, not both.")
+        visible_at = now
+        if out.delay is not None:
+            visible_at = now + check_non_negative("delay", out.delay)
+        elif out.at is not None:
+            visible_at = out.at.timestamp() if isinstance(out.at, datetime) else float(out.at)
+        key = out.idempotency_key
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise ValidationError("idempotency_key must be a non-empty string of <= 256 chars.")
+        data, kind = encode_payload(out.data)
+        return NewMessage(
+            id=uuid4().hex,
+            sender=self._name,
+            recipient=out.to,
+            type=out.type,
+            priority=check_priority(out.priority),
+            data=data,
+            data_kind=kind,
+            metadata=encode_metadata(out.metadata),
+            enqueued_at=now,
+            visible_at=visible_at,
+            # TTL counts from when the message becomes deliverable
+            expires_at=None if math.isinf(ttl) else visible_at + ttl,
+            max_attempts=check_attempts(
+                hub.max_attempts if out.max_attempts is None else out.max_attempts
+            ),
+            idempotency_key=key,
+            dedupe_until=None if key is None else now + hub.retention.dedupe_window,
+        )
+
+    async def send(
+        self,
+        to: str,
+        data: Any,
+        *,
+        type: str = "message",
+        priority: int = 0,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        at: datetime | float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Send `data` to agent `to`'s mailbox and return the message id.
+
+        `ttl` (default: the hub's, 24 h; `math.inf` for none) counts from when the message
+        becomes deliverable; `delay` seconds or `at` (datetime or epoch seconds) hold it back.
+        A repeated `idempotency_key` (same sender and recipient, within the dedupe window)
+        returns the first message's id and stores nothing.
+        """
+        out = Outgoing(
+            to=to, data=data, type=type, priority=priority, ttl=ttl, max_attempts=max_attempts,
+            idempotency_key=idempotency_key, delay=delay, at=at, metadata=metadata,
+        )  # fmt: skip
+        ids = await self.send_many((out,))
+        return ids[0]
+
+    async def send_many(self, messages: Iterable[Outgoing]) -> list[str]:
+        """Send several messages in one atomic step; returns their ids in order."""
+        hub = self._hub
+        backend = hub._require_backend()
+        now = time.time()
+        built = [self._build(out, now) for out in messages]
+        if not built:
+            return []
+        ids = await backend.enqueue(built, auto_register=hub.auto_register, now=now)
+        await self._touch(now)
+        return ids
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def receive(
+        self, timeout: float | None = None, lease: float | None = None
+    ) -> Message | None:
+        """Wait for the next message and lease it for `lease` seconds (default: the hub's).
+
+        Returns None only when `timeout` seconds pass with nothing to deliver; `timeout=None`
+        waits as long as it takes, `timeout=0` only looks.
+        """
+        got = await self.receive_many(1, timeout=timeout, lease=lease)
+        return got[0] if got else None
+
+    async def receive_many(
+        self, max_messages: int = 100, *, timeout: float | None = None, lease: float | None = None
+    ) -> list[Message]:
+        """Like `receive`, but lease up to `max_messages` ready messages at once, best first.
+
+        Returns as soon as at least one is ready; an empty list only on timeout.
+        """
+        hub = self._hub
+        backend = hub._require_backend()
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+            raise ValidationError("max_messages must be an int >= 1.")
+        lease = hub.lease if lease is None else check_positive("lease", lease)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + check_non_negative("timeout", timeout)
+        with backend.notifier.listen(mail_channel(self._name)) as listener:
+            while True:
+                hub._require_backend()  # raises HubClosed once the hub closes
+                listener.rearm()
+                now = time.time()
+                claimed = await backend.claim(
+                    self._name, max_messages=max_messages, lease=lease, now=now
+                )
+                if claimed.messages:
+                    await self._touch(now)
+                    return [Message(hub, m) for m in claimed.messages]
+                wait = backend.recheck_interval
+                if claimed.next_wake is not None:
+                    wait = min(wait, max(claimed.next_wake - time.time(), 0.0) + 0.001)
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return []
+                    wait = min(wait, remaining)
+                await listener.wait(wait)
+
+    async def messages(
+        self, *, lease: float | None = None, batch: int = 1
+    ) -> AsyncIterator[Message]:
+        """Yield messages as they arrive, waiting without polling; ends when the hub closes."""
+        while True:
+            try:
+                got = await self.receive_many(batch, lease=lease)
+            except HubClosed:
+                return
+            for msg in got:
+                yield msg
+
+    # --- request / reply ---------------------------------------------------------------------
+
+    async def request(
+        self,
+        to: str,
+        data: Any,
+        *,
+        type: str = "request",
+        timeout: float = 30.0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> Reply:
+        """Send a request and wait for its reply.
+
+        The request is correlated by an id it carries (never by agent names) and expires from
+        the recipient's mailbox with the timeout. Raises RequestTimeout after `timeout` seconds;
+        a reply arriving later is discarded and counted.
+        """
+        timeout = check_positive("timeout", timeout)
+        hub = self._hub
+        backend = hub._require_backend()
+        now = time.time()
+        msg = self._build(
+            Outgoing(to=to, data=data, type=type, priority=priority, ttl=timeout,
+                     max_attempts=1, metadata=metadata),
+            now,
+        )  # fmt: skip
+        cid = uuid4().hex
+        msg.correlation_id = cid
+        msg.reply_to = self._name
+        msg.request_deadline = now + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with backend.notifier.listen(reply_channel(cid)) as listener:
+            await backend.enqueue([msg], auto_register=hub.auto_register, now=now)
+            while True:
+                remaining = deadline - loop.time()
+                if remaining > 0:
+                    await listener.wait(min(remaining, backend.recheck_interval))
+                    listener.rearm()
+                    hub._require_backend()
+                    remaining = deadline - loop.time()
+                reply = await backend.take_reply(cid, abandon=remaining <= 0)
+                if reply is not None:
+                    return Reply(cid, reply)
+                if remaining <= 0:
+                    raise RequestTimeout(
+                        f"No reply from {to!r} to request {cid} within {timeout:g} s. "
+                        "A reply that arrives later is discarded and counted."
+                    )
+
+    # --- scheduling --------------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        to: str,
+        data: Any,
+        *,
+        type: str = "message",
+        cron: str | None = None,
+        every: float | None = None,
+        priority: int = 0,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Send `data` to `to` at every occurrence of `cron` (UTC) or every `every` seconds.
+
+        Returns the schedule id for `hub.cancel_schedule`. Each occurrence enqueues exactly one
+        message; occurrences missed while no hub ran are coalesced into one.
+        """
+        validate_recurrence(cron, every)
+        hub = self._hub
+        backend = hub._require_backend()
+        check_name("recipient", to)
+        check_name("type", type)
+        payload, kind = encode_payload(data)
+        now = time.time()
+        spec = ScheduleSpec(
+            id=uuid4().hex,
+            sender=self._name,
+            recipient=to,
+            type=type,
+            priority=check_priority(priority),
+            data=payload,
+            data_kind=kind,
+            metadata=encode_metadata(metadata),
+            ttl=hub.default_ttl if ttl is None else check_positive("ttl", ttl),
+            max_attempts=check_attempts(hub.max_attempts if max_attempts is None else max_attempts),
+            cron=cron,
+            every=every,
+            next_run=first_occurrence(cron, every, now),
+            created_at=now,
+        )
+        await backend.add_schedule(spec, auto_register=hub.auto_register)
+        return spec.id

@@ -1,0 +1,68 @@
+"""Storage backends, chosen by URL scheme: `sqlite://` (default), `memory://`."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import ConfigurationError
+from ..settings import Retention
+from .base import Backend
+
+__all__ = ["Backend", "DEFAULT_URL", "open_backend"]
+
+DEFAULT_URL = "sqlite:///agentcomm.db"
+_SCHEMES = ("sqlite", "memory")
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def open_backend(url: str, retention: Retention) -> Backend:
+    """Build the backend named by `url` (not yet opened)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if scheme == "memory":
+        from .memory import MemoryBackend
+
+        return MemoryBackend(parts.netloc + parts.path.strip("/"), retention)
+    if scheme == "sqlite":
+        return _sqlite(parts.path, query, retention)
+    raise ConfigurationError(
+        f"Unknown backend scheme {scheme!r} in {url!r}; use one of: "
+        + ", ".join(f"{s}://" for s in _SCHEMES)
+        + "."
+    )
+
+
+def _sqlite(path: str, query: dict[str, str], retention: Retention) -> Backend:
+    from .sqlite import SQLiteBackend
+
+    # sqlite:///relative.db -> "relative.db"; sqlite:////abs/path.db -> "/abs/path.db"
+    path = path[1:] if path.startswith("/") else path
+    if not path or path == ":memory:":
+        raise ConfigurationError(
+            "A sqlite:// URL needs a file path, e.g. sqlite:///./agentcomm.db; "
+            "for a store in memory use memory://."
+        )
+    unknown = set(query) - {"synchronous", "busy_timeout", "recheck"}
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown sqlite URL option(s) {sorted(unknown)}; "
+            "known: synchronous, busy_timeout (ms), recheck (s)."
+        )
+    synchronous = query.get("synchronous", "NORMAL").upper()
+    if synchronous not in _SYNCHRONOUS:
+        raise ConfigurationError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}.")
+    try:
+        busy_timeout = int(query.get("busy_timeout", "10000"))
+        recheck = float(query.get("recheck", "2.0"))
+    except ValueError as exc:
+        raise ConfigurationError(f"Bad sqlite URL option: {exc}") from exc
+    if busy_timeout < 0 or recheck <= 0:
+        raise ConfigurationError("busy_timeout must be >= 0 and recheck > 0.")
+    return SQLiteBackend(
+        path,
+        retention,
+        synchronous=synchronous,
+        busy_timeout_ms=busy_timeout,
+        recheck_interval=recheck,
+    )

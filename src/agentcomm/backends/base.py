@@ -1,0 +1,169 @@
+"""The backend contract: what a storage engine must do for the hub.
+
+Backends store *encoded* records (see `agentcomm.models`); validation, encoding, ids, clocks
+and waiting live once in the feature layer (`hub.py`, `agent.py`, `mailbox.py`). Every method
+that changes state must be atomic on its own, also against other processes using the same
+store. After a change, a backend notifies the channels it touched on `self.notifier`:
+
+- `mail:<agent>`: a message became ready (or may have) for `<agent>`;
+- `reply:<correlation id>`: a reply arrived;
+- `schedules`: a schedule was added or cancelled.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from ..models import (
+    AgentInfo,
+    Claimed,
+    DeadLetter,
+    HubStats,
+    MailboxStats,
+    NewMessage,
+    PendingInfo,
+    PruneReport,
+    ScheduleInfo,
+    ScheduleSpec,
+    Settle,
+    StoredReply,
+)
+from ..notify import Notifier
+from ..settings import Retention
+
+
+def mail_channel(agent: str) -> str:
+    """The channel notified when `agent`'s mailbox may have a ready message."""
+    return "mail:" + agent
+
+
+def reply_channel(correlation_id: str) -> str:
+    """The channel notified when the reply to `correlation_id` arrives."""
+    return "reply:" + correlation_id
+
+
+SCHEDULES_CHANNEL = "schedules"
+
+#: Seconds a reply slot outlives its deadline before pruning, so the requester's last look
+#: at the slot never races the prune.
+REPLY_GRACE = 60.0
+
+
+class Backend(abc.ABC):
+    """A storage engine behind a hub. One instance serves one hub, on one event loop."""
+
+    notifier: Notifier
+    retention: Retention
+
+    #: Seconds between safety re-checks while waiting. A backend whose notifications reach
+    #: every process sets this high; one that may miss a wake-up sets it low.
+    recheck_interval: float = 60.0
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or attach to the store; start any background machinery."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish queued work and release every resource. Idempotent."""
+
+    # --- agents ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_agent(self, name: str, now: float) -> AgentInfo:
+        """Register `name`, or refresh its `last_seen` if it exists."""
+
+    @abc.abstractmethod
+    async def list_agents(self) -> list[AgentInfo]:
+        """Every registered agent, by name."""
+
+    # --- mailboxes ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(
+        self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
+    ) -> list[str]:
+        """Store messages in order and return their ids.
+
+        A message whose (sender, recipient, idempotency_key) was seen before its dedupe window
+        ended is not stored; the first message's id is returned in its place. An unknown
+        recipient raises UnknownAgent unless `auto_register`. A message with
+        `request_deadline` also opens a reply slot for its correlation id.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
+        """Lease up to `max_messages` ready messages for `agent`, best first.
+
+        Highest priority first, FIFO within a priority. Before claiming, due delayed messages
+        become ready, and expired leases become ready again, or dead when their attempts are
+        used up. Expired messages are never returned. `next_wake` is the earliest time a
+        delayed message or a lease of this mailbox falls due.
+        """
+
+    @abc.abstractmethod
+    async def settle(self, op: Settle, *, now: float) -> bool:
+        """Ack, nack, dead-letter or extend one delivery. False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def mailbox_stats(self, agent: str) -> MailboxStats:
+        """Counts of `agent`'s mailbox by state."""
+
+    @abc.abstractmethod
+    async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
+        """Undelivered and in-flight messages of `agent`, best first, without payloads."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
+        """Dead-lettered messages of `agent`, oldest first."""
+
+    @abc.abstractmethod
+    async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
+        """Make dead letters ready again with a fresh attempt count; None means all of them."""
+
+    # --- request / reply ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def post_reply(
+        self, correlation_id: str, reply: StoredReply, ack: Settle | None, *, now: float
+    ) -> bool:
+        """Hand a reply to its waiting requester and settle the request, atomically.
+
+        Returns False, counting a late reply, when no requester waits any more.
+        """
+
+    @abc.abstractmethod
+    async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
+        """Remove and return the reply if it arrived. With `abandon`, also close the slot so a
+        later reply is counted as late."""
+
+    # --- schedules ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_schedule(self, spec: ScheduleSpec, *, auto_register: bool) -> None:
+        """Store a schedule."""
+
+    @abc.abstractmethod
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule; False if there was none."""
+
+    @abc.abstractmethod
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, soonest first."""
+
+    @abc.abstractmethod
+    async def fire_due(self, now: float) -> float | None:
+        """Enqueue one message for every schedule due at `now` and move each to its next
+        occurrence, in one atomic step. Returns the next time a schedule falls due."""
+
+    # --- housekeeping ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def prune(self, now: float) -> PruneReport:
+        """Expire overdue messages, dead-letter exhausted leases, and delete finished rows,
+        dedupe keys and abandoned reply slots older than the retention policy."""
+
+    @abc.abstractmethod
+    async def stats(self) -> HubStats:
+        """Event counters since the store was created."""

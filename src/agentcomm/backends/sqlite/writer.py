@@ -1,0 +1,201 @@
+"""The SQLite writer thread: every operation runs here, and concurrent ones share a commit.
+
+Operations submitted from the event loop within one loop iteration travel together; the thread
+drains everything queued, runs it in one `BEGIN IMMEDIATE` transaction, commits once, then
+resolves all the waiting futures with a single hop back to the loop (group commit). If one
+operation of a batch raises, the batch is rolled back and each operation is re-run in a
+transaction of its own, so one bad call cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ...errors import AgentCommError, BackendError, BackendUnavailable
+
+T = TypeVar("T")
+
+#: An operation: runs on the writer's connection inside a transaction, adds the notification
+#: channels it touched to the set, and returns its result.
+Op = Callable[[sqlite3.Connection, set[str]], Any]
+
+_MAX_BATCH = 1024
+
+
+class _Job:
+    __slots__ = ("error", "fn", "future", "result")
+
+    def __init__(self, fn: Op, future: asyncio.Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def map_sqlite_error(exc: BaseException) -> BaseException:
+    """Our own errors pass through; driver errors become BackendError / BackendUnavailable."""
+    if isinstance(exc, AgentCommError):
+        return exc
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        mapped: BackendError = BackendUnavailable(
+            f"The SQLite database stayed locked past the busy timeout ({exc}). "
+            "Another process holds a long write transaction; raise busy_timeout in the URL."
+        )
+    elif isinstance(exc, sqlite3.Error):
+        mapped = BackendError(f"SQLite failed: {exc}")
+    else:
+        return exc
+    mapped.__cause__ = exc
+    return mapped
+
+
+class Writer:
+    """Owns the write connection and the thread that uses it."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        ping: Callable[[set[str]], None],
+        notify: Callable[[set[str]], None],
+    ) -> None:
+        self._connect = connect
+        self._ping = ping  # on the writer thread after a commit: tell other processes
+        self._notify = notify  # on the loop thread after a commit: wake local waiters
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._pending: list[_Job] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the thread; raises what opening the connection raised."""
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="agentcomm-sqlite", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            raise map_sqlite_error(self._start_error)
+
+    def submit(self, fn: Op) -> asyncio.Future[Any]:
+        """Queue `fn` for the next transaction; must be called on the loop thread."""
+        loop = self._loop
+        assert loop is not None
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(_Job(fn, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._queue.put(batch)
+
+    async def stop(self) -> None:
+        """Run what is queued, then stop the thread and close the connection."""
+        self._flush()
+        self._queue.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    # --- writer thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            stop = False
+            while not stop:
+                first = self._queue.get()
+                if first is None:
+                    break
+                jobs = first
+                while len(jobs) < _MAX_BATCH:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    jobs.extend(more)
+                self._run_batch(conn, jobs)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        touched: set[str] = set()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                job.result = job.fn(conn, touched)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(conn)
+            if len(jobs) == 1:
+                jobs[0].error = map_sqlite_error(exc)
+                touched.clear()
+            else:
+                touched = self._run_one_by_one(conn, jobs)
+        if touched:
+            with contextlib.suppress(Exception):
+                self._ping(touched)
+        self._resolve(jobs, touched)
+
+    def _run_one_by_one(self, conn: sqlite3.Connection, jobs: list[_Job]) -> set[str]:
+        all_touched: set[str] = set()
+        for job in jobs:
+            touched: set[str] = set()
+            job.result, job.error = None, None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                job.result = job.fn(conn, touched)
+                conn.execute("COMMIT")
+                all_touched |= touched
+            except BaseException as exc:
+                _rollback(conn)
+                job.error = map_sqlite_error(exc)
+        return all_touched
+
+    def _resolve(self, jobs: list[_Job], touched: set[str]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        # RuntimeError: the loop closed meanwhile, so nobody waits for these results
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_deliver, jobs, touched, self)
+
+
+def _deliver(jobs: list[_Job], touched: set[str], writer: Writer) -> None:
+    for job in jobs:
+        fut = job.future
+        if fut.done():
+            continue
+        if job.error is not None:
+            fut.set_exception(job.error)
+        else:
+            fut.set_result(job.result)
+    if touched:
+        writer._notify(touched)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")

@@ -1,0 +1,95 @@
+"""The exception hierarchy. Every error agentcomm raises is an :class:`AgentCommError`.
+
+::
+
+    AgentCommError
+    ├── ConfigurationError          bad URL, unknown backend, missing extra
+    ├── ValidationError (ValueError) an argument is out of range or malformed
+    │   ├── InvalidName              agent name does not follow the naming rules
+    │   └── EncodeError              payload or metadata cannot be encoded
+    ├── NotFound (LookupError)
+    │   └── UnknownAgent             recipient was never registered
+    ├── LeaseLost                    ack/nack/extend after the lease passed to another delivery
+    ├── AlreadySettled               the message was already acked, nacked or dead-lettered
+    ├── RequestTimeout (TimeoutError) no reply before the deadline
+    ├── HubClosed                    the hub is closed or was never opened
+    └── BackendError                 the storage engine failed
+        └── BackendUnavailable       the storage engine cannot be reached or stays locked
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentCommError",
+    "AlreadySettled",
+    "BackendError",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "EncodeError",
+    "HubClosed",
+    "InvalidName",
+    "LeaseLost",
+    "NotFound",
+    "RequestTimeout",
+    "UnknownAgent",
+    "ValidationError",
+]
+
+
+class AgentCommError(Exception):
+    """Root of every error raised by agentcomm."""
+
+
+class ConfigurationError(AgentCommError):
+    """The hub cannot be built as asked: bad URL, unknown scheme, or a missing optional extra."""
+
+
+class ValidationError(AgentCommError, ValueError):
+    """An argument is malformed or out of range; nothing was stored."""
+
+
+class InvalidName(ValidationError):
+    """A name (agent, namespace, ...) does not follow the naming rules."""
+
+
+class EncodeError(ValidationError):
+    """A payload or metadata value cannot be encoded; nothing was stored."""
+
+
+class NotFound(AgentCommError, LookupError):
+    """The named object does not exist."""
+
+
+class UnknownAgent(NotFound):
+    """The recipient agent was never registered with this hub."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"Agent {name!r} is not registered. Register it with `await hub.agent({name!r})` "
+            "first, or open the hub with `auto_register=True`."
+        )
+        self.name = name
+
+
+class LeaseLost(AgentCommError):
+    """The lease ended and the message was delivered again; this delivery cannot settle it."""
+
+
+class AlreadySettled(AgentCommError):
+    """The message was already acked, nacked or dead-lettered through this handle."""
+
+
+class RequestTimeout(AgentCommError, TimeoutError):
+    """No reply arrived before the request's timeout; a later reply is discarded and counted."""
+
+
+class HubClosed(AgentCommError):
+    """The hub is closed, or was used before it was opened."""
+
+
+class BackendError(AgentCommError):
+    """The storage engine reported an error."""
+
+
+class BackendUnavailable(BackendError):
+    """The storage engine cannot be reached, or stayed locked past the busy timeout."""

@@ -1,0 +1,226 @@
+"""The hub: one connection to a backend, the agents on it, and its background housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any
+
+from .agent import Agent
+from .backends import DEFAULT_URL, open_backend
+from .backends.base import SCHEDULES_CHANNEL, Backend
+from .errors import AgentCommError, HubClosed
+from .models import (
+    AgentInfo,
+    DeadLetter,
+    HubStats,
+    MailboxStats,
+    PendingInfo,
+    PruneReport,
+    ScheduleInfo,
+)
+from .settings import Backoff, Retention
+from .validation import check_attempts, check_name, check_positive
+
+__all__ = ["Hub", "connect"]
+
+
+def connect(
+    url: str | None = None,
+    *,
+    auto_register: bool = False,
+    default_ttl: float = 86400.0,
+    max_attempts: int = 3,
+    lease: float = 30.0,
+    retention: Retention | None = None,
+    backoff: Backoff | None = None,
+    background: bool = True,
+) -> Hub:
+    """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
+
+    `url` defaults to `$AGENTCOMM_URL`, else `sqlite:///agentcomm.db`. Schemes: `sqlite://`,
+    `memory://`. `default_ttl`, `max_attempts` and `lease` are the defaults for messages sent
+    and received through this hub. With `background` (default), the hub fires due schedules and
+    runs retention passes while it is open.
+    """
+    return Hub(
+        url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL,
+        auto_register=auto_register,
+        default_ttl=check_positive("default_ttl", default_ttl),
+        max_attempts=check_attempts(max_attempts),
+        lease=check_positive("lease", lease),
+        retention=retention or Retention(),
+        backoff=backoff or Backoff(),
+        background=background,
+    )
+
+
+class Hub:
+    """A connection to an agentcomm store. Create it with `agentcomm.connect()`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auto_register: bool,
+        default_ttl: float,
+        max_attempts: int,
+        lease: float,
+        retention: Retention,
+        backoff: Backoff,
+        background: bool,
+    ) -> None:
+        self.url = url
+        self.auto_register = auto_register
+        self.default_ttl = default_ttl
+        self.max_attempts = max_attempts
+        self.lease = lease
+        self.retention = retention
+        self.backoff = backoff
+        self._background = background
+        self._backend: Backend = open_backend(url, retention)
+        self._state = "new"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._agents: dict[str, Agent] = {}
+
+    def __repr__(self) -> str:
+        return f"<Hub {self.url} {self._state}>"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> Hub:
+        """Open the backend and start housekeeping; returns the hub."""
+        if self._state == "open":
+            return self
+        if self._state == "closed":
+            raise HubClosed("This hub was closed; call agentcomm.connect() again for a new one.")
+        await self._backend.open()
+        self._state = "open"
+        if self._background:
+            self._spawn(self._run_schedules())
+            self._spawn(self._run_retention())
+        return self
+
+    async def aclose(self) -> None:
+        """Stop housekeeping, finish queued writes and close the backend. Idempotent."""
+        if self._state == "closed":
+            return
+        was_open = self._state == "open"
+        self._state = "closed"
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if was_open:
+            await self._backend.close()
+
+    async def __aenter__(self) -> Hub:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __await__(self) -> Generator[Any, None, Hub]:
+        return self.open().__await__()
+
+    def _require_backend(self) -> Backend:
+        if self._state != "open":
+            raise HubClosed(
+                "The hub is closed." if self._state == "closed"
+                else "The hub is not open yet: use `async with agentcomm.connect(...)` "
+                "or `hub = await agentcomm.connect(...)`."
+            )  # fmt: skip
+        return self._backend
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_schedules(self) -> None:
+        backend = self._backend
+        with backend.notifier.listen(SCHEDULES_CHANNEL) as listener:
+            while self._state == "open":
+                listener.rearm()
+                try:
+                    next_run = await backend.fire_due(time.time())
+                except AgentCommError:  # e.g. locked past the busy timeout: try again soon
+                    next_run = time.time() + 1.0
+                wait = backend.recheck_interval * 5
+                if next_run is not None:
+                    wait = min(wait, max(next_run - time.time(), 0.0) + 0.001)
+                await listener.wait(wait)
+
+    async def _run_retention(self) -> None:
+        while self._state == "open":
+            await asyncio.sleep(self.retention.interval)
+            with contextlib.suppress(AgentCommError):  # retried on the next pass
+                await self._backend.prune(time.time())
+
+    # --- agents and mailboxes ------------------------------------------------------------------
+
+    async def agent(self, name: str) -> Agent:
+        """Register agent `name` (or re-attach to it) and return its handle."""
+        check_name("agent name", name)
+        backend = self._require_backend()
+        await backend.register_agent(name, time.time())
+        handle = self._agents.get(name)
+        if handle is None:
+            handle = self._agents[name] = Agent(self, name)
+        return handle
+
+    async def agents(self) -> list[AgentInfo]:
+        """Every registered agent with when it was created and last seen."""
+        return await self._require_backend().list_agents()
+
+    async def queue_depth(self, agent: str) -> int:
+        """How many messages wait to be delivered to `agent` (ready or delayed)."""
+        return (await self.mailbox_stats(agent)).pending
+
+    async def mailbox_stats(self, agent: str) -> MailboxStats:
+        """Counts of `agent`'s mailbox: ready, delayed, in flight, dead."""
+        return await self._require_backend().mailbox_stats(check_name("agent name", agent))
+
+    async def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
+        """Messages waiting for or leased by `agent`, best first, without payloads."""
+        return await self._require_backend().pending(check_name("agent name", agent), limit=limit)
+
+    async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Dead-lettered messages of `agent`, with reason and attempts, oldest first."""
+        backend = self._require_backend()
+        return await backend.dead_letters(check_name("agent name", agent), limit=limit)
+
+    async def requeue_dead_letters(self, agent: str, ids: list[str] | None = None) -> int:
+        """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts."""
+        backend = self._require_backend()
+        return await backend.requeue_dead(check_name("agent name", agent), ids, now=time.time())
+
+    # --- schedules -----------------------------------------------------------------------------
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, soonest first."""
+        return await self._require_backend().list_schedules()
+
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        """Stop a schedule; False if no schedule had that id."""
+        return await self._require_backend().cancel_schedule(schedule_id)
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    async def prune(self) -> PruneReport:
+        """Run a retention pass now (the hub also runs one every `retention.interval`)."""
+        return await self._require_backend().prune(time.time())
+
+    async def stats(self) -> HubStats:
+        """Counters: sent, deduplicated, expired, dead-lettered, late replies, scheduled runs."""
+        return await self._require_backend().stats()

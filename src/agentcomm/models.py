@@ -1,0 +1,232 @@
+"""Records: the public read-only views users get back, and the encoded records backends store."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "AgentInfo",
+    "DeadLetter",
+    "HubStats",
+    "MailboxStats",
+    "PendingInfo",
+    "PruneReport",
+    "ScheduleInfo",
+]
+
+
+class State(IntEnum):
+    """Where a stored message is in its life. Values are stored on disk: do not renumber."""
+
+    READY = 0
+    IN_FLIGHT = 1
+    DELAYED = 2
+    DEAD = 3
+    EXPIRED = 4
+    ACKED = 5
+
+
+class DataKind(IntEnum):
+    """How a payload's bytes are to be read back."""
+
+    JSON = 0
+    BYTES = 1
+
+
+# --- public views -------------------------------------------------------------------------
+
+
+class AgentInfo(msgspec.Struct, frozen=True):
+    """A registered agent and when it was last active (a send, a receive, or a re-attach)."""
+
+    name: str
+    created_at: float
+    last_seen: float
+
+
+class MailboxStats(msgspec.Struct, frozen=True):
+    """Counts of one agent's mailbox by state."""
+
+    agent: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet delivered: ready now or delayed."""
+        return self.ready + self.delayed
+
+
+class PendingInfo(msgspec.Struct, frozen=True):
+    """A message waiting in (or leased from) a mailbox, described without its payload."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    priority: int
+    state: str
+    attempt: int
+    enqueued_at: float
+    visible_at: float
+    expires_at: float | None
+    size: int
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A message that will not be delivered again unless requeued."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    reason: str
+    attempts: int
+    enqueued_at: float
+    dead_at: float
+    data: Any
+    metadata: dict[str, Any]
+
+
+class ScheduleInfo(msgspec.Struct, frozen=True):
+    """A recurring delivery: one message per occurrence of `cron` or every `every` seconds."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    cron: str | None
+    every: float | None
+    next_run: float
+    runs: int
+
+
+class HubStats(msgspec.Struct, frozen=True):
+    """Event counters kept by the backend since the store was created."""
+
+    sent: int
+    deduplicated: int
+    expired: int
+    dead_lettered: int
+    late_replies: int
+    scheduled_runs: int
+
+
+class PruneReport(msgspec.Struct, frozen=True):
+    """What one retention pass did."""
+
+    expired: int
+    dead_lettered: int
+    pruned_messages: int
+    pruned_dedupe_keys: int
+    pruned_requests: int
+
+
+# --- records stored by backends ------------------------------------------------------------
+
+
+class NewMessage(msgspec.Struct):
+    """A message ready to be stored: payload and metadata already encoded."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    priority: int
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    enqueued_at: float
+    visible_at: float
+    expires_at: float | None
+    max_attempts: int
+    idempotency_key: str | None = None
+    dedupe_until: float | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    # Set on requests: the backend opens a reply slot that lives until this time.
+    request_deadline: float | None = None
+
+
+class StoredMessage(msgspec.Struct):
+    """A delivered message as the backend returns it: still encoded."""
+
+    seq: int
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    priority: int
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    attempt: int
+    max_attempts: int
+    enqueued_at: float
+    lease_until: float
+    correlation_id: str | None
+    reply_to: str | None
+
+
+class StoredReply(msgspec.Struct):
+    """A reply waiting for its requester."""
+
+    id: str
+    sender: str
+    type: str
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    sent_at: float
+
+
+class Claimed(msgspec.Struct):
+    """The result of a claim: the messages leased, and when the mailbox next changes by itself."""
+
+    messages: list[StoredMessage]
+    next_wake: float | None
+
+
+class SettleKind(IntEnum):
+    """What a consumer does with a delivery."""
+
+    ACK = 0
+    NACK = 1
+    DEAD = 2
+    EXTEND = 3
+
+
+class Settle(msgspec.Struct):
+    """One settle operation on one delivery (`seq` at `attempt`)."""
+
+    kind: SettleKind
+    recipient: str
+    seq: int
+    attempt: int
+    # NACK: visible again at this time; EXTEND: lease ends at this time.
+    until: float = 0.0
+    reason: str = ""
+
+
+class ScheduleSpec(msgspec.Struct):
+    """A schedule to store: the message template and its recurrence."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    priority: int
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    ttl: float | None
+    max_attempts: int
+    cron: str | None
+    every: float | None
+    next_run: float
+    created_at: float
