@@ -14,7 +14,7 @@ import msgspec
 
 from .backends.base import mail_channel, reply_channel
 from .codec import encode_metadata, encode_payload
-from .errors import HubClosed, RequestTimeout, ValidationError
+from .errors import HubClosed, LeaseLost, RequestTimeout, ValidationError
 from .mailbox import Message, Reply
 from .models import NewMessage, ScheduleSpec
 from .scheduling import first_occurrence, validate_recurrence
@@ -198,6 +198,25 @@ class Agent:
                         return []
                     wait = min(wait, remaining)
                 await listener.wait(wait)
+
+    async def ack_many(self, messages: Iterable[Message]) -> None:
+        """Ack several received messages in one atomic step.
+
+        Raises LeaseLost naming the messages whose lease was lost; the others are acked.
+        """
+        batch = list(messages)
+        ops = [m._ack_op() for m in batch]
+        if not ops:
+            return
+        results = await self._hub._require_backend().settle_many(ops, now=time.time())
+        lost = [m.id for m, ok in zip(batch, results, strict=True) if not ok]
+        for m, ok in zip(batch, results, strict=True):
+            m._settled = ok
+        if lost:
+            raise LeaseLost(
+                f"Could not ack {len(lost)} message(s) whose lease ended and which were "
+                f"delivered again or settled elsewhere: {', '.join(lost[:10])}."
+            )
 
     async def messages(
         self, *, lease: float | None = None, batch: int = 1

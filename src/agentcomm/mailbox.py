@@ -128,6 +128,11 @@ class Message:
         if op.kind != SettleKind.EXTEND:
             self._settled = True
 
+    def _ack_op(self) -> Settle:
+        if self._settled:
+            raise AlreadySettled(f"Message {self.id} was already settled; cannot ack it.")
+        return self._op(SettleKind.ACK)
+
     async def ack(self) -> None:
         """Mark the message done; it is never delivered again."""
         await self._settle(self._op(SettleKind.ACK), "ack")

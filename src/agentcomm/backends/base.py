@@ -107,6 +107,10 @@ class Backend(abc.ABC):
         """Ack, nack, dead-letter or extend one delivery. False if the lease was lost."""
 
     @abc.abstractmethod
+    async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        """Settle several deliveries in one atomic step; one result per op, as `settle`."""
+
+    @abc.abstractmethod
     async def mailbox_stats(self, agent: str) -> MailboxStats:
         """Counts of `agent`'s mailbox by state."""
 

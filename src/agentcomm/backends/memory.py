@@ -341,6 +341,9 @@ class MemoryBackend(Backend):
     async def settle(self, op: Settle, *, now: float) -> bool:
         return self._run(lambda store, touched: self._settle(store, op, now, touched))
 
+    async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        return self._run(lambda store, touched: [self._settle(store, o, now, touched) for o in ops])
+
     async def mailbox_stats(self, agent: str) -> MailboxStats:
         counts = dict.fromkeys(State, 0)
         with self._store.lock:

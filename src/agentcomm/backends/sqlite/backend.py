@@ -293,6 +293,13 @@ class SQLiteBackend(Backend):
         result: bool = await self._do(lambda conn, touched: self._settle_in(conn, op, now, touched))
         return result
 
+    async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[bool]:
+            return [self._settle_in(conn, o, now, touched) for o in ops]
+
+        result: list[bool] = await self._do(op)
+        return result
+
     async def mailbox_stats(self, agent: str) -> MailboxStats:
         def op(conn: sqlite3.Connection, touched: set[str]) -> MailboxStats:
             one = "SELECT COUNT(*) FROM messages WHERE recipient = ? AND state = ?"
