@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import platform
@@ -184,7 +185,7 @@ def render(rows: list[Row], env: dict[str, Any]) -> Table:
 def to_json(rows: list[Row], env: dict[str, Any], config: Config) -> dict[str, Any]:
     return {
         "environment": env,
-        "config": config.__dict__,
+        "config": dataclasses.asdict(config),
         "rows": [
             {
                 "key": r.key,

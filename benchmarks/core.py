@@ -28,11 +28,13 @@ __all__ = [
     "Ratio",
     "Row",
     "benchmark",
+    "cpu_count",
     "drain_ratio",
     "fresh_dir",
     "payload",
     "payloads",
     "registry",
+    "run",
 ]
 
 PAYLOAD_BYTES = 200
@@ -115,7 +117,7 @@ class Bench:
 
     name: str
     fn: BenchFn
-    repeat: bool  # False: run once whatever --rounds says (slow peers, latency distribution)
+    repeat: bool  # False: run once whatever --rounds says (the slow peers)
 
 
 registry: list[Bench] = []
