@@ -8,13 +8,13 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import msgspec
 
 from .backends.base import mail_channel, reply_channel
 from .codec import encode_metadata, encode_payload
 from .errors import HubClosed, LeaseLost, RequestTimeout, ValidationError
+from .ids import new_id
 from .mailbox import Message, Reply
 from .models import NewMessage, ScheduleSpec
 from .scheduling import first_occurrence, validate_recurrence
@@ -92,7 +92,7 @@ class Agent:
             raise ValidationError("idempotency_key must be a non-empty string of <= 256 chars.")
         data, kind = encode_payload(out.data)
         return NewMessage(
-            id=uuid4().hex,
+            id=new_id(),
             sender=self._name,
             recipient=out.to,
             type=out.type,
@@ -257,7 +257,7 @@ class Agent:
                      max_attempts=1, metadata=metadata),
             now,
         )  # fmt: skip
-        cid = uuid4().hex
+        cid = new_id()
         msg.correlation_id = cid
         msg.reply_to = self._name
         msg.request_deadline = now + timeout
@@ -309,7 +309,7 @@ class Agent:
         payload, kind = encode_payload(data)
         now = time.time()
         spec = ScheduleSpec(
-            id=uuid4().hex,
+            id=new_id(),
             sender=self._name,
             recipient=to,
             type=type,

@@ -173,13 +173,15 @@ class SQLiteBackend(Backend):
     async def enqueue(
         self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
     ) -> list[str]:
+        rows = [_row_tuple(m, now) for m in messages]  # built here, off the writer thread
+
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[str]:
             for recipient in {m.recipient for m in messages}:
                 self._require_agent(conn, recipient, auto_register, now)
             ids: list[str] = []
             plain: list[tuple[Any, ...]] = []
             deduplicated = 0
-            for m in messages:
+            for m, row in zip(messages, rows, strict=True):
                 if m.idempotency_key is not None:
                     if plain:  # keep FIFO order: store what came before first
                         conn.executemany(_INSERT, plain)
@@ -198,7 +200,7 @@ class SQLiteBackend(Backend):
                         " VALUES (?, ?, ?, ?, ?)",
                         (m.sender, m.recipient, m.idempotency_key, m.id, m.dedupe_until or now),
                     )
-                plain.append(_row_tuple(m, now))
+                plain.append(row)
                 if m.request_deadline is not None and m.correlation_id is not None:
                     conn.execute(
                         "INSERT OR REPLACE INTO requests (correlation_id, deadline) VALUES (?, ?)",
@@ -208,7 +210,6 @@ class SQLiteBackend(Backend):
                 ids.append(m.id)
             if plain:
                 conn.executemany(_INSERT, plain)
-            _bump(conn, "sent", len(messages) - deduplicated)
             _bump(conn, "deduplicated", deduplicated)
             return ids
 
@@ -216,20 +217,22 @@ class SQLiteBackend(Backend):
         return result
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
-        def op(conn: sqlite3.Connection, touched: set[str]) -> Claimed:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> tuple[list[Any], float | None]:
             self._fire_timers(conn, agent, now)
             rows = conn.execute(_CLAIM, (now + lease, agent, now, max_messages)).fetchall()
-            messages = [StoredMessage(*r) for r in rows]
-            if len(messages) > 1:  # RETURNING gives no order guarantee
-                messages.sort(key=lambda m: (-m.priority, m.seq))
+            if rows:  # the caller only needs the next wake-up when it has to wait
+                return rows, None
             next_wake = conn.execute(
                 "SELECT MIN(visible_at) FROM messages WHERE recipient = ? AND state IN (1, 2)",
                 (agent,),
             ).fetchone()[0]
-            return Claimed(messages, next_wake)
+            return rows, next_wake
 
-        result: Claimed = await self._do(op)
-        return result
+        rows, next_wake = await self._do(op)
+        messages = [StoredMessage(*r) for r in rows]
+        if len(messages) > 1:  # RETURNING gives no order guarantee
+            messages.sort(key=lambda m: (-m.priority, m.seq))
+        return Claimed(messages, next_wake)
 
     @staticmethod
     def _fire_timers(conn: sqlite3.Connection, agent: str, now: float) -> None:
@@ -294,7 +297,21 @@ class SQLiteBackend(Backend):
         return result
 
     async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        plain_acks = self.retention.acked == 0 and all(o.kind == SettleKind.ACK for o in ops)
+        keys = [(o.seq, o.attempt) for o in ops] if plain_acks else []
+
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[bool]:
+            if plain_acks:
+                # the common case in one statement; if any lease was lost, find out which
+                conn.execute("SAVEPOINT acks")
+                cur = conn.executemany(
+                    "DELETE FROM messages WHERE seq = ? AND attempt = ? AND state IN (0, 1)", keys
+                )
+                if cur.rowcount == len(keys):
+                    conn.execute("RELEASE acks")
+                    return [True] * len(keys)
+                conn.execute("ROLLBACK TO acks")
+                conn.execute("RELEASE acks")
             return [self._settle_in(conn, o, now, touched) for o in ops]
 
         result: list[bool] = await self._do(op)
@@ -497,7 +514,6 @@ class SQLiteBackend(Backend):
                 )
                 touched.add(mail_channel(spec.recipient))
             _bump(conn, "scheduled_runs", len(due))
-            _bump(conn, "sent", len(due))
             nxt: float | None = conn.execute("SELECT MIN(next_run) FROM schedules").fetchone()[0]
             return nxt
 
@@ -550,7 +566,11 @@ class SQLiteBackend(Backend):
 
     async def stats(self) -> HubStats:
         def op(conn: sqlite3.Connection, touched: set[str]) -> dict[str, int]:
-            return dict(conn.execute("SELECT name, value FROM counters").fetchall())
+            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+            # every stored message took the next AUTOINCREMENT sequence number
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
+            counters["sent"] = (row.fetchone() or (0,))[0]
+            return counters
 
         counters: dict[str, int] = await self._do(op)
         return HubStats(**{f: counters.get(f, 0) for f in HubStats.__struct_fields__})

@@ -94,6 +94,9 @@ def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Con
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
+    # The writer checkpoints when idle (see writer.py); this only bounds the WAL under
+    # sustained load.
+    conn.execute("PRAGMA wal_autocheckpoint = 10000")
     return conn
 
 

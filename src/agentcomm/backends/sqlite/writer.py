@@ -1,8 +1,8 @@
 """The SQLite writer thread: every operation runs here, and concurrent ones share a commit.
 
-Operations submitted from the event loop within one loop iteration travel together; the thread
-drains everything queued, runs it in one `BEGIN IMMEDIATE` transaction, commits once, then
-resolves all the waiting futures with a single hop back to the loop (group commit). If one
+The thread takes everything queued, runs it in one `BEGIN IMMEDIATE` transaction, commits once,
+then resolves all the waiting futures with a single hop back to the loop (group commit): the
+busier the writer, the bigger its batches. If one
 operation of a batch raises, the batch is rolled back and each operation is re-run in a
 transaction of its own, so one bad call cannot fail its neighbours.
 """
@@ -26,6 +26,9 @@ T = TypeVar("T")
 Op = Callable[[sqlite3.Connection, set[str]], Any]
 
 _MAX_BATCH = 1024
+# Checkpoint the WAL once the writer has been idle this long, instead of inside a commit
+# (SQLite's auto-checkpoint runs inside COMMIT and fsyncs, stalling the caller for ms).
+_IDLE_CHECKPOINT_AFTER = 0.02
 
 
 class _Job:
@@ -67,13 +70,12 @@ class Writer:
         self._connect = connect
         self._ping = ping  # on the writer thread after a commit: tell other processes
         self._notify = notify  # on the loop thread after a commit: wake local waiters
-        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._pending: list[_Job] = []
-        self._flush_scheduled = False
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._dirty = False  # committed since the last checkpoint
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the thread; raises what opening the connection raised."""
@@ -89,21 +91,13 @@ class Writer:
         loop = self._loop
         assert loop is not None
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Job(fn, fut))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        # Straight onto the queue: while the thread works on one transaction, later jobs
+        # pile up and it takes them all for the next one, so batches grow with load.
+        self._queue.put(_Job(fn, fut))
         return fut
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self._queue.put(batch)
 
     async def stop(self) -> None:
         """Run what is queued, then stop the thread and close the connection."""
-        self._flush()
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -122,10 +116,14 @@ class Writer:
         try:
             stop = False
             while not stop:
-                first = self._queue.get()
+                try:
+                    first = self._queue.get(timeout=_IDLE_CHECKPOINT_AFTER if self._dirty else None)
+                except queue.Empty:
+                    self._checkpoint(conn)
+                    continue
                 if first is None:
                     break
-                jobs = first
+                jobs = [first]
                 while len(jobs) < _MAX_BATCH:
                     try:
                         more = self._queue.get_nowait()
@@ -134,7 +132,7 @@ class Writer:
                     if more is None:
                         stop = True
                         break
-                    jobs.extend(more)
+                    jobs.append(more)
                 self._run_batch(conn, jobs)
         finally:
             conn.close()
@@ -146,6 +144,7 @@ class Writer:
             for job in jobs:
                 job.result = job.fn(conn, touched)
             conn.execute("COMMIT")
+            self._dirty = True
         except BaseException as exc:
             _rollback(conn)
             if len(jobs) == 1:
@@ -158,6 +157,11 @@ class Writer:
                 self._ping(touched)
         self._resolve(jobs, touched)
 
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        self._dirty = False
+        with contextlib.suppress(sqlite3.Error):  # best effort: the next idle spell retries
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def _run_one_by_one(self, conn: sqlite3.Connection, jobs: list[_Job]) -> set[str]:
         all_touched: set[str] = set()
         for job in jobs:
@@ -167,6 +171,7 @@ class Writer:
                 conn.execute("BEGIN IMMEDIATE")
                 job.result = job.fn(conn, touched)
                 conn.execute("COMMIT")
+                self._dirty = True
                 all_touched |= touched
             except BaseException as exc:
                 _rollback(conn)
