@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -347,6 +348,21 @@ async def test_history_keeps_the_last_n_versions(hub: agentcomm.Hub) -> None:
     for i in range(3):
         await hub.memory("ns").put("x", i)
     assert len(await kv.history("x")) == 3
+
+
+async def test_change_log_and_history_stay_bounded(
+    hub: agentcomm.Hub, url: str, backend_name: str
+) -> None:
+    kv = hub.memory("ns", history=2, change_log=10)
+    for i in range(200):
+        await kv.put(f"k{i % 4}", i)
+    assert [e.version for e in await kv.history("k0")] == [50, 49]
+    if backend_name == "sqlite":
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            changes = conn.execute("SELECT COUNT(*) FROM kv_changes").fetchone()[0]
+            past = conn.execute("SELECT COUNT(*) FROM kv_history").fetchone()[0]
+        assert 10 <= changes <= 11
+        assert past == 4  # one older version per key
 
 
 async def test_stats_count_keys_bytes_reads_writes_conflicts(hub: agentcomm.Hub) -> None:

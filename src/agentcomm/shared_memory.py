@@ -290,9 +290,9 @@ class SharedMemory:
                 expires_at: float | None = time.time() + check_positive("ttl", ttl)
             else:
                 expires_at = None if current is None else current.expires_at
+            expected = 0 if current is None else current.version
             try:
-                return await self._put(key, new, 0 if current is None else current.version,
-                                       expires_at)  # fmt: skip
+                return await self._put(key, new, expected, expires_at)
             except VersionConflict as exc:
                 conflict = exc
                 await asyncio.sleep(0)
