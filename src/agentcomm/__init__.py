@@ -20,6 +20,7 @@ from .errors import (
     RequestTimeout,
     UnknownAgent,
     ValidationError,
+    VersionConflict,
 )
 from .hub import Hub, connect
 from .mailbox import Message, Reply
@@ -33,6 +34,7 @@ from .models import (
     ScheduleInfo,
 )
 from .settings import Backoff, Retention
+from .shared_memory import Change, Entry, KVStats, SharedMemory
 
 __version__ = "0.1.0"
 
@@ -44,13 +46,16 @@ __all__ = [
     "Backoff",
     "BackendError",
     "BackendUnavailable",
+    "Change",
     "ConfigurationError",
     "DeadLetter",
     "EncodeError",
+    "Entry",
     "Hub",
     "HubClosed",
     "HubStats",
     "InvalidName",
+    "KVStats",
     "LeaseLost",
     "MailboxStats",
     "Message",
@@ -62,8 +67,10 @@ __all__ = [
     "RequestTimeout",
     "Retention",
     "ScheduleInfo",
+    "SharedMemory",
     "UnknownAgent",
     "ValidationError",
+    "VersionConflict",
     "connect",
 ]
 

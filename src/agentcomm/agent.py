@@ -18,6 +18,7 @@ from .ids import new_id
 from .mailbox import Message, Reply
 from .models import NewMessage, ScheduleSpec
 from .scheduling import first_occurrence, validate_recurrence
+from .shared_memory import SharedMemory
 from .validation import (
     check_attempts,
     check_name,
@@ -326,3 +327,22 @@ class Agent:
         )
         await backend.add_schedule(spec, auto_register=hub.auto_register)
         return spec.id
+
+    # --- shared memory -------------------------------------------------------------------------
+
+    def memory(
+        self,
+        namespace: str | None = None,
+        *,
+        history: int | None = None,
+        change_log: int | None = None,
+    ) -> SharedMemory:
+        """This agent's private namespace, or with `namespace` the shared one of that name with
+        writes recorded as this agent's (`Entry.updated_by`).
+
+        The private namespace is keyed by the agent itself, not by a name prefix: no other
+        agent or namespace can reach it. `history` and `change_log` as in `hub.memory`.
+        """
+        return SharedMemory._open(
+            self._hub, namespace, agent=self._name, history=history, change_log=change_log
+        )

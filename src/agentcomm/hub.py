@@ -24,6 +24,7 @@ from .models import (
     ScheduleInfo,
 )
 from .settings import Backoff, Retention
+from .shared_memory import SharedMemory
 from .validation import check_attempts, check_name, check_positive
 
 __all__ = ["Hub", "connect"]
@@ -214,6 +215,22 @@ class Hub:
     async def cancel_schedule(self, schedule_id: str) -> bool:
         """Stop a schedule; False if no schedule had that id."""
         return await self._require_backend().cancel_schedule(schedule_id)
+
+    # --- shared memory -------------------------------------------------------------------------
+
+    def memory(
+        self, namespace: str, *, history: int | None = None, change_log: int | None = None
+    ) -> SharedMemory:
+        """The shared-memory namespace `namespace` (see `SharedMemory`).
+
+        `history` (versions kept per key, default 1) and `change_log` (changes kept for
+        watchers, default 10,000), when given, become the namespace's settings at its next
+        write. Writes through this handle have no author; use `agent.memory(namespace)` to
+        record one.
+        """
+        return SharedMemory._open(
+            self, namespace, agent=None, history=history, change_log=change_log
+        )
 
     # --- housekeeping --------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
 from ..base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
 from . import schema
+from .shared_memory import SQLiteSharedMemory
 from .wake import WakeBus, wake_dir_for
 from .writer import Op, Writer
 
@@ -84,7 +85,7 @@ def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(SQLiteSharedMemory, Backend):
     """Implements the backend contract on one SQLite file."""
 
     def __init__(
@@ -559,6 +560,7 @@ class SQLiteBackend(Backend):
             requests = conn.execute(
                 "DELETE FROM requests WHERE deadline <= ?", (now - REPLY_GRACE,)
             ).rowcount
+            self._kv_prune_in(conn, now, touched)
             return PruneReport(expired, len(dead_rows), pruned, keys, requests)
 
         result: PruneReport = await self._do(op)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .shared_memory import KV_SCHEMA
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -117,6 +119,10 @@ def migrate(conn: sqlite3.Connection) -> None:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # feature tables: idempotent, so a database of this schema version gains them on open
+        for statement in KV_SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
