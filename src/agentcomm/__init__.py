@@ -14,9 +14,11 @@ from .errors import (
     ConfigurationError,
     EncodeError,
     HubClosed,
+    IntegrityError,
     InvalidName,
     LeaseLost,
     NotFound,
+    RefNotFound,
     RequestTimeout,
     UnknownAgent,
     ValidationError,
@@ -33,6 +35,7 @@ from .models import (
     PruneReport,
     ScheduleInfo,
 )
+from .references import AutoPromote, Policy, Ref, RefConfig, RefStats, RefStore
 from .settings import Backoff, Retention
 from .shared_memory import Change, Entry, KVStats, SharedMemory
 
@@ -43,6 +46,7 @@ __all__ = [
     "AgentCommError",
     "AgentInfo",
     "AlreadySettled",
+    "AutoPromote",
     "Backoff",
     "BackendError",
     "BackendUnavailable",
@@ -54,6 +58,7 @@ __all__ = [
     "Hub",
     "HubClosed",
     "HubStats",
+    "IntegrityError",
     "InvalidName",
     "KVStats",
     "LeaseLost",
@@ -62,7 +67,13 @@ __all__ = [
     "NotFound",
     "Outgoing",
     "PendingInfo",
+    "Policy",
     "PruneReport",
+    "Ref",
+    "RefConfig",
+    "RefNotFound",
+    "RefStats",
+    "RefStore",
     "Reply",
     "RequestTimeout",
     "Retention",

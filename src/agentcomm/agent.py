@@ -17,6 +17,7 @@ from .errors import HubClosed, LeaseLost, RequestTimeout, ValidationError
 from .ids import new_id
 from .mailbox import Message, Reply
 from .models import NewMessage, ScheduleSpec
+from .ref_records import REF_FLAG
 from .scheduling import first_occurrence, validate_recurrence
 from .shared_memory import SharedMemory
 from .validation import (
@@ -50,6 +51,16 @@ class Outgoing(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | None = None
 
 
+async def _promote(
+    hub: Hub, messages: list[NewMessage], held: dict[int, tuple[bytes, str]]
+) -> None:
+    """Apply the hub's tier policy to messages about to be enqueued, in place."""
+    refs = hub.refs
+    for m in messages:
+        if refs.policies.by_reference(m.type, len(m.data)):
+            m.data, m.data_kind = await refs._promote(m.type, m.data, m.data_kind, held)
+
+
 class Agent:
     """A registered agent. Get one with `await hub.agent(name)`.
 
@@ -76,7 +87,9 @@ class Agent:
 
     # --- sending -----------------------------------------------------------------------------
 
-    def _build(self, out: Outgoing, now: float) -> NewMessage:
+    def _build(
+        self, out: Outgoing, now: float, memo: dict[int, tuple[bytes, int]] | None = None
+    ) -> NewMessage:
         hub = self._hub
         check_name("recipient", out.to)
         check_name("type", out.type)
@@ -91,7 +104,13 @@ class Agent:
         key = out.idempotency_key
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
             raise ValidationError("idempotency_key must be a non-empty string of <= 256 chars.")
-        data, kind = encode_payload(out.data)
+        if memo is None:
+            data, kind = encode_payload(out.data)
+        else:  # one value sent to many recipients is encoded (and stored by reference) once
+            got = memo.get(id(out.data))
+            if got is None:
+                got = memo[id(out.data)] = encode_payload(out.data)
+            data, kind = got
         return NewMessage(
             id=new_id(),
             sender=self._name,
@@ -145,10 +164,17 @@ class Agent:
         hub = self._hub
         backend = hub._require_backend()
         now = time.time()
-        built = [self._build(out, now) for out in messages]
+        memo: dict[int, tuple[bytes, int]] = {}
+        built = [self._build(out, now, memo) for out in messages]
         if not built:
             return []
-        ids = await backend.enqueue(built, auto_register=hub.auto_register, now=now)
+        held: dict[int, tuple[bytes, str]] = {}
+        try:
+            await _promote(hub, built, held)
+            ids = await backend.enqueue(built, auto_register=hub.auto_register, now=now)
+        finally:
+            if held:  # the stored messages hold their own references now
+                await hub.refs._unhold(held)
         await self._touch(now)
         return ids
 
@@ -189,7 +215,13 @@ class Agent:
                 )
                 if claimed.messages:
                     await self._touch(now)
-                    return [Message(hub, m) for m in claimed.messages]
+                    got = []
+                    for m in claimed.messages:
+                        ref = None
+                        if m.data_kind & REF_FLAG:  # resolved here: msg.data needs no extra call
+                            m.data, m.data_kind, ref = await hub.refs._load(m.data, m.data_kind)
+                        got.append(Message(hub, m, ref))
+                    return got
                 wait = backend.recheck_interval
                 if claimed.next_wake is not None:
                     wait = min(wait, max(claimed.next_wake - time.time(), 0.0) + 0.001)
@@ -265,7 +297,13 @@ class Agent:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with backend.notifier.listen(reply_channel(cid)) as listener:
-            await backend.enqueue([msg], auto_register=hub.auto_register, now=now)
+            held: dict[int, tuple[bytes, str]] = {}
+            try:
+                await _promote(hub, [msg], held)
+                await backend.enqueue([msg], auto_register=hub.auto_register, now=now)
+            finally:
+                if held:
+                    await hub.refs._unhold(held)
             while True:
                 remaining = deadline - loop.time()
                 if remaining > 0:
@@ -274,6 +312,15 @@ class Agent:
                     hub._require_backend()
                     remaining = deadline - loop.time()
                 reply = await backend.take_reply(cid, abandon=remaining <= 0)
+                if reply is not None and reply.data_kind & REF_FLAG:
+                    # the taken reply slot's reference is ours: resolve, then release it
+                    ref_id = reply.data.decode("ascii")
+                    try:
+                        reply.data, reply.data_kind, _ = await hub.refs._load(
+                            reply.data, reply.data_kind
+                        )
+                    finally:
+                        await backend.ref_adjust(ref_id, -1, now=time.time())
                 if reply is not None:
                     return Reply(cid, reply)
                 if remaining <= 0:
@@ -325,7 +372,15 @@ class Agent:
             next_run=first_occurrence(cron, every, now),
             created_at=now,
         )
-        await backend.add_schedule(spec, auto_register=hub.auto_register)
+        held: dict[int, tuple[bytes, str]] = {}
+        try:
+            spec.data, spec.data_kind = await hub.refs._promote(
+                type, spec.data, spec.data_kind, held
+            )
+            await backend.add_schedule(spec, auto_register=hub.auto_register)
+        finally:
+            if held:  # the schedule holds its own reference, and so does each message it sends
+                await hub.refs._unhold(held)
         return spec.id
 
     # --- shared memory -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import msgspec
 
 from .errors import EncodeError
 from .models import DataKind
+from .ref_records import REF_FLAG
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -26,8 +27,17 @@ def encode_payload(value: Any) -> tuple[bytes, int]:
         ) from exc
 
 
+class StoredRef(msgspec.Struct, frozen=True):
+    """A payload stored by reference that was not resolved (see `RefStore`)."""
+
+    id: str
+    kind: int
+
+
 def decode_payload(data: bytes, kind: int) -> Any:
-    """Decode what `encode_payload` produced."""
+    """Decode what `encode_payload` produced; a payload held by reference stays a StoredRef."""
+    if kind & REF_FLAG:
+        return StoredRef(data.decode("ascii"), kind & ~REF_FLAG)
     if kind == DataKind.BYTES:
         return data
     return _decoder.decode(data)

@@ -8,11 +8,13 @@
     │   ├── InvalidName              agent name does not follow the naming rules
     │   └── EncodeError              payload or metadata cannot be encoded
     ├── NotFound (LookupError)
-    │   └── UnknownAgent             recipient was never registered
+    │   ├── UnknownAgent             recipient was never registered
+    │   └── RefNotFound              no stored blob has that reference id
     ├── LeaseLost                    ack/nack/extend after the lease passed to another delivery
     ├── AlreadySettled               the message was already acked, nacked or dead-lettered
     ├── RequestTimeout (TimeoutError) no reply before the deadline
     ├── VersionConflict              a shared-memory write expected another version
+    ├── IntegrityError               a stored blob no longer matches its checksum
     ├── HubClosed                    the hub is closed or was never opened
     └── BackendError                 the storage engine failed
         └── BackendUnavailable       the storage engine cannot be reached or stays locked
@@ -28,9 +30,11 @@ __all__ = [
     "ConfigurationError",
     "EncodeError",
     "HubClosed",
+    "IntegrityError",
     "InvalidName",
     "LeaseLost",
     "NotFound",
+    "RefNotFound",
     "RequestTimeout",
     "UnknownAgent",
     "ValidationError",
@@ -71,6 +75,14 @@ class UnknownAgent(NotFound):
             "first, or open the hub with `auto_register=True`."
         )
         self.name = name
+
+
+class RefNotFound(NotFound):
+    """No blob with that reference id is stored (never stored, or evicted)."""
+
+
+class IntegrityError(AgentCommError):
+    """A stored blob's bytes no longer match its id (SHA-256); no data was returned."""
 
 
 class LeaseLost(AgentCommError):

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import Any
+
+import msgspec
 
 from .agent import Agent
 from .backends import DEFAULT_URL, open_backend
 from .backends.base import SCHEDULES_CHANNEL, Backend
+from .codec import StoredRef, decode_payload
 from .errors import AgentCommError, HubClosed
 from .models import (
     AgentInfo,
@@ -23,6 +26,8 @@ from .models import (
     PruneReport,
     ScheduleInfo,
 )
+from .ref_records import REF_FLAG
+from .references import Policy, PolicyTable, RefConfig, RefStore
 from .settings import Backoff, Retention
 from .shared_memory import SharedMemory
 from .validation import check_attempts, check_name, check_positive
@@ -40,6 +45,9 @@ def connect(
     retention: Retention | None = None,
     backoff: Backoff | None = None,
     background: bool = True,
+    policies: Mapping[str, Policy] | None = None,
+    default_policy: Policy | None = None,
+    refs: RefConfig | None = None,
 ) -> Hub:
     """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
 
@@ -47,6 +55,11 @@ def connect(
     `memory://`. `default_ttl`, `max_attempts` and `lease` are the defaults for messages sent
     and received through this hub. With `background` (default), the hub fires due schedules and
     runs retention passes while it is open.
+
+    `policies` maps message types to their tier (`"value"`, `"reference"` or
+    `AutoPromote(threshold)`); other types and shared-memory puts use `default_policy`
+    (default `AutoPromote(threshold=10_240)`). `refs` configures the reference store
+    (`RefConfig`: GC strategy, default TTL, compression threshold).
     """
     return Hub(
         url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL,
@@ -57,6 +70,8 @@ def connect(
         retention=retention or Retention(),
         backoff=backoff or Backoff(),
         background=background,
+        refs=refs or RefConfig(),
+        policies=PolicyTable(policies, default_policy),
     )
 
 
@@ -74,6 +89,8 @@ class Hub:
         retention: Retention,
         backoff: Backoff,
         background: bool,
+        refs: RefConfig | None = None,
+        policies: PolicyTable | None = None,
     ) -> None:
         self.url = url
         self.auto_register = auto_register
@@ -84,6 +101,10 @@ class Hub:
         self.backoff = backoff
         self._background = background
         self._backend: Backend = open_backend(url, retention)
+        config = refs or RefConfig()
+        self._backend.ref_gc_strategy = config.gc
+        #: The reference store: large payloads stored once, by content (see `RefStore`).
+        self.refs = RefStore(self, config, policies or PolicyTable(None, None))
         self._state = "new"
         self._tasks: set[asyncio.Task[None]] = set()
         self._agents: dict[str, Agent] = {}
@@ -167,6 +188,8 @@ class Hub:
             await asyncio.sleep(self.retention.interval)
             with contextlib.suppress(AgentCommError):  # retried on the next pass
                 await self._backend.prune(time.time())
+                if self.refs.config.gc == "ttl":
+                    await self._backend.ref_gc(now=time.time())
 
     # --- agents and mailboxes ------------------------------------------------------------------
 
@@ -199,7 +222,15 @@ class Hub:
     async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
         """Dead-lettered messages of `agent`, with reason and attempts, oldest first."""
         backend = self._require_backend()
-        return await backend.dead_letters(check_name("agent name", agent), limit=limit)
+        letters = await backend.dead_letters(check_name("agent name", agent), limit=limit)
+        out = []
+        for letter in letters:
+            if isinstance(letter.data, StoredRef):  # a dead letter still holds its payload
+                ref = letter.data
+                data, kind, _ = await self.refs._load(ref.id.encode("ascii"), ref.kind | REF_FLAG)
+                letter = msgspec.structs.replace(letter, data=decode_payload(data, kind))
+            out.append(letter)
+        return out
 
     async def requeue_dead_letters(self, agent: str, ids: list[str] | None = None) -> int:
         """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts."""

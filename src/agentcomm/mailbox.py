@@ -9,6 +9,7 @@ from .codec import decode_metadata, decode_payload, encode_metadata, encode_payl
 from .errors import AlreadySettled, LeaseLost, ValidationError
 from .ids import new_id
 from .models import Settle, SettleKind, StoredMessage, StoredReply
+from .ref_records import Ref
 from .validation import check_name, check_positive
 
 if TYPE_CHECKING:
@@ -26,11 +27,12 @@ class Message:
     up. Unsettled, it is delivered again once the lease ends (with `attempt` + 1).
     """
 
-    __slots__ = ("_data", "_hub", "_metadata", "_settled", "_stored", "lease_until")
+    __slots__ = ("_data", "_hub", "_metadata", "_ref", "_settled", "_stored", "lease_until")
 
-    def __init__(self, hub: Hub, stored: StoredMessage) -> None:
+    def __init__(self, hub: Hub, stored: StoredMessage, ref: Ref | None = None) -> None:
         self._hub = hub
         self._stored = stored
+        self._ref = ref
         self._data: Any = _UNSET
         self._metadata: Any = _UNSET
         self._settled = False
@@ -93,6 +95,11 @@ class Message:
         if self._data is _UNSET:
             self._data = decode_payload(self._stored.data, self._stored.data_kind)
         return self._data
+
+    @property
+    def payload_ref(self) -> Ref | None:
+        """The reference the payload travelled by, or None if it was sent by value."""
+        return self._ref
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -191,7 +198,14 @@ class Message:
         )
         settle = self._op(SettleKind.ACK) if ack and not self._settled else None
         backend = self._hub._require_backend()
-        delivered = await backend.post_reply(cid, reply, settle, now=reply.sent_at)
+        refs = self._hub.refs
+        held: dict[int, tuple[bytes, str]] = {}
+        try:
+            reply.data, reply.data_kind = await refs._promote(type, payload, kind, held)
+            delivered = await backend.post_reply(cid, reply, settle, now=reply.sent_at)
+        finally:
+            if held:  # the reply slot holds its own reference now (if the requester waits)
+                await refs._unhold(held)
         if settle is not None:
             self._settled = True
         return delivered

@@ -9,6 +9,7 @@ appended to the namespace's change log, which `watch()` follows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 import time
@@ -21,8 +22,9 @@ import msgspec
 
 from .backends.base import Backend
 from .codec import decode_payload, encode_payload
-from .errors import HubClosed, ValidationError, VersionConflict
+from .errors import HubClosed, RefNotFound, ValidationError, VersionConflict
 from .kv_records import ChangeKind, KVChangeRecord, KVRecord, KVWrite, Space
+from .ref_records import REF_FLAG, Ref
 from .validation import check_name, check_positive
 
 if TYPE_CHECKING:
@@ -36,6 +38,9 @@ _WILDCARDS = "*?["
 _KIND_NAMES = {ChangeKind.PUT: "put", ChangeKind.DELETE: "delete", ChangeKind.EXPIRE: "expire"}
 _WATCH_BATCH = 256
 _MAX_HISTORY = 1000
+# Reads retried when a value stored by reference was overwritten and evicted between reading
+# the key and resolving the reference.
+_REF_RETRIES = 5
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -48,6 +53,8 @@ class Entry(msgspec.Struct, frozen=True):
     updated_at: float
     updated_by: str | None
     expires_at: float | None = None
+    #: The reference the value is stored by, or None if it is stored by value.
+    payload_ref: Ref | None = None
 
 
 class Change(msgspec.Struct, frozen=True):
@@ -135,15 +142,27 @@ def _check_expected(version: int | None) -> None:
         raise ValidationError(f"expected_version must be an int >= 0, not {version!r}.")
 
 
-def _entry(r: KVRecord) -> Entry:
+async def _value(hub: Hub, data: bytes, kind: int) -> tuple[Any, Ref | None]:
+    if kind & REF_FLAG:
+        data, kind, ref = await hub.refs._load(data, kind)
+        return decode_payload(data, kind), ref
+    return decode_payload(data, kind), None
+
+
+async def _entry(hub: Hub, r: KVRecord) -> Entry:
+    value, ref = await _value(hub, r.data, r.data_kind)
     return Entry(
-        r.key, decode_payload(r.data, r.data_kind), r.version, r.created_at, r.updated_at,
-        r.updated_by, r.expires_at,
-    )  # fmt: skip
+        r.key, value, r.version, r.created_at, r.updated_at, r.updated_by, r.expires_at, ref
+    )
 
 
-def _change(c: KVChangeRecord) -> Change:
-    value = None if c.data is None else decode_payload(c.data, c.data_kind)
+async def _change(hub: Hub, c: KVChangeRecord) -> Change:
+    value = None
+    if c.data is not None:
+        # the change log holds no reference: a value overwritten since may be evicted, and
+        # then arrives as None (the key's later change follows)
+        with contextlib.suppress(RefNotFound):
+            value, _ = await _value(hub, c.data, c.data_kind)
     return Change(_KIND_NAMES[ChangeKind(c.kind)], c.key, c.version, c.seq, c.at, c.by, value)
 
 
@@ -212,9 +231,21 @@ class SharedMemory:
     async def get(self, key: str) -> Entry | None:
         """The key's current entry, or None if it is absent or expired."""
         backend = self._backend()
-        record = await backend.kv_get(self._space, check_key(key), now=time.time())
+        check_key(key)
+        for attempt in range(_REF_RETRIES):
+            record = await backend.kv_get(self._space, key, now=time.time())
+            if record is None:
+                break
+            try:
+                entry = await _entry(self._hub, record)
+            except RefNotFound:
+                if attempt == _REF_RETRIES - 1:
+                    raise
+                continue  # overwritten meanwhile: read the new value
+            self._counters(backend).reads += 1
+            return entry
         self._counters(backend).reads += 1
-        return None if record is None else _entry(record)
+        return None
 
     async def put(
         self,
@@ -237,19 +268,30 @@ class SharedMemory:
     ) -> Entry:
         check_key(key)
         _check_expected(expected_version)
+        backend = self._backend()
         data, kind = encode_payload(value)
-        write = KVWrite(
-            key, data, kind, expected_version, expires_at, self._by, self._history,
-            self._change_log,
-        )  # fmt: skip
-        outcome = await self._backend().kv_put(self._space, write, now=time.time())
+        refs = self._hub.refs
+        held: dict[int, tuple[bytes, str]] = {}
+        try:
+            data, kind = await refs._promote(None, data, kind, held)
+            write = KVWrite(
+                key, data, kind, expected_version, expires_at, self._by, self._history,
+                self._change_log,
+            )  # fmt: skip
+            outcome = await backend.kv_put(self._space, write, now=time.time())
+        finally:
+            if held:  # the entry holds its own reference now (unless the put conflicted)
+                await refs._unhold(held)
         if outcome.conflict:
             assert expected_version is not None
             raise VersionConflict(key, expected_version, outcome.version)
         assert outcome.record is not None
+        ref = None
+        if held:
+            ref, _ = await backend.ref_read(data.decode("ascii"), 0, 0)
         return Entry(
             key, value, outcome.version, outcome.record.created_at, outcome.record.updated_at,
-            self._by, expires_at,
+            self._by, expires_at, ref,
         )  # fmt: skip
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
@@ -312,10 +354,16 @@ class SharedMemory:
         if limit is not None:
             _check_setting("limit", limit, None)
         backend = self._backend()
-        records = await backend.kv_history(
-            self._space, key, limit=limit or _MAX_HISTORY, now=time.time()
-        )
-        return [_entry(r) for r in records]
+        for attempt in range(_REF_RETRIES):
+            records = await backend.kv_history(
+                self._space, key, limit=limit or _MAX_HISTORY, now=time.time()
+            )
+            try:
+                return [await _entry(self._hub, r) for r in records]
+            except RefNotFound:
+                if attempt == _REF_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def stats(self) -> KVStats:
         """Keys, bytes, reads, writes, conflicts and watchers of this namespace."""
@@ -359,7 +407,7 @@ class SharedMemory:
                     after = snap.last_seq
                     for r in snap.records:
                         if fnmatchcase(r.key, pattern):
-                            yield self._initial(r, after)
+                            yield await self._initial(r, after)
                 else:
                     after = since
                 while True:
@@ -376,12 +424,12 @@ class SharedMemory:
                         after = snap.last_seq
                         for r in snap.records:
                             if fnmatchcase(r.key, pattern):
-                                yield self._initial(r, after)
+                                yield await self._initial(r, after)
                         continue
                     for c in batch.changes:
                         after = c.seq
                         if fnmatchcase(c.key, pattern):
-                            yield _change(c)
+                            yield await _change(self._hub, c)
                     if batch.changes:
                         continue
                     wait = backend.recheck_interval
@@ -391,9 +439,6 @@ class SharedMemory:
         finally:
             local.watchers -= 1
 
-    @staticmethod
-    def _initial(r: KVRecord, seq: int) -> Change:
-        return Change(
-            "put", r.key, r.version, seq, r.updated_at, r.updated_by,
-            decode_payload(r.data, r.data_kind),
-        )  # fmt: skip
+    async def _initial(self, r: KVRecord, seq: int) -> Change:
+        value, _ = await _value(self._hub, r.data, r.data_kind)
+        return Change("put", r.key, r.version, seq, r.updated_at, r.updated_by, value)

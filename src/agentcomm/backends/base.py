@@ -32,6 +32,7 @@ from ..models import (
     StoredReply,
 )
 from ..notify import Notifier
+from ..ref_records import Ref, RefMeta, RefStats
 from ..settings import Retention
 
 
@@ -203,6 +204,60 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def kv_counts(self, space: Space, *, now: float) -> KVCounts:
         """Live keys and their bytes; writes and conflicts since the space was created."""
+
+    # --- references --------------------------------------------------------------------------
+    # Blobs addressed by "sha256:<hex of the original bytes>", stored as chunks the feature
+    # layer already compressed (and verifies on read). A stored payload whose kind has
+    # `REF_FLAG` (its data is the id) holds one reference: the backend adds it in the
+    # transaction that stores the row (message, reply slot, schedule, key, past version,
+    # change-log entry) and drops it in the transaction that removes the row or ends its need
+    # (ack, expiry, pruning of dead letters, overwrite, delete, trimming). Adds happen before
+    # drops within a transaction. When a drop reaches zero under the `ref_counting` strategy
+    # the blob is evicted in that same transaction.
+
+    #: The GC strategy (`ref_records.GC_STRATEGIES`); set by the hub before `open`.
+    ref_gc_strategy: str = "ref_counting"
+
+    @abc.abstractmethod
+    async def ref_put(self, meta: RefMeta, chunks: Sequence[bytes], *, now: float) -> Ref:
+        """Store a blob with one reference; if `meta.id` is stored already, add a reference
+        (keeping the longer expiry) and store nothing."""
+
+    @abc.abstractmethod
+    async def ref_stage(self, upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
+        """Store chunk `n` of a streamed upload (None: start a new one); returns the upload."""
+
+    @abc.abstractmethod
+    async def ref_commit(self, upload: int, meta: RefMeta, *, now: float) -> Ref:
+        """Turn a staged upload into the blob `meta.id` with one reference, as `ref_put`
+        (the staged chunks are dropped if the id is stored already)."""
+
+    @abc.abstractmethod
+    async def ref_abort(self, upload: int) -> None:
+        """Drop a staged upload."""
+
+    @abc.abstractmethod
+    async def ref_read(self, ref_id: str, start: int, limit: int) -> tuple[Ref | None, list[bytes]]:
+        """The blob's record and up to `limit` stored chunks from chunk `start`, read atomically;
+        (None, []) if it is not stored."""
+
+    @abc.abstractmethod
+    async def ref_adjust(self, ref_id: str, delta: int, *, now: float) -> Ref | None:
+        """Add (+1) or drop (-1) an explicit reference; None if the blob is not stored. A drop
+        never goes below zero; the record returned is the one after the change."""
+
+    @abc.abstractmethod
+    async def ref_list(self) -> list[Ref]:
+        """Every stored blob's record, by id."""
+
+    @abc.abstractmethod
+    async def ref_gc(self, *, now: float) -> list[Ref]:
+        """Evict unreferenced blobs as the strategy says (`ttl`: only those whose `expires_at`
+        passed; otherwise all) and abandoned uploads; count a GC run. Returns the evicted."""
+
+    @abc.abstractmethod
+    async def ref_stats(self) -> RefStats:
+        """The store's reference counters."""
 
     # --- housekeeping ------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from ..scheduling import next_occurrence, scheduled_message
 from ..settings import Retention
 from .base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
 from .memory_kv import MemorySharedMemory
+from .memory_refs import MemoryReferences, ref_table
 
 T = TypeVar("T")
 
@@ -104,7 +105,7 @@ def _store_for(name: str) -> MemoryStore:
     return store
 
 
-class MemoryBackend(MemorySharedMemory, Backend):
+class MemoryBackend(MemoryReferences, MemorySharedMemory, Backend):
     """Implements the backend contract in memory."""
 
     recheck_interval = 3600.0  # every change notifies every hub of the store directly
@@ -118,6 +119,7 @@ class MemoryBackend(MemorySharedMemory, Backend):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._store.backends.add(self)
+        ref_table(self._store).strategy = self.ref_gc_strategy
 
     async def close(self) -> None:
         self._store.backends.discard(self)
@@ -171,8 +173,10 @@ class MemoryBackend(MemorySharedMemory, Backend):
         row.dead_reason = reason
         if state == State.DEAD:
             store.counters["dead_lettered"] += 1
-        elif state == State.EXPIRED:
+            return  # a dead letter can be requeued: it holds its payload until pruned
+        if state == State.EXPIRED:
             store.counters["expired"] += 1
+        ref_table(store).drop(row.msg.data, row.msg.data_kind)
 
     def _fire_timers(self, store: MemoryStore, box: _Mailbox, now: float) -> None:
         timers = box.timers
@@ -253,6 +257,7 @@ class MemoryBackend(MemorySharedMemory, Backend):
                 store.seq += 1
                 row = _Row(store.seq, m, State.READY)
                 store.rows[row.seq] = row
+                ref_table(store).hold(m.data, m.data_kind)
                 if m.visible_at > now:
                     self._set_timer(store, row, State.DELAYED, m.visible_at)
                 else:
@@ -319,6 +324,7 @@ class MemoryBackend(MemorySharedMemory, Backend):
                 self._finish(store, row, State.ACKED, now)
             else:
                 del store.rows[op.seq]
+                ref_table(store).drop(row.msg.data, row.msg.data_kind)
         elif op.kind == SettleKind.EXTEND:
             if row.state != State.IN_FLIGHT:
                 return False
@@ -411,6 +417,7 @@ class MemoryBackend(MemorySharedMemory, Backend):
                 store.counters["late_replies"] += 1
                 return False
             store.requests[correlation_id] = (slot[0], reply)
+            ref_table(store).hold(reply.data, reply.data_kind)
             touched.add(reply_channel(correlation_id))
             return True
 
@@ -438,16 +445,18 @@ class MemoryBackend(MemorySharedMemory, Backend):
                     spec.recipient, spec.created_at, spec.created_at
                 )
             store.schedules[spec.id] = _Schedule(spec)
+            ref_table(store).hold(spec.data, spec.data_kind)
             touched.add(SCHEDULES_CHANNEL)
 
         self._run(op)
 
     async def cancel_schedule(self, schedule_id: str) -> bool:
         def op(store: MemoryStore, touched: set[str]) -> bool:
-            found = store.schedules.pop(schedule_id, None) is not None
-            if found:
+            gone = store.schedules.pop(schedule_id, None)
+            if gone is not None:
+                ref_table(store).drop(gone.spec.data, gone.spec.data_kind)
                 touched.add(SCHEDULES_CHANNEL)
-            return found
+            return gone is not None
 
         return self._run(op)
 
@@ -478,6 +487,7 @@ class MemoryBackend(MemorySharedMemory, Backend):
                 msg = scheduled_message(spec, now)
                 row = _Row(store.seq, msg, State.READY)
                 store.rows[row.seq] = row
+                ref_table(store).hold(msg.data, msg.data_kind)
                 self._make_ready(store, row)
                 spec.next_run = next_occurrence(spec.cron, spec.every, spec.next_run, now)
                 sched.runs += 1
@@ -513,6 +523,8 @@ class MemoryBackend(MemorySharedMemory, Backend):
                 elif row.state in keep and row.finished_at + keep[row.state] <= now:
                     del store.rows[seq]
                     pruned += 1
+                    if row.state == State.DEAD:
+                        ref_table(store).drop(row.msg.data, row.msg.data_kind)
             stale_keys = [k for k, (_, until) in store.dedupe.items() if until <= now]
             for k in stale_keys:
                 del store.dedupe[k]
@@ -520,7 +532,9 @@ class MemoryBackend(MemorySharedMemory, Backend):
                 c for c, (deadline, _) in store.requests.items() if deadline + REPLY_GRACE <= now
             ]
             for c in stale_requests:
-                del store.requests[c]
+                reply = store.requests.pop(c)[1]
+                if reply is not None:  # a reply nobody took still held its payload's reference
+                    ref_table(store).drop(reply.data, reply.data_kind)
             self._kv_prune_in(store, now, touched)
             return PruneReport(expired, dead, pruned, len(stale_keys), len(stale_requests))
 

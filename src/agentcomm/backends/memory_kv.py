@@ -21,6 +21,7 @@ from ..kv_records import (
     KVWrite,
     Space,
 )
+from .memory_refs import RefTable, ref_table
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -33,11 +34,14 @@ class _Space:
     the change log and counters."""
 
     __slots__ = (
-        "change_log", "changes", "conflicts", "floor", "history", "last_seq", "past", "rows",
-        "tombstones", "writes",
+        "change_log", "changes", "conflicts", "floor", "history", "last_seq", "past", "refs",
+        "rows", "tombstones", "writes",
     )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, refs: RefTable) -> None:
+        # values and past versions hold their references; change-log entries do not, so an
+        # overwrite frees a large value at once instead of when its change leaves the log
+        self.refs = refs
         self.rows: dict[str, KVRecord] = {}
         self.tombstones: dict[str, KVRecord] = {}
         self.past: dict[str, list[KVRecord]] = {}  # oldest first
@@ -74,8 +78,10 @@ class _Space:
         past = self.past.setdefault(key, [])
         if old is not None:
             past.append(old)
+            self.refs.hold(old.data, old.data_kind)
         while past and past[0].version <= new_version - self.history:
-            past.pop(0)
+            gone = past.pop(0)
+            self.refs.drop(gone.data, gone.data_kind)
 
     def end(
         self, space: Space, row: KVRecord, kind: ChangeKind, now: float, by: str | None,
@@ -84,6 +90,7 @@ class _Space:
         version = row.version + 1
         self.keep_history(row.key, row, version)
         del self.rows[row.key]
+        self.refs.drop(row.data, row.data_kind)
         tomb = KVRecord(row.key, version, b"", 0, row.created_at, now, by, None)
         self.tombstones[row.key] = tomb
         self.append(space, kind, tomb, False, touched)
@@ -123,7 +130,7 @@ class MemorySharedMemory:
         spaces = _spaces.setdefault(store, {})
         state = spaces.get(space)
         if state is None:
-            state = spaces[space] = _Space()
+            state = spaces[space] = _Space(ref_table(store))
         return state
 
     async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
@@ -147,6 +154,8 @@ class MemorySharedMemory:
                 s.conflicts += 1
                 return KVOutcome(True, actual)
             version = s.version(w.key) + 1
+            # hold the new value first: an overwrite with the same content must not evict it
+            s.refs.hold(w.data, w.data_kind)
             s.keep_history(w.key, row, version)
             record = KVRecord(
                 w.key, version, w.data, w.data_kind, now if row is None else row.created_at, now,
@@ -154,6 +163,8 @@ class MemorySharedMemory:
             )  # fmt: skip
             s.tombstones.pop(w.key, None)
             s.rows[w.key] = record
+            if row is not None:
+                s.refs.drop(row.data, row.data_kind)
             s.append(space, ChangeKind.PUT, record, True, touched)
             return KVOutcome(False, version, record)
 
@@ -225,4 +236,5 @@ class MemorySharedMemory:
             stale = [k for k, t in s.tombstones.items() if t.updated_at <= now - TOMBSTONE_KEEP]
             for key in stale:
                 del s.tombstones[key]
-                s.past.pop(key, None)
+                for old in s.past.pop(key, []):
+                    s.refs.drop(old.data, old.data_kind)

@@ -38,7 +38,8 @@ from ...notify import Notifier
 from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
 from ..base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
-from . import schema
+from . import references, schema
+from .references import REF_COL, SQLiteReferences
 from .shared_memory import SQLiteSharedMemory
 from .wake import WakeBus, wake_dir_for
 from .writer import Op, Writer
@@ -85,7 +86,7 @@ def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-class SQLiteBackend(SQLiteSharedMemory, Backend):
+class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
     """Implements the backend contract on one SQLite file."""
 
     def __init__(
@@ -112,6 +113,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
         )
         schema.migrate(conn)
+        references.install(conn, lambda: self.ref_gc_strategy)
         return conn
 
     async def open(self) -> None:
@@ -202,6 +204,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
                         (m.sender, m.recipient, m.idempotency_key, m.id, m.dedupe_until or now),
                     )
                 plain.append(row)
+                references.hold(conn, m.data, m.data_kind)
                 if m.request_deadline is not None and m.correlation_id is not None:
                     conn.execute(
                         "INSERT OR REPLACE INTO requests (correlation_id, deadline) VALUES (?, ?)",
@@ -270,8 +273,13 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
         if op.kind == SettleKind.ACK:
             if self.retention.acked > 0:
                 sql = f"UPDATE messages SET state = 5, finished_at = ? WHERE {live}"
-                return conn.execute(sql, (now, *key)).rowcount == 1
-            return conn.execute(f"DELETE FROM messages WHERE {live}", key).rowcount == 1
+                acked = conn.execute(f"{sql} RETURNING {REF_COL}", (now, *key)).fetchone()
+            else:
+                sql = f"DELETE FROM messages WHERE {live} RETURNING {REF_COL}"
+                acked = conn.execute(sql, key).fetchone()
+            if acked is not None:  # an acked message no longer holds its payload's reference
+                references.drop(conn, acked)
+            return acked is not None
         if op.kind == SettleKind.EXTEND:
             sql = "UPDATE messages SET visible_at = ? WHERE seq = ? AND attempt = ? AND state = 1"
             return conn.execute(sql, (op.until, *key)).rowcount == 1
@@ -305,10 +313,15 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             if plain_acks:
                 # the common case in one statement; if any lease was lost, find out which
                 conn.execute("SAVEPOINT acks")
+                held = conn.execute(
+                    f"SELECT data FROM messages WHERE seq IN {_IN_JSON} AND data_kind & 2",
+                    (msgspec.json.encode([k[0] for k in keys]),),
+                ).fetchall()
                 cur = conn.executemany(
                     "DELETE FROM messages WHERE seq = ? AND attempt = ? AND state IN (0, 1)", keys
                 )
                 if cur.rowcount == len(keys):
+                    references.drop(conn, (r[0] for r in held))
                     conn.execute("RELEASE acks")
                     return [True] * len(keys)
                 conn.execute("ROLLBACK TO acks")
@@ -437,6 +450,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             if updated != 1:
                 _bump(conn, "late_replies")
                 return False
+            references.hold(conn, reply.data, reply.data_kind)
             touched.add(reply_channel(correlation_id))
             return True
 
@@ -469,16 +483,21 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
                 "INSERT INTO schedules (id, spec, next_run) VALUES (?, ?, ?)",
                 (spec.id, blob, spec.next_run),
             )
+            references.hold(conn, spec.data, spec.data_kind)
             touched.add(SCHEDULES_CHANNEL)
 
         await self._do(op)
 
     async def cancel_schedule(self, schedule_id: str) -> bool:
         def op(conn: sqlite3.Connection, touched: set[str]) -> bool:
-            gone = conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount
-            if gone:
+            gone = conn.execute(
+                "DELETE FROM schedules WHERE id = ? RETURNING spec", (schedule_id,)
+            ).fetchone()
+            if gone is not None:
+                spec = _spec_decoder.decode(gone[0])
+                references.drop_payload(conn, spec.data, spec.data_kind)
                 touched.add(SCHEDULES_CHANNEL)
-            return bool(gone)
+            return gone is not None
 
         result: bool = await self._do(op)
         return result
@@ -508,6 +527,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             for blob, next_run in due:
                 spec = _spec_decoder.decode(blob)
                 conn.execute(_INSERT, _row_tuple(scheduled_message(spec, now), now))
+                references.hold(conn, spec.data, spec.data_kind)
                 upcoming = next_occurrence(spec.cron, spec.every, next_run, now)
                 conn.execute(
                     "UPDATE schedules SET next_run = ?, runs = runs + 1 WHERE id = ?",
@@ -543,23 +563,35 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
                 dead_rows,
             )
             _bump(conn, "dead_lettered", len(dead_rows))
-            expired = conn.execute(
+            # expired and acked messages release their payload's reference at once, dead
+            # letters (which can be requeued) when they are pruned
+            expired_rows = conn.execute(
                 "UPDATE messages SET state = 4, finished_at = ?"
-                " WHERE state IN (0, 2) AND expires_at <= ?",
+                f" WHERE state IN (0, 2) AND expires_at <= ? RETURNING {REF_COL}",
                 (now, now),
-            ).rowcount
+            ).fetchall()
+            expired = len(expired_rows)
+            references.drop(conn, (row[0] for row in expired_rows))
             _bump(conn, "expired", expired)
             pruned = 0
             for state, keep in ((5, r.acked), (4, r.expired), (3, r.dead)):
-                pruned += conn.execute(
+                gone = conn.execute(
                     "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages"
-                    " WHERE state >= 3 AND finished_at <= ? AND state = ? LIMIT ?)",
+                    " WHERE state >= 3 AND finished_at <= ? AND state = ? LIMIT ?)"
+                    f" RETURNING {REF_COL if state == 3 else 'NULL'}",
                     (now - keep, state, _PRUNE_BATCH),
-                ).rowcount
+                ).fetchall()
+                pruned += len(gone)
+                references.drop(conn, (row[0] for row in gone))
             keys = conn.execute("DELETE FROM dedupe WHERE until <= ?", (now,)).rowcount
-            requests = conn.execute(
-                "DELETE FROM requests WHERE deadline <= ?", (now - REPLY_GRACE,)
-            ).rowcount
+            stale = conn.execute(
+                "DELETE FROM requests WHERE deadline <= ? RETURNING reply", (now - REPLY_GRACE,)
+            ).fetchall()
+            requests = len(stale)
+            for (blob,) in stale:  # a reply nobody took still held its payload's reference
+                if blob is not None:
+                    stored = _reply_decoder.decode(blob)
+                    references.drop_payload(conn, stored.data, stored.data_kind)
             self._kv_prune_in(conn, now, touched)
             return PruneReport(expired, len(dead_rows), pruned, keys, requests)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from .references import REFS_SCHEMA
 from .shared_memory import KV_SCHEMA
 
 SCHEMA_VERSION = 1
@@ -120,7 +121,7 @@ def migrate(conn: sqlite3.Connection) -> None:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         # feature tables: idempotent, so a database of this schema version gains them on open
-        for statement in KV_SCHEMA.split(";"):
+        for statement in (KV_SCHEMA + REFS_SCHEMA).split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute("COMMIT")

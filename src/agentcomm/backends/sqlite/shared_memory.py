@@ -26,6 +26,8 @@ from ...kv_records import (
     KVWrite,
     Space,
 )
+from . import references
+from .references import REF_COL
 
 if TYPE_CHECKING:
     from .writer import Op
@@ -172,10 +174,12 @@ def _keep_history(
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (space.owner, space.namespace, key, *old),
         )
-    conn.execute(
-        f"DELETE FROM kv_history WHERE {_PK} AND version <= ?",
+        references.hold(conn, old[1], old[2])
+    trimmed = conn.execute(
+        f"DELETE FROM kv_history WHERE {_PK} AND version <= ? RETURNING {REF_COL}",
         (space.owner, space.namespace, key, new_version - cfg.history),
-    )
+    ).fetchall()
+    references.drop(conn, (r[0] for r in trimmed))
 
 
 def _end(
@@ -197,6 +201,7 @@ def _end(
         f" expires_at = NULL WHERE {_PK}",
         (version, now, by, space.owner, space.namespace, key),
     )
+    references.drop_payload(conn, row[1], row[2])
     _append(conn, space, cfg, kind, key, version, None, 0, now, by, touched)
     return version
 
@@ -279,6 +284,8 @@ class SQLiteSharedMemory:
                 _count_conflict(conn, space)
                 return KVOutcome(True, actual)
             version += 1
+            # hold the new value first: an overwrite with the same content must not evict it
+            references.hold(conn, w.data, w.data_kind)
             _keep_history(conn, space, cfg, w.key, row, version)
             record = KVRecord(
                 w.key, version, w.data, w.data_kind, now if row is None else row[3], now, w.by,
@@ -290,6 +297,8 @@ class SQLiteSharedMemory:
                 (space.owner, space.namespace, w.key, version, w.data, w.data_kind,
                  record.created_at, now, w.by, w.expires_at),
             )  # fmt: skip
+            if row is not None:
+                references.drop_payload(conn, row[1], row[2])
             _append(conn, space, cfg, ChangeKind.PUT, w.key, version, w.data, w.data_kind, now,
                     w.by, touched)  # fmt: skip
             return KVOutcome(False, version, record)
@@ -402,4 +411,5 @@ class SQLiteSharedMemory:
         ).fetchall()
         for pk in stale:
             conn.execute(f"DELETE FROM kv WHERE {_PK}", pk)
-            conn.execute(f"DELETE FROM kv_history WHERE {_PK}", pk)
+            past = conn.execute(f"DELETE FROM kv_history WHERE {_PK} RETURNING {REF_COL}", pk)
+            references.drop(conn, [r[0] for r in past.fetchall()])
