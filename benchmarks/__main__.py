@@ -20,7 +20,7 @@ from . import core
 from .core import Config, Row
 
 # Each module registers its benchmarks on import; this order is the order of the table.
-MODULES = ("raw", "mailbox", "backlog", "latency", "peers")
+MODULES = ("raw", "mailbox", "backlog", "latency", "peers", "references")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -101,6 +101,8 @@ def _figure(value: float, unit: str) -> str:
         return f"{value:.2f} %"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit == "MB/s":
+        return f"{value:,.0f} MB/s"
     return f"{value:g} {unit}"
 
 
