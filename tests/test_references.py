@@ -121,16 +121,55 @@ async def test_ttl_evicts_expired_unreferenced_only(
         held_expired = await hub.refs.store(b"held", ttl=0.05)
         free_expired = await hub.refs.store(b"free", ttl=0.05)
         free_fresh = await hub.refs.store(b"fresh", ttl=3600)
-        forever = await hub.refs.store(b"forever")
-        for ref in (free_expired, free_fresh, forever):
+        no_ttl = await hub.refs.store(b"no ttl")
+        for ref in (free_expired, free_fresh, no_ttl):
             assert await hub.refs.release(ref) == 0
-        assert await hub.refs.gc() == []  # nothing expired yet
+        assert len(await hub.refs.list()) == 4  # a release evicts nothing under "ttl"
+        assert [r.id for r in await hub.refs.gc()] == [no_ttl.id]
         await asyncio.sleep(0.1)
-        evicted = await hub.refs.gc()
-        assert [r.id for r in evicted] == [free_expired.id]
-        left = {r.id for r in await hub.refs.list()}
-        assert left == {held_expired.id, free_fresh.id, forever.id}
+        assert [r.id for r in await hub.refs.gc()] == [free_expired.id]
+        assert {r.id for r in await hub.refs.list()} == {held_expired.id, free_fresh.id}
         assert await hub.refs.resolve(held_expired) == b"held"
+
+
+async def test_ttl_strategy_default_ttl(make_hub: Callable[..., agentcomm.Hub]) -> None:
+    async with make_hub(refs=RefConfig(gc="ttl", default_ttl=0.05)) as hub:
+        ref = await hub.refs.store(b"defaulted")
+        assert ref.expires_at is not None and ref.expires_at <= ref.created_at + 0.06
+        await hub.refs.release(ref)
+        assert await hub.refs.gc() == []
+        await asyncio.sleep(0.1)
+        assert [r.id for r in await hub.refs.gc()] == [ref.id]
+
+
+@pytest.mark.parametrize("strategy", ["ref_counting", "manual"])
+async def test_a_ttl_keeps_an_unreferenced_blob_until_it_passes(
+    make_hub: Callable[..., agentcomm.Hub], strategy: str
+) -> None:
+    async with make_hub(refs=RefConfig(gc=strategy)) as hub:
+        ref = await hub.refs.store(b"keep me a while", ttl=0.05)
+        assert await hub.refs.release(ref) == 0
+        assert await hub.refs.gc() == []
+        assert await hub.refs.resolve(ref) == b"keep me a while"
+        await asyncio.sleep(0.1)
+        assert [r.id for r in await hub.refs.gc()] == [ref.id]
+
+
+@pytest.mark.parametrize("strategy", ["ttl", "manual"])
+async def test_background_passes_evict_except_under_manual(
+    make_hub: Callable[..., agentcomm.Hub], strategy: str
+) -> None:
+    config = RefConfig(gc=strategy, default_ttl=0.01)
+    async with make_hub(refs=config, retention=agentcomm.Retention(interval=0.02)) as hub:
+        ref = await hub.refs.store(b"unreferenced soon")
+        await hub.refs.release(ref)
+        # "ttl": wait (bounded) for a pass to evict it; "manual": let ~10 passes go by
+        for _ in range(100 if strategy == "ttl" else 10):
+            if strategy == "ttl" and not await hub.refs.list():
+                break
+            await asyncio.sleep(0.02)
+        left = [r.id for r in await hub.refs.list()]
+        assert left == ([ref.id] if strategy == "manual" else [])
 
 
 async def test_ttl_never_evicts_what_a_live_message_holds(

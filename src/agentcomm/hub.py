@@ -188,7 +188,7 @@ class Hub:
             await asyncio.sleep(self.retention.interval)
             with contextlib.suppress(AgentCommError):  # retried on the next pass
                 await self._backend.prune(time.time())
-                if self.refs.config.gc == "ttl":
+                if self.refs.config.gc != "manual":
                     await self._backend.ref_gc(now=time.time())
 
     # --- agents and mailboxes ------------------------------------------------------------------

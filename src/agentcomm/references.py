@@ -74,13 +74,14 @@ Policy: TypeAlias = Literal["value", "reference"] | AutoPromote
 class RefConfig(msgspec.Struct, frozen=True):
     """How a hub's reference store collects garbage and compresses.
 
-    `gc`: `"ref_counting"` evicts a blob as soon as its last reference is released;
-    `"ttl"` evicts a blob once it is unreferenced and its `expires_at` passed (at `gc()` and
-    at the hub's background retention passes), never while a message or entry holds it;
-    `"manual"` evicts only when `gc()` is called (every unreferenced blob then).
-    `default_ttl` (seconds, None: never) is the expiry given to blobs stored without `ttl=`
-    under the `"ttl"` strategy. `compress_threshold`: blobs smaller than this many bytes are
-    never compressed. Use the same strategy on every hub of a store.
+    A blob is *evictable* once nothing references it and its `expires_at` (set by `ttl=`, a
+    minimum lifetime) is None or passed; a referenced blob is never evicted. `gc` says when
+    evictable blobs go: `"ref_counting"` at the release that makes them evictable (and, for
+    those a TTL kept, at the next background retention pass or `gc()`); `"ttl"` at the hub's
+    background retention passes and `gc()`, with `default_ttl` (seconds; None: none) given to
+    blobs stored without `ttl=`; `"manual"` only when `gc()` is called.
+    `compress_threshold`: blobs smaller than this many bytes are never compressed. Use the
+    same strategy on every hub of a store.
     """
 
     gc: str = "ref_counting"
@@ -282,7 +283,8 @@ class RefStore:
         `"auto"` (zstd, skipped for content types compressed already), `"zstd"`, `"gzip"` or
         `"none"`; it is applied from `RefConfig.compress_threshold` bytes up and kept only if
         it makes the blob smaller (`Ref.compression` and `stored_size` say what was stored).
-        `ttl` seconds set `expires_at`, which the `ttl` GC strategy honours.
+        `ttl` seconds set `expires_at`: the blob is kept at least that long, even when
+        unreferenced (see `RefConfig`).
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ValidationError(f"store() takes bytes, not {type(data).__name__}.")

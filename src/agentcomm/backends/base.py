@@ -212,8 +212,9 @@ class Backend(abc.ABC):
     # transaction that stores the row (message, reply slot, schedule, key, past version,
     # change-log entry) and drops it in the transaction that removes the row or ends its need
     # (ack, expiry, pruning of dead letters, overwrite, delete, trimming). Adds happen before
-    # drops within a transaction. When a drop reaches zero under the `ref_counting` strategy
-    # the blob is evicted in that same transaction.
+    # drops within a transaction. A blob is evictable when unreferenced and its `expires_at`
+    # (a minimum lifetime) is None or passed; under the `ref_counting` strategy a drop that
+    # makes it evictable evicts it in that same transaction.
 
     #: The GC strategy (`ref_records.GC_STRATEGIES`); set by the hub before `open`.
     ref_gc_strategy: str = "ref_counting"
@@ -252,8 +253,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def ref_gc(self, *, now: float) -> list[Ref]:
-        """Evict unreferenced blobs as the strategy says (`ttl`: only those whose `expires_at`
-        passed; otherwise all) and abandoned uploads; count a GC run. Returns the evicted."""
+        """Evict every evictable blob and drop abandoned uploads; count a GC run. Returns the
+        evicted."""
 
     @abc.abstractmethod
     async def ref_stats(self) -> RefStats:

@@ -6,6 +6,7 @@ runs under the store's lock, so refcount changes are atomic like a SQLite transa
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -75,7 +76,7 @@ class RefTable:
         if blob is None:
             return None
         ref = self._set(blob, refcount=max(blob.ref.refcount + delta, 0))
-        if delta < 0 and ref.refcount == 0 and self.strategy == "ref_counting":
+        if delta < 0 and self.strategy == "ref_counting" and evictable(ref, time.time()):
             self.evict(ref_id)
         return ref
 
@@ -98,6 +99,11 @@ class RefTable:
         self.counters["total_refs"] += 1
         self.counters["total_bytes"] += meta.size
         return ref
+
+
+def evictable(ref: Ref, now: float) -> bool:
+    """Unreferenced, and not kept by a TTL that has yet to pass."""
+    return ref.refcount == 0 and (ref.expires_at is None or ref.expires_at <= now)
 
 
 _tables: weakref.WeakKeyDictionary[MemoryStore, RefTable] = weakref.WeakKeyDictionary()
@@ -173,13 +179,7 @@ class MemoryReferences:
     async def ref_gc(self, *, now: float) -> list[Ref]:
         def op(store: MemoryStore, touched: set[str]) -> list[Ref]:
             table = self._refs(store)
-            by_age = table.strategy == "ttl"
-            due = [
-                ref_id for ref_id, b in table.blobs.items()
-                if b.ref.refcount == 0 and (
-                    not by_age or (b.ref.expires_at is not None and b.ref.expires_at <= now)
-                )
-            ]  # fmt: skip
+            due = [ref_id for ref_id, b in table.blobs.items() if evictable(b.ref, now)]
             for number, (started, _) in list(table.uploads.items()):
                 if started <= now - ABANDONED_AFTER:
                     del table.uploads[number]

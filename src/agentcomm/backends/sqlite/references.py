@@ -61,6 +61,11 @@ ABANDONED_AFTER = 3600.0
 _SHIFT = 24  # chunks per blob < 2**24 (16 TiB at 1 MiB chunks)
 _COLS = "id, size, stored_size, compression, content_type, created_at, expires_at, refcount"
 _STRATEGY_FN = "agentcomm_ref_gc"
+_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+#: Evict at a release: under `ref_counting`, unless a TTL keeps the blob longer.
+_AT_RELEASE = (
+    f"AND {_STRATEGY_FN}() = 'ref_counting' AND (expires_at IS NULL OR expires_at <= {_NOW})"
+)
 
 
 def install(conn: sqlite3.Connection, strategy: Callable[[], str]) -> None:
@@ -119,7 +124,7 @@ def drop(conn: sqlite3.Connection, ref_ids: Iterable[bytes | None]) -> None:
             (ref_id,),
         ).fetchone()
         if row is not None and row[0] == 0:
-            _evict(conn, ref_id, f"AND {_STRATEGY_FN}() = 'ref_counting'")
+            _evict(conn, ref_id, _AT_RELEASE)
 
 
 def drop_payload(conn: sqlite3.Connection, data: bytes | None, kind: int) -> None:
@@ -249,7 +254,7 @@ class SQLiteReferences:
                 return None
             ref = Ref(*row)
             if delta < 0 and ref.refcount == 0:
-                _evict(conn, ref_id, f"AND {_STRATEGY_FN}() = 'ref_counting'")
+                _evict(conn, ref_id, _AT_RELEASE)
             return ref
 
         result: Ref | None = await self._do(op)
@@ -264,14 +269,13 @@ class SQLiteReferences:
 
     async def ref_gc(self, *, now: float) -> list[Ref]:
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[Ref]:
-            strategy = conn.execute(f"SELECT {_STRATEGY_FN}()").fetchone()[0]
-            sql = "SELECT id FROM refs WHERE refcount = 0"
-            args: tuple[Any, ...] = ()
-            if strategy == "ttl":
-                sql += " AND expires_at IS NOT NULL AND expires_at <= ?"
-                args = (now,)
+            due = conn.execute(
+                "SELECT id FROM refs WHERE refcount = 0"
+                " AND (expires_at IS NULL OR expires_at <= ?)",
+                (now,),
+            ).fetchall()
             evicted = [
-                ref for (ref_id,) in conn.execute(sql, args).fetchall()
+                ref for (ref_id,) in due
                 if (ref := _evict(conn, ref_id)) is not None
             ]  # fmt: skip
             abandoned = conn.execute(
