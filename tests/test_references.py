@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -87,6 +88,44 @@ async def test_stats_count_what_is_stored(hub: agentcomm.Hub) -> None:
     assert stats.evictions == 1
     await hub.refs.gc()
     assert (await hub.refs.stats()).gc_runs == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("strategy", ["ref_counting", "manual"])
+async def test_refcounts_follow_a_model(
+    make_hub: Callable[..., agentcomm.Hub], seed: int, strategy: str
+) -> None:
+    """Random store / retain / release / gc sequences against a dict of refcounts."""
+    rng = random.Random(seed)
+    contents = [f"content {i}".encode() * (1 + 200 * i) for i in range(4)]
+    model: dict[str, int] = {}  # id -> refcount, for stored blobs
+    async with make_hub(refs=RefConfig(gc=strategy)) as hub:
+        for _ in range(120):
+            data = rng.choice(contents)
+            ref_id = sha(data)
+            op = rng.choice(["store", "retain", "release", "release", "gc"])
+            if op == "store":
+                assert (await hub.refs.store(data)).refcount == model.get(ref_id, 0) + 1
+                model[ref_id] = model.get(ref_id, 0) + 1
+            elif op == "gc":
+                evicted = {r.id for r in await hub.refs.gc()}
+                assert evicted == {i for i, n in model.items() if n == 0}
+                model = {i: n for i, n in model.items() if n > 0}
+            elif ref_id not in model:
+                with pytest.raises(RefNotFound):
+                    await (hub.refs.retain if op == "retain" else hub.refs.release)(ref_id)
+            elif op == "retain":
+                assert (await hub.refs.retain(ref_id)).refcount == model[ref_id] + 1
+                model[ref_id] += 1
+            else:
+                assert await hub.refs.release(ref_id) == max(model[ref_id] - 1, 0)
+                model[ref_id] = max(model[ref_id] - 1, 0)
+                if model[ref_id] == 0 and strategy == "ref_counting":
+                    del model[ref_id]
+            assert {r.id: r.refcount for r in await hub.refs.list()} == model
+            if model:
+                some = rng.choice(sorted(model))
+                assert sha(await hub.refs.resolve(some)) == some
 
 
 # --- GC strategies -------------------------------------------------------------------------------
@@ -551,6 +590,13 @@ async def test_files_round_trip_streamed(hub: agentcomm.Hub, tmp_path: Path) -> 
     out = tmp_path / "out.bin"
     assert (await hub.refs.resolve_to(ref, out)).id == ref.id
     assert out.read_bytes() == src.read_bytes()
+    gz = await hub.refs.store_file(src, compression="gzip", content_type="text/plain")
+    assert (gz.id, gz.compression, gz.refcount) == (ref.id, "zstd", 3)  # stored already
+    other = tmp_path / "other.bin"
+    other.write_bytes(block * 2)
+    gz = await hub.refs.store_file(other, compression="gzip")
+    assert gz.compression == "gzip" and gz.stored_size < gz.size
+    assert await hub.refs.resolve(gz) == other.read_bytes()
     noise = tmp_path / "noise.bin"
     noise.write_bytes(os.urandom(2_500_000))
     raw = await hub.refs.store_file(noise)
