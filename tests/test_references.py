@@ -518,6 +518,17 @@ async def test_one_payload_to_ten_recipients_is_stored_once(hub: agentcomm.Hub) 
     assert await hub.refs.list() == []
 
 
+async def test_send_many_from_a_generator_keeps_values_apart(hub: agentcomm.Hub) -> None:
+    a = await hub.agent("a")
+    b = await hub.agent("b")
+    await a.send_many(
+        agentcomm.Outgoing(to="b", data={"n": n, "pad": "x" * 20_000}) for n in range(20)
+    )
+    got = await b.receive_many(20, timeout=5)
+    assert sorted(m.data["n"] for m in got) == list(range(20))
+    assert all(m.payload_ref is not None for m in got)
+
+
 async def test_request_and_reply_by_reference(make_hub: Callable[..., agentcomm.Hub]) -> None:
     async with make_hub(default_policy="reference") as hub:
         asker, answerer = await hub.agent("asker"), await hub.agent("answerer")

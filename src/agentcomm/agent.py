@@ -88,7 +88,7 @@ class Agent:
     # --- sending -----------------------------------------------------------------------------
 
     def _build(
-        self, out: Outgoing, now: float, memo: dict[int, tuple[bytes, int]] | None = None
+        self, out: Outgoing, now: float, memo: dict[int, tuple[Any, bytes, int]] | None = None
     ) -> NewMessage:
         hub = self._hub
         check_name("recipient", out.to)
@@ -109,8 +109,9 @@ class Agent:
         else:  # one value sent to many recipients is encoded (and stored by reference) once
             got = memo.get(id(out.data))
             if got is None:
-                got = memo[id(out.data)] = encode_payload(out.data)
-            data, kind = got
+                # the value itself is kept in the memo, so its id cannot be reused meanwhile
+                got = memo[id(out.data)] = (out.data, *encode_payload(out.data))
+            _, data, kind = got
         return NewMessage(
             id=new_id(),
             sender=self._name,
@@ -164,7 +165,7 @@ class Agent:
         hub = self._hub
         backend = hub._require_backend()
         now = time.time()
-        memo: dict[int, tuple[bytes, int]] = {}
+        memo: dict[int, tuple[Any, bytes, int]] = {}
         built = [self._build(out, now, memo) for out in messages]
         if not built:
             return []
