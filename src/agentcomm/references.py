@@ -419,7 +419,7 @@ class RefStore:
             if len(chunks) < batch:
                 break
             again, chunks = await backend.ref_read(ref_id, start, batch)
-            if again is None:
+            if again is None or again.created_at != found.created_at:
                 raise RefNotFound(f"Blob {ref_id} was evicted while it was being read.")
         if read != total:
             raise IntegrityError(
