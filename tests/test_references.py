@@ -509,6 +509,7 @@ async def test_one_payload_to_ten_recipients_is_stored_once(hub: agentcomm.Hub) 
     await sender.send_many([agentcomm.Outgoing(to=n, data=payload) for n in names])
     stats = await hub.refs.stats()
     assert (stats.total_refs, stats.stored_bytes, stats.dedupe_hits) == (1, len(payload), 0)
+    assert [p.size for p in await hub.pending("r0")] == [len(payload)]
     assert [r.refcount for r in await hub.refs.list()] == [10]
     for name in names:
         agent = await hub.agent(name)

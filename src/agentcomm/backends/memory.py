@@ -370,7 +370,10 @@ class MemoryBackend(MemoryReferences, MemorySharedMemory, Backend):
                 if r.msg.recipient == agent and r.state in _STATE_NAMES
             ]
         rows.sort(key=lambda r: (-r.msg.priority, r.seq))
-        return [_pending_info(r) for r in rows[:limit]]
+        refs = ref_table(self._store)
+        with self._store.lock:
+            sizes = [refs.size_of(r.msg.data, r.msg.data_kind) for r in rows[:limit]]
+        return [_pending_info(r, size) for r, size in zip(rows, sizes, strict=False)]
 
     async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
         with self._store.lock:
@@ -545,7 +548,7 @@ class MemoryBackend(MemoryReferences, MemorySharedMemory, Backend):
             return HubStats(**self._store.counters)
 
 
-def _pending_info(row: _Row) -> PendingInfo:
+def _pending_info(row: _Row, size: int) -> PendingInfo:
     m = row.msg
     return PendingInfo(
         id=m.id,
@@ -558,7 +561,7 @@ def _pending_info(row: _Row) -> PendingInfo:
         enqueued_at=m.enqueued_at,
         visible_at=row.visible_at,
         expires_at=m.expires_at,
-        size=len(m.data),
+        size=size,
     )
 
 

@@ -70,6 +70,14 @@ class RefTable:
         for data, kind in payloads:
             self.drop(data, kind)
 
+    def size_of(self, data: bytes, kind: int) -> int:
+        """A stored payload's size: the original size of a blob it refers to."""
+        ref_id = ref_id_in(data, kind)
+        if ref_id is None:
+            return len(data)
+        blob = self.blobs.get(ref_id)
+        return 0 if blob is None else blob.ref.size
+
     def adjust(self, ref_id: str, delta: int) -> Ref | None:
         """Change a refcount (never below zero); returns the record after the change."""
         blob = self.blobs.get(ref_id)

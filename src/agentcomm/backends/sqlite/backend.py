@@ -39,7 +39,7 @@ from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
 from ..base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
 from . import references, schema
-from .references import REF_COL, SQLiteReferences
+from .references import PAYLOAD_SIZE, REF_COL, SQLiteReferences
 from .shared_memory import SQLiteSharedMemory
 from .wake import WakeBus, wake_dir_for
 from .writer import Op, Writer
@@ -351,7 +351,7 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
     async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
         cols = (
             "id, sender, recipient, type, priority, state, attempt, enqueued_at, visible_at,"
-            " expires_at, length(data), seq"
+            f" expires_at, {PAYLOAD_SIZE}, seq"
         )
 
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[Any, ...]]:

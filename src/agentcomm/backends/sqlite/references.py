@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS ref_counters (
 
 #: SQL evaluating to a payload's reference id (its data) when its kind says it holds one.
 REF_COL = "CASE WHEN data_kind & 2 THEN data END"
+#: SQL evaluating to a payload's size: the original size of a blob it refers to.
+PAYLOAD_SIZE = (
+    "CASE WHEN data_kind & 2 THEN"
+    " coalesce((SELECT size FROM refs WHERE id = CAST(data AS TEXT)), 0) ELSE length(data) END"
+)
 #: An upload not committed after this many seconds was abandoned; `ref_gc` drops it.
 ABANDONED_AFTER = 3600.0
 
