@@ -106,12 +106,24 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
         self._known_agents: set[str] = set()  # used on the writer thread only
         self._wake = WakeBus(wake_dir_for(path), self.notifier.notify)
         self._writer = Writer(self._connect, self._wake.ping, self.notifier.notify)
+        self._reader = Writer(self._connect_reader, _no_op, _no_op, read_only=True)
 
     def _connect(self) -> sqlite3.Connection:
         conn = schema.connect(
             self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
         )
-        schema.migrate(conn)
+        try:
+            schema.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = schema.connect(
+            self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+        )
+        conn.execute("PRAGMA query_only = 1")
         return conn
 
     async def open(self) -> None:
@@ -121,15 +133,22 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._writer.start(loop)
+        self._writer.start(loop)  # first: it creates or migrates the schema
+        self._reader.start(loop)
 
     async def close(self) -> None:
         await self._writer.stop()
+        await self._reader.stop()
         self._wake.close()
         self.notifier.wake_all()
 
     async def _do(self, fn: Op) -> Any:
+        """Run `fn` in a write transaction on the writer thread."""
         return await self._writer.submit(fn)
+
+    async def _read(self, fn: Op) -> Any:
+        """Run a read-only `fn` on the reader connection, beside the writer."""
+        return await self._reader.submit(fn)
 
     # --- agents --------------------------------------------------------------------------------
 
@@ -152,7 +171,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             rows = conn.execute("SELECT name, created_at, last_seen FROM agents ORDER BY name")
             return [AgentInfo(*r) for r in rows]
 
-        result: list[AgentInfo] = await self._do(op)
+        result: list[AgentInfo] = await self._read(op)
         return result
 
     def _require_agent(
@@ -332,7 +351,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             )
             return MailboxStats(agent, ready, timers.get(2, 0), timers.get(1, 0), dead)
 
-        result: MailboxStats = await self._do(op)
+        result: MailboxStats = await self._read(op)
         return result
 
     async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
@@ -354,7 +373,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             ).fetchall()
             return ready + timers
 
-        rows: list[tuple[Any, ...]] = await self._do(op)
+        rows: list[tuple[Any, ...]] = await self._read(op)
         rows.sort(key=lambda r: (-r[4], r[11]))
         return [
             PendingInfo(
@@ -382,7 +401,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
                 (agent, limit),
             ).fetchall()
 
-        rows: list[tuple[Any, ...]] = await self._do(op)
+        rows: list[tuple[Any, ...]] = await self._read(op)
         return [
             DeadLetter(
                 id=r[0],
@@ -489,7 +508,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
                 "SELECT spec, next_run, runs FROM schedules ORDER BY next_run"
             ).fetchall()
 
-        rows: list[tuple[bytes, float, int]] = await self._do(op)
+        rows: list[tuple[bytes, float, int]] = await self._read(op)
         out = []
         for blob, next_run, runs in rows:
             s = _spec_decoder.decode(blob)
@@ -574,5 +593,9 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             counters["sent"] = (row.fetchone() or (0,))[0]
             return counters
 
-        counters: dict[str, int] = await self._do(op)
+        counters: dict[str, int] = await self._read(op)
         return HubStats(**{f: counters.get(f, 0) for f in HubStats.__struct_fields__})
+
+
+def _no_op(_channels: set[str]) -> None:
+    """Reads touch no channel: nothing to ping or notify."""

@@ -260,7 +260,24 @@ class SQLiteSharedMemory:
 
         async def _do(self, fn: Op) -> Any: ...
 
+        async def _read(self, fn: Op) -> Any: ...
+
     async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
+        def peek(conn: sqlite3.Connection, touched: set[str]) -> KVRecord | bool | None:
+            row = conn.execute(
+                f"SELECT {_COLS} FROM kv WHERE {_PK}", (space.owner, space.namespace, key)
+            ).fetchone()
+            if row is None or row[1] is None:
+                return None
+            if row[6] is not None and row[6] <= now:
+                return True  # expired: recording that takes the writer
+            return _record(key, row)
+
+        # the common case on the reader connection, beside the writer
+        seen: KVRecord | bool | None = await self._read(peek)
+        if seen is not True:
+            return seen if isinstance(seen, KVRecord) else None
+
         def op(conn: sqlite3.Connection, touched: set[str]) -> KVRecord | None:
             row, _ = _current(conn, space, None, key, now, touched)
             return None if row is None else _record(key, row)

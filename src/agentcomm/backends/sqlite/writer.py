@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ...errors import AgentCommError, BackendError, BackendUnavailable
+from ...errors import AgentCommError, BackendError, BackendUnavailable, HubClosed
 
 T = TypeVar("T")
 
@@ -50,6 +50,10 @@ def map_sqlite_error(exc: BaseException) -> BaseException:
             f"The SQLite database stayed locked past the busy timeout ({exc}). "
             "Another process holds a long write transaction; raise busy_timeout in the URL."
         )
+    elif isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        mapped = BackendError(
+            f"The file is not an agentcomm SQLite database ({exc}). Check the path in the URL."
+        )
     elif isinstance(exc, sqlite3.Error):
         mapped = BackendError(f"SQLite failed: {exc}")
     else:
@@ -66,8 +70,15 @@ class Writer:
         connect: Callable[[], sqlite3.Connection],
         ping: Callable[[set[str]], None],
         notify: Callable[[set[str]], None],
+        *,
+        read_only: bool = False,
     ) -> None:
         self._connect = connect
+        # A read-only instance serves SELECTs on its own connection, beside the writer: WAL
+        # lets readers and the writer proceed at once, so reads never queue behind writes.
+        self._begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        self._read_only = read_only
+        self._stopped = False
         self._ping = ping  # on the writer thread after a commit: tell other processes
         self._notify = notify  # on the loop thread after a commit: wake local waiters
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -89,7 +100,8 @@ class Writer:
     def submit(self, fn: Op) -> asyncio.Future[Any]:
         """Queue `fn` for the next transaction; must be called on the loop thread."""
         loop = self._loop
-        assert loop is not None
+        if loop is None or self._stopped:
+            raise HubClosed("The SQLite connection is closed; open a new hub.")
         fut: asyncio.Future[Any] = loop.create_future()
         # Straight onto the queue: while the thread works on one transaction, later jobs
         # pile up and it takes them all for the next one, so batches grow with load.
@@ -98,6 +110,7 @@ class Writer:
 
     async def stop(self) -> None:
         """Run what is queued, then stop the thread and close the connection."""
+        self._stopped = True
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -140,11 +153,11 @@ class Writer:
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         touched: set[str] = set()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._begin)
             for job in jobs:
                 job.result = job.fn(conn, touched)
             conn.execute("COMMIT")
-            self._dirty = True
+            self._dirty = not self._read_only
         except BaseException as exc:
             _rollback(conn)
             if len(jobs) == 1:
@@ -168,10 +181,10 @@ class Writer:
             touched: set[str] = set()
             job.result, job.error = None, None
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(self._begin)
                 job.result = job.fn(conn, touched)
                 conn.execute("COMMIT")
-                self._dirty = True
+                self._dirty = not self._read_only
                 all_touched |= touched
             except BaseException as exc:
                 _rollback(conn)
