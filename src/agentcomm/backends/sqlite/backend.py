@@ -146,9 +146,9 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
         """Run `fn` in a write transaction on the writer thread."""
         return await self._writer.submit(fn)
 
-    async def _read(self, fn: Op) -> Any:
+    async def _read(self, fn: Op, *, single_statement: bool = False) -> Any:
         """Run a read-only `fn` on the reader connection, beside the writer."""
-        return await self._reader.submit(fn)
+        return await self._reader.submit(fn, single_statement=single_statement)
 
     # --- agents --------------------------------------------------------------------------------
 

@@ -260,7 +260,7 @@ class SQLiteSharedMemory:
 
         async def _do(self, fn: Op) -> Any: ...
 
-        async def _read(self, fn: Op) -> Any: ...
+        async def _read(self, fn: Op, *, single_statement: bool = False) -> Any: ...
 
     async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
         def peek(conn: sqlite3.Connection, touched: set[str]) -> KVRecord | bool | None:
@@ -274,7 +274,7 @@ class SQLiteSharedMemory:
             return _record(key, row)
 
         # the common case on the reader connection, beside the writer
-        seen: KVRecord | bool | None = await self._read(peek)
+        seen: KVRecord | bool | None = await self._read(peek, single_statement=True)
         if seen is not True:
             return seen if isinstance(seen, KVRecord) else None
 

@@ -32,11 +32,12 @@ _IDLE_CHECKPOINT_AFTER = 0.02
 
 
 class _Job:
-    __slots__ = ("error", "fn", "future", "result")
+    __slots__ = ("error", "fn", "future", "result", "single")
 
-    def __init__(self, fn: Op, future: asyncio.Future[Any]) -> None:
+    def __init__(self, fn: Op, future: asyncio.Future[Any], single: bool) -> None:
         self.fn = fn
         self.future = future
+        self.single = single
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -97,15 +98,19 @@ class Writer:
         if self._start_error is not None:
             raise map_sqlite_error(self._start_error)
 
-    def submit(self, fn: Op) -> asyncio.Future[Any]:
-        """Queue `fn` for the next transaction; must be called on the loop thread."""
+    def submit(self, fn: Op, *, single_statement: bool = False) -> asyncio.Future[Any]:
+        """Queue `fn` for the next transaction; must be called on the loop thread.
+
+        `single_statement` (read-only instances): `fn` runs one SELECT, which is its own
+        snapshot, so alone in a batch it needs no BEGIN/COMMIT around it.
+        """
         loop = self._loop
         if loop is None or self._stopped:
             raise HubClosed("The SQLite connection is closed; open a new hub.")
         fut: asyncio.Future[Any] = loop.create_future()
         # Straight onto the queue: while the thread works on one transaction, later jobs
         # pile up and it takes them all for the next one, so batches grow with load.
-        self._queue.put(_Job(fn, fut))
+        self._queue.put(_Job(fn, fut, single_statement))
         return fut
 
     async def stop(self) -> None:
@@ -152,11 +157,14 @@ class Writer:
 
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         touched: set[str] = set()
+        wrap = not (self._read_only and len(jobs) == 1 and jobs[0].single)
         try:
-            conn.execute(self._begin)
+            if wrap:
+                conn.execute(self._begin)
             for job in jobs:
                 job.result = job.fn(conn, touched)
-            conn.execute("COMMIT")
+            if wrap:
+                conn.execute("COMMIT")
             self._dirty = not self._read_only
         except BaseException as exc:
             _rollback(conn)
