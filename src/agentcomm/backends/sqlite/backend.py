@@ -105,7 +105,12 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
         self._busy_timeout_ms = busy_timeout_ms
         self._known_agents: set[str] = set()  # used on the writer thread only
         self._wake = WakeBus(wake_dir_for(path), self.notifier.notify)
-        self._writer = Writer(self._connect, self._wake.ping, self.notifier.notify)
+        self._writer = Writer(
+            self._connect,
+            self._wake.ping,
+            self.notifier.notify,
+            on_rollback=self._known_agents.clear,
+        )
         self._reader = Writer(self._connect_reader, _no_op, _no_op, read_only=True)
 
     def _connect(self) -> sqlite3.Connection:

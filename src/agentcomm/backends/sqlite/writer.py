@@ -73,7 +73,9 @@ class Writer:
         notify: Callable[[set[str]], None],
         *,
         read_only: bool = False,
+        on_rollback: Callable[[], None] | None = None,
     ) -> None:
+        self._on_rollback = on_rollback  # forget caches filled by rolled-back work
         self._connect = connect
         # A read-only instance serves SELECTs on its own connection, beside the writer: WAL
         # lets readers and the writer proceed at once, so reads never queue behind writes.
@@ -167,7 +169,7 @@ class Writer:
                 conn.execute("COMMIT")
             self._dirty = not self._read_only
         except BaseException as exc:
-            _rollback(conn)
+            self._rolled_back(conn)
             if len(jobs) == 1:
                 jobs[0].error = map_sqlite_error(exc)
                 touched.clear()
@@ -177,6 +179,11 @@ class Writer:
             with contextlib.suppress(Exception):
                 self._ping(touched)
         self._resolve(jobs, touched)
+
+    def _rolled_back(self, conn: sqlite3.Connection) -> None:
+        _rollback(conn)
+        if self._on_rollback is not None:
+            self._on_rollback()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         self._dirty = False
@@ -195,7 +202,7 @@ class Writer:
                 self._dirty = not self._read_only
                 all_touched |= touched
             except BaseException as exc:
-                _rollback(conn)
+                self._rolled_back(conn)
                 job.error = map_sqlite_error(exc)
         return all_touched
 
