@@ -41,7 +41,7 @@ from ..base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_
 from . import schema
 from .shared_memory import SQLiteSharedMemory
 from .wake import WakeBus, wake_dir_for
-from .writer import Op, Writer
+from .writer import INLINE_BUSY, Op, Writer, read_inline
 
 _INSERT = (
     "INSERT INTO messages (id, recipient, sender, type, priority, state, visible_at, expires_at,"
@@ -112,6 +112,7 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             on_rollback=self._known_agents.clear,
         )
         self._reader = Writer(self._connect_reader, _no_op, _no_op, read_only=True)
+        self._inline: sqlite3.Connection | None = None  # point reads on the loop thread
 
     def _connect(self) -> sqlite3.Connection:
         conn = schema.connect(
@@ -124,9 +125,11 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
             raise
         return conn
 
-    def _connect_reader(self) -> sqlite3.Connection:
+    def _connect_reader(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+        if busy_timeout_ms is None:
+            busy_timeout_ms = self._busy_timeout_ms
         conn = schema.connect(
-            self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+            self.path, synchronous=self._synchronous, busy_timeout_ms=busy_timeout_ms
         )
         conn.execute("PRAGMA query_only = 1")
         return conn
@@ -140,16 +143,26 @@ class SQLiteBackend(SQLiteSharedMemory, Backend):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._writer.start(loop)  # first: it creates or migrates the schema
         self._reader.start(loop)
+        self._inline = self._connect_reader(busy_timeout_ms=0)
 
     async def close(self) -> None:
         await self._writer.stop()
         await self._reader.stop()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         self._wake.close()
         self.notifier.wake_all()
 
     async def _do(self, fn: Op) -> Any:
         """Run `fn` in a write transaction on the writer thread."""
         return await self._writer.submit(fn)
+
+    def _read_inline(self, fn: Op) -> Any:
+        """Run a one-SELECT point read right here on the loop thread (see `read_inline`)."""
+        if self._inline is None:
+            return INLINE_BUSY
+        return read_inline(self._inline, fn)
 
     async def _read(self, fn: Op, *, single_statement: bool = False) -> Any:
         """Run a read-only `fn` on the reader connection, beside the writer."""

@@ -228,6 +228,27 @@ def _deliver(jobs: list[_Job], touched: set[str], writer: Writer) -> None:
         writer._notify(touched)
 
 
+#: What `read_inline` returns when the database is momentarily locked.
+INLINE_BUSY: Any = object()
+
+
+def read_inline(conn: sqlite3.Connection, fn: Op) -> Any:
+    """Run a one-SELECT read on the calling (event loop) thread.
+
+    Only for point reads that cost microseconds: the connection has busy_timeout=0, so instead
+    of waiting on a lock it returns INLINE_BUSY and the caller goes through the reader thread.
+    In WAL mode that happens only during recovery or a truncating checkpoint.
+    """
+    try:
+        return fn(conn, set())
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return INLINE_BUSY
+        raise map_sqlite_error(exc) from exc
+    except sqlite3.Error as exc:
+        raise map_sqlite_error(exc) from exc
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with contextlib.suppress(sqlite3.Error):
