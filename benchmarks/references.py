@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 import agentcomm
+from agentcomm.references import Policy
 
 from .core import Config, Row, benchmark, fresh_dir
 from .mailbox import sqlite_url
@@ -53,7 +54,7 @@ async def _store_resolve(config: Config, kind: str) -> tuple[float, float, int]:
     return total / stored, total / resolved, stored_bytes
 
 
-async def _fanout(config: Config, recipients: int, policy: agentcomm.Policy) -> tuple[float, int]:
+async def _fanout(config: Config, recipients: int, policy: Policy) -> tuple[float, int]:
     """Seconds to send one 10 MB payload to `recipients` agents (one `send_many`), and the
     bytes the database holds for it afterwards (message payloads + blob chunks)."""
     payload = os.urandom(FANOUT_BYTES)

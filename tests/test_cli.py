@@ -213,7 +213,7 @@ def test_inspect_empty_store(tmp_path: Path) -> None:
     [
         ("redis://localhost:6379", "Unknown backend scheme 'redis'"),
         ("sqlite:///{tmp}/missing.db", "No agentcomm store at"),
-        ("sqlite:///{tmp}/not-a-db.db", "SQLite failed: file is not a database"),
+        ("sqlite:///{tmp}/not-a-db.db", "The file is not an agentcomm SQLite database"),
         ("sqlite:///{tmp}/x.db?fast=1", "Unknown sqlite URL option"),
     ],
 )

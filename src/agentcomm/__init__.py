@@ -35,7 +35,7 @@ from .models import (
     PruneReport,
     ScheduleInfo,
 )
-from .references import AutoPromote, Policy, Ref, RefConfig, RefStats, RefStore
+from .references import AutoPromote, Ref, RefConfig, RefStats, RefStore
 from .settings import Backoff, Retention
 from .shared_memory import Change, Entry, KVStats, SharedMemory
 
@@ -47,9 +47,9 @@ __all__ = [
     "AgentInfo",
     "AlreadySettled",
     "AutoPromote",
-    "Backoff",
     "BackendError",
     "BackendUnavailable",
+    "Backoff",
     "Change",
     "ConfigurationError",
     "DeadLetter",
@@ -67,7 +67,6 @@ __all__ = [
     "NotFound",
     "Outgoing",
     "PendingInfo",
-    "Policy",
     "PruneReport",
     "Ref",
     "RefConfig",

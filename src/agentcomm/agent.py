@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -13,10 +14,10 @@ import msgspec
 
 from .backends.base import mail_channel, reply_channel
 from .codec import encode_metadata, encode_payload
-from .errors import HubClosed, LeaseLost, RequestTimeout, ValidationError
+from .errors import AgentCommError, HubClosed, LeaseLost, RequestTimeout, ValidationError
 from .ids import new_id
 from .mailbox import Message, Reply
-from .models import NewMessage, ScheduleSpec
+from .models import NewMessage, ScheduleSpec, StoredReply
 from .ref_records import REF_FLAG
 from .scheduling import first_occurrence, validate_recurrence
 from .shared_memory import SharedMemory
@@ -59,6 +60,17 @@ async def _promote(
     for m in messages:
         if refs.policies.by_reference(m.type, len(m.data)):
             m.data, m.data_kind = await refs._promote(m.type, m.data, m.data_kind, held)
+
+
+async def _taken(hub: Hub, reply: StoredReply) -> StoredReply:
+    """A reply taken from its slot, its payload resolved; the slot's reference is released."""
+    if reply.data_kind & REF_FLAG:
+        ref_id = reply.data.decode("ascii")
+        try:
+            reply.data, reply.data_kind, _ = await hub.refs._load(reply.data, reply.data_kind)
+        finally:
+            await hub.refs._unhold({0: (reply.data, ref_id)})
+    return reply
 
 
 class Agent:
@@ -305,30 +317,35 @@ class Agent:
             finally:
                 if held:
                     await hub.refs._unhold(held)
-            while True:
-                remaining = deadline - loop.time()
-                if remaining > 0:
-                    await listener.wait(min(remaining, backend.recheck_interval))
-                    listener.rearm()
-                    hub._require_backend()
+            try:
+                while True:
                     remaining = deadline - loop.time()
-                reply = await backend.take_reply(cid, abandon=remaining <= 0)
-                if reply is not None and reply.data_kind & REF_FLAG:
-                    # the taken reply slot's reference is ours: resolve, then release it
-                    ref_id = reply.data.decode("ascii")
-                    try:
-                        reply.data, reply.data_kind, _ = await hub.refs._load(
-                            reply.data, reply.data_kind
+                    if remaining > 0:
+                        await listener.wait(min(remaining, backend.recheck_interval))
+                        listener.rearm()
+                        hub._require_backend()
+                        remaining = deadline - loop.time()
+                    reply = await backend.take_reply(cid, abandon=remaining <= 0)
+                    if reply is not None:
+                        return Reply(cid, await _taken(hub, reply))
+                    if remaining <= 0:
+                        raise RequestTimeout(
+                            f"No reply from {to!r} to request {cid} within {timeout:g} s. "
+                            "A reply that arrives later is discarded and counted."
                         )
-                    finally:
-                        await backend.ref_adjust(ref_id, -1, now=time.time())
-                if reply is not None:
-                    return Reply(cid, reply)
-                if remaining <= 0:
-                    raise RequestTimeout(
-                        f"No reply from {to!r} to request {cid} within {timeout:g} s. "
-                        "A reply that arrives later is discarded and counted."
-                    )
+            except asyncio.CancelledError:
+                # close the slot so a reply to an abandoned request counts as late
+                self._abandon(cid)
+                raise
+
+    def _abandon(self, cid: str) -> None:
+        async def close_slot() -> None:
+            with contextlib.suppress(AgentCommError):
+                reply = await self._hub._require_backend().take_reply(cid, abandon=True)
+                if reply is not None and reply.data_kind & REF_FLAG:
+                    await self._hub.refs._unhold({0: (reply.data, reply.data.decode("ascii"))})
+
+        self._hub._spawn(close_slot())
 
     # --- scheduling --------------------------------------------------------------------------
 

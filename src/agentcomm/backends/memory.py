@@ -7,6 +7,7 @@ that uses the same name (for as long as one of them is open).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import threading
 import weakref
@@ -93,16 +94,18 @@ class MemoryStore:
 
 
 _named_stores: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
+_named_lock = threading.Lock()
 
 
 def _store_for(name: str) -> MemoryStore:
     if not name:
         return MemoryStore()
-    store = _named_stores.get(name)
-    if store is None:
-        store = MemoryStore()
-        _named_stores[name] = store
-    return store
+    with _named_lock:
+        store = _named_stores.get(name)
+        if store is None:
+            store = MemoryStore()
+            _named_stores[name] = store
+        return store
 
 
 class MemoryBackend(MemoryReferences, MemorySharedMemory, Backend):
@@ -144,7 +147,9 @@ class MemoryBackend(MemoryReferences, MemorySharedMemory, Backend):
             if loop is current:
                 backend.notifier.notify(channels)
             else:
-                loop.call_soon_threadsafe(backend.notifier.notify, set(channels))
+                # RuntimeError: that loop closed after the check; its hub is gone
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(backend.notifier.notify, set(channels))
 
     @staticmethod
     def _mailbox(store: MemoryStore, agent: str) -> _Mailbox:

@@ -42,7 +42,7 @@ from . import references, schema
 from .references import PAYLOAD_SIZE, REF_COL, SQLiteReferences
 from .shared_memory import SQLiteSharedMemory
 from .wake import WakeBus, wake_dir_for
-from .writer import Op, Writer
+from .writer import INLINE_BUSY, Op, Writer, read_inline
 
 _INSERT = (
     "INSERT INTO messages (id, recipient, sender, type, priority, state, visible_at, expires_at,"
@@ -106,14 +106,34 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
         self._busy_timeout_ms = busy_timeout_ms
         self._known_agents: set[str] = set()  # used on the writer thread only
         self._wake = WakeBus(wake_dir_for(path), self.notifier.notify)
-        self._writer = Writer(self._connect, self._wake.ping, self.notifier.notify)
+        self._writer = Writer(
+            self._connect,
+            self._wake.ping,
+            self.notifier.notify,
+            on_rollback=self._known_agents.clear,
+        )
+        self._reader = Writer(self._connect_reader, _no_op, _no_op, read_only=True)
+        self._inline: sqlite3.Connection | None = None  # point reads on the loop thread
 
     def _connect(self) -> sqlite3.Connection:
         conn = schema.connect(
             self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
         )
-        schema.migrate(conn)
-        references.install(conn, lambda: self.ref_gc_strategy)
+        try:
+            schema.migrate(conn)
+            references.install(conn, lambda: self.ref_gc_strategy)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_reader(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+        if busy_timeout_ms is None:
+            busy_timeout_ms = self._busy_timeout_ms
+        conn = schema.connect(
+            self.path, synchronous=self._synchronous, busy_timeout_ms=busy_timeout_ms
+        )
+        conn.execute("PRAGMA query_only = 1")
         return conn
 
     async def open(self) -> None:
@@ -123,15 +143,32 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._writer.start(loop)
+        self._writer.start(loop)  # first: it creates or migrates the schema
+        self._reader.start(loop)
+        self._inline = self._connect_reader(busy_timeout_ms=0)
 
     async def close(self) -> None:
         await self._writer.stop()
+        await self._reader.stop()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         self._wake.close()
         self.notifier.wake_all()
 
     async def _do(self, fn: Op) -> Any:
+        """Run `fn` in a write transaction on the writer thread."""
         return await self._writer.submit(fn)
+
+    def _read_inline(self, fn: Op) -> Any:
+        """Run a one-SELECT point read right here on the loop thread (see `read_inline`)."""
+        if self._inline is None:
+            return INLINE_BUSY
+        return read_inline(self._inline, fn)
+
+    async def _read(self, fn: Op, *, single_statement: bool = False) -> Any:
+        """Run a read-only `fn` on the reader connection, beside the writer."""
+        return await self._reader.submit(fn, single_statement=single_statement)
 
     # --- agents --------------------------------------------------------------------------------
 
@@ -154,7 +191,7 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
             rows = conn.execute("SELECT name, created_at, last_seen FROM agents ORDER BY name")
             return [AgentInfo(*r) for r in rows]
 
-        result: list[AgentInfo] = await self._do(op)
+        result: list[AgentInfo] = await self._read(op)
         return result
 
     def _require_agent(
@@ -345,7 +382,7 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
             )
             return MailboxStats(agent, ready, timers.get(2, 0), timers.get(1, 0), dead)
 
-        result: MailboxStats = await self._do(op)
+        result: MailboxStats = await self._read(op)
         return result
 
     async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
@@ -367,7 +404,7 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
             ).fetchall()
             return ready + timers
 
-        rows: list[tuple[Any, ...]] = await self._do(op)
+        rows: list[tuple[Any, ...]] = await self._read(op)
         rows.sort(key=lambda r: (-r[4], r[11]))
         return [
             PendingInfo(
@@ -395,7 +432,7 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
                 (agent, limit),
             ).fetchall()
 
-        rows: list[tuple[Any, ...]] = await self._do(op)
+        rows: list[tuple[Any, ...]] = await self._read(op)
         return [
             DeadLetter(
                 id=r[0],
@@ -508,7 +545,7 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
                 "SELECT spec, next_run, runs FROM schedules ORDER BY next_run"
             ).fetchall()
 
-        rows: list[tuple[bytes, float, int]] = await self._do(op)
+        rows: list[tuple[bytes, float, int]] = await self._read(op)
         out = []
         for blob, next_run, runs in rows:
             s = _spec_decoder.decode(blob)
@@ -606,5 +643,9 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
             counters["sent"] = (row.fetchone() or (0,))[0]
             return counters
 
-        counters: dict[str, int] = await self._do(op)
+        counters: dict[str, int] = await self._read(op)
         return HubStats(**{f: counters.get(f, 0) for f in HubStats.__struct_fields__})
+
+
+def _no_op(_channels: set[str]) -> None:
+    """Reads touch no channel: nothing to ping or notify."""

@@ -94,12 +94,16 @@ def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Con
         timeout=busy_timeout_ms / 1000,
         cached_statements=256,
     )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    # The writer checkpoints when idle (see writer.py); this only bounds the WAL under
-    # sustained load.
-    conn.execute("PRAGMA wal_autocheckpoint = 10000")
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # The writer checkpoints when idle (see writer.py); this only bounds the WAL under
+        # sustained load.
+        conn.execute("PRAGMA wal_autocheckpoint = 10000")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ...errors import AgentCommError, BackendError, BackendUnavailable
+from ...errors import AgentCommError, BackendError, BackendUnavailable, HubClosed
 
 T = TypeVar("T")
 
@@ -32,11 +32,12 @@ _IDLE_CHECKPOINT_AFTER = 0.02
 
 
 class _Job:
-    __slots__ = ("error", "fn", "future", "result")
+    __slots__ = ("error", "fn", "future", "result", "single")
 
-    def __init__(self, fn: Op, future: asyncio.Future[Any]) -> None:
+    def __init__(self, fn: Op, future: asyncio.Future[Any], single: bool) -> None:
         self.fn = fn
         self.future = future
+        self.single = single
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -49,6 +50,10 @@ def map_sqlite_error(exc: BaseException) -> BaseException:
         mapped: BackendError = BackendUnavailable(
             f"The SQLite database stayed locked past the busy timeout ({exc}). "
             "Another process holds a long write transaction; raise busy_timeout in the URL."
+        )
+    elif isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        mapped = BackendError(
+            f"The file is not an agentcomm SQLite database ({exc}). Check the path in the URL."
         )
     elif isinstance(exc, sqlite3.Error):
         mapped = BackendError(f"SQLite failed: {exc}")
@@ -66,8 +71,17 @@ class Writer:
         connect: Callable[[], sqlite3.Connection],
         ping: Callable[[set[str]], None],
         notify: Callable[[set[str]], None],
+        *,
+        read_only: bool = False,
+        on_rollback: Callable[[], None] | None = None,
     ) -> None:
+        self._on_rollback = on_rollback  # forget caches filled by rolled-back work
         self._connect = connect
+        # A read-only instance serves SELECTs on its own connection, beside the writer: WAL
+        # lets readers and the writer proceed at once, so reads never queue behind writes.
+        self._begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        self._read_only = read_only
+        self._stopped = False
         self._ping = ping  # on the writer thread after a commit: tell other processes
         self._notify = notify  # on the loop thread after a commit: wake local waiters
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -86,18 +100,24 @@ class Writer:
         if self._start_error is not None:
             raise map_sqlite_error(self._start_error)
 
-    def submit(self, fn: Op) -> asyncio.Future[Any]:
-        """Queue `fn` for the next transaction; must be called on the loop thread."""
+    def submit(self, fn: Op, *, single_statement: bool = False) -> asyncio.Future[Any]:
+        """Queue `fn` for the next transaction; must be called on the loop thread.
+
+        `single_statement` (read-only instances): `fn` runs one SELECT, which is its own
+        snapshot, so alone in a batch it needs no BEGIN/COMMIT around it.
+        """
         loop = self._loop
-        assert loop is not None
+        if loop is None or self._stopped:
+            raise HubClosed("The SQLite connection is closed; open a new hub.")
         fut: asyncio.Future[Any] = loop.create_future()
         # Straight onto the queue: while the thread works on one transaction, later jobs
         # pile up and it takes them all for the next one, so batches grow with load.
-        self._queue.put(_Job(fn, fut))
+        self._queue.put(_Job(fn, fut, single_statement))
         return fut
 
     async def stop(self) -> None:
         """Run what is queued, then stop the thread and close the connection."""
+        self._stopped = True
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -139,14 +159,17 @@ class Writer:
 
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         touched: set[str] = set()
+        wrap = not (self._read_only and len(jobs) == 1 and jobs[0].single)
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if wrap:
+                conn.execute(self._begin)
             for job in jobs:
                 job.result = job.fn(conn, touched)
-            conn.execute("COMMIT")
-            self._dirty = True
+            if wrap:
+                conn.execute("COMMIT")
+            self._dirty = not self._read_only
         except BaseException as exc:
-            _rollback(conn)
+            self._rolled_back(conn)
             if len(jobs) == 1:
                 jobs[0].error = map_sqlite_error(exc)
                 touched.clear()
@@ -156,6 +179,11 @@ class Writer:
             with contextlib.suppress(Exception):
                 self._ping(touched)
         self._resolve(jobs, touched)
+
+    def _rolled_back(self, conn: sqlite3.Connection) -> None:
+        _rollback(conn)
+        if self._on_rollback is not None:
+            self._on_rollback()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         self._dirty = False
@@ -168,13 +196,13 @@ class Writer:
             touched: set[str] = set()
             job.result, job.error = None, None
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(self._begin)
                 job.result = job.fn(conn, touched)
                 conn.execute("COMMIT")
-                self._dirty = True
+                self._dirty = not self._read_only
                 all_touched |= touched
             except BaseException as exc:
-                _rollback(conn)
+                self._rolled_back(conn)
                 job.error = map_sqlite_error(exc)
         return all_touched
 
@@ -198,6 +226,27 @@ def _deliver(jobs: list[_Job], touched: set[str], writer: Writer) -> None:
             fut.set_result(job.result)
     if touched:
         writer._notify(touched)
+
+
+#: What `read_inline` returns when the database is momentarily locked.
+INLINE_BUSY: Any = object()
+
+
+def read_inline(conn: sqlite3.Connection, fn: Op) -> Any:
+    """Run a one-SELECT read on the calling (event loop) thread.
+
+    Only for point reads that cost microseconds: the connection has busy_timeout=0, so instead
+    of waiting on a lock it returns INLINE_BUSY and the caller goes through the reader thread.
+    In WAL mode that happens only during recovery or a truncating checkpoint.
+    """
+    try:
+        return fn(conn, set())
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return INLINE_BUSY
+        raise map_sqlite_error(exc) from exc
+    except sqlite3.Error as exc:
+        raise map_sqlite_error(exc) from exc
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
