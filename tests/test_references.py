@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -543,6 +544,23 @@ async def test_request_and_reply_by_reference(make_hub: Callable[..., agentcomm.
         reply = await asker.request("answerer", {"q": 21}, timeout=10)
         await task
         assert reply.data == {"answer": 42}
+        assert await hub.refs.list() == []
+
+
+async def test_cancelled_request_leaves_no_reference(
+    make_hub: Callable[..., agentcomm.Hub],
+) -> None:
+    async with make_hub(default_policy="reference") as hub:
+        asker, answerer = await hub.agent("asker"), await hub.agent("answerer")
+        request = asyncio.create_task(asker.request("answerer", "q?", timeout=30))
+        msg = await answerer.receive(timeout=5)
+        assert msg is not None
+        assert await msg.reply("an answer nobody may read")
+        request.cancel()  # whether it took the reply first or not, nothing stays referenced
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        closing = [t for t in hub._tasks if "close_slot" in repr(t.get_coro())]
+        await asyncio.gather(*closing)
         assert await hub.refs.list() == []
 
 

@@ -62,6 +62,12 @@ async def _promote(
             m.data, m.data_kind = await refs._promote(m.type, m.data, m.data_kind, held)
 
 
+async def _take(hub: Hub, cid: str, abandon: bool) -> StoredReply | None:
+    """Take the reply to `cid` if it arrived (see `Backend.take_reply`), resolved."""
+    reply = await hub._require_backend().take_reply(cid, abandon=abandon)
+    return None if reply is None else await _taken(hub, reply)
+
+
 async def _taken(hub: Hub, reply: StoredReply) -> StoredReply:
     """A reply taken from its slot, its payload resolved; the slot's reference is released."""
     if reply.data_kind & REF_FLAG:
@@ -317,6 +323,7 @@ class Agent:
             finally:
                 if held:
                     await hub.refs._unhold(held)
+            taking: asyncio.Future[StoredReply | None] | None = None
             try:
                 while True:
                     remaining = deadline - loop.time()
@@ -325,9 +332,12 @@ class Agent:
                         listener.rearm()
                         hub._require_backend()
                         remaining = deadline - loop.time()
-                    reply = await backend.take_reply(cid, abandon=remaining <= 0)
+                    # shielded: a cancel while the reply is being taken must not lose it (and
+                    # the reference it holds); `_abandon` waits for it
+                    taking = asyncio.ensure_future(_take(hub, cid, remaining <= 0))
+                    reply = await asyncio.shield(taking)
                     if reply is not None:
-                        return Reply(cid, await _taken(hub, reply))
+                        return Reply(cid, reply)
                     if remaining <= 0:
                         raise RequestTimeout(
                             f"No reply from {to!r} to request {cid} within {timeout:g} s. "
@@ -335,15 +345,15 @@ class Agent:
                         )
             except asyncio.CancelledError:
                 # close the slot so a reply to an abandoned request counts as late
-                self._abandon(cid)
+                self._abandon(cid, taking)
                 raise
 
-    def _abandon(self, cid: str) -> None:
+    def _abandon(self, cid: str, taking: asyncio.Future[StoredReply | None] | None) -> None:
         async def close_slot() -> None:
             with contextlib.suppress(AgentCommError):
-                reply = await self._hub._require_backend().take_reply(cid, abandon=True)
-                if reply is not None and reply.data_kind & REF_FLAG:
-                    await self._hub.refs._unhold({0: (reply.data, reply.data.decode("ascii"))})
+                if taking is not None:
+                    await taking  # a take in progress finishes first (and releases)
+                await _take(self._hub, cid, True)  # a reply taken here is released unread
 
         self._hub._spawn(close_slot())
 
