@@ -564,6 +564,26 @@ async def test_cancelled_request_leaves_no_reference(
         assert await hub.refs.list() == []
 
 
+async def test_cancelled_send_leaves_no_reference(
+    make_hub: Callable[..., agentcomm.Hub],
+) -> None:
+    async with make_hub(default_policy="reference") as hub:
+        a = await hub.agent("a")
+        await hub.agent("b")
+        sending = asyncio.create_task(a.send("b", os.urandom(3_000_000)))
+        await asyncio.sleep(0)  # let it start hashing and storing
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        assert sending.cancelled()
+        for _ in range(100):  # the store finishes in the background, then is released
+            if not await hub.refs.list():
+                break
+            await asyncio.sleep(0.01)
+        assert await hub.refs.list() == []
+        assert await hub.queue_depth("b") == 0
+
+
 async def test_late_reply_by_reference_is_not_kept(make_hub: Callable[..., agentcomm.Hub]) -> None:
     async with make_hub(default_policy="reference") as hub:
         asker, answerer = await hub.agent("asker"), await hub.agent("answerer")

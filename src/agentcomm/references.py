@@ -29,7 +29,7 @@ import msgspec
 import zstandard
 
 from .backends.base import Backend
-from .errors import IntegrityError, RefNotFound, ValidationError
+from .errors import AgentCommError, IntegrityError, RefNotFound, ValidationError
 from .ref_records import COMPRESSIONS, GC_STRATEGIES, REF_FLAG, Ref, RefMeta, RefStats
 
 if TYPE_CHECKING:
@@ -495,9 +495,22 @@ class RefStore:
             return data, kind
         seen = held.get(id(data))
         if seen is None:
-            ref = await self.store(data)
+            storing = asyncio.ensure_future(self.store(data))
+            try:
+                # shielded: a cancel must not lose the reference the store takes for us
+                ref = await asyncio.shield(storing)
+            except asyncio.CancelledError:
+                storing.add_done_callback(self._release_when_stored)
+                raise
             seen = held[id(data)] = (data, ref.id)
         return seen[1].encode("ascii"), kind | REF_FLAG
+
+    def _release_when_stored(self, storing: asyncio.Future[Ref]) -> None:
+        if storing.cancelled() or storing.exception() is not None:
+            return
+        ref_id = storing.result().id
+        with contextlib.suppress(AgentCommError):
+            self._hub._spawn(self._backend().ref_adjust(ref_id, -1, now=time.time()))
 
     async def _unhold(self, held: dict[int, tuple[bytes, str]]) -> None:
         """Release the references `_promote` held, once the rows that need them hold theirs."""
