@@ -19,11 +19,12 @@ import contextlib
 import hashlib
 import math
 import os
+import threading
 import time
 import uuid
 import zlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import msgspec
 import zstandard
@@ -144,33 +145,32 @@ def ref_id_of(ref: Ref | str) -> str:
 # --- compression --------------------------------------------------------------------------------
 
 
-class _Packer(Protocol):
-    def piece(self, data: bytes) -> bytes: ...
-    def finish(self) -> bytes: ...
+_local = threading.local()
 
 
-class _ZstdPacker:
-    def __init__(self) -> None:
-        self._c = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compressobj()
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    # a fresh context allocates and touches a megabyte of tables, which costs more than
+    # compressing 1 MB of JSON: each thread keeps its own (contexts are not thread-safe)
+    pair: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(
+        _local, "zstd", None
+    )
+    if pair is None:
+        pair = _local.zstd = (
+            zstandard.ZstdCompressor(level=_ZSTD_LEVEL),
+            zstandard.ZstdDecompressor(),
+        )
+    return pair
 
-    def piece(self, data: bytes) -> bytes:
-        # a block flush per piece makes every stored chunk decompress on its own, to at most
-        # one piece: reading never inflates a small chunk into a huge buffer
-        return self._c.compress(data) + self._c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
-    def finish(self) -> bytes:
-        return self._c.flush()
+def _compress(piece: bytes, algo: str) -> bytes:
+    """Compress one piece (at most CHUNK_SIZE bytes) as a frame of its own.
 
-
-class _GzipPacker:
-    def __init__(self) -> None:
-        self._c = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
-
-    def piece(self, data: bytes) -> bytes:
-        return self._c.compress(data) + self._c.flush(zlib.Z_SYNC_FLUSH)
-
-    def finish(self) -> bytes:
-        return self._c.flush()
+    Every stored chunk decompresses on its own, to at most one piece: reading never holds
+    more than a chunk, and a damaged chunk cannot inflate into a huge buffer.
+    """
+    if algo == "zstd":
+        return _zstd()[0].compress(piece)
+    return zlib.compress(piece, _GZIP_LEVEL, 31)
 
 
 class _Unpacker:
@@ -180,17 +180,23 @@ class _Unpacker:
         self.ref = ref
         self._hash = hashlib.sha256()
         self._size = 0
-        self._z: Any = None
-        if ref.compression == "zstd":
-            self._z = zstandard.ZstdDecompressor().decompressobj()
-        elif ref.compression == "gzip":
-            self._z = zlib.decompressobj(31)
 
     def chunk(self, data: bytes) -> bytes:
+        algo = self.ref.compression
         try:
-            out: bytes = data if self._z is None else self._z.decompress(data)
+            if algo == "zstd":
+                if not 0 <= zstandard.frame_content_size(data) <= CHUNK_SIZE:
+                    raise self._corrupt("a zstd chunk claims an impossible size")
+                out: bytes = _zstd()[1].decompress(data)
+            elif algo == "gzip":
+                inflate = zlib.decompressobj(31)
+                out = inflate.decompress(data, CHUNK_SIZE + 1)
+                if len(out) > CHUNK_SIZE or not inflate.eof:
+                    raise self._corrupt("a gzip chunk does not end where it should")
+            else:
+                out = data
         except (zstandard.ZstdError, zlib.error) as exc:
-            raise self._corrupt(f"its {self.ref.compression} stream is damaged ({exc})") from exc
+            raise self._corrupt(f"a {algo} chunk is damaged ({exc})") from exc
         self._hash.update(out)
         self._size += len(out)
         return out
@@ -208,10 +214,6 @@ class _Unpacker:
         )
 
 
-def _packer(algo: str) -> _Packer:
-    return _ZstdPacker() if algo == "zstd" else _GzipPacker()
-
-
 def _choose(compression: str, size: int, content_type: str, threshold: int) -> str:
     if compression not in COMPRESSIONS:
         raise ValidationError(
@@ -224,23 +226,21 @@ def _choose(compression: str, size: int, content_type: str, threshold: int) -> s
     return compression
 
 
-def _pack(data: bytes, algo: str) -> tuple[str, str, list[bytes]]:
-    """Hash and chunk `data`, compressed with `algo` if that makes it smaller."""
-    digest = _PREFIX + hashlib.sha256(data).hexdigest()
+def _digest(data: bytes) -> str:
+    return _PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def _pack(data: bytes, algo: str) -> tuple[str, list[bytes]]:
+    """Chunk `data`, compressed with `algo` if that makes it smaller."""
     raw = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
-    if algo != "none" and len(data) > 2 * _SAMPLE:
-        sample = _packer(algo).piece(data[:_SAMPLE])
-        if len(sample) > _SAMPLE * 0.97:
-            algo = "none"
+    sampled = algo != "none" and len(data) > 2 * _SAMPLE
+    if sampled and len(_compress(data[:_SAMPLE], algo)) > _SAMPLE * 0.97:
+        algo = "none"
     if algo != "none":
-        packer = _packer(algo)
-        packed = [packer.piece(p) for p in raw]
-        tail = packer.finish()
-        if tail:
-            packed.append(tail)
+        packed = [_compress(p, algo) for p in raw]
         if sum(map(len, packed)) < len(data):
-            return digest, algo, packed
-    return digest, "none", raw
+            return algo, packed
+    return "none", raw
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -294,10 +294,12 @@ class RefStore:
         now = time.time()
         expires_at = self._expiry(ttl, now)
         algo = _choose(compression, len(blob), content_type, self.config.compress_threshold)
-        if len(blob) > _OFFLOAD_AT:
-            ref_id, algo, chunks = await asyncio.to_thread(_pack, blob, algo)
+        if len(blob) > _OFFLOAD_AT:  # hashing and compressing both release the GIL
+            ref_id, (algo, chunks) = await asyncio.gather(
+                asyncio.to_thread(_digest, blob), asyncio.to_thread(_pack, blob, algo)
+            )
         else:
-            ref_id, algo, chunks = _pack(blob, algo)
+            ref_id, (algo, chunks) = _digest(blob), _pack(blob, algo)
         meta = RefMeta(ref_id, len(blob), sum(map(len, chunks)), algo, content_type, expires_at)
         return await self._backend().ref_put(meta, chunks, now=now)
 
@@ -334,7 +336,6 @@ class RefStore:
         self, backend: Backend, path: str | os.PathLike[str], algo: str
     ) -> tuple[str, str, int, int]:
         digest = hashlib.sha256()
-        packer = None if algo == "none" else _packer(algo)
         upload: int | None = None
         n = stored = 0
         now = time.time()
@@ -344,7 +345,7 @@ class RefStore:
             if not piece:
                 return None
             digest.update(piece)
-            return piece if packer is None else packer.piece(piece)
+            return piece if algo == "none" else _compress(piece, algo)
 
         try:
             f = await asyncio.to_thread(open, path, "rb")
@@ -353,15 +354,13 @@ class RefStore:
                     out = await asyncio.to_thread(step, f)
                     if out is None:
                         break
-                    if n == 0 and packer is not None and len(out) >= f.tell():
+                    if n == 0 and algo != "none" and len(out) >= f.tell():
                         return await self._restart(backend, upload, path)
                     upload = await backend.ref_stage(upload, n, out, now=now)
                     n += 1
                     stored += len(out)
-            tail = b"" if packer is None else packer.finish()
-            if tail or upload is None:  # (an empty file is one empty chunk)
-                upload = await backend.ref_stage(upload, n, tail, now=now)
-                stored += len(tail)
+            if upload is None:  # an empty file is one empty chunk
+                upload = await backend.ref_stage(None, 0, b"", now=now)
         except BaseException:
             if upload is not None:
                 with contextlib.suppress(Exception):
