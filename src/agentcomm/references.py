@@ -321,12 +321,12 @@ class RefStore:
         now = time.time()
         expires_at = self._expiry(ttl, now)
         try:
-            size = os.stat(path).st_size
+            size = os.stat(path).st_size  # to choose; the size stored is the size read
             algo = _choose(compression, size, content_type, self.config.compress_threshold)
-            ref_id, algo, stored, upload = await self._stage_file(backend, path, algo)
+            ref_id, algo, stored, upload, size = await self._stage_file(backend, path, algo)
             if algo != "none" and stored >= size:
                 await backend.ref_abort(upload)
-                ref_id, algo, stored, upload = await self._stage_file(backend, path, "none")
+                ref_id, algo, stored, upload, size = await self._stage_file(backend, path, "none")
         except OSError as exc:
             raise ValidationError(f"Cannot read {os.fspath(path)!r}: {exc}.") from exc
         meta = RefMeta(ref_id, size, stored, algo, content_type, expires_at)
@@ -334,7 +334,8 @@ class RefStore:
 
     async def _stage_file(
         self, backend: Backend, path: str | os.PathLike[str], algo: str
-    ) -> tuple[str, str, int, int]:
+    ) -> tuple[str, str, int, int, int]:
+        """Stage the file's chunks; returns (id, compression, stored size, upload, size)."""
         digest = hashlib.sha256()
         upload: int | None = None
         n = stored = 0
@@ -359,6 +360,8 @@ class RefStore:
                     upload = await backend.ref_stage(upload, n, out, now=now)
                     n += 1
                     stored += len(out)
+                # the size read, not the size at the start: the file may have grown meanwhile
+                size = f.tell()
             if upload is None:  # an empty file is one empty chunk
                 upload = await backend.ref_stage(None, 0, b"", now=now)
         except BaseException:
@@ -366,11 +369,11 @@ class RefStore:
                 with contextlib.suppress(Exception):
                     await backend.ref_abort(upload)
             raise
-        return _PREFIX + digest.hexdigest(), algo, stored, upload
+        return _PREFIX + digest.hexdigest(), algo, stored, upload, size
 
     async def _restart(
         self, backend: Backend, upload: int | None, path: str | os.PathLike[str]
-    ) -> tuple[str, str, int, int]:
+    ) -> tuple[str, str, int, int, int]:
         if upload is not None:
             await backend.ref_abort(upload)
         return await self._stage_file(backend, path, "none")
