@@ -15,6 +15,7 @@ from .errors import (
     EncodeError,
     HubClosed,
     InvalidName,
+    InvalidTopic,
     LeaseLost,
     NotFound,
     RequestTimeout,
@@ -30,9 +31,12 @@ from .models import (
     MailboxStats,
     PendingInfo,
     PruneReport,
+    PublishResult,
     ScheduleInfo,
+    TopicStats,
 )
 from .settings import Backoff, Retention
+from .topics import Subscription, TopicMessage
 
 __version__ = "0.1.0"
 
@@ -51,6 +55,7 @@ __all__ = [
     "HubClosed",
     "HubStats",
     "InvalidName",
+    "InvalidTopic",
     "LeaseLost",
     "MailboxStats",
     "Message",
@@ -58,10 +63,14 @@ __all__ = [
     "Outgoing",
     "PendingInfo",
     "PruneReport",
+    "PublishResult",
     "Reply",
     "RequestTimeout",
     "Retention",
     "ScheduleInfo",
+    "Subscription",
+    "TopicMessage",
+    "TopicStats",
     "UnknownAgent",
     "ValidationError",
     "connect",

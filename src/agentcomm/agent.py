@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -16,8 +16,9 @@ from .backends.base import mail_channel, reply_channel
 from .codec import encode_metadata, encode_payload
 from .errors import HubClosed, LeaseLost, RequestTimeout, ValidationError
 from .mailbox import Message, Reply
-from .models import NewMessage, ScheduleSpec
+from .models import NewMessage, PublishResult, ScheduleSpec
 from .scheduling import first_occurrence, validate_recurrence
+from .topics import DEFAULT_BUFFER, Subscription
 from .validation import (
     check_attempts,
     check_name,
@@ -326,3 +327,50 @@ class Agent:
         )
         await backend.add_schedule(spec, auto_register=hub.auto_register)
         return spec.id
+
+    # --- topics --------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        type: str = "event",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> PublishResult:
+        """Publish `data` to `topic` (dot-separated tokens, no wildcards). Never blocks on
+        subscribers: a live subscriber whose buffer is full misses it (counted as dropped).
+
+        The message is appended to the topic log first (`sequence`), then handed to this hub's
+        matching live subscribers (`delivered`, `dropped`); other hubs read it from the log.
+        """
+        result = await self._hub._topics().publish(self._name, topic, data, type, metadata)
+        await self._touch(time.time())
+        return result
+
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        senders: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        buffer: int = DEFAULT_BUFFER,
+        durable: str | None = None,
+        start: str | int | datetime | None = None,
+    ) -> Subscription:
+        """Receive messages published to topics matching `pattern`.
+
+        In a pattern `*` matches one token and `>` (last only) one or more trailing tokens.
+        Filters AND together: sender in `senders`, type in `types`, and every `metadata` key
+        equal to the given value. Live (default): publishes from now on, at most `buffer`
+        waiting (more are dropped and counted). With `durable=name`: a consumer stored in the
+        backend that resumes where it was acked, shares its work with every subscriber of the
+        same name, and leases `buffer` messages at a time for the hub's lease. `start` ("all",
+        "new", a sequence, or a datetime) creates it there or rewinds it; without `start` an
+        existing consumer resumes and a new one starts at "new".
+        """
+        return await self._hub._topics().subscribe(
+            pattern, senders=senders, types=types, metadata=metadata, buffer=buffer,
+            durable=durable, start=start, lease=self._hub.lease,
+        )  # fmt: skip

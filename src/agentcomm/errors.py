@@ -6,6 +6,7 @@
     ├── ConfigurationError          bad URL, unknown backend, missing extra
     ├── ValidationError (ValueError) an argument is out of range or malformed
     │   ├── InvalidName              agent name does not follow the naming rules
+    │   ├── InvalidTopic             topic name or pattern is malformed
     │   └── EncodeError              payload or metadata cannot be encoded
     ├── NotFound (LookupError)
     │   └── UnknownAgent             recipient was never registered
@@ -28,6 +29,7 @@ __all__ = [
     "EncodeError",
     "HubClosed",
     "InvalidName",
+    "InvalidTopic",
     "LeaseLost",
     "NotFound",
     "RequestTimeout",
@@ -50,6 +52,10 @@ class ValidationError(AgentCommError, ValueError):
 
 class InvalidName(ValidationError):
     """A name (agent, namespace, ...) does not follow the naming rules."""
+
+
+class InvalidTopic(ValidationError):
+    """A topic name or subscription pattern is malformed."""
 
 
 class EncodeError(ValidationError):

@@ -22,8 +22,11 @@ from .models import (
     PendingInfo,
     PruneReport,
     ScheduleInfo,
+    TopicStats,
 )
 from .settings import Backoff, Retention
+from .subjects import parse_topic
+from .topics import TopicBus
 from .validation import check_attempts, check_name, check_positive
 
 __all__ = ["Hub", "connect"]
@@ -86,6 +89,7 @@ class Hub:
         self._state = "new"
         self._tasks: set[asyncio.Task[None]] = set()
         self._agents: dict[str, Agent] = {}
+        self._topic_bus: TopicBus | None = None
 
     def __repr__(self) -> str:
         return f"<Hub {self.url} {self._state}>"
@@ -116,6 +120,8 @@ class Hub:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._topic_bus is not None:
+            await self._topic_bus.close()
         if was_open:
             await self._backend.close()
 
@@ -214,6 +220,27 @@ class Hub:
     async def cancel_schedule(self, schedule_id: str) -> bool:
         """Stop a schedule; False if no schedule had that id."""
         return await self._require_backend().cancel_schedule(schedule_id)
+
+    # --- topics ------------------------------------------------------------------------------
+
+    def _topics(self) -> TopicBus:
+        backend = self._require_backend()
+        if self._topic_bus is None:
+            self._topic_bus = TopicBus(self, backend)
+        return self._topic_bus
+
+    async def topics(self) -> list[TopicStats]:
+        """Stats of every topic published to (and still within retention), by name."""
+        return await self._topics().stats(None)
+
+    async def topic_stats(self, name: str) -> TopicStats:
+        """Published, delivered, dropped, subscribers and last publish of topic `name`.
+
+        `subscribers` counts this hub's live subscriptions plus the durable consumers whose
+        pattern matches; a topic never published to has zero counts.
+        """
+        parse_topic(name)
+        return (await self._topics().stats(name))[0]
 
     # --- housekeeping --------------------------------------------------------------------------
 

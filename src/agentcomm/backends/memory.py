@@ -36,6 +36,7 @@ from ..notify import Notifier
 from ..scheduling import next_occurrence, scheduled_message
 from ..settings import Retention
 from .base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
+from .memory_topics import MemoryTopics
 
 T = TypeVar("T")
 
@@ -103,7 +104,7 @@ def _store_for(name: str) -> MemoryStore:
     return store
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(MemoryTopics, Backend):
     """Implements the backend contract in memory."""
 
     recheck_interval = 3600.0  # every change notifies every hub of the store directly
@@ -520,7 +521,10 @@ class MemoryBackend(Backend):
             ]
             for c in stale_requests:
                 del store.requests[c]
-            return PruneReport(expired, dead, pruned, len(stale_keys), len(stale_requests))
+            topic_records = self._prune_topics(store, now)
+            return PruneReport(
+                expired, dead, pruned, len(stale_keys), len(stale_requests), topic_records
+            )
 
         return self._run(op)
 

@@ -39,6 +39,7 @@ from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
 from ..base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
 from . import schema
+from .topics import SQLiteTopics
 from .wake import WakeBus, wake_dir_for
 from .writer import Op, Writer
 
@@ -84,7 +85,7 @@ def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(SQLiteTopics, Backend):
     """Implements the backend contract on one SQLite file."""
 
     def __init__(
@@ -543,7 +544,8 @@ class SQLiteBackend(Backend):
             requests = conn.execute(
                 "DELETE FROM requests WHERE deadline <= ?", (now - REPLY_GRACE,)
             ).rowcount
-            return PruneReport(expired, len(dead_rows), pruned, keys, requests)
+            topic_records = self._prune_topics(conn, now)
+            return PruneReport(expired, len(dead_rows), pruned, keys, requests, topic_records)
 
         result: PruneReport = await self._do(op)
         return result

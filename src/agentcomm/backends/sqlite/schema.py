@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .topics import TOPICS_SCHEMA
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -114,6 +116,10 @@ def migrate(conn: sqlite3.Connection) -> None:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # feature tables: idempotent, so they also reach stores created before the feature
+        for statement in TOPICS_SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -1,0 +1,381 @@
+"""Topics for the SQLite backend: the topic log, per-topic stats and durable consumers.
+
+The log is one table with a per-store sequence (AUTOINCREMENT, so a sequence is never reused
+after pruning). A durable consumer is a row holding its definition and the highest sequence it
+has scanned; its leased deliveries are rows of `topic_pending` until acked. Every operation
+runs on the backend's writer thread through `self._do`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ...errors import NotFound
+from ...models import (
+    ConsumerSpec,
+    NewTopicRecord,
+    TopicBatch,
+    TopicClaim,
+    TopicRecord,
+    TopicStats,
+)
+from ...settings import Retention
+from ...subjects import TOPICS_CHANNEL, TopicFilter, is_literal
+from ..memory_topics import conflict, consumer_filter, same_definition
+
+TOPICS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topic_log (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic         TEXT NOT NULL,
+    sender        TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    data          BLOB NOT NULL,
+    data_kind     INTEGER NOT NULL,
+    metadata      BLOB,
+    published_at  REAL NOT NULL,
+    origin        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS topic_log_topic ON topic_log (topic, seq);
+
+CREATE TABLE IF NOT EXISTS topic_stats (
+    name          TEXT PRIMARY KEY,
+    published     INTEGER NOT NULL DEFAULT 0,
+    delivered     INTEGER NOT NULL DEFAULT 0,
+    dropped       INTEGER NOT NULL DEFAULT 0,
+    last_publish  REAL,
+    last_seq      INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS topic_consumers (
+    name       TEXT PRIMARY KEY,
+    spec       BLOB NOT NULL,
+    delivered  INTEGER NOT NULL,
+    lost       INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS topic_pending (
+    consumer     TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    lease_until  REAL NOT NULL,
+    PRIMARY KEY (consumer, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS topic_pending_lease ON topic_pending (consumer, lease_until);
+"""
+
+_COLS = "seq, topic, sender, type, data, data_kind, metadata, published_at, origin"
+_INSERT = (
+    "INSERT INTO topic_log (topic, sender, type, data, data_kind, metadata, published_at, origin)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COUNT_PUBLISH = (
+    "INSERT INTO topic_stats (name, published, last_publish, last_seq) VALUES (?, 1, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET published = published + 1,"
+    " last_publish = excluded.last_publish, last_seq = excluded.last_seq"
+)
+_COUNT_DELIVERY = (
+    "INSERT INTO topic_stats (name, delivered, dropped) VALUES (?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET delivered = delivered + excluded.delivered,"
+    " dropped = dropped + excluded.dropped"
+)
+_HEAD = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'topic_log'), 0)"
+_SCAN_CHUNK = 512
+_PRUNE_BATCH = 50_000
+
+_spec_encoder = msgspec.msgpack.Encoder()
+_spec_decoder = msgspec.msgpack.Decoder(ConsumerSpec)
+
+Op = Callable[[sqlite3.Connection, set[str]], Any]
+
+
+def _definition(spec: ConsumerSpec) -> bytes:
+    """The stored form of a consumer: its definition without a start position."""
+    return _spec_encoder.encode(
+        ConsumerSpec(spec.name, spec.pattern, spec.senders, spec.types, spec.metadata)
+    )
+
+
+def _record(r: Sequence[Any], attempt: int = 0) -> TopicRecord:
+    """A `_COLS` row as a record."""
+    return TopicRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], attempt)
+
+
+def _head(conn: sqlite3.Connection) -> int:
+    head: int = conn.execute(_HEAD).fetchone()[0]
+    return head
+
+
+class SQLiteTopics:
+    """The topics part of the backend contract, on the SQLite writer thread."""
+
+    retention: Retention
+
+    if TYPE_CHECKING:
+
+        def _do(self, fn: Op) -> Awaitable[Any]: ...
+
+    _filters: dict[bytes, TopicFilter]
+
+    def _filter(self, blob: bytes) -> TopicFilter:
+        cache = self.__dict__.setdefault("_filters", {})
+        f: TopicFilter | None = cache.get(blob)
+        if f is None:
+            if len(cache) > 256:
+                cache.clear()
+            f = cache[blob] = consumer_filter(_spec_decoder.decode(blob))
+        return f
+
+    async def publish(self, record: NewTopicRecord, *, now: float) -> int:
+        r = record
+        row = (r.topic, r.sender, r.type, r.data, r.data_kind, r.metadata, r.published_at, r.origin)
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> int:
+            seq = conn.execute(_INSERT, row).lastrowid
+            assert seq is not None
+            conn.execute(_COUNT_PUBLISH, (r.topic, r.published_at, seq))
+            touched.add(TOPICS_CHANNEL)
+            return seq
+
+        result: int = await self._do(op)
+        return result
+
+    async def topic_head(self) -> int:
+        result: int = await self._do(lambda conn, touched: _head(conn))
+        return result
+
+    async def read_topics(self, after: int, *, exclude_origin: str, limit: int) -> TopicBatch:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> TopicBatch:
+            rows = conn.execute(
+                f"SELECT {_COLS} FROM topic_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            through = rows[-1][0] if rows else max(after, _head(conn))
+            records = [_record(r) for r in rows if r[8] != exclude_origin]
+            return TopicBatch(records, through)
+
+        result: TopicBatch = await self._do(op)
+        return result
+
+    async def count_topic_deliveries(self, counts: Mapping[str, tuple[int, int]]) -> None:
+        rows = [(topic, d, x) for topic, (d, x) in counts.items()]
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> None:
+            conn.executemany(_COUNT_DELIVERY, rows)
+
+        await self._do(op)
+
+    async def topic_stats(self, name: str | None) -> list[TopicStats]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[TopicStats]:
+            cols = "name, published, delivered, dropped, last_publish, last_seq"
+            if name is None:
+                rows = conn.execute(f"SELECT {cols} FROM topic_stats ORDER BY name").fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {cols} FROM topic_stats WHERE name = ?", (name,)
+                ).fetchall()
+            filters = [self._filter(b) for (b,) in conn.execute("SELECT spec FROM topic_consumers")]
+            if name is not None and not rows:
+                rows = [(name, 0, 0, 0, None, 0)]
+            return [
+                TopicStats(n, pub, dl, dr, sum(1 for f in filters if f.matches_topic(n)), last, ls)
+                for n, pub, dl, dr, last, ls in rows
+            ]
+
+        result: list[TopicStats] = await self._do(op)
+        return result
+
+    async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
+        blob = _definition(spec)
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> None:
+            row = conn.execute(
+                "SELECT spec FROM topic_consumers WHERE name = ?", (spec.name,)
+            ).fetchone()
+            if row is not None:
+                stored = _spec_decoder.decode(row[0])
+                if not same_definition(stored, spec):
+                    raise conflict(spec, stored.pattern)
+                if spec.start is None:
+                    return
+                conn.execute("DELETE FROM topic_pending WHERE consumer = ?", (spec.name,))
+                conn.execute(
+                    "UPDATE topic_consumers SET delivered = ?, lost = 0 WHERE name = ?",
+                    (_position(conn, spec), spec.name),
+                )
+                touched.add(TOPICS_CHANNEL)
+                return
+            conn.execute(
+                "INSERT INTO topic_consumers (name, spec, delivered) VALUES (?, ?, ?)",
+                (spec.name, blob, _position(conn, spec)),
+            )
+
+        await self._do(op)
+
+    async def claim_topic(
+        self,
+        consumer: str,
+        *,
+        acks: Sequence[tuple[int, int]],
+        releases: Sequence[tuple[int, int]],
+        max_messages: int,
+        lease: float,
+        now: float,
+    ) -> TopicClaim:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> TopicClaim:
+            if acks:
+                conn.executemany(
+                    "DELETE FROM topic_pending WHERE consumer = ? AND seq = ? AND attempt = ?",
+                    [(consumer, s, a) for s, a in acks],
+                )
+            if releases:
+                released = conn.executemany(
+                    "UPDATE topic_pending SET lease_until = ?"
+                    " WHERE consumer = ? AND seq = ? AND attempt = ?",
+                    [(now, consumer, s, a) for s, a in releases],
+                ).rowcount
+                if released:
+                    touched.add(TOPICS_CHANNEL)
+            if max_messages <= 0:
+                return TopicClaim([], 0.0, 0, None)
+            row = conn.execute(
+                "SELECT spec, delivered, lost FROM topic_consumers WHERE name = ?", (consumer,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"Durable consumer {consumer!r} does not exist; subscribe again.")
+            filt = self._filter(row[0])
+            until = now + lease
+            expired = conn.execute(
+                f"SELECT p.attempt, l.{_COLS.replace(', ', ', l.')} FROM topic_pending p"
+                " JOIN topic_log l ON l.seq = p.seq"
+                " WHERE p.consumer = ? AND p.lease_until <= ? ORDER BY p.seq LIMIT ?",
+                (consumer, now, max_messages),
+            ).fetchall()
+            out = [_record(r[1:], r[0] + 1) for r in expired]
+            if expired:
+                conn.executemany(
+                    "UPDATE topic_pending SET attempt = attempt + 1, lease_until = ?"
+                    " WHERE consumer = ? AND seq = ?",
+                    [(until, consumer, r[1]) for r in expired],
+                )
+            fresh, delivered = self._scan(conn, filt, row[1], max_messages - len(out))
+            if fresh:
+                conn.executemany(
+                    "INSERT INTO topic_pending (consumer, seq, attempt, lease_until)"
+                    " VALUES (?, ?, 1, ?)",
+                    [(consumer, r.seq, until) for r in fresh],
+                )
+                out.extend(fresh)
+            if delivered != row[1] or row[2]:
+                conn.execute(
+                    "UPDATE topic_consumers SET delivered = ?, lost = 0 WHERE name = ?",
+                    (delivered, consumer),
+                )
+            if out:
+                per_topic = Counter(r.topic for r in out)
+                conn.executemany(_COUNT_DELIVERY, [(t, n, 0) for t, n in per_topic.items()])
+            next_wake = conn.execute(
+                "SELECT MIN(lease_until) FROM topic_pending WHERE consumer = ?", (consumer,)
+            ).fetchone()[0]
+            return TopicClaim(out, until, row[2], next_wake)
+
+        result: TopicClaim = await self._do(op)
+        return result
+
+    @staticmethod
+    def _scan(
+        conn: sqlite3.Connection, filt: TopicFilter, delivered: int, want: int
+    ) -> tuple[list[TopicRecord], int]:
+        """Up to `want` records after `delivered` that pass `filt`, and the new position."""
+        out: list[TopicRecord] = []
+        literal = is_literal(filt.tokens)
+        check = filt.has_filters if literal else True
+        while len(out) < want:
+            chunk = max(want - len(out), _SCAN_CHUNK) if check else want - len(out)
+            if literal:
+                rows = conn.execute(
+                    f"SELECT {_COLS} FROM topic_log WHERE topic = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (filt.pattern, delivered, chunk),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_COLS} FROM topic_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (delivered, chunk),
+                ).fetchall()
+            for r in rows:
+                delivered = r[0]
+                if not check or filt.matches(r[1], r[2], r[3], r[6]):
+                    out.append(_record(r, 1))
+                    if len(out) == want:
+                        break
+            if len(rows) < chunk:
+                if literal and len(out) < want:
+                    # nothing else on this topic: skip past every other topic's records too
+                    delivered = max(delivered, _head(conn))
+                break
+        return out, delivered
+
+    def _prune_topics(self, conn: sqlite3.Connection, now: float) -> int:
+        """Delete log records beyond retention, counting what each durable consumer lost."""
+        r = self.retention
+        lo, hi = conn.execute("SELECT MIN(seq), MAX(seq) FROM topic_log").fetchone()
+        cutoff = now - r.topic_max_age
+        if lo is not None:
+            through = hi - r.topic_max_count  # sequences are contiguous but for pruned prefixes
+            after = max(through, lo - 1)
+            while after < lo + _PRUNE_BATCH:
+                rows = conn.execute(
+                    "SELECT seq, published_at FROM topic_log WHERE seq > ? ORDER BY seq LIMIT 1000",
+                    (after,),
+                ).fetchall()
+                old = [seq for seq, at in rows if at <= cutoff]
+                if old:
+                    after = through = max(through, old[-1])
+                if len(old) < len(rows) or len(rows) < 1000:
+                    break
+            through = min(through, lo + _PRUNE_BATCH - 1)
+        else:
+            through = 0
+        pruned = 0
+        if lo is not None and through >= lo:
+            consumers = conn.execute("SELECT name, spec, delivered FROM topic_consumers").fetchall()
+            for name, blob, delivered in consumers:
+                lost = conn.execute(
+                    "DELETE FROM topic_pending WHERE consumer = ? AND seq <= ?", (name, through)
+                ).rowcount
+                if delivered < through:
+                    filt = self._filter(blob)
+                    doomed = conn.execute(
+                        "SELECT topic, sender, type, metadata FROM topic_log"
+                        " WHERE seq > ? AND seq <= ?",
+                        (delivered, through),
+                    )
+                    lost += sum(1 for t, s, ty, m in doomed if filt.matches(t, s, ty, m))
+                conn.execute(
+                    "UPDATE topic_consumers SET delivered = MAX(delivered, ?), lost = lost + ?"
+                    " WHERE name = ?",
+                    (through, lost, name),
+                )
+            pruned = conn.execute("DELETE FROM topic_log WHERE seq <= ?", (through,)).rowcount
+        conn.execute("DELETE FROM topic_stats WHERE last_publish <= ?", (cutoff,))
+        return int(pruned)
+
+
+def _position(conn: sqlite3.Connection, spec: ConsumerSpec) -> int:
+    """The sequence a consumer starting at `spec.start` has already passed."""
+    if spec.start == "all":
+        return 0
+    if spec.start == "seq":
+        return max(spec.start_seq - 1, 0)
+    if spec.start == "time":
+        row = conn.execute(
+            "SELECT MIN(seq) FROM topic_log WHERE published_at >= ?", (spec.start_time,)
+        ).fetchone()
+        if row[0] is not None:
+            return int(row[0]) - 1
+    return _head(conn)
