@@ -437,8 +437,6 @@ async def test_consumer_behind_retention_is_told_what_it_lost(
     slow = await reader.subscribe("r.a", durable="slow", start="all", buffer=1)
     for i in range(10):
         await planner.publish("r.a" if i % 2 == 0 else "r.b", i)
-    first = await slow.next(timeout=5)  # leased, never acked: lost when pruned
-    assert first is not None and first.data == 0
     assert len(await _drain(fast)) == 10
     retention = agentcomm.Retention(topic_max_count=2, topic_max_age=3600)
     async with make_hub(retention=retention, background=False) as pruner:

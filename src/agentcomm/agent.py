@@ -345,7 +345,9 @@ class Agent:
         matching live subscribers (`delivered`, `dropped`); other hubs read it from the log.
         """
         result = await self._hub._topics().publish(self._name, topic, data, type, metadata)
-        await self._touch(time.time())
+        now = time.time()
+        if now - self._touched >= _TOUCH_EVERY:
+            await self._touch(now)
         return result
 
     async def subscribe(

@@ -51,15 +51,23 @@ class TopicMessage:
 
     __slots__ = ("_acked", "_data", "_lease_until", "_metadata", "_record", "_sub")
 
-    def __init__(
-        self, record: TopicRecord, sub: Subscription | None = None, lease_until: float = 0.0
-    ) -> None:
+    _sub: Subscription | None
+    _lease_until: float
+    _acked: bool
+    _data: Any
+    _metadata: Any
+
+    def __init__(self, record: TopicRecord) -> None:
+        # the other slots stay unset until used: this runs once per live delivery
         self._record = record
-        self._sub = sub
-        self._lease_until = lease_until
-        self._data: Any = _UNSET
-        self._metadata: Any = _UNSET
-        self._acked = False
+
+    @classmethod
+    def _leased(cls, record: TopicRecord, sub: Subscription, lease_until: float) -> TopicMessage:
+        msg = cls(record)
+        msg._sub = sub
+        msg._lease_until = lease_until
+        msg._acked = False
+        return msg
 
     @property
     def topic(self) -> str:
@@ -79,16 +87,20 @@ class TopicMessage:
     @property
     def data(self) -> Any:
         """The payload, decoded on first access."""
-        if self._data is _UNSET:
+        try:
+            return self._data
+        except AttributeError:
             self._data = decode_payload(self._record.data, self._record.data_kind)
-        return self._data
+            return self._data
 
     @property
     def metadata(self) -> dict[str, Any]:
         """The metadata given at publish (empty dict if none)."""
-        if self._metadata is _UNSET:
+        try:
+            return self._metadata  # type: ignore[no-any-return]
+        except AttributeError:
             self._metadata = decode_metadata(self._record.metadata)
-        return self._metadata  # type: ignore[no-any-return]
+            return self._metadata  # type: ignore[no-any-return]
 
     @property
     def sequence(self) -> int:
@@ -107,7 +119,7 @@ class TopicMessage:
 
     async def ack(self) -> None:
         """Durable: mark it done (written within 50 ms, with the next fetch, or at close)."""
-        sub = self._sub
+        sub = getattr(self, "_sub", None)
         if sub is None or self._acked:
             return
         self._acked = True
@@ -135,6 +147,9 @@ class Subscription:
         "_lease",
         "_match",
         "_maxlen",
+        "_more",
+        "_next_wake",
+        "_prefetch",
         "_waiter",
         "dropped",
         "lost",
@@ -154,6 +169,9 @@ class Subscription:
         self._closed = False
         self._acks: list[tuple[int, int]] = []
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._more = False  # the last claim was full: more is probably waiting
+        self._next_wake: float | None = None
+        self._prefetch: asyncio.Task[None] | None = None
         #: Live: messages that did not fit in the buffer and were dropped.
         self.dropped = 0
         #: Durable: messages pruned by retention before this consumer took them.
@@ -221,51 +239,31 @@ class Subscription:
             raise StopAsyncIteration
         return msg
 
-    def _offer(self, msg: TopicMessage) -> bool:
-        """Live delivery: buffer `msg`, or drop and count it when the buffer is full."""
-        if len(self._buf) >= self._maxlen:
-            self.dropped += 1
-            return False
-        self._buf.append(msg)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        return True
-
     async def _next_durable(self, timeout: float | None) -> TopicMessage | None:
         msg = self._pop_leased()
         if msg is not None or self._closed:
             return msg
-        bus = self._bus
-        backend = bus._backend
-        name = self._durable
-        assert name is not None
+        backend = self._bus._backend
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         with backend.notifier.listen(TOPICS_CHANNEL, self._channel()) as listener:
             while True:
                 listener.rearm()
-                acks, self._acks = self._acks, []
-                try:
-                    claim = await backend.claim_topic(
-                        name, acks=acks, releases=(), max_messages=self._maxlen,
-                        lease=self._lease, now=time.time(),
-                    )  # fmt: skip
-                except BaseException:
-                    self._acks[:0] = acks  # written with the next attempt
-                    raise
-                self.lost += claim.lost
-                for r in claim.records:
-                    self._buf.append(TopicMessage(r, self, claim.lease_until))
-                if self._closed:  # closed while we claimed: hand the leases back now
-                    await self._release_buffered()
+                prefetch = self._prefetch
+                if prefetch is not None:
+                    # shielded: a caller's timeout must not cancel a claim other calls await
+                    await asyncio.shield(prefetch)
+                    next_wake = self._next_wake
+                else:
+                    next_wake = await self._claim()
+                if self._closed:
                     return None
                 msg = self._pop_leased()
                 if msg is not None:
                     return msg
                 wait = backend.recheck_interval
-                if claim.next_wake is not None:
-                    wait = min(wait, max(claim.next_wake - time.time(), 0.0) + 0.001)
+                if next_wake is not None:
+                    wait = min(wait, max(next_wake - time.time(), 0.0) + 0.001)
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
@@ -275,6 +273,49 @@ class Subscription:
                 await listener.wait(wait)
                 if self._closed:
                     return None
+
+    async def _claim(self) -> float | None:
+        """Write pending acks and lease the next batch into the buffer; returns `next_wake`."""
+        name = self._durable
+        assert name is not None
+        acks, self._acks = self._acks, []
+        try:
+            claim = await self._bus._backend.claim_topic(
+                name, acks=acks, releases=(), max_messages=self._maxlen, lease=self._lease,
+                now=time.time(),
+            )  # fmt: skip
+        except BaseException:
+            self._acks[:0] = acks  # written with the next attempt
+            raise
+        self.lost += claim.lost
+        buf = self._buf
+        for r in claim.records:
+            buf.append(TopicMessage._leased(r, self, claim.lease_until))
+        self._more = len(claim.records) == self._maxlen
+        self._next_wake = claim.next_wake
+        if self._closed:  # closed while we claimed: hand the leases back now
+            await self._release_buffered()
+        return claim.next_wake
+
+    def _maybe_prefetch(self) -> None:
+        """Claim the next batch while this one is consumed, when more is likely waiting."""
+        if (
+            self._more
+            and self._prefetch is None
+            and not self._closed
+            and len(self._buf) <= self._maxlen // 2
+        ):
+            self._more = False
+            task = asyncio.get_running_loop().create_task(self._claim_quietly())
+            self._prefetch = task
+            task.add_done_callback(self._prefetched)
+
+    async def _claim_quietly(self) -> None:
+        with contextlib.suppress(AgentCommError):  # the next call to next() claims again
+            await self._claim()
+
+    def _prefetched(self, task: asyncio.Task[None]) -> None:
+        self._prefetch = None
 
     def _channel(self) -> str:
         """The private channel `close()` notifies to wake a waiting durable `next()`."""
@@ -290,6 +331,8 @@ class Subscription:
             # a lease that ended meanwhile may already be redelivered elsewhere: skip it, the
             # next claim hands it out again
             if msg._lease_until > now:
+                if self._more:
+                    self._maybe_prefetch()
                 return msg
         return None
 
@@ -345,6 +388,8 @@ class Subscription:
             self._ack_timer = None
         if self._durable is not None:
             self._bus._backend.notifier.notify((self._channel(),))
+            if self._prefetch is not None:
+                await asyncio.gather(self._prefetch, return_exceptions=True)
             await self._release_buffered()
 
     async def __aenter__(self) -> Subscription:
@@ -392,14 +437,14 @@ class TopicBus:
         payload, kind = encode_payload(data)
         meta = encode_metadata(dict(metadata)) if metadata else None
         now = time.time()
-        seq = await self._backend.publish(
+        record = await self._backend.publish(
             NewTopicRecord(topic, sender, type, payload, kind, meta, now, self.origin), now=now
         )
+        seq = record.seq
         if self._cursor is not None and seq == self._cursor + 1:
             self._cursor = seq  # nothing foreign in between: the reader need not look
         if self._closed or not self._tree:
             return PublishResult(0, 0, seq)
-        record = TopicRecord(seq, topic, sender, type, payload, kind, meta, now, self.origin)
         delivered, dropped = self._fanout(record, tokens)
         return PublishResult(delivered, dropped, seq)
 
@@ -409,17 +454,23 @@ class TopicBus:
             return 0, 0
         delivered = dropped = 0
         meta: Any = _UNSET
-        for sub in subs:
+        for sub in subs:  # Subscription._offer, inlined: this is the hot path
             filt = sub._filter
             if filt is not None:
                 if filt.metadata is not None and meta is _UNSET:
                     meta = decode_metadata(record.metadata)
                 if not filt.accepts(record.sender, record.type, meta if filt.metadata else None):
                     continue
-            if sub._offer(TopicMessage(record)):
-                delivered += 1
-            else:
+            buf = sub._buf
+            if len(buf) >= sub._maxlen:
+                sub.dropped += 1
                 dropped += 1
+                continue
+            buf.append(TopicMessage(record))
+            waiter = sub._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            delivered += 1
         if delivered or dropped:
             self._count(record.topic, delivered, dropped)
         return delivered, dropped

@@ -33,6 +33,7 @@ from ..models import (
     StoredReply,
     TopicBatch,
     TopicClaim,
+    TopicRecord,
     TopicStats,
 )
 from ..notify import Notifier
@@ -170,9 +171,9 @@ class Backend(abc.ABC):
     # --- topics ------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def publish(self, record: NewTopicRecord, *, now: float) -> int:
-        """Append a publish to the topic log, count it in the topic's stats, and return its
-        sequence (increasing per store, never reused)."""
+    async def publish(self, record: NewTopicRecord, *, now: float) -> TopicRecord:
+        """Append a publish to the topic log, count it in the topic's stats, and return it as
+        stored, with its sequence (increasing per store, never reused)."""
 
     @abc.abstractmethod
     async def topic_head(self) -> int:

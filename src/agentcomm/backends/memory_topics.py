@@ -18,6 +18,7 @@ from ..models import (
     TopicRecord,
     TopicStats,
 )
+from ..notify import Notifier
 from ..settings import Retention
 from ..subjects import TOPICS_CHANNEL, TopicFilter
 
@@ -68,6 +69,7 @@ class _TopicState:
 
 
 _states: weakref.WeakKeyDictionary[MemoryStore, _TopicState] = weakref.WeakKeyDictionary()
+_TOUCHED = (TOPICS_CHANNEL,)
 
 
 def _state(store: MemoryStore) -> _TopicState:
@@ -105,14 +107,22 @@ class MemoryTopics:
 
     _store: MemoryStore
     retention: Retention
+    notifier: Notifier
 
     if TYPE_CHECKING:
 
         def _run(self, fn: Callable[[MemoryStore, set[str]], T]) -> T: ...
+        def _broadcast(self, channels: set[str]) -> None: ...
 
-    async def publish(self, record: NewTopicRecord, *, now: float) -> int:
-        def op(store: MemoryStore, touched: set[str]) -> int:
-            st = _state(store)
+    _topic_state: _TopicState
+
+    async def publish(self, record: NewTopicRecord, *, now: float) -> TopicRecord:
+        store = self._store
+        try:
+            st = self._topic_state
+        except AttributeError:
+            st = self._topic_state = _state(store)
+        with store.lock:
             st.seq = seq = st.seq + 1
             r = record
             rec = TopicRecord(
@@ -129,10 +139,12 @@ class MemoryTopics:
             limit = self.retention.topic_max_count
             if len(st.log) > _TRIM_FACTOR * limit + 1024:
                 self._prune_topics(store, now)
-            touched.add(TOPICS_CHANNEL)
-            return seq
-
-        return self._run(op)
+        # the hot path: skip the walk over the store's hubs when this hub is the only one
+        if len(store.backends) == 1:
+            self.notifier.notify(_TOUCHED)
+        else:
+            self._broadcast(set(_TOUCHED))
+        return rec
 
     async def topic_head(self) -> int:
         with self._store.lock:
@@ -262,9 +274,10 @@ class MemoryTopics:
             through = log[cut - 1].seq
             for c in st.consumers.values():
                 gone = [s for s in c.pending if s <= through]
+                lost = 0
                 for s in gone:
-                    del c.pending[s]
-                lost = len(gone)
+                    # a record out on a live lease was delivered; one whose lease ended is lost
+                    lost += c.pending.pop(s)[1] <= now
                 if c.delivered < through:
                     for rec in log[max(c.delivered + 1 - first, 0) : cut]:
                         if c.filter.matches(rec.topic, rec.sender, rec.type, rec.metadata):

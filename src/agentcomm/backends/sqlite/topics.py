@@ -65,7 +65,6 @@ CREATE TABLE IF NOT EXISTS topic_pending (
     lease_until  REAL NOT NULL,
     PRIMARY KEY (consumer, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS topic_pending_lease ON topic_pending (consumer, lease_until);
 """
 
 _COLS = "seq, topic, sender, type, data, data_kind, metadata, published_at, origin"
@@ -85,6 +84,8 @@ _COUNT_DELIVERY = (
 )
 _HEAD = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'topic_log'), 0)"
 _SCAN_CHUNK = 512
+_IN_JSON = "(SELECT value FROM json_each(?))"
+_json = msgspec.json.encode
 _PRUNE_BATCH = 50_000
 
 _spec_encoder = msgspec.msgpack.Encoder()
@@ -130,7 +131,7 @@ class SQLiteTopics:
             f = cache[blob] = consumer_filter(_spec_decoder.decode(blob))
         return f
 
-    async def publish(self, record: NewTopicRecord, *, now: float) -> int:
+    async def publish(self, record: NewTopicRecord, *, now: float) -> TopicRecord:
         r = record
         row = (r.topic, r.sender, r.type, r.data, r.data_kind, r.metadata, r.published_at, r.origin)
 
@@ -141,8 +142,8 @@ class SQLiteTopics:
             touched.add(TOPICS_CHANNEL)
             return seq
 
-        result: int = await self._do(op)
-        return result
+        seq: int = await self._do(op)
+        return _record((seq, *row))
 
     async def topic_head(self) -> int:
         result: int = await self._do(lambda conn, touched: _head(conn))
@@ -228,10 +229,15 @@ class SQLiteTopics:
     ) -> TopicClaim:
         def op(conn: sqlite3.Connection, touched: set[str]) -> TopicClaim:
             if acks:
-                conn.executemany(
-                    "DELETE FROM topic_pending WHERE consumer = ? AND seq = ? AND attempt = ?",
-                    [(consumer, s, a) for s, a in acks],
-                )
+                by_attempt: dict[int, list[int]] = {}
+                for seq, attempt in acks:
+                    by_attempt.setdefault(attempt, []).append(seq)
+                for attempt, seqs in by_attempt.items():  # nearly always one group
+                    conn.execute(
+                        "DELETE FROM topic_pending WHERE consumer = ? AND attempt = ?"
+                        f" AND seq IN {_IN_JSON}",
+                        (consumer, attempt, _json(seqs)),
+                    )
             if releases:
                 released = conn.executemany(
                     "UPDATE topic_pending SET lease_until = ?"
@@ -264,10 +270,10 @@ class SQLiteTopics:
                 )
             fresh, delivered = self._scan(conn, filt, row[1], max_messages - len(out))
             if fresh:
-                conn.executemany(
+                conn.execute(
                     "INSERT INTO topic_pending (consumer, seq, attempt, lease_until)"
-                    " VALUES (?, ?, 1, ?)",
-                    [(consumer, r.seq, until) for r in fresh],
+                    " SELECT ?, value, 1, ? FROM json_each(?)",
+                    (consumer, until, _json([r.seq for r in fresh])),
                 )
                 out.extend(fresh)
             if delivered != row[1] or row[2]:
@@ -290,32 +296,49 @@ class SQLiteTopics:
     def _scan(
         conn: sqlite3.Connection, filt: TopicFilter, delivered: int, want: int
     ) -> tuple[list[TopicRecord], int]:
-        """Up to `want` records after `delivered` that pass `filt`, and the new position."""
+        """Up to `want` records after `delivered` that pass `filt`, and the new position.
+
+        SQL narrows the scan by the pattern's literal prefix (the topic index serves a literal
+        pattern); Python checks the rest. When SQL alone decides, Python checks nothing.
+        """
         out: list[TopicRecord] = []
-        literal = is_literal(filt.tokens)
-        check = filt.has_filters if literal else True
+        tokens = filt.tokens
+        literal = is_literal(tokens)
+        prefix: list[str] = []
+        for token in tokens:
+            if token in ("*", ">"):
+                break
+            prefix.append(token)
+        if literal:
+            where, args = "topic = ? AND seq > ?", [filt.pattern]
+            exact = True
+        elif prefix:
+            low = ".".join(prefix) + "."
+            where, args = "topic >= ? AND topic < ? AND seq > ?", [low, low[:-1] + "/"]
+            exact = len(tokens) == len(prefix) + 1 and tokens[-1] == ">"
+        else:
+            where, args = "seq > ?", []
+            exact = tokens == (">",)
+        check = filt.has_filters or not exact
+        sql = f"SELECT {_COLS} FROM topic_log WHERE {where} ORDER BY seq LIMIT ?"
         while len(out) < want:
             chunk = max(want - len(out), _SCAN_CHUNK) if check else want - len(out)
-            if literal:
-                rows = conn.execute(
-                    f"SELECT {_COLS} FROM topic_log WHERE topic = ? AND seq > ?"
-                    " ORDER BY seq LIMIT ?",
-                    (filt.pattern, delivered, chunk),
-                ).fetchall()
+            rows = conn.execute(sql, (*args, delivered, chunk)).fetchall()
+            if check:
+                matches = filt.matches
+                for r in rows:
+                    delivered = r[0]
+                    if matches(r[1], r[2], r[3], r[6]):
+                        out.append(_record(r, 1))
+                        if len(out) == want:
+                            break
             else:
-                rows = conn.execute(
-                    f"SELECT {_COLS} FROM topic_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (delivered, chunk),
-                ).fetchall()
-            for r in rows:
-                delivered = r[0]
-                if not check or filt.matches(r[1], r[2], r[3], r[6]):
-                    out.append(_record(r, 1))
-                    if len(out) == want:
-                        break
+                out.extend([_record(r, 1) for r in rows])
+                if rows:
+                    delivered = rows[-1][0]
             if len(rows) < chunk:
-                if literal and len(out) < want:
-                    # nothing else on this topic: skip past every other topic's records too
+                if len(out) < want:
+                    # nothing else matches the narrowed scan: skip past other topics' records
                     delivered = max(delivered, _head(conn))
                 break
         return out, delivered
@@ -345,9 +368,15 @@ class SQLiteTopics:
         if lo is not None and through >= lo:
             consumers = conn.execute("SELECT name, spec, delivered FROM topic_consumers").fetchall()
             for name, blob, delivered in consumers:
+                # a record out on a live lease was delivered; one whose lease ended is lost
                 lost = conn.execute(
-                    "DELETE FROM topic_pending WHERE consumer = ? AND seq <= ?", (name, through)
+                    "DELETE FROM topic_pending"
+                    " WHERE consumer = ? AND seq <= ? AND lease_until <= ?",
+                    (name, through, now),
                 ).rowcount
+                conn.execute(
+                    "DELETE FROM topic_pending WHERE consumer = ? AND seq <= ?", (name, through)
+                )
                 if delivered < through:
                     filt = self._filter(blob)
                     doomed = conn.execute(
