@@ -505,3 +505,21 @@ async def test_cross_process_publish_subscribe(tmp_path: Path) -> None:
         assert child.exitcode == 0
         stats = await hub.topic_stats("proc.0")
         assert stats.published == 100
+
+
+async def test_concurrent_next_calls_share_a_live_subscription(hub: agentcomm.Hub) -> None:
+    planner = await hub.agent("planner")
+    sub = await (await hub.agent("coder")).subscribe("many.>")
+    waiting = [asyncio.create_task(sub.next(timeout=10)) for _ in range(3)]
+    cancelled = asyncio.create_task(sub.next(timeout=10))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    for i in range(3):
+        await planner.publish("many.x", i)
+    got = await asyncio.gather(*waiting)
+    assert sorted(m.data for m in got if m is not None) == [0, 1, 2]
+    assert await sub.next(timeout=0) is None
+    late = asyncio.create_task(sub.next())
+    await asyncio.sleep(0)
+    await sub.close()
+    assert await late is None

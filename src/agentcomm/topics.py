@@ -150,7 +150,7 @@ class Subscription:
         "_more",
         "_next_wake",
         "_prefetch",
-        "_waiter",
+        "_waiters",
         "dropped",
         "lost",
     )
@@ -165,7 +165,7 @@ class Subscription:
         self._durable = durable
         self._lease = lease
         self._buf: deque[TopicMessage] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()  # live next() calls waiting
         self._closed = False
         self._acks: list[tuple[int, int]] = []
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -215,18 +215,30 @@ class Subscription:
         buf = self._buf
         if buf:
             return buf.popleft()
-        if self._closed:
-            return None
         loop = asyncio.get_running_loop()
-        fut = self._waiter = loop.create_future()
-        timer = None if timeout is None else loop.call_later(timeout, _wake, fut)
-        try:
-            await fut
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-        return buf.popleft() if buf else None
+        deadline = None if timeout is None else loop.time() + timeout
+        waiters = self._waiters
+        while not buf:
+            if self._closed:
+                return None
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return None
+            fut = loop.create_future()
+            waiters.append(fut)
+            timer = None if remaining is None else loop.call_later(remaining, _wake, fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and buf:
+                    _wake_one(waiters)  # we were handed a message we will not take: pass it on
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if fut in waiters:  # woken by the timer or cancelled, not by a delivery
+                    waiters.remove(fut)
+        return buf.popleft()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -380,9 +392,8 @@ class Subscription:
             return
         self._closed = True
         self._bus._forget(self)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        while self._waiters:
+            _wake(self._waiters.popleft())
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
@@ -407,6 +418,15 @@ class Subscription:
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
+    """Wake the longest-waiting live `next()` call that is still waiting."""
+    while waiters:
+        fut = waiters.popleft()
+        if not fut.done():
+            fut.set_result(None)
+            return
 
 
 class TopicBus:
@@ -467,9 +487,8 @@ class TopicBus:
                 dropped += 1
                 continue
             buf.append(TopicMessage(record))
-            waiter = sub._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            if sub._waiters:
+                _wake_one(sub._waiters)
             delivered += 1
         if delivered or dropped:
             self._count(record.topic, delivered, dropped)
