@@ -523,3 +523,25 @@ async def test_concurrent_next_calls_share_a_live_subscription(hub: agentcomm.Hu
     await asyncio.sleep(0)
     await sub.close()
     assert await late is None
+
+
+async def test_pruned_after_lease_ended_counts_as_lost(
+    hub: agentcomm.Hub, make_hub: Callable[..., agentcomm.Hub]
+) -> None:
+    planner = await hub.agent("planner")
+    async with make_hub(lease=0.2) as short:
+        sub = await (await short.agent("w")).subscribe("t.>", durable="w", start="new")
+        await planner.publish("t.a", 1)
+        await planner.publish("t.a", 2)
+        first = await sub.next(timeout=5)
+        assert first is not None and first.data == 1
+        await sub.close()  # releases what it fetched but did not hand out (2)
+        await asyncio.sleep(0.3)  # the lease of 1 ends unacked
+        retention = agentcomm.Retention(topic_max_count=0)
+        async with make_hub(retention=retention, background=False) as pruner:
+            assert (await pruner.prune()).pruned_topic_records == 2
+        sub = await (await short.agent("w")).subscribe("t.>", durable="w")
+        assert await sub.next(timeout=0.05) is None
+        assert sub.lost == 2
+        await first.ack()  # its record is gone: ignored
+        await sub.close()

@@ -503,8 +503,13 @@ class TopicBus:
             counts[1] += dropped
         if self._counts_timer is None and not self._closed:
             self._counts_timer = asyncio.get_running_loop().call_later(
-                _COUNTS_DELAY, lambda: self._spawn(self.flush_counts())
+                _COUNTS_DELAY, lambda: self._spawn(self._flush_counts_quietly())
             )
+
+    async def _flush_counts_quietly(self) -> None:
+        self._counts_timer = None
+        with contextlib.suppress(AgentCommError):  # the counts of this interval are lost
+            await self.flush_counts()
 
     async def flush_counts(self) -> None:
         """Add the live delivery counts gathered so far to the topics' stats."""
