@@ -140,6 +140,10 @@ async def test_invalid_subscribe_arguments(hub: agentcomm.Hub) -> None:
         {"durable": "d", "start": "yesterday"},
         {"durable": "d", "start": -1},
         {"durable": "bad name"},
+        {"senders": 5},
+        {"types": ["bad type"]},
+        {"metadata": {1: "a", "b": 2}},
+        {"metadata": [("k", "v")]},
     ):
         with pytest.raises(agentcomm.ValidationError):
             await coder.subscribe("a.>", **kwargs)  # type: ignore[arg-type]
@@ -151,6 +155,16 @@ async def test_invalid_subscribe_arguments(hub: agentcomm.Hub) -> None:
 
 
 # --- live subscriptions --------------------------------------------------------------------
+
+
+async def test_invalid_publish_arguments(hub: agentcomm.Hub) -> None:
+    planner = await hub.agent("planner")
+    for kwargs in ({"type": "bad type"}, {"metadata": {1: 2}}, {"metadata": 5}):
+        with pytest.raises(agentcomm.ValidationError):
+            await planner.publish("a.b", 1, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(agentcomm.EncodeError):
+        await planner.publish("a.b", object())
+    assert (await hub.topic_stats("a.b")).published == 0
 
 
 async def test_publish_subscribe_round_trip(hub: agentcomm.Hub) -> None:
@@ -334,7 +348,10 @@ async def test_durable_resumes_after_reopen(
     for i in range(5, 7):
         await planner.publish("jobs.build", i)
     async with make_hub() as second:
-        sub = await (await second.agent("auditor")).subscribe("jobs.>", durable="audit")
+        # the same start as at creation: a restart resumes, it does not rewind
+        sub = await (await second.agent("auditor")).subscribe(
+            "jobs.>", durable="audit", start="all"
+        )
         assert await _drain(sub) == [2, 3, 4, 5, 6]
         assert sub.lost == 0
         stats = await second.topic_stats("jobs.build")
@@ -365,8 +382,13 @@ async def test_durable_shares_work_between_subscribers(
 ) -> None:
     planner = await hub.agent("planner")
     async with make_hub() as other:
-        one = await (await hub.agent("w1")).subscribe("work.>", durable="pool", buffer=3)
-        two = await (await other.agent("w2")).subscribe("work.>", durable="pool", buffer=3)
+        # every process runs the same line: the second attach must not rewind the first
+        one = await (await hub.agent("w1")).subscribe(
+            "work.>", durable="pool", buffer=3, start="all"
+        )
+        two = await (await other.agent("w2")).subscribe(
+            "work.>", durable="pool", buffer=3, start="all"
+        )
         for i in range(60):
             await planner.publish(f"work.{i % 3}", i)
 
@@ -405,8 +427,13 @@ async def test_rewind_with_start(hub: agentcomm.Hub) -> None:
     assert await _drain(sub) == [7]
     sub2 = await reader.subscribe("log.x", durable="r")  # resumes: nothing left
     assert await sub2.next(timeout=0.05) is None
+    sub3 = await reader.subscribe("log.x", durable="r", start=cut)  # same start: resumes
+    assert await sub3.next(timeout=0.05) is None
     await sub.close()
     await sub2.close()
+    await sub3.close()
+    sub = await reader.subscribe("log.x", durable="r", start=0)  # another start: rewinds
+    assert await _drain(sub) == [0, 1, 2, 3, 4, 5, 6, 7]
 
 
 async def test_durable_filters_and_literal_patterns(hub: agentcomm.Hub) -> None:

@@ -369,8 +369,9 @@ class Agent:
         waiting (more are dropped and counted). With `durable=name`: a consumer stored in the
         backend that resumes where it was acked, shares its work with every subscriber of the
         same name, and leases `buffer` messages at a time for the hub's lease. `start` ("all",
-        "new", a sequence, or a datetime) creates it there or rewinds it; without `start` an
-        existing consumer resumes and a new one starts at "new".
+        "new", a sequence, or a datetime) is where a new consumer starts; an existing one resumes
+        unless `start` differs from where it was last started, which rewinds it there. Without
+        `start` an existing consumer resumes and a new one starts at "new".
         """
         return await self._hub._topics().subscribe(
             pattern, senders=senders, types=types, metadata=metadata, buffer=buffer,

@@ -295,7 +295,8 @@ class ConsumerSpec(msgspec.Struct):
     senders: list[str] | None
     types: list[str] | None
     metadata: bytes | None
-    #: None: resume (a new consumer starts at "new"); "all", "new", "seq" or "time": rewind.
+    #: None: resume (a new consumer starts at "new"). "all", "new", "seq" or "time": start
+    #: there, rewinding an existing consumer unless it was last started at the same place.
     start: str | None = None
     start_seq: int = 0
     start_time: float = 0.0

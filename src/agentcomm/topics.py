@@ -455,7 +455,7 @@ class TopicBus:
         if type != "event":
             check_name("type", type)
         payload, kind = encode_payload(data)
-        meta = encode_metadata(dict(metadata)) if metadata else None
+        meta = encode_metadata(_as_dict("metadata", metadata)) if metadata else None
         now = time.time()
         record = await self._backend.publish(
             NewTopicRecord(topic, sender, type, payload, kind, meta, now, self.origin), now=now
@@ -537,9 +537,7 @@ class TopicBus:
         """Validate, then register a live subscription or open a durable consumer."""
         sender_list = _names("senders", "sender", senders)
         type_list = _names("types", "type", types)
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise ValidationError("metadata must be a mapping of key to required value.")
-        meta = dict(sorted(metadata.items())) if metadata else None
+        meta = dict(sorted(_as_dict("metadata", metadata).items())) if metadata else None
         filt = TopicFilter(pattern, sender_list, type_list, meta)
         if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
             raise ValidationError(f"buffer must be an int >= 1, not {buffer!r}.")
@@ -645,12 +643,22 @@ class TopicBus:
         ]
 
 
+def _as_dict(what: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ValidationError(f"{what} must be a mapping with string keys, not {value!r}.")
+    return dict(value)
+
+
 def _names(what: str, one: str, values: Iterable[str] | None) -> list[str] | None:
     if values is None:
         return None
     if isinstance(values, str):
         values = [values]
-    names = sorted({check_name(one, v) for v in values})
+    try:
+        items = list(values)
+    except TypeError:
+        raise ValidationError(f"{what}= must be a list of names, not {values!r}.") from None
+    names = sorted({check_name(one, v) for v in items})
     if not names:
         raise ValidationError(f"{what}= needs at least one name; use None for no filter.")
     return names

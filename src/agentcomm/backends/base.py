@@ -197,7 +197,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
-        """Create a durable consumer, or attach to it (rewinding it when `spec.start` is set).
+        """Create a durable consumer, or attach to it. A `spec.start` other than the one the
+        consumer was last started with rewinds it there, dropping its outstanding leases.
 
         Raises ValidationError if it exists with another pattern or other filters.
         """

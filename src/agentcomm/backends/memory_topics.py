@@ -94,6 +94,11 @@ def same_definition(a: ConsumerSpec, b: ConsumerSpec) -> bool:
     )
 
 
+def same_start(a: ConsumerSpec, b: ConsumerSpec) -> bool:
+    """Whether two specs start at the same place (so attaching again is no rewind)."""
+    return (a.start, a.start_seq, a.start_time) == (b.start, b.start_seq, b.start_time)
+
+
 def conflict(spec: ConsumerSpec, pattern: str) -> ValidationError:
     """The error for attaching to a durable consumer with another definition."""
     return ValidationError(
@@ -193,8 +198,9 @@ class MemoryTopics:
             if c is not None:
                 if not same_definition(c.spec, spec):
                     raise conflict(spec, c.spec.pattern)
-                if spec.start is None:
+                if spec.start is None or same_start(c.spec, spec):
                     return
+                c.spec = spec
                 c.pending.clear()
                 c.lost = 0
                 c.delivered = _position(st, spec)

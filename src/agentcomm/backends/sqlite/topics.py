@@ -26,7 +26,7 @@ from ...models import (
 )
 from ...settings import Retention
 from ...subjects import TOPICS_CHANNEL, TopicFilter, is_literal
-from ..memory_topics import conflict, consumer_filter, same_definition
+from ..memory_topics import conflict, consumer_filter, same_definition, same_start
 
 TOPICS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS topic_log (
@@ -92,13 +92,6 @@ _spec_encoder = msgspec.msgpack.Encoder()
 _spec_decoder = msgspec.msgpack.Decoder(ConsumerSpec)
 
 Op = Callable[[sqlite3.Connection, set[str]], Any]
-
-
-def _definition(spec: ConsumerSpec) -> bytes:
-    """The stored form of a consumer: its definition without a start position."""
-    return _spec_encoder.encode(
-        ConsumerSpec(spec.name, spec.pattern, spec.senders, spec.types, spec.metadata)
-    )
 
 
 def _record(r: Sequence[Any], attempt: int = 0) -> TopicRecord:
@@ -191,7 +184,7 @@ class SQLiteTopics:
         return result
 
     async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
-        blob = _definition(spec)
+        blob = _spec_encoder.encode(spec)
 
         def op(conn: sqlite3.Connection, touched: set[str]) -> None:
             row = conn.execute(
@@ -201,12 +194,12 @@ class SQLiteTopics:
                 stored = _spec_decoder.decode(row[0])
                 if not same_definition(stored, spec):
                     raise conflict(spec, stored.pattern)
-                if spec.start is None:
+                if spec.start is None or same_start(stored, spec):
                     return
                 conn.execute("DELETE FROM topic_pending WHERE consumer = ?", (spec.name,))
                 conn.execute(
-                    "UPDATE topic_consumers SET delivered = ?, lost = 0 WHERE name = ?",
-                    (_position(conn, spec), spec.name),
+                    "UPDATE topic_consumers SET spec = ?, delivered = ?, lost = 0 WHERE name = ?",
+                    (blob, _position(conn, spec), spec.name),
                 )
                 touched.add(TOPICS_CHANNEL)
                 return
