@@ -111,6 +111,28 @@ def test_tree_and_filter_agree_with_reference(
     assert tree.items() == []
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("ab.*> \t-_é"), max_size=12))
+def test_token_splitting_accepts_exactly_well_formed_text(text: str) -> None:
+    tokens = text.split(".")
+    well_formed = bool(text) and all(t and not any(c in t for c in " \t*>") for t in tokens)
+    if well_formed:
+        assert parse_topic(text) == tuple(tokens)
+    else:
+        with pytest.raises(agentcomm.InvalidTopic):
+            parse_topic(text)
+    pattern_ok = (
+        bool(text)
+        and all(t in ("*", ">") or (t and not any(c in t for c in " \t*>")) for t in tokens)
+        and ">" not in tokens[:-1]
+    )
+    if pattern_ok:
+        assert parse_pattern(text) == tuple(tokens)
+    else:
+        with pytest.raises(agentcomm.InvalidTopic):
+            parse_pattern(text)
+
+
 @pytest.mark.parametrize(
     "name", ["", ".a", "a.", "a..b", "a.*", "a.>", "a b", "*", ">", "a.b*", 7, None]
 )
