@@ -21,6 +21,7 @@ from .errors import (
     RequestTimeout,
     UnknownAgent,
     ValidationError,
+    VersionConflict,
 )
 from .hub import Hub, connect
 from .mailbox import Message, Reply
@@ -36,6 +37,7 @@ from .models import (
     TopicStats,
 )
 from .settings import Backoff, Retention
+from .shared_memory import Change, Entry, KVStats, SharedMemory
 from .topics import Subscription, TopicMessage
 
 __version__ = "0.1.0"
@@ -48,14 +50,17 @@ __all__ = [
     "Backoff",
     "BackendError",
     "BackendUnavailable",
+    "Change",
     "ConfigurationError",
     "DeadLetter",
     "EncodeError",
+    "Entry",
     "Hub",
     "HubClosed",
     "HubStats",
     "InvalidName",
     "InvalidTopic",
+    "KVStats",
     "LeaseLost",
     "MailboxStats",
     "Message",
@@ -68,11 +73,13 @@ __all__ = [
     "RequestTimeout",
     "Retention",
     "ScheduleInfo",
+    "SharedMemory",
     "Subscription",
     "TopicMessage",
     "TopicStats",
     "UnknownAgent",
     "ValidationError",
+    "VersionConflict",
     "connect",
 ]
 

@@ -8,16 +8,17 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import msgspec
 
 from .backends.base import mail_channel, reply_channel
 from .codec import encode_metadata, encode_payload
 from .errors import HubClosed, LeaseLost, RequestTimeout, ValidationError
+from .ids import new_id
 from .mailbox import Message, Reply
 from .models import NewMessage, PublishResult, ScheduleSpec
 from .scheduling import first_occurrence, validate_recurrence
+from .shared_memory import SharedMemory
 from .topics import DEFAULT_BUFFER, Subscription
 from .validation import (
     check_attempts,
@@ -93,7 +94,7 @@ class Agent:
             raise ValidationError("idempotency_key must be a non-empty string of <= 256 chars.")
         data, kind = encode_payload(out.data)
         return NewMessage(
-            id=uuid4().hex,
+            id=new_id(),
             sender=self._name,
             recipient=out.to,
             type=out.type,
@@ -258,7 +259,7 @@ class Agent:
                      max_attempts=1, metadata=metadata),
             now,
         )  # fmt: skip
-        cid = uuid4().hex
+        cid = new_id()
         msg.correlation_id = cid
         msg.reply_to = self._name
         msg.request_deadline = now + timeout
@@ -310,7 +311,7 @@ class Agent:
         payload, kind = encode_payload(data)
         now = time.time()
         spec = ScheduleSpec(
-            id=uuid4().hex,
+            id=new_id(),
             sender=self._name,
             recipient=to,
             type=type,
@@ -377,3 +378,22 @@ class Agent:
             pattern, senders=senders, types=types, metadata=metadata, buffer=buffer,
             durable=durable, start=start, lease=self._hub.lease,
         )  # fmt: skip
+
+    # --- shared memory -------------------------------------------------------------------------
+
+    def memory(
+        self,
+        namespace: str | None = None,
+        *,
+        history: int | None = None,
+        change_log: int | None = None,
+    ) -> SharedMemory:
+        """This agent's private namespace, or with `namespace` the shared one of that name with
+        writes recorded as this agent's (`Entry.updated_by`).
+
+        The private namespace is keyed by the agent itself, not by a name prefix: no other
+        agent or namespace can reach it. `history` and `change_log` as in `hub.memory`.
+        """
+        return SharedMemory._open(
+            self._hub, namespace, agent=self._name, history=history, change_log=change_log
+        )

@@ -13,6 +13,7 @@
     ├── LeaseLost                    ack/nack/extend after the lease passed to another delivery
     ├── AlreadySettled               the message was already acked, nacked or dead-lettered
     ├── RequestTimeout (TimeoutError) no reply before the deadline
+    ├── VersionConflict              a shared-memory write expected another version
     ├── HubClosed                    the hub is closed or was never opened
     └── BackendError                 the storage engine failed
         └── BackendUnavailable       the storage engine cannot be reached or stays locked
@@ -35,6 +36,7 @@ __all__ = [
     "RequestTimeout",
     "UnknownAgent",
     "ValidationError",
+    "VersionConflict",
 ]
 
 
@@ -87,6 +89,22 @@ class AlreadySettled(AgentCommError):
 
 class RequestTimeout(AgentCommError, TimeoutError):
     """No reply arrived before the request's timeout; a later reply is discarded and counted."""
+
+
+class VersionConflict(AgentCommError):
+    """A shared-memory write expected a version the key does not have; nothing was written."""
+
+    def __init__(self, key: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"Key {key!r} is at version {actual}, not the expected {expected} (0 means absent). "
+            "Read it again with get() and retry, or use update() to retry automatically."
+        )
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+    def __reduce__(self) -> tuple[type[VersionConflict], tuple[str, int, int]]:
+        return (VersionConflict, (self.key, self.expected, self.actual))
 
 
 class HubClosed(AgentCommError):

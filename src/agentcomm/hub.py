@@ -25,6 +25,7 @@ from .models import (
     TopicStats,
 )
 from .settings import Backoff, Retention
+from .shared_memory import SharedMemory
 from .subjects import parse_topic
 from .topics import TopicBus
 from .validation import check_attempts, check_name, check_positive
@@ -241,6 +242,22 @@ class Hub:
         """
         parse_topic(name)
         return (await self._topics().stats(name))[0]
+
+    # --- shared memory -------------------------------------------------------------------------
+
+    def memory(
+        self, namespace: str, *, history: int | None = None, change_log: int | None = None
+    ) -> SharedMemory:
+        """The shared-memory namespace `namespace` (see `SharedMemory`).
+
+        `history` (versions kept per key, default 1) and `change_log` (changes kept for
+        watchers, default 10,000), when given, become the namespace's settings at its next
+        write. Writes through this handle have no author; use `agent.memory(namespace)` to
+        record one.
+        """
+        return SharedMemory._open(
+            self, namespace, agent=None, history=history, change_log=change_log
+        )
 
     # --- housekeeping --------------------------------------------------------------------------
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 from .codec import decode_metadata, decode_payload, encode_metadata, encode_payload
 from .errors import AlreadySettled, LeaseLost, ValidationError
+from .ids import new_id
 from .models import Settle, SettleKind, StoredMessage, StoredReply
 from .validation import check_name, check_positive
 
@@ -181,7 +181,7 @@ class Message:
         check_name("type", type)
         payload, kind = encode_payload(data)
         reply = StoredReply(
-            id=uuid4().hex,
+            id=new_id(),
             sender=self.recipient,
             type=type,
             data=payload,

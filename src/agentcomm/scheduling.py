@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from uuid import uuid4
 
 from croniter import croniter
 
 from .errors import ValidationError
+from .ids import new_id
 from .models import NewMessage, ScheduleSpec
 
 
@@ -48,7 +48,7 @@ def first_occurrence(cron: str | None, every: float | None, now: float) -> float
 def scheduled_message(spec: ScheduleSpec, now: float) -> NewMessage:
     """The message a schedule enqueues when it fires at `now`."""
     return NewMessage(
-        id=uuid4().hex,
+        id=new_id(),
         sender=spec.sender,
         recipient=spec.recipient,
         type=spec.type,

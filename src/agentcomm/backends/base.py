@@ -8,6 +8,7 @@ store. After a change, a backend notifies the channels it touched on `self.notif
 - `mail:<agent>`: a message became ready (or may have) for `<agent>`;
 - `reply:<correlation id>`: a reply arrived;
 - `schedules`: a schedule was added or cancelled;
+- `kv:<owner>/<namespace>` (`Space.channel`): a shared-memory space got a change-log entry;
 - `topics`: the topic log or a durable consumer changed (see `agentcomm.subjects`).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 
+from ..kv_records import KVChanges, KVCounts, KVOutcome, KVRecord, KVSnapshot, KVWrite, Space
 from ..models import (
     AgentInfo,
     Claimed,
@@ -223,13 +225,56 @@ class Backend(abc.ABC):
         to retention since the last claim; `next_wake` is its earliest lease end.
         """
 
+    # --- shared memory -----------------------------------------------------------------------
+    # Keys of a `Space` carry versions from 1, +1 per write (deletes and expiries included; a
+    # deleted key keeps a tombstone so its version keeps counting). Every write appends to the
+    # space's change log (seq +1 per entry, bounded by the space's `change_log` setting) and
+    # notifies `space.channel`. A live key whose `expires_at` passed reads as absent; the
+    # operation that notices it first records the expiry (tombstone + EXPIRE change).
+
+    @abc.abstractmethod
+    async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
+        """The live value of `key`, or None."""
+
+    @abc.abstractmethod
+    async def kv_put(self, space: Space, write: KVWrite, *, now: float) -> KVOutcome:
+        """Store a value unless `write.expected_version` (0: absent) differs from the key's
+        version, which counts a conflict and writes nothing. Keeps the key's last `history`
+        versions."""
+
+    @abc.abstractmethod
+    async def kv_delete(
+        self, space: Space, key: str, *, expected_version: int | None, by: str | None, now: float
+    ) -> KVOutcome:
+        """Delete a live key (checked like `kv_put`); version 0 in the outcome if absent."""
+
+    @abc.abstractmethod
+    async def kv_scan(self, space: Space, prefix: str | None, *, now: float) -> KVSnapshot:
+        """Live entries whose key starts with `prefix`, by key (none if `prefix` is None),
+        with the change-log position they reflect."""
+
+    @abc.abstractmethod
+    async def kv_changes(self, space: Space, after: int, *, limit: int, now: float) -> KVChanges:
+        """Up to `limit` change-log entries with seq > `after`, in order, after recording the
+        space's due expiries; `next_expiry` is when the next live key expires."""
+
+    @abc.abstractmethod
+    async def kv_history(self, space: Space, key: str, *, limit: int, now: float) -> list[KVRecord]:
+        """The key's stored versions, newest first: the live one, then older ones."""
+
+    @abc.abstractmethod
+    async def kv_counts(self, space: Space, *, now: float) -> KVCounts:
+        """Live keys and their bytes; writes and conflicts since the space was created."""
+
     # --- housekeeping ------------------------------------------------------------------------
 
     @abc.abstractmethod
     async def prune(self, now: float) -> PruneReport:
         """Expire overdue messages, dead-letter exhausted leases, and delete finished rows,
-        dedupe keys, abandoned reply slots and topic log records beyond the retention policy
-        (counting, per durable consumer, the records it had not consumed)."""
+        dedupe keys and abandoned reply slots older than the retention policy. Also record
+        due shared-memory expiries and drop tombstones older than `TOMBSTONE_KEEP`, and delete
+        topic log records beyond the retention policy (counting, per durable consumer, the
+        records it had not consumed)."""
 
     @abc.abstractmethod
     async def stats(self) -> HubStats:

@@ -7,6 +7,7 @@ that uses the same name (for as long as one of them is open).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import threading
 import weakref
@@ -36,6 +37,7 @@ from ..notify import Notifier
 from ..scheduling import next_occurrence, scheduled_message
 from ..settings import Retention
 from .base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
+from .memory_kv import MemorySharedMemory
 from .memory_topics import MemoryTopics
 
 T = TypeVar("T")
@@ -92,19 +94,21 @@ class MemoryStore:
 
 
 _named_stores: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
+_named_lock = threading.Lock()
 
 
 def _store_for(name: str) -> MemoryStore:
     if not name:
         return MemoryStore()
-    store = _named_stores.get(name)
-    if store is None:
-        store = MemoryStore()
-        _named_stores[name] = store
-    return store
+    with _named_lock:
+        store = _named_stores.get(name)
+        if store is None:
+            store = MemoryStore()
+            _named_stores[name] = store
+        return store
 
 
-class MemoryBackend(MemoryTopics, Backend):
+class MemoryBackend(MemoryTopics, MemorySharedMemory, Backend):
     """Implements the backend contract in memory."""
 
     recheck_interval = 3600.0  # every change notifies every hub of the store directly
@@ -142,7 +146,9 @@ class MemoryBackend(MemoryTopics, Backend):
             if loop is current:
                 backend.notifier.notify(channels)
             else:
-                loop.call_soon_threadsafe(backend.notifier.notify, set(channels))
+                # RuntimeError: that loop closed after the check; its hub is gone
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(backend.notifier.notify, set(channels))
 
     @staticmethod
     def _mailbox(store: MemoryStore, agent: str) -> _Mailbox:
@@ -522,6 +528,7 @@ class MemoryBackend(MemoryTopics, Backend):
             for c in stale_requests:
                 del store.requests[c]
             topic_records = self._prune_topics(store, now)
+            self._kv_prune_in(store, now, touched)
             return PruneReport(
                 expired, dead, pruned, len(stale_keys), len(stale_requests), topic_records
             )

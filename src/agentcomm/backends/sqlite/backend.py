@@ -39,6 +39,7 @@ from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
 from ..base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
 from . import schema
+from .shared_memory import SQLiteSharedMemory
 from .topics import SQLiteTopics
 from .wake import WakeBus, wake_dir_for
 from .writer import Op, Writer
@@ -85,7 +86,7 @@ def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-class SQLiteBackend(SQLiteTopics, Backend):
+class SQLiteBackend(SQLiteTopics, SQLiteSharedMemory, Backend):
     """Implements the backend contract on one SQLite file."""
 
     def __init__(
@@ -106,12 +107,24 @@ class SQLiteBackend(SQLiteTopics, Backend):
         self._known_agents: set[str] = set()  # used on the writer thread only
         self._wake = WakeBus(wake_dir_for(path), self.notifier.notify)
         self._writer = Writer(self._connect, self._wake.ping, self.notifier.notify)
+        self._reader = Writer(self._connect_reader, _no_op, _no_op, read_only=True)
 
     def _connect(self) -> sqlite3.Connection:
         conn = schema.connect(
             self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
         )
-        schema.migrate(conn)
+        try:
+            schema.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = schema.connect(
+            self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+        )
+        conn.execute("PRAGMA query_only = 1")
         return conn
 
     async def open(self) -> None:
@@ -121,15 +134,22 @@ class SQLiteBackend(SQLiteTopics, Backend):
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._writer.start(loop)
+        self._writer.start(loop)  # first: it creates or migrates the schema
+        self._reader.start(loop)
 
     async def close(self) -> None:
         await self._writer.stop()
+        await self._reader.stop()
         self._wake.close()
         self.notifier.wake_all()
 
     async def _do(self, fn: Op) -> Any:
+        """Run `fn` in a write transaction on the writer thread."""
         return await self._writer.submit(fn)
+
+    async def _read(self, fn: Op) -> Any:
+        """Run a read-only `fn` on the reader connection, beside the writer."""
+        return await self._reader.submit(fn)
 
     # --- agents --------------------------------------------------------------------------------
 
@@ -152,7 +172,7 @@ class SQLiteBackend(SQLiteTopics, Backend):
             rows = conn.execute("SELECT name, created_at, last_seen FROM agents ORDER BY name")
             return [AgentInfo(*r) for r in rows]
 
-        result: list[AgentInfo] = await self._do(op)
+        result: list[AgentInfo] = await self._read(op)
         return result
 
     def _require_agent(
@@ -174,13 +194,15 @@ class SQLiteBackend(SQLiteTopics, Backend):
     async def enqueue(
         self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
     ) -> list[str]:
+        rows = [_row_tuple(m, now) for m in messages]  # built here, off the writer thread
+
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[str]:
             for recipient in {m.recipient for m in messages}:
                 self._require_agent(conn, recipient, auto_register, now)
             ids: list[str] = []
             plain: list[tuple[Any, ...]] = []
             deduplicated = 0
-            for m in messages:
+            for m, row in zip(messages, rows, strict=True):
                 if m.idempotency_key is not None:
                     if plain:  # keep FIFO order: store what came before first
                         conn.executemany(_INSERT, plain)
@@ -199,7 +221,7 @@ class SQLiteBackend(SQLiteTopics, Backend):
                         " VALUES (?, ?, ?, ?, ?)",
                         (m.sender, m.recipient, m.idempotency_key, m.id, m.dedupe_until or now),
                     )
-                plain.append(_row_tuple(m, now))
+                plain.append(row)
                 if m.request_deadline is not None and m.correlation_id is not None:
                     conn.execute(
                         "INSERT OR REPLACE INTO requests (correlation_id, deadline) VALUES (?, ?)",
@@ -209,7 +231,6 @@ class SQLiteBackend(SQLiteTopics, Backend):
                 ids.append(m.id)
             if plain:
                 conn.executemany(_INSERT, plain)
-            _bump(conn, "sent", len(messages) - deduplicated)
             _bump(conn, "deduplicated", deduplicated)
             return ids
 
@@ -217,20 +238,22 @@ class SQLiteBackend(SQLiteTopics, Backend):
         return result
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
-        def op(conn: sqlite3.Connection, touched: set[str]) -> Claimed:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> tuple[list[Any], float | None]:
             self._fire_timers(conn, agent, now)
             rows = conn.execute(_CLAIM, (now + lease, agent, now, max_messages)).fetchall()
-            messages = [StoredMessage(*r) for r in rows]
-            if len(messages) > 1:  # RETURNING gives no order guarantee
-                messages.sort(key=lambda m: (-m.priority, m.seq))
+            if rows:  # the caller only needs the next wake-up when it has to wait
+                return rows, None
             next_wake = conn.execute(
                 "SELECT MIN(visible_at) FROM messages WHERE recipient = ? AND state IN (1, 2)",
                 (agent,),
             ).fetchone()[0]
-            return Claimed(messages, next_wake)
+            return rows, next_wake
 
-        result: Claimed = await self._do(op)
-        return result
+        rows, next_wake = await self._do(op)
+        messages = [StoredMessage(*r) for r in rows]
+        if len(messages) > 1:  # RETURNING gives no order guarantee
+            messages.sort(key=lambda m: (-m.priority, m.seq))
+        return Claimed(messages, next_wake)
 
     @staticmethod
     def _fire_timers(conn: sqlite3.Connection, agent: str, now: float) -> None:
@@ -295,7 +318,21 @@ class SQLiteBackend(SQLiteTopics, Backend):
         return result
 
     async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        plain_acks = self.retention.acked == 0 and all(o.kind == SettleKind.ACK for o in ops)
+        keys = [(o.seq, o.attempt) for o in ops] if plain_acks else []
+
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[bool]:
+            if plain_acks:
+                # the common case in one statement; if any lease was lost, find out which
+                conn.execute("SAVEPOINT acks")
+                cur = conn.executemany(
+                    "DELETE FROM messages WHERE seq = ? AND attempt = ? AND state IN (0, 1)", keys
+                )
+                if cur.rowcount == len(keys):
+                    conn.execute("RELEASE acks")
+                    return [True] * len(keys)
+                conn.execute("ROLLBACK TO acks")
+                conn.execute("RELEASE acks")
             return [self._settle_in(conn, o, now, touched) for o in ops]
 
         result: list[bool] = await self._do(op)
@@ -315,7 +352,7 @@ class SQLiteBackend(SQLiteTopics, Backend):
             )
             return MailboxStats(agent, ready, timers.get(2, 0), timers.get(1, 0), dead)
 
-        result: MailboxStats = await self._do(op)
+        result: MailboxStats = await self._read(op)
         return result
 
     async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
@@ -337,7 +374,7 @@ class SQLiteBackend(SQLiteTopics, Backend):
             ).fetchall()
             return ready + timers
 
-        rows: list[tuple[Any, ...]] = await self._do(op)
+        rows: list[tuple[Any, ...]] = await self._read(op)
         rows.sort(key=lambda r: (-r[4], r[11]))
         return [
             PendingInfo(
@@ -365,7 +402,7 @@ class SQLiteBackend(SQLiteTopics, Backend):
                 (agent, limit),
             ).fetchall()
 
-        rows: list[tuple[Any, ...]] = await self._do(op)
+        rows: list[tuple[Any, ...]] = await self._read(op)
         return [
             DeadLetter(
                 id=r[0],
@@ -472,7 +509,7 @@ class SQLiteBackend(SQLiteTopics, Backend):
                 "SELECT spec, next_run, runs FROM schedules ORDER BY next_run"
             ).fetchall()
 
-        rows: list[tuple[bytes, float, int]] = await self._do(op)
+        rows: list[tuple[bytes, float, int]] = await self._read(op)
         out = []
         for blob, next_run, runs in rows:
             s = _spec_decoder.decode(blob)
@@ -498,7 +535,6 @@ class SQLiteBackend(SQLiteTopics, Backend):
                 )
                 touched.add(mail_channel(spec.recipient))
             _bump(conn, "scheduled_runs", len(due))
-            _bump(conn, "sent", len(due))
             nxt: float | None = conn.execute("SELECT MIN(next_run) FROM schedules").fetchone()[0]
             return nxt
 
@@ -545,6 +581,7 @@ class SQLiteBackend(SQLiteTopics, Backend):
                 "DELETE FROM requests WHERE deadline <= ?", (now - REPLY_GRACE,)
             ).rowcount
             topic_records = self._prune_topics(conn, now)
+            self._kv_prune_in(conn, now, touched)
             return PruneReport(expired, len(dead_rows), pruned, keys, requests, topic_records)
 
         result: PruneReport = await self._do(op)
@@ -552,7 +589,15 @@ class SQLiteBackend(SQLiteTopics, Backend):
 
     async def stats(self) -> HubStats:
         def op(conn: sqlite3.Connection, touched: set[str]) -> dict[str, int]:
-            return dict(conn.execute("SELECT name, value FROM counters").fetchall())
+            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+            # every stored message took the next AUTOINCREMENT sequence number
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
+            counters["sent"] = (row.fetchone() or (0,))[0]
+            return counters
 
-        counters: dict[str, int] = await self._do(op)
+        counters: dict[str, int] = await self._read(op)
         return HubStats(**{f: counters.get(f, 0) for f in HubStats.__struct_fields__})
+
+
+def _no_op(_channels: set[str]) -> None:
+    """Reads touch no channel: nothing to ping or notify."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from .shared_memory import KV_SCHEMA
 from .topics import TOPICS_SCHEMA
 
 SCHEMA_VERSION = 1
@@ -93,9 +94,16 @@ def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Con
         timeout=busy_timeout_ms / 1000,
         cached_statements=256,
     )
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # The writer checkpoints when idle (see writer.py); this only bounds the WAL under
+        # sustained load.
+        conn.execute("PRAGMA wal_autocheckpoint = 10000")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -116,8 +124,8 @@ def migrate(conn: sqlite3.Connection) -> None:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        # feature tables: idempotent, so they also reach stores created before the feature
-        for statement in TOPICS_SCHEMA.split(";"):
+        # feature tables: idempotent, so a database of this schema version gains them on open
+        for statement in (KV_SCHEMA + ";" + TOPICS_SCHEMA).split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute("COMMIT")

@@ -2,8 +2,8 @@
 
 The log is one table with a per-store sequence (AUTOINCREMENT, so a sequence is never reused
 after pruning). A durable consumer is a row holding its definition and the highest sequence it
-has scanned; its leased deliveries are rows of `topic_pending` until acked. Every operation
-runs on the backend's writer thread through `self._do`.
+has scanned; its leased deliveries are rows of `topic_pending` until acked. Writes run on the
+backend's writer thread through `self._do`, reads on its reader connection through `self._read`.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class SQLiteTopics:
     if TYPE_CHECKING:
 
         def _do(self, fn: Op) -> Awaitable[Any]: ...
+        def _read(self, fn: Op) -> Awaitable[Any]: ...
 
     _filters: dict[bytes, TopicFilter]
 
@@ -139,7 +140,7 @@ class SQLiteTopics:
         return _record((seq, *row))
 
     async def topic_head(self) -> int:
-        result: int = await self._do(lambda conn, touched: _head(conn))
+        result: int = await self._read(lambda conn, touched: _head(conn))
         return result
 
     async def read_topics(self, after: int, *, exclude_origin: str, limit: int) -> TopicBatch:
@@ -152,7 +153,7 @@ class SQLiteTopics:
             records = [_record(r) for r in rows if r[8] != exclude_origin]
             return TopicBatch(records, through)
 
-        result: TopicBatch = await self._do(op)
+        result: TopicBatch = await self._read(op)
         return result
 
     async def count_topic_deliveries(self, counts: Mapping[str, tuple[int, int]]) -> None:
@@ -180,7 +181,7 @@ class SQLiteTopics:
                 for n, pub, dl, dr, last, ls in rows
             ]
 
-        result: list[TopicStats] = await self._do(op)
+        result: list[TopicStats] = await self._read(op)
         return result
 
     async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:

@@ -56,11 +56,16 @@ class WakeBus:
         """Bind the listening socket and start reading it on `loop`."""
         if not self.available:
             return
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)
         self._path = os.path.join(self._dir, f"{os.getpid()}-{os.urandom(6).hex()}.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
-        sock.bind(self._path)
+        for _ in range(10):  # another hub may remove the empty directory as we create it
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            try:
+                sock.bind(self._path)
+                break
+            except FileNotFoundError:
+                continue
         self._sock = sock
         sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sender.setblocking(False)
@@ -80,6 +85,8 @@ class WakeBus:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
             self._path = ""
+            with contextlib.suppress(OSError):  # the last hub out removes the registry
+                os.rmdir(self._dir)
 
     def _readable(self) -> None:
         sock = self._sock

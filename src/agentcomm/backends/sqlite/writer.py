@@ -1,8 +1,8 @@
 """The SQLite writer thread: every operation runs here, and concurrent ones share a commit.
 
-Operations submitted from the event loop within one loop iteration travel together; the thread
-drains everything queued, runs it in one `BEGIN IMMEDIATE` transaction, commits once, then
-resolves all the waiting futures with a single hop back to the loop (group commit). If one
+The thread takes everything queued, runs it in one `BEGIN IMMEDIATE` transaction, commits once,
+then resolves all the waiting futures with a single hop back to the loop (group commit): the
+busier the writer, the bigger its batches. If one
 operation of a batch raises, the batch is rolled back and each operation is re-run in a
 transaction of its own, so one bad call cannot fail its neighbours.
 """
@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ...errors import AgentCommError, BackendError, BackendUnavailable
+from ...errors import AgentCommError, BackendError, BackendUnavailable, HubClosed
 
 T = TypeVar("T")
 
@@ -26,6 +26,9 @@ T = TypeVar("T")
 Op = Callable[[sqlite3.Connection, set[str]], Any]
 
 _MAX_BATCH = 1024
+# Checkpoint the WAL once the writer has been idle this long, instead of inside a commit
+# (SQLite's auto-checkpoint runs inside COMMIT and fsyncs, stalling the caller for ms).
+_IDLE_CHECKPOINT_AFTER = 0.02
 
 
 class _Job:
@@ -47,6 +50,10 @@ def map_sqlite_error(exc: BaseException) -> BaseException:
             f"The SQLite database stayed locked past the busy timeout ({exc}). "
             "Another process holds a long write transaction; raise busy_timeout in the URL."
         )
+    elif isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        mapped = BackendError(
+            f"The file is not an agentcomm SQLite database ({exc}). Check the path in the URL."
+        )
     elif isinstance(exc, sqlite3.Error):
         mapped = BackendError(f"SQLite failed: {exc}")
     else:
@@ -63,17 +70,23 @@ class Writer:
         connect: Callable[[], sqlite3.Connection],
         ping: Callable[[set[str]], None],
         notify: Callable[[set[str]], None],
+        *,
+        read_only: bool = False,
     ) -> None:
         self._connect = connect
+        # A read-only instance serves SELECTs on its own connection, beside the writer: WAL
+        # lets readers and the writer proceed at once, so reads never queue behind writes.
+        self._begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        self._read_only = read_only
+        self._stopped = False
         self._ping = ping  # on the writer thread after a commit: tell other processes
         self._notify = notify  # on the loop thread after a commit: wake local waiters
-        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
-        self._pending: list[_Job] = []
-        self._flush_scheduled = False
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._dirty = False  # committed since the last checkpoint
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the thread; raises what opening the connection raised."""
@@ -87,23 +100,17 @@ class Writer:
     def submit(self, fn: Op) -> asyncio.Future[Any]:
         """Queue `fn` for the next transaction; must be called on the loop thread."""
         loop = self._loop
-        assert loop is not None
+        if loop is None or self._stopped:
+            raise HubClosed("The SQLite connection is closed; open a new hub.")
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Job(fn, fut))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        # Straight onto the queue: while the thread works on one transaction, later jobs
+        # pile up and it takes them all for the next one, so batches grow with load.
+        self._queue.put(_Job(fn, fut))
         return fut
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self._queue.put(batch)
 
     async def stop(self) -> None:
         """Run what is queued, then stop the thread and close the connection."""
-        self._flush()
+        self._stopped = True
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -122,10 +129,14 @@ class Writer:
         try:
             stop = False
             while not stop:
-                first = self._queue.get()
+                try:
+                    first = self._queue.get(timeout=_IDLE_CHECKPOINT_AFTER if self._dirty else None)
+                except queue.Empty:
+                    self._checkpoint(conn)
+                    continue
                 if first is None:
                     break
-                jobs = first
+                jobs = [first]
                 while len(jobs) < _MAX_BATCH:
                     try:
                         more = self._queue.get_nowait()
@@ -134,7 +145,7 @@ class Writer:
                     if more is None:
                         stop = True
                         break
-                    jobs.extend(more)
+                    jobs.append(more)
                 self._run_batch(conn, jobs)
         finally:
             conn.close()
@@ -142,10 +153,11 @@ class Writer:
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         touched: set[str] = set()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._begin)
             for job in jobs:
                 job.result = job.fn(conn, touched)
             conn.execute("COMMIT")
+            self._dirty = not self._read_only
         except BaseException as exc:
             _rollback(conn)
             if len(jobs) == 1:
@@ -158,15 +170,21 @@ class Writer:
                 self._ping(touched)
         self._resolve(jobs, touched)
 
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        self._dirty = False
+        with contextlib.suppress(sqlite3.Error):  # best effort: the next idle spell retries
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def _run_one_by_one(self, conn: sqlite3.Connection, jobs: list[_Job]) -> set[str]:
         all_touched: set[str] = set()
         for job in jobs:
             touched: set[str] = set()
             job.result, job.error = None, None
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(self._begin)
                 job.result = job.fn(conn, touched)
                 conn.execute("COMMIT")
+                self._dirty = not self._read_only
                 all_touched |= touched
             except BaseException as exc:
                 _rollback(conn)

@@ -1,0 +1,1 @@
+"""agentcomm's benchmark harness: run `python -m benchmarks` (or `make bench`); see README.md."""

@@ -1,0 +1,151 @@
+"""agentcomm mailboxes end to end: send, then receive + ack, through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import agentcomm
+
+from .core import Config, Ratio, Row, benchmark, fresh_dir, payloads
+
+PRODUCERS = 8
+CONSUMERS = 4
+BATCH = 100
+RECEIVE_TIMEOUT = 10.0  # a consumer waiting this long means the run is broken, not slow
+
+
+def sqlite_url(path: str) -> str:
+    """The agentcomm URL of a database file (absolute paths give `sqlite:////...`)."""
+    return f"sqlite:///{path}"
+
+
+@contextlib.asynccontextmanager
+async def _store(config: Config, backend: str) -> AsyncIterator[agentcomm.Hub]:
+    if backend == "memory":
+        async with agentcomm.connect("memory://") as hub:
+            yield hub
+        return
+    with fresh_dir(config, "agentcomm") as d:
+        async with agentcomm.connect(sqlite_url(str(d / "agentcomm.db"))) as hub:
+            yield hub
+
+
+async def concurrent(config: Config, backend: str) -> float:
+    """8 producers send batches of 100 to one mailbox that 4 consumers drain in batches of
+    100; messages per second from the first send to the last ack."""
+    n = config.messages
+    objs, _ = payloads(n)
+    async with _store(config, backend) as hub:
+        producers = [await hub.agent(f"producer-{p}") for p in range(PRODUCERS)]
+        worker = await hub.agent("worker")
+        chunks = [objs[lo : lo + BATCH] for lo in range(0, n, BATCH)]
+        acked: set[str] = set()
+        done = asyncio.Event()
+
+        async def produce(p: int) -> None:
+            agent = producers[p]
+            for chunk in chunks[p::PRODUCERS]:
+                await agent.send_many([agentcomm.Outgoing(to="worker", data=d) for d in chunk])
+
+        async def consume() -> None:
+            while len(acked) < n:
+                msgs = await worker.receive_many(BATCH, timeout=RECEIVE_TIMEOUT)
+                if not msgs:
+                    raise RuntimeError(f"consumer starved after {len(acked)} of {n} messages")
+                await worker.ack_many(msgs)
+                acked.update(m.id for m in msgs)
+            done.set()
+
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(produce(p)) for p in range(PRODUCERS)]
+        tasks += [asyncio.create_task(consume()) for _ in range(CONSUMERS)]
+        try:
+            await _until_set(done, tasks)
+            elapsed = time.perf_counter() - started
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    if len(acked) != n:
+        raise RuntimeError(f"acked {len(acked)} distinct messages, expected {n}")
+    return n / elapsed
+
+
+async def _until_set(event: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for `event`; re-raise at once if one of `tasks` fails first."""
+    waiter = asyncio.create_task(event.wait())
+    pending: set[asyncio.Future[Any]] = {waiter, *tasks}
+    try:
+        while waiter in pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in finished:
+                if t is not waiter and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+    finally:
+        waiter.cancel()
+
+
+async def one_at_a_time(config: Config) -> float:
+    """For each message: await send, await receive, await ack (three commits per message)."""
+    n = config.messages
+    objs, _ = payloads(n)
+    async with _store(config, "sqlite") as hub:
+        sender = await hub.agent("producer")
+        worker = await hub.agent("worker")
+        started = time.perf_counter()
+        for data in objs:
+            await sender.send("worker", data)
+            msg = await worker.receive(timeout=RECEIVE_TIMEOUT)
+            if msg is None:
+                raise RuntimeError("a sent message was not received")
+            await msg.ack()
+        elapsed = time.perf_counter() - started
+    return n / elapsed
+
+
+_SHAPE = f"{PRODUCERS} producers, {CONSUMERS} consumers, batches of {BATCH}"
+
+
+@benchmark("agentcomm sqlite concurrent")
+def sqlite_concurrent(config: Config) -> list[Row]:
+    """Speed target: >= 50,000 msg/s, >= 0.5x raw batched, >= 20x each peer."""
+    rate = asyncio.run(concurrent(config, "sqlite"))
+    ratios = [
+        Ratio("raw.batched", "raw batched", 0.5),
+        Ratio("raw.batched.agentcomm_schema", "raw on agentcomm schema"),
+        Ratio("peer.persistqueue", "persist-queue", 20.0),
+        Ratio("peer.litequeue", "litequeue", 20.0),
+    ]
+    return [
+        Row("agentcomm.sqlite.concurrent", "agentcomm SQLite, concurrent", rate, "msg/s",
+            config.messages, at_least=50_000, ratios=ratios, note=_SHAPE)
+    ]  # fmt: skip
+
+
+@benchmark("agentcomm sqlite one-at-a-time")
+def sqlite_one_at_a_time(config: Config) -> list[Row]:
+    """Speed target: >= 0.5x raw single."""
+    rate = asyncio.run(one_at_a_time(config))
+    ratios = [
+        Ratio("raw.single", "raw single", 0.5),
+        Ratio("raw.single.agentcomm_schema", "raw on agentcomm schema"),
+    ]
+    return [
+        Row("agentcomm.sqlite.single", "agentcomm SQLite, one at a time", rate, "msg/s",
+            config.messages, ratios=ratios, note="await send, receive, ack per message")
+    ]  # fmt: skip
+
+
+@benchmark("agentcomm memory concurrent")
+def memory_concurrent(config: Config) -> list[Row]:
+    """Informative: the same shape as the SQLite concurrent row, on `memory://`."""
+    rate = asyncio.run(concurrent(config, "memory"))
+    ratios = [Ratio("agentcomm.sqlite.concurrent", "agentcomm SQLite")]
+    return [
+        Row("agentcomm.memory.concurrent", "agentcomm memory, concurrent", rate, "msg/s",
+            config.messages, ratios=ratios, note=_SHAPE)
+    ]  # fmt: skip
