@@ -238,7 +238,7 @@ class ScheduleSpec(msgspec.Struct):
 # --- topics --------------------------------------------------------------------------------
 
 
-class PublishResult(msgspec.Struct, frozen=True):
+class PublishResult(msgspec.Struct, frozen=True, gc=False):
     """What one publish did: live subscribers of this hub reached and dropped, log position."""
 
     delivered: int
@@ -258,7 +258,7 @@ class TopicStats(msgspec.Struct, frozen=True):
     last_sequence: int
 
 
-class NewTopicRecord(msgspec.Struct):
+class NewTopicRecord(msgspec.Struct, gc=False):
     """A publish to store: payload and metadata already encoded."""
 
     topic: str
@@ -272,7 +272,9 @@ class NewTopicRecord(msgspec.Struct):
     origin: str
 
 
-class TopicRecord(msgspec.Struct):
+# gc=False: records hold only scalars, so they cannot form cycles; a long topic log then costs
+# the garbage collector nothing
+class TopicRecord(msgspec.Struct, gc=False):
     """A stored publish as a backend returns it (`attempt` is set on durable deliveries)."""
 
     seq: int
