@@ -594,3 +594,14 @@ async def test_pruned_after_lease_ended_counts_as_lost(
         assert sub.lost == 2
         await first.ack()  # its record is gone: ignored
         await sub.close()
+
+
+async def test_live_subscriptions_of_a_hub_share_the_decoded_message(hub: agentcomm.Hub) -> None:
+    planner = await hub.agent("planner")
+    coder = await hub.agent("coder")
+    one = await coder.subscribe("s.>")
+    two = await coder.subscribe("s.*")
+    await planner.publish("s.x", {"k": [1, 2]})
+    a, b = await one.next(timeout=1), await two.next(timeout=1)
+    assert a is not None and b is not None
+    assert a is b and a.data is b.data and a.data == {"k": [1, 2]}

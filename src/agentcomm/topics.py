@@ -46,7 +46,8 @@ class TopicMessage:
 
     For a durable subscription, `ack()` it when done: the consumer's position advances and the
     message is not delivered again. Unacked, it is delivered again once its lease ends. On a
-    live subscription `ack()` does nothing.
+    live subscription `ack()` does nothing, and the live subscriptions of one hub that receive
+    the same publish share one message object: treat `data` and `metadata` as read-only.
     """
 
     __slots__ = ("_acked", "_data", "_lease_until", "_metadata", "_record", "_sub")
@@ -474,6 +475,9 @@ class TopicBus:
             return 0, 0
         delivered = dropped = 0
         meta: Any = _UNSET
+        # One message object for every live subscription of this hub: `data` is decoded once,
+        # at most. It is documented as shared (read-only by convention), which doubles fan-out.
+        msg = TopicMessage(record)
         for sub in subs:  # Subscription._offer, inlined: this is the hot path
             filt = sub._filter
             if filt is not None:
@@ -486,7 +490,7 @@ class TopicBus:
                 sub.dropped += 1
                 dropped += 1
                 continue
-            buf.append(TopicMessage(record))
+            buf.append(msg)
             if sub._waiters:
                 _wake_one(sub._waiters)
             delivered += 1
