@@ -61,18 +61,22 @@ async def test_wildcard_table(hub: agentcomm.Hub) -> None:
             subs.append(None)
         else:
             subs.append(await agent.subscribe(pattern))
-    topics = sorted({topic for _, topic, _ in WILDCARDS})
+    topics = sorted({topic for _, topic, _ in WILDCARDS} | {"workflowx.a", "work-flow.a"})
     for topic in topics:
         await publisher.publish(topic, topic)
-    for (pattern, topic, expected), sub in zip(WILDCARDS, subs, strict=True):
+    for i, ((pattern, topic, expected), sub) in enumerate(zip(WILDCARDS, subs, strict=True)):
         if sub is None:
             continue
-        got = set()
-        while (msg := await sub.next(timeout=0)) is not None:
-            got.add(msg.data)
-        assert (topic in got) == expected, (pattern, topic)
-        assert got == {t for t in topics if _reference(pattern.split("."), t.split("."))}
-        await sub.close()
+        durable = await agent.subscribe(pattern, durable=f"d{i}", start="all")
+        wanted = {t for t in topics if _reference(pattern.split("."), t.split("."))}
+        for s in (sub, durable):  # the subject tree, and the backend's durable scan
+            got = set()
+            while (msg := await s.next(timeout=0)) is not None:
+                got.add(msg.data)
+                await msg.ack()
+            assert (topic in got) == expected, (pattern, topic)
+            assert got == wanted, pattern
+            await s.close()
 
 
 _token = st.sampled_from(["a", "b", "c", "wf", "x-1"])

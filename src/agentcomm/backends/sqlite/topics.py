@@ -308,7 +308,8 @@ class SQLiteTopics:
             exact = True
         elif prefix:
             low = ".".join(prefix) + "."
-            where, args = "topic >= ? AND topic < ? AND seq > ?", [low, low[:-1] + "/"]
+            # unary + keeps the planner on the seq order (no sort of a topic-index range)
+            where, args = "+topic >= ? AND +topic < ? AND seq > ?", [low, low[:-1] + "/"]
             exact = len(tokens) == len(prefix) + 1 and tokens[-1] == ">"
         else:
             where, args = "seq > ?", []
