@@ -609,3 +609,36 @@ async def test_live_subscriptions_of_a_hub_share_the_decoded_message(hub: agentc
     a, b = await one.next(timeout=1), await two.next(timeout=1)
     assert a is not None and b is not None
     assert a is b and a.data is b.data and a.data == {"k": [1, 2]}
+
+
+async def test_publish_racing_hub_close_raises_only_hub_closed(
+    make_hub: Callable[..., agentcomm.Hub],
+) -> None:
+    hub = await make_hub()
+    planner = await hub.agent("planner")
+    sub = await (await hub.agent("coder")).subscribe("race.>", buffer=4)
+    durable = await (await hub.agent("coder")).subscribe("race.>", durable="race")
+    published = asyncio.Event()
+
+    async def publish() -> None:
+        n = 0
+        while True:
+            await planner.publish("race.x", n)
+            n += 1
+            if n == 10:
+                published.set()
+            await asyncio.sleep(0)
+
+    async def consume() -> None:
+        while (msg := await durable.next()) is not None:
+            await msg.ack()
+
+    tasks = [asyncio.create_task(publish()) for _ in range(4)]
+    consumer = asyncio.create_task(consume())
+    await published.wait()
+    await hub.aclose()
+    for task in tasks:
+        with pytest.raises(agentcomm.HubClosed):
+            await task
+    await asyncio.wait_for(consumer, 5)
+    assert sub.closed and durable.closed and await sub.next() is None

@@ -387,12 +387,15 @@ class Subscription:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop receiving. Idempotent. A durable consumer's pending acks are written and the
-        messages it fetched but did not hand out are released for redelivery at once."""
+        """Stop receiving; buffered messages are discarded. Idempotent. A durable consumer's
+        pending acks are written and the messages it fetched but did not hand out are released
+        for redelivery at once."""
         if self._closed:
             return
         self._closed = True
         self._bus._forget(self)
+        if self._durable is None:
+            self._buf.clear()
         while self._waiters:
             _wake(self._waiters.popleft())
         if self._ack_timer is not None:

@@ -145,7 +145,8 @@ class MemoryTopics:
             if len(st.log) > _TRIM_FACTOR * limit + 1024:
                 self._prune_topics(store, now)
         # the hot path: skip the walk over the store's hubs when this hub is the only one
-        if len(store.backends) == 1:
+        backends = store.backends
+        if len(backends) == 1 and self in backends:
             self.notifier.notify(_TOUCHED)
         else:
             self._broadcast(set(_TOUCHED))
