@@ -24,7 +24,7 @@ class Retention(msgspec.Struct, frozen=True):
     dedupe_window: float = 86400.0
     interval: float = 10.0
     topic_max_age: float = 86400.0
-    topic_max_count: int = 1_000_000
+    topic_max_count: int = 100_000
 
     def __post_init__(self) -> None:
         for name in ("acked", "expired", "dead", "dedupe_window"):

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Trim the log inside publish once it holds this many times the retained count, so a store
-# published to faster than the retention interval stays bounded.
-_TRIM_FACTOR = 2
+# Trim the log inside publish once it holds a tenth (at least 1024) more than the retained
+# count, so a store published to faster than the retention interval stays bounded.
+_TRIM_SLACK = 1024
 
 
 class _Stats:
@@ -142,7 +142,7 @@ class MemoryTopics:
             stats.last_publish = r.published_at
             stats.last_seq = seq
             limit = self.retention.topic_max_count
-            if len(st.log) > _TRIM_FACTOR * limit + 1024:
+            if len(st.log) > limit + max(limit // 10, _TRIM_SLACK):
                 self._prune_topics(store, now)
         # the hot path: skip the walk over the store's hubs when this hub is the only one
         backends = store.backends
