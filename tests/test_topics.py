@@ -384,6 +384,20 @@ async def test_durable_resumes_after_reopen(
         assert stats.subscribers == 1  # the durable consumer
 
 
+async def test_ack_after_close_is_written(make_hub: Callable[..., agentcomm.Hub]) -> None:
+    async with make_hub(lease=0.2) as hub:
+        planner = await hub.agent("planner")
+        reader = await hub.agent("reader")
+        await planner.publish("late.x", 1)
+        async with await reader.subscribe("late.>", durable="late", start="all") as sub:
+            msg = await sub.next(timeout=5)
+        assert msg is not None
+        await msg.ack()
+        again = await reader.subscribe("late.>", durable="late")
+        assert await again.next(timeout=0.5) is None  # past the lease: not delivered again
+        await again.close()
+
+
 async def test_durable_redelivers_after_the_lease(make_hub: Callable[..., agentcomm.Hub]) -> None:
     async with make_hub(lease=0.3) as hub:
         planner = await hub.agent("planner")

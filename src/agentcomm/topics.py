@@ -119,12 +119,15 @@ class TopicMessage:
         return max(self._record.attempt, 1)
 
     async def ack(self) -> None:
-        """Durable: mark it done (written within 50 ms, with the next fetch, or at close)."""
+        """Durable: mark it done (written within 50 ms, with the next fetch, or at close; at
+        once if the subscription is closed already)."""
         sub = getattr(self, "_sub", None)
         if sub is None or self._acked:
             return
         self._acked = True
         sub._add_ack(self._record.seq, self._record.attempt)
+        if sub._closed:
+            await sub._settle(release=False)
 
     def __repr__(self) -> str:
         return f"<TopicMessage {self.topic} #{self.sequence} from {self.sender} type={self.type!r}>"
@@ -380,6 +383,8 @@ class Subscription:
             # unwritten acks mean redelivery after the lease: at-least-once still holds
             if not self._closed:
                 self._acks[:0] = acks
+            elif not release:
+                raise  # an ack after close is written by the caller, who should hear of it
 
     async def _release_buffered(self) -> None:
         await self._settle(release=True)
