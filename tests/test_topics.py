@@ -502,13 +502,15 @@ async def test_consumer_behind_retention_is_told_what_it_lost(
     reader = await hub.agent("reader")
     fast = await reader.subscribe("r.>", durable="fast", start="all")
     slow = await reader.subscribe("r.a", durable="slow", start="all", buffer=1)
-    for i in range(10):
-        await planner.publish("r.a" if i % 2 == 0 else "r.b", i)
+    seqs = [(await planner.publish("r.a" if i % 2 == 0 else "r.b", i)).sequence for i in range(10)]
     assert len(await _drain(fast)) == 10
     retention = agentcomm.Retention(topic_max_count=2, topic_max_age=3600)
     async with make_hub(retention=retention, background=False) as pruner:
         report = await pruner.prune()
         assert report.pruned_topic_records == 8
+    stats = {t.name: t for t in await hub.topics()}  # counts survive the pruning
+    assert (stats["r.a"].published, stats["r.b"].published) == (5, 5)
+    assert (stats["r.a"].last_sequence, stats["r.b"].last_sequence) == (seqs[8], seqs[9])
     rest = await _drain(slow)
     assert rest == [8]  # the r.a records 0, 2, 4, 6 are gone
     assert slow.lost == 4 and slow.missed == 4
@@ -607,6 +609,8 @@ async def test_pruned_after_lease_ended_counts_as_lost(
         retention = agentcomm.Retention(topic_max_count=0)
         async with make_hub(retention=retention, background=False) as pruner:
             assert (await pruner.prune()).pruned_topic_records == 2
+        stats = await short.topic_stats("t.a")  # nothing left in the log, the counts remain
+        assert stats.published == 2 and stats.last_publish is not None
         sub = await (await short.agent("w")).subscribe("t.>", durable="w")
         assert await sub.next(timeout=0.05) is None
         assert sub.lost == 2

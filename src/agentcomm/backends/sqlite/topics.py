@@ -42,9 +42,11 @@ CREATE TABLE IF NOT EXISTS topic_log (
 );
 CREATE INDEX IF NOT EXISTS topic_log_topic ON topic_log (topic, seq);
 
+-- Publish counts come from the log itself (its topic index) plus `pruned`, so a publish is
+-- one INSERT. `last_publish` and `last_seq` here are those of the latest pruned record.
 CREATE TABLE IF NOT EXISTS topic_stats (
     name          TEXT PRIMARY KEY,
-    published     INTEGER NOT NULL DEFAULT 0,
+    pruned        INTEGER NOT NULL DEFAULT 0,
     delivered     INTEGER NOT NULL DEFAULT 0,
     dropped       INTEGER NOT NULL DEFAULT 0,
     last_publish  REAL,
@@ -72,11 +74,14 @@ _INSERT = (
     "INSERT INTO topic_log (topic, sender, type, data, data_kind, metadata, published_at, origin)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_COUNT_PUBLISH = (
-    "INSERT INTO topic_stats (name, published, last_publish, last_seq) VALUES (?, 1, ?, ?)"
-    " ON CONFLICT (name) DO UPDATE SET published = published + 1,"
+_COUNT_PRUNED = (
+    "INSERT INTO topic_stats (name, pruned, last_publish, last_seq)"
+    " SELECT topic, COUNT(*), MAX(published_at), MAX(seq) FROM topic_log WHERE seq <= ?"
+    " GROUP BY topic"
+    " ON CONFLICT (name) DO UPDATE SET pruned = pruned + excluded.pruned,"
     " last_publish = excluded.last_publish, last_seq = excluded.last_seq"
 )
+_LOG_COUNTS = "SELECT topic, COUNT(*), MAX(seq) FROM topic_log"
 _COUNT_DELIVERY = (
     "INSERT INTO topic_stats (name, delivered, dropped) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET delivered = delivered + excluded.delivered,"
@@ -132,7 +137,6 @@ class SQLiteTopics:
         def op(conn: sqlite3.Connection, touched: set[str]) -> int:
             seq = conn.execute(_INSERT, row).lastrowid
             assert seq is not None
-            conn.execute(_COUNT_PUBLISH, (r.topic, r.published_at, seq))
             touched.add(TOPICS_CHANNEL)
             return seq
 
@@ -166,20 +170,33 @@ class SQLiteTopics:
 
     async def topic_stats(self, name: str | None) -> list[TopicStats]:
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[TopicStats]:
-            cols = "name, published, delivered, dropped, last_publish, last_seq"
+            cols = "name, pruned, delivered, dropped, last_publish, last_seq"
             if name is None:
-                rows = conn.execute(f"SELECT {cols} FROM topic_stats ORDER BY name").fetchall()
+                kept = conn.execute(f"{_LOG_COUNTS} GROUP BY topic").fetchall()
+                rows = conn.execute(f"SELECT {cols} FROM topic_stats").fetchall()
             else:
+                kept = conn.execute(f"{_LOG_COUNTS} WHERE topic = ?", (name,)).fetchall()
+                kept = [k for k in kept if k[0] is not None]
                 rows = conn.execute(
                     f"SELECT {cols} FROM topic_stats WHERE name = ?", (name,)
                 ).fetchall()
+            stats = {r[0]: list(r[1:]) for r in rows}
+            for topic, count, last_seq in kept:
+                entry = stats.setdefault(topic, [0, 0, 0, None, 0])
+                entry[0] += count
+                entry[3] = conn.execute(
+                    "SELECT published_at FROM topic_log WHERE seq = ?", (last_seq,)
+                ).fetchone()[0]
+                entry[4] = last_seq
+            if name is not None and not stats:
+                stats[name] = [0, 0, 0, None, 0]
             filters = [self._filter(b) for (b,) in conn.execute("SELECT spec FROM topic_consumers")]
-            if name is not None and not rows:
-                rows = [(name, 0, 0, 0, None, 0)]
-            return [
-                TopicStats(n, pub, dl, dr, sum(1 for f in filters if f.matches_topic(n)), last, ls)
-                for n, pub, dl, dr, last, ls in rows
-            ]
+            out = []
+            for n in sorted(stats):
+                pub, dl, dr, last, last_seq = stats[n]
+                subscribers = sum(1 for f in filters if f.matches_topic(n))
+                out.append(TopicStats(n, pub, dl, dr, subscribers, last, last_seq))
+            return out
 
         result: list[TopicStats] = await self._read(op)
         return result
@@ -385,8 +402,13 @@ class SQLiteTopics:
                     " WHERE name = ?",
                     (through, lost, name),
                 )
+            conn.execute(_COUNT_PRUNED, (through,))
             pruned = conn.execute("DELETE FROM topic_log WHERE seq <= ?", (through,)).rowcount
-        conn.execute("DELETE FROM topic_stats WHERE last_publish <= ?", (cutoff,))
+        conn.execute(
+            "DELETE FROM topic_stats WHERE (last_publish IS NULL OR last_publish <= ?)"
+            " AND NOT EXISTS (SELECT 1 FROM topic_log WHERE topic = name)",
+            (cutoff,),
+        )
         return int(pruned)
 
 
