@@ -7,6 +7,7 @@ import multiprocessing
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -544,6 +545,41 @@ def _child_publish(url: str, count: int) -> None:
                 await me.publish(f"proc.{i % 2}", i)
 
     asyncio.run(main())
+
+
+def _child_consume(url: str, results: Any) -> None:
+    async def main() -> list[int]:
+        async with agentcomm.connect(url) as hub:
+            me = await hub.agent("worker")
+            got = []
+            async with await me.subscribe(
+                "jobs.>", durable="shared", start="all", buffer=10
+            ) as sub:
+                while (msg := await sub.next(timeout=1.0)) is not None:
+                    got.append(msg.data)
+                    await msg.ack()
+            return got
+
+    results.put(asyncio.run(main()))
+
+
+@pytest.mark.slow
+async def test_processes_sharing_a_durable_name_split_the_work(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    async with agentcomm.connect(url) as hub:
+        planner = await hub.agent("planner")
+        for i in range(300):
+            await planner.publish(f"jobs.{i % 3}", i)
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        children = [ctx.Process(target=_child_consume, args=(url, results)) for _ in range(2)]
+        for child in children:
+            child.start()
+        got = [await asyncio.to_thread(results.get, True, 60) for _ in children]
+        for child in children:
+            await asyncio.to_thread(child.join, 30)
+            assert child.exitcode == 0
+        assert sorted(got[0] + got[1]) == list(range(300))  # each message to one process
 
 
 @pytest.mark.slow
