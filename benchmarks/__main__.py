@@ -20,7 +20,7 @@ from . import core
 from .core import Config, Row
 
 # Each module registers its benchmarks on import; this order is the order of the table.
-MODULES = ("raw", "mailbox", "backlog", "latency", "peers")
+MODULES = ("raw", "mailbox", "backlog", "latency", "peers", "shared_memory")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -64,6 +64,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="how long the idle consumer's CPU use is measured (default: 3)",
     )
     p.add_argument(
+        "--kv-ops",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="operations per shared-memory row (default: 10,000)",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=3,
@@ -82,7 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--check", action="store_true", help="exit with status 1 if a row misses its target"
     )
     args = p.parse_args(argv)
-    for name in ("messages", "latency_messages", "rounds"):
+    for name in ("messages", "latency_messages", "kv_ops", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.peer_messages is not None and args.peer_messages < 10:
@@ -93,8 +100,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _figure(value: float, unit: str) -> str:
     if unit == "error":
         return "[red]ERROR[/red]"
-    if unit == "msg/s":
-        return f"{value:,.0f} msg/s"
+    if unit in ("msg/s", "ops/s"):
+        return f"{value:,.0f} {unit}"
     if unit == "ms":
         return f"{value:.3f} ms"
     if unit == "%":
@@ -134,7 +141,7 @@ def _status(row: Row) -> str:
 
 
 def _short(value: float, unit: str) -> str:
-    if unit == "msg/s":
+    if unit in ("msg/s", "ops/s"):
         return f"{value / 1000:,.1f}k" if value >= 1000 else f"{value:,.0f}"
     return _figure(value, unit)
 
@@ -232,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle_seconds=args.idle_seconds,
         rounds=args.rounds,
         tmp_root=args.tmp,
+        kv_ops=args.kv_ops,
     )
     console = Console()
     if not console.is_terminal:

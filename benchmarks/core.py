@@ -52,6 +52,7 @@ class Config:
     idle_seconds: float = 3.0
     rounds: int = 3
     tmp_root: str | None = None
+    kv_ops: int = 10_000
 
 
 @dataclass(frozen=True)

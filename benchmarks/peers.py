@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import litequeue
+import litequeue  # type: ignore[import-untyped]
 import persistqueue
 
 from .core import Config, Row, benchmark, drain_ratio, fresh_dir, payloads

@@ -100,3 +100,20 @@ async def test_request_to_unknown_agent(hub: Hub) -> None:
     planner = await hub.agent("planner")
     with pytest.raises(agentcomm.UnknownAgent):
         await planner.request("ghost", "q", timeout=1)
+
+
+async def test_cancelled_request_counts_a_later_reply_as_late(hub: Hub) -> None:
+    planner = await hub.agent("planner")
+    coder = await hub.agent("coder")
+    request = asyncio.create_task(planner.request("coder", "q", timeout=30))
+    msg = await coder.receive(timeout=5)
+    assert msg is not None
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    # the hub closes the reply slot in a task of its own; let it finish
+    closing = [t for t in hub._tasks if "close_slot" in repr(t.get_coro())]
+    assert closing
+    await asyncio.gather(*closing)
+    assert await msg.reply("nobody waits") is False
+    assert (await hub.stats()).late_replies == 1

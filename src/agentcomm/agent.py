@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -13,7 +14,7 @@ import msgspec
 
 from .backends.base import mail_channel, reply_channel
 from .codec import encode_metadata, encode_payload
-from .errors import HubClosed, LeaseLost, RequestTimeout, ValidationError
+from .errors import AgentCommError, HubClosed, LeaseLost, RequestTimeout, ValidationError
 from .ids import new_id
 from .mailbox import Message, Reply
 from .models import NewMessage, PublishResult, ScheduleSpec
@@ -267,21 +268,33 @@ class Agent:
         deadline = loop.time() + timeout
         with backend.notifier.listen(reply_channel(cid)) as listener:
             await backend.enqueue([msg], auto_register=hub.auto_register, now=now)
-            while True:
-                remaining = deadline - loop.time()
-                if remaining > 0:
-                    await listener.wait(min(remaining, backend.recheck_interval))
-                    listener.rearm()
-                    hub._require_backend()
+            try:
+                while True:
                     remaining = deadline - loop.time()
-                reply = await backend.take_reply(cid, abandon=remaining <= 0)
-                if reply is not None:
-                    return Reply(cid, reply)
-                if remaining <= 0:
-                    raise RequestTimeout(
-                        f"No reply from {to!r} to request {cid} within {timeout:g} s. "
-                        "A reply that arrives later is discarded and counted."
-                    )
+                    if remaining > 0:
+                        await listener.wait(min(remaining, backend.recheck_interval))
+                        listener.rearm()
+                        hub._require_backend()
+                        remaining = deadline - loop.time()
+                    reply = await backend.take_reply(cid, abandon=remaining <= 0)
+                    if reply is not None:
+                        return Reply(cid, reply)
+                    if remaining <= 0:
+                        raise RequestTimeout(
+                            f"No reply from {to!r} to request {cid} within {timeout:g} s. "
+                            "A reply that arrives later is discarded and counted."
+                        )
+            except asyncio.CancelledError:
+                # close the slot so a reply to an abandoned request counts as late
+                self._abandon(cid)
+                raise
+
+    def _abandon(self, cid: str) -> None:
+        async def close_slot() -> None:
+            with contextlib.suppress(AgentCommError):
+                await self._hub._require_backend().take_reply(cid, abandon=True)
+
+        self._hub._spawn(close_slot())
 
     # --- scheduling --------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ class Message:
     up. Unsettled, it is delivered again once the lease ends (with `attempt` + 1).
     """
 
-    __slots__ = ("_data", "_hub", "_metadata", "_settled", "_stored", "lease_until")
+    __slots__ = ("_data", "_hub", "_lease_until", "_metadata", "_settled", "_stored")
 
     def __init__(self, hub: Hub, stored: StoredMessage) -> None:
         self._hub = hub
@@ -34,8 +34,12 @@ class Message:
         self._data: Any = _UNSET
         self._metadata: Any = _UNSET
         self._settled = False
-        #: When the lease ends (epoch seconds); `extend()` moves it.
-        self.lease_until = stored.lease_until
+        self._lease_until = stored.lease_until
+
+    @property
+    def lease_until(self) -> float:
+        """When this delivery's lease ends (epoch seconds); `extend()` moves it."""
+        return self._lease_until
 
     @property
     def id(self) -> str:
@@ -157,7 +161,7 @@ class Message:
         check_positive("lease", lease)
         until = time.time() + lease
         await self._settle(self._op(SettleKind.EXTEND, until=until), "extend")
-        self.lease_until = until
+        self._lease_until = until
 
     async def reply(
         self,
@@ -200,11 +204,16 @@ class Message:
 class Reply:
     """The answer to a request."""
 
-    __slots__ = ("_stored", "correlation_id")
+    __slots__ = ("_correlation_id", "_stored")
 
     def __init__(self, correlation_id: str, stored: StoredReply) -> None:
-        self.correlation_id = correlation_id
+        self._correlation_id = correlation_id
         self._stored = stored
+
+    @property
+    def correlation_id(self) -> str:
+        """The id of the request this answers."""
+        return self._correlation_id
 
     @property
     def id(self) -> str:

@@ -42,7 +42,7 @@ from . import schema
 from .shared_memory import SQLiteSharedMemory
 from .topics import SQLiteTopics
 from .wake import WakeBus, wake_dir_for
-from .writer import Op, Writer
+from .writer import INLINE_BUSY, Op, Writer, read_inline
 
 _INSERT = (
     "INSERT INTO messages (id, recipient, sender, type, priority, state, visible_at, expires_at,"
@@ -106,8 +106,14 @@ class SQLiteBackend(SQLiteTopics, SQLiteSharedMemory, Backend):
         self._busy_timeout_ms = busy_timeout_ms
         self._known_agents: set[str] = set()  # used on the writer thread only
         self._wake = WakeBus(wake_dir_for(path), self.notifier.notify)
-        self._writer = Writer(self._connect, self._wake.ping, self.notifier.notify)
+        self._writer = Writer(
+            self._connect,
+            self._wake.ping,
+            self.notifier.notify,
+            on_rollback=self._known_agents.clear,
+        )
         self._reader = Writer(self._connect_reader, _no_op, _no_op, read_only=True)
+        self._inline: sqlite3.Connection | None = None  # point reads on the loop thread
 
     def _connect(self) -> sqlite3.Connection:
         conn = schema.connect(
@@ -120,9 +126,11 @@ class SQLiteBackend(SQLiteTopics, SQLiteSharedMemory, Backend):
             raise
         return conn
 
-    def _connect_reader(self) -> sqlite3.Connection:
+    def _connect_reader(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+        if busy_timeout_ms is None:
+            busy_timeout_ms = self._busy_timeout_ms
         conn = schema.connect(
-            self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+            self.path, synchronous=self._synchronous, busy_timeout_ms=busy_timeout_ms
         )
         conn.execute("PRAGMA query_only = 1")
         return conn
@@ -136,10 +144,14 @@ class SQLiteBackend(SQLiteTopics, SQLiteSharedMemory, Backend):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._writer.start(loop)  # first: it creates or migrates the schema
         self._reader.start(loop)
+        self._inline = self._connect_reader(busy_timeout_ms=0)
 
     async def close(self) -> None:
         await self._writer.stop()
         await self._reader.stop()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         self._wake.close()
         self.notifier.wake_all()
 
@@ -147,9 +159,15 @@ class SQLiteBackend(SQLiteTopics, SQLiteSharedMemory, Backend):
         """Run `fn` in a write transaction on the writer thread."""
         return await self._writer.submit(fn)
 
-    async def _read(self, fn: Op) -> Any:
+    def _read_inline(self, fn: Op) -> Any:
+        """Run a one-SELECT point read right here on the loop thread (see `read_inline`)."""
+        if self._inline is None:
+            return INLINE_BUSY
+        return read_inline(self._inline, fn)
+
+    async def _read(self, fn: Op, *, single_statement: bool = False) -> Any:
         """Run a read-only `fn` on the reader connection, beside the writer."""
-        return await self._reader.submit(fn)
+        return await self._reader.submit(fn, single_statement=single_statement)
 
     # --- agents --------------------------------------------------------------------------------
 

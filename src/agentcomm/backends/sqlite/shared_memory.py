@@ -26,6 +26,7 @@ from ...kv_records import (
     KVWrite,
     Space,
 )
+from .writer import INLINE_BUSY
 
 if TYPE_CHECKING:
     from .writer import Op
@@ -110,6 +111,14 @@ class _Cfg:
 def _config(
     conn: sqlite3.Connection, space: Space, history: int | None, change_log: int | None
 ) -> _Cfg:
+    if history is None and change_log is None:  # the usual case: read, do not rewrite
+        found = conn.execute(
+            "SELECT last_seq, floor, history, change_log FROM kv_spaces"
+            " WHERE owner = ? AND namespace = ?",
+            (space.owner, space.namespace),
+        ).fetchone()
+        if found is not None:
+            return _Cfg(*found)
     row = conn.execute(
         "INSERT INTO kv_spaces (owner, namespace, history, change_log)"
         " VALUES (?1, ?2, coalesce(?3, ?5), coalesce(?4, ?6))"
@@ -260,21 +269,26 @@ class SQLiteSharedMemory:
 
         async def _do(self, fn: Op) -> Any: ...
 
-        async def _read(self, fn: Op) -> Any: ...
+        async def _read(self, fn: Op, *, single_statement: bool = False) -> Any: ...
+
+        def _read_inline(self, fn: Op) -> Any: ...
 
     async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
         def peek(conn: sqlite3.Connection, touched: set[str]) -> KVRecord | bool | None:
-            row = conn.execute(
+            # fetchall: run the statement to its end, so no read transaction stays open
+            rows = conn.execute(
                 f"SELECT {_COLS} FROM kv WHERE {_PK}", (space.owner, space.namespace, key)
-            ).fetchone()
+            ).fetchall()
+            row = rows[0] if rows else None
             if row is None or row[1] is None:
                 return None
             if row[6] is not None and row[6] <= now:
                 return True  # expired: recording that takes the writer
             return _record(key, row)
 
-        # the common case on the reader connection, beside the writer
-        seen: KVRecord | bool | None = await self._read(peek)
+        seen: KVRecord | bool | None = self._read_inline(peek)
+        if seen is INLINE_BUSY:
+            seen = await self._read(peek, single_statement=True)
         if seen is not True:
             return seen if isinstance(seen, KVRecord) else None
 
@@ -302,8 +316,12 @@ class SQLiteSharedMemory:
                 w.expires_at,
             )  # fmt: skip
             conn.execute(
-                f"INSERT OR REPLACE INTO kv (owner, namespace, key, {_COLS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO kv (owner, namespace, key, {_COLS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, namespace, key)"
+                " DO UPDATE SET version = excluded.version, data = excluded.data,"
+                " data_kind = excluded.data_kind, created_at = excluded.created_at,"
+                " updated_at = excluded.updated_at, updated_by = excluded.updated_by,"
+                " expires_at = excluded.expires_at",
                 (space.owner, space.namespace, w.key, version, w.data, w.data_kind,
                  record.created_at, now, w.by, w.expires_at),
             )  # fmt: skip

@@ -32,11 +32,12 @@ _IDLE_CHECKPOINT_AFTER = 0.02
 
 
 class _Job:
-    __slots__ = ("error", "fn", "future", "result")
+    __slots__ = ("error", "fn", "future", "result", "single")
 
-    def __init__(self, fn: Op, future: asyncio.Future[Any]) -> None:
+    def __init__(self, fn: Op, future: asyncio.Future[Any], single: bool) -> None:
         self.fn = fn
         self.future = future
+        self.single = single
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -72,7 +73,9 @@ class Writer:
         notify: Callable[[set[str]], None],
         *,
         read_only: bool = False,
+        on_rollback: Callable[[], None] | None = None,
     ) -> None:
+        self._on_rollback = on_rollback  # forget caches filled by rolled-back work
         self._connect = connect
         # A read-only instance serves SELECTs on its own connection, beside the writer: WAL
         # lets readers and the writer proceed at once, so reads never queue behind writes.
@@ -97,15 +100,19 @@ class Writer:
         if self._start_error is not None:
             raise map_sqlite_error(self._start_error)
 
-    def submit(self, fn: Op) -> asyncio.Future[Any]:
-        """Queue `fn` for the next transaction; must be called on the loop thread."""
+    def submit(self, fn: Op, *, single_statement: bool = False) -> asyncio.Future[Any]:
+        """Queue `fn` for the next transaction; must be called on the loop thread.
+
+        `single_statement` (read-only instances): `fn` runs one SELECT, which is its own
+        snapshot, so alone in a batch it needs no BEGIN/COMMIT around it.
+        """
         loop = self._loop
         if loop is None or self._stopped:
             raise HubClosed("The SQLite connection is closed; open a new hub.")
         fut: asyncio.Future[Any] = loop.create_future()
         # Straight onto the queue: while the thread works on one transaction, later jobs
         # pile up and it takes them all for the next one, so batches grow with load.
-        self._queue.put(_Job(fn, fut))
+        self._queue.put(_Job(fn, fut, single_statement))
         return fut
 
     async def stop(self) -> None:
@@ -152,14 +159,17 @@ class Writer:
 
     def _run_batch(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         touched: set[str] = set()
+        wrap = not (self._read_only and len(jobs) == 1 and jobs[0].single)
         try:
-            conn.execute(self._begin)
+            if wrap:
+                conn.execute(self._begin)
             for job in jobs:
                 job.result = job.fn(conn, touched)
-            conn.execute("COMMIT")
+            if wrap:
+                conn.execute("COMMIT")
             self._dirty = not self._read_only
         except BaseException as exc:
-            _rollback(conn)
+            self._rolled_back(conn)
             if len(jobs) == 1:
                 jobs[0].error = map_sqlite_error(exc)
                 touched.clear()
@@ -169,6 +179,11 @@ class Writer:
             with contextlib.suppress(Exception):
                 self._ping(touched)
         self._resolve(jobs, touched)
+
+    def _rolled_back(self, conn: sqlite3.Connection) -> None:
+        _rollback(conn)
+        if self._on_rollback is not None:
+            self._on_rollback()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         self._dirty = False
@@ -187,7 +202,7 @@ class Writer:
                 self._dirty = not self._read_only
                 all_touched |= touched
             except BaseException as exc:
-                _rollback(conn)
+                self._rolled_back(conn)
                 job.error = map_sqlite_error(exc)
         return all_touched
 
@@ -211,6 +226,27 @@ def _deliver(jobs: list[_Job], touched: set[str], writer: Writer) -> None:
             fut.set_result(job.result)
     if touched:
         writer._notify(touched)
+
+
+#: What `read_inline` returns when the database is momentarily locked.
+INLINE_BUSY: Any = object()
+
+
+def read_inline(conn: sqlite3.Connection, fn: Op) -> Any:
+    """Run a one-SELECT read on the calling (event loop) thread.
+
+    Only for point reads that cost microseconds: the connection has busy_timeout=0, so instead
+    of waiting on a lock it returns INLINE_BUSY and the caller goes through the reader thread.
+    In WAL mode that happens only during recovery or a truncating checkpoint.
+    """
+    try:
+        return fn(conn, set())
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return INLINE_BUSY
+        raise map_sqlite_error(exc) from exc
+    except sqlite3.Error as exc:
+        raise map_sqlite_error(exc) from exc
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
