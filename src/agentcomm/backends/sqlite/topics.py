@@ -117,7 +117,7 @@ class SQLiteTopics:
     if TYPE_CHECKING:
 
         def _do(self, fn: Op) -> Awaitable[Any]: ...
-        def _read(self, fn: Op) -> Awaitable[Any]: ...
+        def _read(self, fn: Op, *, single_statement: bool = False) -> Awaitable[Any]: ...
 
     _filters: dict[bytes, TopicFilter]
 
@@ -144,7 +144,7 @@ class SQLiteTopics:
         return _record((seq, *row))
 
     async def topic_head(self) -> int:
-        result: int = await self._read(lambda conn, touched: _head(conn))
+        result: int = await self._read(lambda conn, touched: _head(conn), single_statement=True)
         return result
 
     async def read_topics(self, after: int, *, exclude_origin: str, limit: int) -> TopicBatch:
@@ -153,6 +153,7 @@ class SQLiteTopics:
                 f"SELECT {_COLS} FROM topic_log WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
+            # the same snapshot as the SELECT (so not single_statement): nothing in between
             through = rows[-1][0] if rows else max(after, _head(conn))
             records = [_record(r) for r in rows if r[8] != exclude_origin]
             return TopicBatch(records, through)
