@@ -696,3 +696,33 @@ async def test_publish_racing_hub_close_raises_only_hub_closed(
             await task
     await asyncio.wait_for(consumer, 5)
     assert sub.closed and durable.closed and await sub.next() is None
+
+
+async def test_a_waiting_durable_wakes_on_release_and_rewind(
+    hub: agentcomm.Hub, make_hub: Callable[..., agentcomm.Hub]
+) -> None:
+    planner = await hub.agent("planner")
+    for i in range(3):
+        await planner.publish("rel.x", i)
+    waiter_agent = await hub.agent("waiter")
+    async with make_hub() as other:
+        holder = await (await other.agent("holder")).subscribe(
+            "rel.>", durable="rel", start="all", buffer=3
+        )
+        first = await holder.next(timeout=5)  # leases all three, hands out one
+        assert first is not None and first.data == 0
+        await first.ack()
+        waiter = await waiter_agent.subscribe("rel.>", durable="rel", start="all")
+        waiting = asyncio.create_task(waiter.next(timeout=5))
+        await asyncio.sleep(0.05)
+        await holder.close()  # releases 1 and 2 to the waiting subscriber
+        got = [await waiting, await waiter.next(timeout=5)]
+        assert [m.data for m in got if m is not None] == [1, 2]
+        for m in got:
+            assert m is not None
+            await m.ack()
+        rewinding = asyncio.create_task(waiter.next(timeout=10))
+        await asyncio.sleep(0.05)
+        await (await other.agent("holder")).subscribe("rel.>", durable="rel", start=0)
+        again = await rewinding
+        assert again is not None and again.data == 0

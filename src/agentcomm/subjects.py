@@ -14,10 +14,37 @@ from typing import Any, Generic, TypeVar
 from .codec import decode_metadata
 from .errors import InvalidTopic
 
-__all__ = ["TOPICS_CHANNEL", "SubjectTree", "TopicFilter", "parse_pattern", "parse_topic"]
+__all__ = [
+    "TOPICS_CHANNEL",
+    "SubjectTree",
+    "TopicFilter",
+    "consumer_channel",
+    "parse_pattern",
+    "parse_topic",
+    "topic_channel",
+    "wake_channel",
+]
 
-#: The notification channel a backend touches whenever the topic log changes.
+#: The notification channel a backend touches whenever the topic log grows.
 TOPICS_CHANNEL = "topics"
+
+
+def topic_channel(topic: str) -> str:
+    """The channel also touched by a publish to `topic`: one per first token, so a durable
+    consumer whose pattern starts with a literal token wakes only for its part of the tree."""
+    return "topics:" + topic.partition(".")[0]
+
+
+def consumer_channel(name: str) -> str:
+    """The channel touched when durable consumer `name` is rewound or gets deliveries back."""
+    return "topic-consumer:" + name
+
+
+def wake_channel(tokens: tuple[str, ...]) -> str:
+    """The publish channel a subscription with these pattern tokens must listen on."""
+    first = tokens[0]
+    return TOPICS_CHANNEL if first in ("*", ">") else "topics:" + first
+
 
 MAX_TOPIC_LENGTH = 256
 _TOKEN = re.compile(r"[^\s.*>\x00-\x1f\x7f]+")

@@ -24,7 +24,14 @@ import msgspec
 from .codec import decode_metadata, decode_payload, encode_metadata, encode_payload
 from .errors import AgentCommError, ValidationError
 from .models import ConsumerSpec, NewTopicRecord, PublishResult, TopicRecord, TopicStats
-from .subjects import TOPICS_CHANNEL, SubjectTree, TopicFilter, parse_topic
+from .subjects import (
+    TOPICS_CHANNEL,
+    SubjectTree,
+    TopicFilter,
+    consumer_channel,
+    parse_topic,
+    wake_channel,
+)
 from .validation import check_name, check_non_negative
 
 if TYPE_CHECKING:
@@ -259,10 +266,13 @@ class Subscription:
         msg = self._pop_leased()
         if msg is not None or self._closed:
             return msg
+        name = self._durable
+        assert name is not None
         backend = self._bus._backend
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        with backend.notifier.listen(TOPICS_CHANNEL, self._channel()) as listener:
+        channels = (wake_channel(self._match.tokens), consumer_channel(name), self._channel())
+        with backend.notifier.listen(*channels) as listener:
             while True:
                 listener.rearm()
                 prefetch = self._prefetch

@@ -9,7 +9,9 @@ store. After a change, a backend notifies the channels it touched on `self.notif
 - `reply:<correlation id>`: a reply arrived;
 - `schedules`: a schedule was added or cancelled;
 - `kv:<owner>/<namespace>` (`Space.channel`): a shared-memory space got a change-log entry;
-- `topics`: the topic log or a durable consumer changed (see `agentcomm.subjects`).
+- `topics` and `topics:<first token>`: a publish to a topic with that first token;
+  `topic-consumer:<name>`: deliveries of durable consumer `<name>` were released or it was
+  rewound (see `agentcomm.subjects`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from ..models import (
 )
 from ..notify import Notifier
 from ..settings import Retention
-from ..subjects import TOPICS_CHANNEL, TopicFilter
+from ..subjects import TOPICS_CHANNEL, TopicFilter, consumer_channel, topic_channel
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -69,7 +69,6 @@ class _TopicState:
 
 
 _states: weakref.WeakKeyDictionary[MemoryStore, _TopicState] = weakref.WeakKeyDictionary()
-_TOUCHED = (TOPICS_CHANNEL,)
 
 
 def _state(store: MemoryStore) -> _TopicState:
@@ -145,11 +144,12 @@ class MemoryTopics:
             if len(st.log) > limit + max(limit // 10, _TRIM_SLACK):
                 self._prune_topics(store, now)
         # the hot path: skip the walk over the store's hubs when this hub is the only one
+        touched = (TOPICS_CHANNEL, topic_channel(record.topic))
         backends = store.backends
         if len(backends) == 1 and self in backends:
-            self.notifier.notify(_TOUCHED)
+            self.notifier.notify(touched)
         else:
-            self._broadcast(set(_TOUCHED))
+            self._broadcast(set(touched))
         return rec
 
     async def topic_head(self) -> int:
@@ -205,7 +205,7 @@ class MemoryTopics:
                 c.pending.clear()
                 c.lost = 0
                 c.delivered = _position(st, spec)
-                touched.add(TOPICS_CHANNEL)
+                touched.add(consumer_channel(spec.name))
                 return
             st.consumers[spec.name] = _Consumer(spec, _position(st, spec))
 
@@ -235,7 +235,7 @@ class MemoryTopics:
                 p = pending.get(seq)
                 if p is not None and p[0] == attempt:
                     p[1] = now
-                    touched.add(TOPICS_CHANNEL)
+                    touched.add(consumer_channel(consumer))
             if max_messages <= 0:
                 return TopicClaim([], 0.0, 0, None)
             until = now + lease

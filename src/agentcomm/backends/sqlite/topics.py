@@ -25,7 +25,7 @@ from ...models import (
     TopicStats,
 )
 from ...settings import Retention
-from ...subjects import TOPICS_CHANNEL, TopicFilter, is_literal
+from ...subjects import TOPICS_CHANNEL, TopicFilter, consumer_channel, is_literal, topic_channel
 from ..memory_topics import conflict, consumer_filter, same_definition, same_start
 
 TOPICS_SCHEMA = """
@@ -138,6 +138,7 @@ class SQLiteTopics:
             seq = conn.execute(_INSERT, row).lastrowid
             assert seq is not None
             touched.add(TOPICS_CHANNEL)
+            touched.add(topic_channel(r.topic))
             return seq
 
         seq: int = await self._do(op)
@@ -220,7 +221,7 @@ class SQLiteTopics:
                     "UPDATE topic_consumers SET spec = ?, delivered = ?, lost = 0 WHERE name = ?",
                     (blob, _position(conn, spec), spec.name),
                 )
-                touched.add(TOPICS_CHANNEL)
+                touched.add(consumer_channel(spec.name))
                 return
             conn.execute(
                 "INSERT INTO topic_consumers (name, spec, delivered) VALUES (?, ?, ?)",
@@ -257,7 +258,7 @@ class SQLiteTopics:
                     [(now, consumer, s, a) for s, a in releases],
                 ).rowcount
                 if released:
-                    touched.add(TOPICS_CHANNEL)
+                    touched.add(consumer_channel(consumer))
             if max_messages <= 0:
                 return TopicClaim([], 0.0, 0, None)
             row = conn.execute(
