@@ -726,3 +726,22 @@ async def test_a_waiting_durable_wakes_on_release_and_rewind(
         await (await other.agent("holder")).subscribe("rel.>", durable="rel", start=0)
         again = await rewinding
         assert again is not None and again.data == 0
+
+
+async def test_subscribe_racing_hub_close_leaves_nothing_open(
+    make_hub: Callable[..., agentcomm.Hub],
+) -> None:
+    hub = await make_hub()
+    coder = await hub.agent("coder")
+    pending = [
+        asyncio.create_task(coder.subscribe("r.>", **kwargs))  # type: ignore[arg-type]
+        for kwargs in ({}, {}, {"durable": "d1"}, {"durable": "d2", "start": "all"})
+    ]
+    await asyncio.sleep(0)
+    await hub.aclose()
+    for task in pending:
+        try:
+            sub = await task
+        except agentcomm.HubClosed:
+            continue
+        assert sub.closed  # opened before the close: closed with the hub

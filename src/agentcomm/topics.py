@@ -22,7 +22,7 @@ from uuid import uuid4
 import msgspec
 
 from .codec import decode_metadata, decode_payload, encode_metadata, encode_payload
-from .errors import AgentCommError, ValidationError
+from .errors import AgentCommError, HubClosed, ValidationError
 from .models import ConsumerSpec, NewTopicRecord, PublishResult, TopicRecord, TopicStats
 from .subjects import (
     TOPICS_CHANNEL,
@@ -459,6 +459,7 @@ class TopicBus:
         self._subs: dict[Subscription, None] = {}
         self._cursor: int | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._reader_started: asyncio.Future[None] | None = None
         self._counts: dict[str, list[int]] = {}
         self._counts_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -571,6 +572,7 @@ class TopicBus:
                 )
             sub = Subscription(self, filt, buffer, None, lease)
             await self._ensure_reader()
+            self._check_open()
             self._tree.insert(filt.tokens, sub)
             self._subs[sub] = None
             return sub
@@ -581,9 +583,14 @@ class TopicBus:
         )  # fmt: skip
         _set_start(spec, start)
         await self._backend.open_consumer(spec, now=time.time())
+        self._check_open()
         sub = Subscription(self, filt, buffer, durable, lease)
         self._subs[sub] = None
         return sub
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise HubClosed("The hub closed while the subscription was being set up.")
 
     def _forget(self, sub: Subscription) -> None:
         self._subs.pop(sub, None)
@@ -597,11 +604,14 @@ class TopicBus:
     # --- reading the log ---------------------------------------------------------------------
 
     async def _ensure_reader(self) -> None:
-        if self._reader is not None:
-            return
-        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read_loop(started))
-        await started
+        started = self._reader_started
+        if started is None:
+            started = asyncio.get_running_loop().create_future()
+            self._reader_started = started
+            self._reader = asyncio.create_task(self._read_loop(started))
+        # every caller waits until the cursor is set: what is published after subscribe()
+        # returns lies after it; shielded so that one caller's cancellation fails no other
+        await asyncio.shield(started)
 
     async def _read_loop(self, started: asyncio.Future[None]) -> None:
         backend = self._backend
@@ -609,8 +619,11 @@ class TopicBus:
             try:
                 self._cursor = await backend.topic_head()
             except BaseException as exc:
-                self._reader = None
+                self._reader = self._reader_started = None  # the next subscribe tries again
+                if not isinstance(exc, AgentCommError):  # cancelled: the bus is closing
+                    exc = HubClosed("The hub closed while a subscription was being set up.")
                 started.set_exception(exc)
+                started.exception()  # retrieved: callers that gave up must not leave it unseen
                 return
             started.set_result(None)
             while not self._closed:
@@ -643,9 +656,9 @@ class TopicBus:
         """Close every subscription, stop the reader and write the pending counts."""
         if self._closed:
             return
+        self._closed = True  # first: a subscribe() still in flight then fails instead of leaking
         for sub in list(self._subs):
             await sub.close()
-        self._closed = True
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
