@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import time
 from collections.abc import Generator
@@ -31,6 +31,8 @@ from .topics import TopicBus
 from .validation import check_attempts, check_name, check_positive
 
 __all__ = ["Hub", "connect"]
+
+logger = logging.getLogger("agentcomm")
 
 
 def connect(
@@ -163,6 +165,9 @@ class Hub:
                     next_run = await backend.fire_due(time.time())
                 except AgentCommError:  # e.g. locked past the busy timeout: try again soon
                     next_run = time.time() + 1.0
+                except Exception:  # a bug must not end the scheduler silently
+                    logger.exception("agentcomm scheduler pass failed; retrying in 1 s")
+                    next_run = time.time() + 1.0
                 wait = backend.recheck_interval * 5
                 if next_run is not None:
                     wait = min(wait, max(next_run - time.time(), 0.0) + 0.001)
@@ -171,8 +176,12 @@ class Hub:
     async def _run_retention(self) -> None:
         while self._state == "open":
             await asyncio.sleep(self.retention.interval)
-            with contextlib.suppress(AgentCommError):  # retried on the next pass
+            try:
                 await self._backend.prune(time.time())
+            except AgentCommError:  # e.g. locked past the busy timeout: the next pass retries
+                pass
+            except Exception:  # a bug must not end housekeeping silently
+                logger.exception("agentcomm retention pass failed; retrying next interval")
 
     # --- agents and mailboxes ------------------------------------------------------------------
 
