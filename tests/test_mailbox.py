@@ -417,3 +417,24 @@ async def test_invalid_send_arguments(hub: Hub, kwargs: dict[str, object]) -> No
     with pytest.raises(agentcomm.ValidationError):
         await planner.send("coder", 1, **kwargs)  # type: ignore[arg-type]
     assert await hub.queue_depth("coder") == 0
+
+
+async def test_housekeeping_survives_an_unexpected_error(
+    make_hub: Callable[..., Hub], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with make_hub(retention=agentcomm.Retention(interval=0.01)) as hub:
+        calls = 0
+        passed = asyncio.Event()
+        real_prune = hub._backend.prune
+
+        async def flaky_prune(now: float) -> agentcomm.PruneReport:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("bug in a prune pass")
+            passed.set()
+            return await real_prune(now)
+
+        monkeypatch.setattr(hub._backend, "prune", flaky_prune)
+        await asyncio.wait_for(passed.wait(), 5)
+    assert "retention pass failed" in caplog.text

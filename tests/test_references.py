@@ -627,6 +627,41 @@ async def test_unknown_recipient_keeps_nothing(make_hub: Callable[..., agentcomm
         assert await hub.refs.list() == []
 
 
+# --- topics ------------------------------------------------------------------------------------
+
+
+async def test_publish_by_reference_reaches_every_kind_of_subscriber(
+    make_hub: Callable[..., agentcomm.Hub],
+) -> None:
+    big = {"table": ["row " * 10] * 2_000}  # ~100 KB: promoted by the default policy
+    async with make_hub() as hub, make_hub() as other:
+        pub = await hub.agent("pub")
+        live = await (await hub.agent("here")).subscribe("data.>")
+        remote = await (await other.agent("there")).subscribe("data.>")
+        durable = await (await hub.agent("keeper")).subscribe("data.>", durable="d", start="all")
+        result = await pub.publish("data.tables", big)
+        refs = await hub.refs.list()
+        assert len(refs) == 1 and refs[0].refcount == 1  # one store, held by the log record
+        for sub in (live, remote, durable):
+            msg = await sub.next(timeout=10)
+            assert msg is not None and msg.data == big and msg.sequence == result.sequence
+            await msg.ack()
+        for sub in (live, remote, durable):
+            await sub.close()
+
+
+async def test_pruned_topic_records_release_their_payloads(
+    make_hub: Callable[..., agentcomm.Hub],
+) -> None:
+    retention = agentcomm.Retention(topic_max_count=1)
+    async with make_hub(default_policy="reference", retention=retention) as hub:
+        pub = await hub.agent("pub")
+        for n in range(3):
+            await pub.publish("t", {"n": n})
+        await hub.prune()
+        assert [r.id for r in await hub.refs.list()] == [sha(b'{"n":2}')]
+
+
 # --- large blobs, streamed ------------------------------------------------------------------------
 
 

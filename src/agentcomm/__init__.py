@@ -16,6 +16,7 @@ from .errors import (
     HubClosed,
     IntegrityError,
     InvalidName,
+    InvalidTopic,
     LeaseLost,
     NotFound,
     RefNotFound,
@@ -33,11 +34,14 @@ from .models import (
     MailboxStats,
     PendingInfo,
     PruneReport,
+    PublishResult,
     ScheduleInfo,
+    TopicStats,
 )
 from .references import AutoPromote, Ref, RefConfig, RefStats, RefStore
 from .settings import Backoff, Retention
 from .shared_memory import Change, Entry, KVStats, SharedMemory
+from .topics import Subscription, TopicMessage
 
 __version__ = "0.1.0"
 
@@ -60,6 +64,7 @@ __all__ = [
     "HubStats",
     "IntegrityError",
     "InvalidName",
+    "InvalidTopic",
     "KVStats",
     "LeaseLost",
     "MailboxStats",
@@ -68,6 +73,7 @@ __all__ = [
     "Outgoing",
     "PendingInfo",
     "PruneReport",
+    "PublishResult",
     "Ref",
     "RefConfig",
     "RefNotFound",
@@ -78,6 +84,9 @@ __all__ = [
     "Retention",
     "ScheduleInfo",
     "SharedMemory",
+    "Subscription",
+    "TopicMessage",
+    "TopicStats",
     "UnknownAgent",
     "ValidationError",
     "VersionConflict",

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +17,11 @@ from .codec import encode_metadata, encode_payload
 from .errors import AgentCommError, HubClosed, LeaseLost, RequestTimeout, ValidationError
 from .ids import new_id
 from .mailbox import Message, Reply
-from .models import NewMessage, ScheduleSpec, StoredReply
+from .models import NewMessage, PublishResult, ScheduleSpec, StoredReply
 from .ref_records import REF_FLAG
 from .scheduling import first_occurrence, validate_recurrence
 from .shared_memory import SharedMemory
+from .topics import DEFAULT_BUFFER, Subscription
 from .validation import (
     check_attempts,
     check_name,
@@ -410,6 +411,56 @@ class Agent:
             if held:  # the schedule holds its own reference, and so does each message it sends
                 await hub.refs._unhold(held)
         return spec.id
+
+    # --- topics --------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        type: str = "event",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> PublishResult:
+        """Publish `data` to `topic` (dot-separated tokens, no wildcards). Never blocks on
+        subscribers: a live subscriber whose buffer is full misses it (counted as dropped).
+
+        The message is appended to the topic log first (`sequence`), then handed to this hub's
+        matching live subscribers (`delivered`, `dropped`); other hubs read it from the log.
+        """
+        result = await self._hub._topics().publish(self._name, topic, data, type, metadata)
+        now = time.time()
+        if now - self._touched >= _TOUCH_EVERY:
+            await self._touch(now)
+        return result
+
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        senders: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        buffer: int = DEFAULT_BUFFER,
+        durable: str | None = None,
+        start: str | int | datetime | None = None,
+    ) -> Subscription:
+        """Receive messages published to topics matching `pattern`.
+
+        In a pattern `*` matches one token and `>` (last only) one or more trailing tokens.
+        Filters AND together: sender in `senders`, type in `types`, and every `metadata` key
+        equal to the given value. Live (default): publishes from now on, at most `buffer`
+        waiting (more are dropped and counted). With `durable=name`: a consumer stored in the
+        backend that resumes where it was acked, shares its work with every subscriber of the
+        same name, and leases `buffer` messages at a time for the hub's lease. `start` ("all",
+        "new", a sequence, or a datetime) is where a new consumer starts; an existing one resumes
+        unless `start` differs from where it was last started, which rewinds it there. Without
+        `start` an existing consumer resumes and a new one starts at "new".
+        """
+        return await self._hub._topics().subscribe(
+            pattern, senders=senders, types=types, metadata=metadata, buffer=buffer,
+            durable=durable, start=start, lease=self._hub.lease,
+        )  # fmt: skip
 
     # --- shared memory -------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@
     ├── ConfigurationError          bad URL, unknown backend, missing extra
     ├── ValidationError (ValueError) an argument is out of range or malformed
     │   ├── InvalidName              agent name does not follow the naming rules
+    │   ├── InvalidTopic             topic name or pattern is malformed
     │   └── EncodeError              payload or metadata cannot be encoded
     ├── NotFound (LookupError)
     │   ├── UnknownAgent             recipient was never registered
@@ -32,6 +33,7 @@ __all__ = [
     "HubClosed",
     "IntegrityError",
     "InvalidName",
+    "InvalidTopic",
     "LeaseLost",
     "NotFound",
     "RefNotFound",
@@ -56,6 +58,10 @@ class ValidationError(AgentCommError, ValueError):
 
 class InvalidName(ValidationError):
     """A name (agent, namespace, ...) does not follow the naming rules."""
+
+
+class InvalidTopic(ValidationError):
+    """A topic name or subscription pattern is malformed."""
 
 
 class EncodeError(ValidationError):

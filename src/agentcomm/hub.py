@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import time
 from collections.abc import Generator, Mapping
@@ -25,14 +25,19 @@ from .models import (
     PendingInfo,
     PruneReport,
     ScheduleInfo,
+    TopicStats,
 )
 from .ref_records import REF_FLAG
 from .references import Policy, PolicyTable, RefConfig, RefStore
 from .settings import Backoff, Retention
 from .shared_memory import SharedMemory
+from .subjects import parse_topic
+from .topics import TopicBus
 from .validation import check_attempts, check_name, check_positive
 
 __all__ = ["Hub", "connect"]
+
+logger = logging.getLogger("agentcomm")
 
 
 def connect(
@@ -108,6 +113,7 @@ class Hub:
         self._state = "new"
         self._tasks: set[asyncio.Task[None]] = set()
         self._agents: dict[str, Agent] = {}
+        self._topic_bus: TopicBus | None = None
 
     def __repr__(self) -> str:
         return f"<Hub {self.url} {self._state}>"
@@ -138,6 +144,8 @@ class Hub:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._topic_bus is not None:
+            await self._topic_bus.close()
         if was_open:
             await self._backend.close()
 
@@ -178,6 +186,9 @@ class Hub:
                     next_run = await backend.fire_due(time.time())
                 except AgentCommError:  # e.g. locked past the busy timeout: try again soon
                     next_run = time.time() + 1.0
+                except Exception:  # a bug must not end the scheduler silently
+                    logger.exception("agentcomm scheduler pass failed; retrying in 1 s")
+                    next_run = time.time() + 1.0
                 wait = backend.recheck_interval * 5
                 if next_run is not None:
                     wait = min(wait, max(next_run - time.time(), 0.0) + 0.001)
@@ -186,10 +197,14 @@ class Hub:
     async def _run_retention(self) -> None:
         while self._state == "open":
             await asyncio.sleep(self.retention.interval)
-            with contextlib.suppress(AgentCommError):  # retried on the next pass
+            try:
                 await self._backend.prune(time.time())
                 if self.refs.config.gc != "manual":
                     await self._backend.ref_gc(now=time.time())
+            except AgentCommError:  # e.g. locked past the busy timeout: the next pass retries
+                pass
+            except Exception:  # a bug must not end housekeeping silently
+                logger.exception("agentcomm retention pass failed; retrying next interval")
 
     # --- agents and mailboxes ------------------------------------------------------------------
 
@@ -246,6 +261,27 @@ class Hub:
     async def cancel_schedule(self, schedule_id: str) -> bool:
         """Stop a schedule; False if no schedule had that id."""
         return await self._require_backend().cancel_schedule(schedule_id)
+
+    # --- topics ------------------------------------------------------------------------------
+
+    def _topics(self) -> TopicBus:
+        backend = self._require_backend()
+        if self._topic_bus is None:
+            self._topic_bus = TopicBus(self, backend)
+        return self._topic_bus
+
+    async def topics(self) -> list[TopicStats]:
+        """Stats of every topic published to (and still within retention), by name."""
+        return await self._topics().stats(None)
+
+    async def topic_stats(self, name: str) -> TopicStats:
+        """Published, delivered, dropped, subscribers and last publish of topic `name`.
+
+        `subscribers` counts this hub's live subscriptions plus the durable consumers whose
+        pattern matches; a topic never published to has zero counts.
+        """
+        parse_topic(name)
+        return (await self._topics().stats(name))[0]
 
     # --- shared memory -------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ __all__ = [
     "PendingInfo",
     "PruneReport",
     "ScheduleInfo",
+    "PublishResult",
+    "TopicStats",
 ]
 
 
@@ -125,6 +127,7 @@ class PruneReport(msgspec.Struct, frozen=True):
     pruned_messages: int
     pruned_dedupe_keys: int
     pruned_requests: int
+    pruned_topic_records: int = 0
 
 
 # --- records stored by backends ------------------------------------------------------------
@@ -230,3 +233,88 @@ class ScheduleSpec(msgspec.Struct):
     every: float | None
     next_run: float
     created_at: float
+
+
+# --- topics --------------------------------------------------------------------------------
+
+
+class PublishResult(msgspec.Struct, frozen=True, gc=False):
+    """What one publish did: live subscribers of this hub reached and dropped, log position."""
+
+    delivered: int
+    dropped: int
+    sequence: int
+
+
+class TopicStats(msgspec.Struct, frozen=True):
+    """Counters of one topic: publishes, deliveries, drops (buffers full), subscribers."""
+
+    name: str
+    published: int
+    delivered: int
+    dropped: int
+    subscribers: int
+    last_publish: float | None
+    last_sequence: int
+
+
+class NewTopicRecord(msgspec.Struct, gc=False):
+    """A publish to store: payload and metadata already encoded."""
+
+    topic: str
+    sender: str
+    type: str
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    published_at: float
+    #: The publishing hub's id, so its own live subscribers are not served twice.
+    origin: str
+
+
+# gc=False: records hold only scalars, so they cannot form cycles; a long topic log then costs
+# the garbage collector nothing
+class TopicRecord(msgspec.Struct, gc=False):
+    """A stored publish as a backend returns it (`attempt` is set on durable deliveries)."""
+
+    seq: int
+    topic: str
+    sender: str
+    type: str
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    published_at: float
+    origin: str
+    attempt: int = 0
+
+
+class ConsumerSpec(msgspec.Struct):
+    """A durable consumer: its pattern and filters, and where to (re)start when given."""
+
+    name: str
+    pattern: str
+    senders: list[str] | None
+    types: list[str] | None
+    metadata: bytes | None
+    #: None: resume (a new consumer starts at "new"). "all", "new", "seq" or "time": start
+    #: there, rewinding an existing consumer unless it was last started at the same place.
+    start: str | None = None
+    start_seq: int = 0
+    start_time: float = 0.0
+
+
+class TopicBatch(msgspec.Struct):
+    """Log records read after a position, and the position read through."""
+
+    records: list[TopicRecord]
+    through: int
+
+
+class TopicClaim(msgspec.Struct):
+    """Deliveries leased to a durable consumer, records it lost to retention, next lease end."""
+
+    records: list[TopicRecord]
+    lease_until: float
+    lost: int
+    next_wake: float | None

@@ -14,6 +14,8 @@ class Retention(msgspec.Struct, frozen=True):
 
     `acked=0` deletes a message at ack time. `dedupe_window` is how long an idempotency key
     is remembered. `interval` is how often the hub runs a prune pass in the background.
+    The topic log keeps publishes for at most `topic_max_age` seconds and at most
+    `topic_max_count` records (oldest pruned first).
     """
 
     acked: float = 0.0
@@ -21,6 +23,8 @@ class Retention(msgspec.Struct, frozen=True):
     dead: float = 7 * 86400.0
     dedupe_window: float = 86400.0
     interval: float = 10.0
+    topic_max_age: float = 86400.0
+    topic_max_count: int = 100_000
 
     def __post_init__(self) -> None:
         for name in ("acked", "expired", "dead", "dedupe_window"):
@@ -28,6 +32,8 @@ class Retention(msgspec.Struct, frozen=True):
                 raise ValidationError(f"Retention.{name} must be >= 0 seconds.")
         if self.interval <= 0:
             raise ValidationError("Retention.interval must be > 0 seconds.")
+        if self.topic_max_age < 0 or self.topic_max_count < 0:
+            raise ValidationError("Retention.topic_max_age and topic_max_count must be >= 0.")
 
 
 class Backoff(msgspec.Struct, frozen=True):

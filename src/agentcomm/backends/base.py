@@ -7,29 +7,38 @@ store. After a change, a backend notifies the channels it touched on `self.notif
 
 - `mail:<agent>`: a message became ready (or may have) for `<agent>`;
 - `reply:<correlation id>`: a reply arrived;
-- `schedules`: a schedule was added or cancelled.
-- `kv:<owner>/<namespace>` (`Space.channel`): a shared-memory space got a change-log entry.
+- `schedules`: a schedule was added or cancelled;
+- `kv:<owner>/<namespace>` (`Space.channel`): a shared-memory space got a change-log entry;
+- `topics` and `topics:<first token>`: a publish to a topic with that first token;
+  `topic-consumer:<name>`: deliveries of durable consumer `<name>` were released or it was
+  rewound (see `agentcomm.subjects`).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..kv_records import KVChanges, KVCounts, KVOutcome, KVRecord, KVSnapshot, KVWrite, Space
 from ..models import (
     AgentInfo,
     Claimed,
+    ConsumerSpec,
     DeadLetter,
     HubStats,
     MailboxStats,
     NewMessage,
+    NewTopicRecord,
     PendingInfo,
     PruneReport,
     ScheduleInfo,
     ScheduleSpec,
     Settle,
     StoredReply,
+    TopicBatch,
+    TopicClaim,
+    TopicRecord,
+    TopicStats,
 )
 from ..notify import Notifier
 from ..ref_records import Ref, RefMeta, RefStats
@@ -164,6 +173,61 @@ class Backend(abc.ABC):
         """Enqueue one message for every schedule due at `now` and move each to its next
         occurrence, in one atomic step. Returns the next time a schedule falls due."""
 
+    # --- topics ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def publish(self, record: NewTopicRecord, *, now: float) -> TopicRecord:
+        """Append a publish to the topic log, count it in the topic's stats, and return it as
+        stored, with its sequence (increasing per store, never reused)."""
+
+    @abc.abstractmethod
+    async def topic_head(self) -> int:
+        """The sequence of the latest publish (0 if none)."""
+
+    @abc.abstractmethod
+    async def read_topics(self, after: int, *, exclude_origin: str, limit: int) -> TopicBatch:
+        """Log records after sequence `after`, oldest first, skipping those published by
+        `exclude_origin`; at most `limit` records are scanned. `through` is the sequence to
+        read after next time."""
+
+    @abc.abstractmethod
+    async def count_topic_deliveries(self, counts: Mapping[str, tuple[int, int]]) -> None:
+        """Add (delivered, dropped) counts of live subscribers to the topics' stats."""
+
+    @abc.abstractmethod
+    async def topic_stats(self, name: str | None) -> list[TopicStats]:
+        """Stats of topic `name` (one entry, zeros if never published), or of every topic
+        published to, by name. `subscribers` counts the durable consumers whose pattern matches
+        (live subscribers are known only to their own hub)."""
+
+    @abc.abstractmethod
+    async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
+        """Create a durable consumer, or attach to it. A `spec.start` other than the one the
+        consumer was last started with rewinds it there, dropping its outstanding leases.
+
+        Raises ValidationError if it exists with another pattern or other filters.
+        """
+
+    @abc.abstractmethod
+    async def claim_topic(
+        self,
+        consumer: str,
+        *,
+        acks: Sequence[tuple[int, int]],
+        releases: Sequence[tuple[int, int]],
+        max_messages: int,
+        lease: float,
+        now: float,
+    ) -> TopicClaim:
+        """Settle, then lease up to `max_messages` records to durable `consumer`, atomically.
+
+        `acks` and `releases` are (sequence, attempt) pairs of earlier deliveries: an ack
+        removes the delivery, a release makes it deliverable again now; stale pairs are
+        ignored. Records whose lease expired come first (attempt + 1), then records after the
+        consumer's position that match its pattern and filters. `lost` counts records it lost
+        to retention since the last claim; `next_wake` is its earliest lease end.
+        """
+
     # --- shared memory -----------------------------------------------------------------------
     # Keys of a `Space` carry versions from 1, +1 per write (deletes and expiries included; a
     # deleted key keeps a tombstone so its version keeps counting). Every write appends to the
@@ -266,7 +330,9 @@ class Backend(abc.ABC):
     async def prune(self, now: float) -> PruneReport:
         """Expire overdue messages, dead-letter exhausted leases, and delete finished rows,
         dedupe keys and abandoned reply slots older than the retention policy. Also record
-        due shared-memory expiries and drop tombstones older than `TOMBSTONE_KEEP`."""
+        due shared-memory expiries and drop tombstones older than `TOMBSTONE_KEEP`, and delete
+        topic log records beyond the retention policy (counting, per durable consumer, the
+        records it had not consumed)."""
 
     @abc.abstractmethod
     async def stats(self) -> HubStats:

@@ -39,6 +39,7 @@ from ..settings import Retention
 from .base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_channel
 from .memory_kv import MemorySharedMemory
 from .memory_refs import MemoryReferences, ref_table
+from .memory_topics import MemoryTopics
 
 T = TypeVar("T")
 
@@ -108,7 +109,7 @@ def _store_for(name: str) -> MemoryStore:
         return store
 
 
-class MemoryBackend(MemoryReferences, MemorySharedMemory, Backend):
+class MemoryBackend(MemoryReferences, MemoryTopics, MemorySharedMemory, Backend):
     """Implements the backend contract in memory."""
 
     recheck_interval = 3600.0  # every change notifies every hub of the store directly
@@ -543,8 +544,11 @@ class MemoryBackend(MemoryReferences, MemorySharedMemory, Backend):
                 reply = store.requests.pop(c)[1]
                 if reply is not None:  # a reply nobody took still held its payload's reference
                     ref_table(store).drop(reply.data, reply.data_kind)
+            topic_records = self._prune_topics(store, now)
             self._kv_prune_in(store, now, touched)
-            return PruneReport(expired, dead, pruned, len(stale_keys), len(stale_requests))
+            return PruneReport(
+                expired, dead, pruned, len(stale_keys), len(stale_requests), topic_records
+            )
 
         return self._run(op)
 

@@ -41,6 +41,7 @@ from ..base import REPLY_GRACE, SCHEDULES_CHANNEL, Backend, mail_channel, reply_
 from . import references, schema
 from .references import PAYLOAD_SIZE, REF_COL, SQLiteReferences
 from .shared_memory import SQLiteSharedMemory
+from .topics import SQLiteTopics
 from .wake import WakeBus, wake_dir_for
 from .writer import INLINE_BUSY, Op, Writer, read_inline
 
@@ -86,7 +87,7 @@ def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
+class SQLiteBackend(SQLiteReferences, SQLiteTopics, SQLiteSharedMemory, Backend):
     """Implements the backend contract on one SQLite file."""
 
     def __init__(
@@ -629,8 +630,9 @@ class SQLiteBackend(SQLiteReferences, SQLiteSharedMemory, Backend):
                 if blob is not None:
                     stored = _reply_decoder.decode(blob)
                     references.drop_payload(conn, stored.data, stored.data_kind)
+            topic_records = self._prune_topics(conn, now)
             self._kv_prune_in(conn, now, touched)
-            return PruneReport(expired, len(dead_rows), pruned, keys, requests)
+            return PruneReport(expired, len(dead_rows), pruned, keys, requests, topic_records)
 
         result: PruneReport = await self._do(op)
         return result

@@ -11,6 +11,7 @@ import sqlite3
 
 from .references import REFS_SCHEMA
 from .shared_memory import KV_SCHEMA
+from .topics import TOPICS_SCHEMA
 
 SCHEMA_VERSION = 1
 
@@ -125,7 +126,7 @@ def migrate(conn: sqlite3.Connection) -> None:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         # feature tables: idempotent, so a database of this schema version gains them on open
-        for statement in (KV_SCHEMA + REFS_SCHEMA).split(";"):
+        for statement in (KV_SCHEMA + ";" + TOPICS_SCHEMA + ";" + REFS_SCHEMA).split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute("COMMIT")
