@@ -495,8 +495,10 @@ class TopicBus:
         now = time.time()
         refs = self._hub.refs
         held: dict[int, tuple[bytes, str]] = {}
+        stored, stored_kind = payload, kind
         try:  # the tier policy: a large payload is stored once and the log record refers to it
-            stored, stored_kind = await refs._promote(type, payload, kind, held)
+            if refs.policies.by_reference(type, len(payload)):
+                stored, stored_kind = await refs._promote(type, payload, kind, held)
             record = await self._backend.publish(
                 NewTopicRecord(topic, sender, type, stored, stored_kind, meta, now, self.origin),
                 now=now,
