@@ -20,7 +20,7 @@ from . import core
 from .core import Config, Row
 
 # Each module registers its benchmarks on import; this order is the order of the table.
-MODULES = ("raw", "mailbox", "backlog", "latency", "peers", "shared_memory", "references")
+MODULES = ("raw", "mailbox", "backlog", "latency", "peers", "shared_memory", "topics", "references")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -71,6 +71,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="operations per shared-memory row (default: 10,000)",
     )
     p.add_argument(
+        "--topic-messages",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="publishes per topics fan-out and SQLite row (default: 100,000)",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=3,
@@ -89,7 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--check", action="store_true", help="exit with status 1 if a row misses its target"
     )
     args = p.parse_args(argv)
-    for name in ("messages", "latency_messages", "kv_ops", "rounds"):
+    for name in ("messages", "latency_messages", "kv_ops", "topic_messages", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.peer_messages is not None and args.peer_messages < 10:
@@ -100,8 +107,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _figure(value: float, unit: str) -> str:
     if unit == "error":
         return "[red]ERROR[/red]"
-    if unit in ("msg/s", "ops/s"):
+    if unit in ("msg/s", "ops/s", "deliveries/s"):
         return f"{value:,.0f} {unit}"
+    if unit == "µs":
+        return f"{value:.2f} µs"
     if unit == "ms":
         return f"{value:.3f} ms"
     if unit == "%":
@@ -120,6 +129,7 @@ def _targets(row: Row) -> str:
     if row.at_most is not None:
         lines.append(f"<= {_figure(row.at_most, row.unit)}")
     lines += [f">= {r.at_least:g}x {r.label}" for r in row.ratios if r.at_least is not None]
+    lines += [f"<= {r.at_most:g}x {r.label}" for r in row.ratios if r.at_most is not None]
     return "\n".join(lines) or "-"
 
 
@@ -143,7 +153,7 @@ def _status(row: Row) -> str:
 
 
 def _short(value: float, unit: str) -> str:
-    if unit in ("msg/s", "ops/s"):
+    if unit in ("msg/s", "ops/s", "deliveries/s"):
         return f"{value / 1000:,.1f}k" if value >= 1000 else f"{value:,.0f}"
     return _figure(value, unit)
 
@@ -208,7 +218,7 @@ def to_json(rows: list[Row], env: dict[str, Any], config: Config) -> dict[str, A
                 "at_most": r.at_most,
                 "ratios": [
                     {"baseline": x.baseline, "label": x.label, "at_least": x.at_least,
-                     "value": r.computed.get(x.label)}
+                     "at_most": x.at_most, "value": r.computed.get(x.label)}
                     for x in r.ratios
                 ],
                 "passed": r.passed if r.has_target else None,
@@ -242,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds=args.rounds,
         tmp_root=args.tmp,
         kv_ops=args.kv_ops,
+        topic_messages=args.topic_messages,
     )
     console = Console()
     if not console.is_terminal:

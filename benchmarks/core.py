@@ -53,15 +53,17 @@ class Config:
     rounds: int = 3
     tmp_root: str | None = None
     kv_ops: int = 10_000
+    topic_messages: int = 100_000
 
 
 @dataclass(frozen=True)
 class Ratio:
-    """`row.value / <baseline row>.value`, optionally checked against a bound."""
+    """`row.value / <baseline row>.value`, optionally checked against bounds."""
 
     baseline: str  # the key of another row
     label: str  # how the table names the baseline
     at_least: float | None = None
+    at_most: float | None = None
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Row:
             got = self.computed.get(r.label)
             if r.at_least is not None and got is not None:
                 out.append(got >= r.at_least)
+            if r.at_most is not None and got is not None:
+                out.append(got <= r.at_most)
         return out
 
     @property
@@ -99,7 +103,7 @@ class Row:
         return (
             self.at_least is not None
             or self.at_most is not None
-            or any(r.at_least is not None for r in self.ratios)
+            or any(r.at_least is not None or r.at_most is not None for r in self.ratios)
         )
 
     @property

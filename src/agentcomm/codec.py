@@ -12,11 +12,12 @@ from .ref_records import REF_FLAG
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+_BYTES_LIKE = (bytes, bytearray, memoryview)  # a tuple: a union object is rebuilt per call
 
 
 def encode_payload(value: Any) -> tuple[bytes, int]:
     """Encode a payload; `bytes`-like values are stored as they are."""
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, _BYTES_LIKE):
         return bytes(value), DataKind.BYTES
     try:
         return _encoder.encode(value), DataKind.JSON
