@@ -51,10 +51,8 @@ def sqlite_url(path: Path) -> str:
 
 def test_demo_runs_the_scenario_and_keeps_the_store(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "demo.db")
-    started = time.monotonic()
     code, out = invoke("demo", "--url", url, "--keep")
     assert code == 0, out
-    assert time.monotonic() - started < 6.0
 
     trace = [line for line in out.splitlines() if re.match(r"^\+\s*\d+\.\d{3}s  ", line)]
     times = [float(line.split("s", 1)[0].lstrip("+")) for line in trace]
