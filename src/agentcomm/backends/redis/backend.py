@@ -1,0 +1,388 @@
+"""The Redis backend: every hub on every machine that uses one Redis (and one prefix) shares
+one store.
+
+Each state change is one Lua script call (see `scripts.py`), atomic on the server. Waiters in
+other hubs are woken through one pub/sub channel per prefix, which a background task of each
+hub listens to; a re-check every `recheck_interval` seconds covers a wake-up lost while the
+connection was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+
+from ...codec import decode_metadata, decode_payload
+from ...errors import BackendError, BackendUnavailable, ConfigurationError, UnknownAgent
+from ...ids import new_id
+from ...models import (
+    AgentInfo,
+    Claimed,
+    DeadLetter,
+    HubStats,
+    MailboxStats,
+    NewMessage,
+    PendingInfo,
+    PruneReport,
+    ScheduleInfo,
+    ScheduleSpec,
+    Settle,
+    State,
+    StoredMessage,
+    StoredReply,
+)
+from ...notify import Notifier
+from ...scheduling import next_occurrence, scheduled_message
+from ...settings import Retention
+from ..base import Backend
+from . import scripts
+from .errors import CLOSE_ERRORS, redis_errors, text
+from .shared_memory import RedisSharedMemory
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+_STATE_NAMES = {State.READY: "ready", State.IN_FLIGHT: "in_flight", State.DELAYED: "delayed"}
+_PRUNE_BATCH = 10_000
+_LISTEN_BACKOFF_MAX = 1.0
+
+_reply_encoder = msgspec.msgpack.Encoder()
+_reply_decoder = msgspec.msgpack.Decoder(StoredReply)
+_spec_decoder = msgspec.msgpack.Decoder(ScheduleSpec)
+
+
+def check_prefix(prefix: str) -> str:
+    """A key prefix: 1-64 letters, digits or `_ . : @ -`."""
+    if not isinstance(prefix, str) or _PREFIX.fullmatch(prefix) is None:
+        raise ConfigurationError(
+            f"Invalid Redis key prefix {prefix!r}: use 1-64 letters, digits or '_ . : @ -'."
+        )
+    return prefix
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def _opt_num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _opt_str(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _opt_float(value: bytes | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _message_args(m: NewMessage) -> list[Any]:
+    """The 17 script arguments of one message (see `store` in the mailbox script)."""
+    return [
+        m.id, m.sender, m.recipient, m.type, int(m.priority), m.data, int(m.data_kind),
+        m.metadata if m.metadata is not None else b"", _num(m.enqueued_at), _num(m.visible_at),
+        _opt_num(m.expires_at), int(m.max_attempts), m.idempotency_key or "",
+        _opt_num(m.dedupe_until), m.correlation_id or "", m.reply_to or "",
+        _opt_num(m.request_deadline),
+    ]  # fmt: skip
+
+
+def _stored(r: list[Any], lease_until: float) -> StoredMessage:
+    """A claimed message from the claim script's row."""
+    return StoredMessage(
+        seq=int(r[0]), id=r[1].decode(), sender=r[2].decode(), recipient=r[3].decode(),
+        type=r[4].decode(), priority=int(r[5]), data=r[6], data_kind=int(r[7]), metadata=r[8],
+        attempt=int(r[9]), max_attempts=int(r[10]), enqueued_at=float(r[11]),
+        lease_until=lease_until, correlation_id=_opt_str(r[12]), reply_to=_opt_str(r[13]),
+    )  # fmt: skip
+
+
+def _pending(r: list[Any]) -> PendingInfo:
+    return PendingInfo(
+        id=r[1].decode(), sender=r[2].decode(), recipient=r[3].decode(), type=r[4].decode(),
+        priority=int(r[5]), state=_STATE_NAMES[State(int(r[6]))], attempt=int(r[7]),
+        enqueued_at=float(r[8]), visible_at=float(r[9]), expires_at=_opt_float(r[10]),
+        size=int(r[11]),
+    )  # fmt: skip
+
+
+def _dead_letter(r: list[Any]) -> DeadLetter:
+    return DeadLetter(
+        id=r[0].decode(), sender=r[1].decode(), recipient=r[2].decode(), type=r[3].decode(),
+        reason=(r[4] or b"").decode(), attempts=int(r[5]), enqueued_at=float(r[6]),
+        dead_at=float(r[7]), data=decode_payload(r[8], int(r[9])),
+        metadata=decode_metadata(r[10]),
+    )  # fmt: skip
+
+
+def _settle_args(op: Settle) -> list[Any]:
+    return [int(op.kind), f"{op.seq:016d}", int(op.attempt), _num(op.until), op.reason]
+
+
+class RedisBackend(RedisSharedMemory, Backend):
+    """Implements the backend contract on a Redis server (5.0 or newer)."""
+
+    def __init__(
+        self,
+        url: str,
+        retention: Retention,
+        *,
+        prefix: str = "agentcomm",
+        recheck_interval: float = 1.0,
+    ) -> None:
+        self.retention = retention
+        self.recheck_interval = recheck_interval
+        self.notifier = Notifier()
+        self._prefix = check_prefix(prefix) + ":"
+        self._origin = new_id()
+        self._where = _redact(url)
+        try:
+            self._client: aioredis.Redis = aioredis.Redis.from_url(
+                url,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3),
+                socket_connect_timeout=5.0,
+                socket_keepalive=True,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"Bad Redis URL {self._where}: {exc}") from exc
+        self._mailbox: AsyncScript = self._client.register_script(scripts.MAILBOX)
+        self._kv: AsyncScript = self._client.register_script(scripts.KV)
+        self._listener: asyncio.Task[None] | None = None
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        with redis_errors(self._where):
+            await self._client.ping()
+        pubsub = await self._subscribe()
+        self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        with contextlib.suppress(*CLOSE_ERRORS):
+            await self._client.aclose()
+        self.notifier.wake_all()
+
+    async def _subscribe(self) -> aioredis.client.PubSub:
+        """A pub/sub connection subscribed to the wake channel, confirmed by the server."""
+        pubsub = self._client.pubsub()
+        try:
+            with redis_errors(self._where):
+                await pubsub.subscribe(self._prefix + "wake")
+                while True:  # the confirmation: from now on no wake-up is missed
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is None:
+                        raise BackendUnavailable(f"Redis at {self._where} did not subscribe.")
+                    if msg["type"] == "subscribe":
+                        return pubsub
+        except BaseException:
+            await _close(pubsub)
+            raise
+
+    async def _listen(self, pubsub: aioredis.client.PubSub | None) -> None:
+        """Wake this hub's waiters for changes made by other hubs; reconnect on loss."""
+        delay = 0.05
+        origin = self._origin.encode()
+        notify = self.notifier.notify
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = await self._subscribe()
+                    self.notifier.wake_all()  # changes made while we were away
+                    delay = 0.05
+                while True:
+                    msg = await pubsub.get_message(timeout=None)
+                    if msg is None or msg["type"] != "message":
+                        continue
+                    sender, _, channels = msg["data"].partition(b"\n")
+                    if sender != origin:
+                        notify(channels.decode().split("\n"))
+            except asyncio.CancelledError:
+                if pubsub is not None:
+                    await _close(pubsub)
+                raise
+            except (rexc.RedisError, OSError, BackendError):
+                if pubsub is not None:
+                    await _close(pubsub)
+                    pubsub = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _LISTEN_BACKOFF_MAX)
+
+    async def _run(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
+        """Run `op` of `script`; notify this hub's waiters of the channels it touched."""
+        with redis_errors(self._where):
+            result, touched = await script(
+                args=[self._prefix, self._origin, _num(now), op, *args], client=self._client
+            )
+        if touched:
+            self.notifier.notify([c.decode() for c in touched])
+        return result
+
+    async def _mail(self, op: str, now: float, *args: Any) -> Any:
+        return await self._run(self._mailbox, op, now, args)
+
+    # --- agents --------------------------------------------------------------------------------
+
+    async def register_agent(self, name: str, now: float) -> AgentInfo:
+        created = await self._mail("register", now, name)
+        return AgentInfo(name, float(created), now)
+
+    async def list_agents(self) -> list[AgentInfo]:
+        with redis_errors(self._where):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._prefix + "agents")
+                pipe.hgetall(self._prefix + "seen")
+                created, seen = await pipe.execute()
+        return sorted(
+            (
+                AgentInfo(name.decode(), float(at), float(seen.get(name, at)))
+                for name, at in created.items()
+            ),
+            key=lambda a: a.name,
+        )
+
+    # --- mailboxes -----------------------------------------------------------------------------
+
+    async def enqueue(
+        self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
+    ) -> list[str]:
+        args: list[Any] = [1 if auto_register else 0]
+        for m in messages:
+            args += _message_args(m)
+        ok, ids = await self._mail("enqueue", now, *args)
+        if not ok:
+            raise UnknownAgent(ids.decode())
+        return [i.decode() for i in ids]
+
+    async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
+        lease_until = now + lease
+        rows, wake = await self._mail("claim", now, agent, _num(lease_until), max_messages)
+        return Claimed([_stored(r, lease_until) for r in rows], _opt_float(wake))
+
+    async def settle(self, op: Settle, *, now: float) -> bool:
+        return (await self.settle_many((op,), now=now))[0]
+
+    async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        args: list[Any] = [1 if self.retention.acked > 0 else 0]
+        for op in ops:
+            args += _settle_args(op)
+        results = await self._mail("settle", now, *args)
+        return [bool(r) for r in results]
+
+    async def mailbox_stats(self, agent: str) -> MailboxStats:
+        ready, delayed, in_flight, dead = await self._mail("box_stats", 0.0, agent)
+        return MailboxStats(agent, ready, delayed, in_flight, dead)
+
+    async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
+        rows = await self._mail("pending", 0.0, agent, limit)
+        rows.sort(key=lambda r: (-int(r[5]), r[0]))
+        return [_pending(r) for r in rows[:limit]]
+
+    async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
+        rows = await self._mail("dead", 0.0, agent, limit)
+        return [_dead_letter(r) for r in rows]
+
+    async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
+        selection = ["0"] if ids is None else ["1", *ids]
+        count: int = await self._mail("requeue", now, agent, *selection)
+        return count
+
+    # --- request / reply -----------------------------------------------------------------------
+
+    async def post_reply(
+        self, correlation_id: str, reply: StoredReply, ack: Settle | None, *, now: float
+    ) -> bool:
+        keep = 1 if self.retention.acked > 0 else 0
+        args = [keep, correlation_id, _reply_encoder.encode(reply)]
+        if ack is not None:
+            args += _settle_args(ack)
+        return bool(await self._mail("reply", now, *args))
+
+    async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
+        blob = await self._mail("take", 0.0, correlation_id, 1 if abandon else 0)
+        return None if blob is None else _reply_decoder.decode(blob)
+
+    # --- schedules -----------------------------------------------------------------------------
+
+    async def add_schedule(self, spec: ScheduleSpec, *, auto_register: bool) -> None:
+        unknown = await self._mail(
+            "sched_add", spec.created_at, 1 if auto_register else 0, spec.id,
+            msgspec.msgpack.encode(spec), _num(spec.next_run), spec.recipient,
+        )  # fmt: skip
+        if unknown is not None:
+            raise UnknownAgent(unknown.decode())
+
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        return bool(await self._mail("sched_cancel", 0.0, schedule_id))
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        out = []
+        for blob, next_run, runs in await self._mail("sched_list", 0.0):
+            if blob is None:
+                continue
+            s = _spec_decoder.decode(blob)
+            out.append(
+                ScheduleInfo(
+                    s.id,
+                    s.sender,
+                    s.recipient,
+                    s.type,
+                    s.cron,
+                    s.every,
+                    float(next_run),
+                    int(runs or 0),
+                )
+            )
+        return out
+
+    async def fire_due(self, now: float) -> float | None:
+        due, first = await self._mail("sched_due", now)
+        if not due:
+            return _opt_float(first)
+        args: list[Any] = []
+        for sched_id, next_run, blob in due:
+            if blob is None:
+                continue
+            spec = _spec_decoder.decode(blob)
+            upcoming = next_occurrence(spec.cron, spec.every, float(next_run), now)
+            args += [sched_id, next_run, _num(upcoming)]
+            args += _message_args(scheduled_message(spec, now))
+        return _opt_float(await self._mail("sched_fire", now, *args))
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    async def prune(self, now: float) -> PruneReport:
+        r = self.retention
+        report = await self._mail(
+            "prune", now, _num(r.acked), _num(r.expired), _num(r.dead), _PRUNE_BATCH
+        )
+        await self._kv_prune(now)
+        return PruneReport(*(int(x) for x in report))
+
+    async def stats(self) -> HubStats:
+        with redis_errors(self._where):
+            counters = await self._client.hgetall(self._prefix + "counters")
+        values = {text(k): int(v) for k, v in counters.items()}
+        return HubStats(**{f: values.get(f, 0) for f in HubStats.__struct_fields__})
+
+
+async def _close(pubsub: aioredis.client.PubSub) -> None:
+    with contextlib.suppress(*CLOSE_ERRORS):
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
