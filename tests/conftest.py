@@ -11,7 +11,6 @@ from uuid import uuid4
 import pytest
 
 import agentcomm
-
 from redis_server import BINARY, RedisServer
 
 BACKENDS = ["memory", "sqlite", "redis"]
