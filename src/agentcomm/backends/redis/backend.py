@@ -17,10 +17,11 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
+
+from redis import exceptions as rexc
 
 from ...codec import decode_metadata, decode_payload
 from ...errors import BackendError, BackendUnavailable, ConfigurationError, UnknownAgent
@@ -53,6 +54,7 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 _STATE_NAMES = {State.READY: "ready", State.IN_FLIGHT: "in_flight", State.DELAYED: "delayed"}
 _PRUNE_BATCH = 10_000
 _LISTEN_BACKOFF_MAX = 1.0
+_IDLE_PING = 30.0  # seconds without a wake-up before the listener checks its connection
 
 _reply_encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(StoredReply)
@@ -84,47 +86,79 @@ def _opt_float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _message_args(m: NewMessage) -> list[Any]:
-    """The 17 script arguments of one message (see `store` in the mailbox script)."""
-    return [
+class Body(msgspec.Struct, array_like=True):
+    """What a stored message keeps in one blob: everything the scripts never look into."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    priority: int
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    enqueued_at: float
+    expires_at: float | None
+    max_attempts: int
+    correlation_id: str | None
+    reply_to: str | None
+
+
+_body_encoder = msgspec.msgpack.Encoder()
+_body_decoder = msgspec.msgpack.Decoder(Body)
+
+
+def _message_args(m: NewMessage) -> tuple[str, bytes]:
+    """The header (the fields the scripts read, NUL-separated; the idempotency key last, as it
+    may hold any character) and the body of one message."""
+    header = "\0".join(
+        (
+            m.id, m.sender, m.recipient, str(int(m.priority)), _num(m.visible_at),
+            _opt_num(m.expires_at), str(int(m.max_attempts)), _opt_num(m.dedupe_until),
+            m.correlation_id or "", _opt_num(m.request_deadline), m.idempotency_key or "",
+        )
+    )  # fmt: skip
+    body = Body(
         m.id, m.sender, m.recipient, m.type, int(m.priority), m.data, int(m.data_kind),
-        m.metadata if m.metadata is not None else b"", _num(m.enqueued_at), _num(m.visible_at),
-        _opt_num(m.expires_at), int(m.max_attempts), m.idempotency_key or "",
-        _opt_num(m.dedupe_until), m.correlation_id or "", m.reply_to or "",
-        _opt_num(m.request_deadline),
-    ]  # fmt: skip
+        m.metadata, m.enqueued_at, m.expires_at, int(m.max_attempts), m.correlation_id,
+        m.reply_to,
+    )  # fmt: skip
+    return header, _body_encoder.encode(body)
 
 
-def _stored(r: list[Any], lease_until: float) -> StoredMessage:
-    """A claimed message from the claim script's row."""
+def _stored(sid: bytes, attempt: int, blob: bytes, lease_until: float) -> StoredMessage:
+    """A claimed message from the claim script's sid, attempt and body."""
+    b = _body_decoder.decode(blob)
     return StoredMessage(
-        seq=int(r[0]), id=r[1].decode(), sender=r[2].decode(), recipient=r[3].decode(),
-        type=r[4].decode(), priority=int(r[5]), data=r[6], data_kind=int(r[7]), metadata=r[8],
-        attempt=int(r[9]), max_attempts=int(r[10]), enqueued_at=float(r[11]),
-        lease_until=lease_until, correlation_id=_opt_str(r[12]), reply_to=_opt_str(r[13]),
+        int(sid), b.id, b.sender, b.recipient, b.type, b.priority, b.data, b.data_kind,
+        b.metadata, int(attempt), b.max_attempts, b.enqueued_at, lease_until, b.correlation_id,
+        b.reply_to,
     )  # fmt: skip
 
 
 def _pending(r: list[Any]) -> PendingInfo:
+    """From the pending script's sid, state, attempt, visible_at and body."""
+    b = _body_decoder.decode(r[4])
     return PendingInfo(
-        id=r[1].decode(), sender=r[2].decode(), recipient=r[3].decode(), type=r[4].decode(),
-        priority=int(r[5]), state=_STATE_NAMES[State(int(r[6]))], attempt=int(r[7]),
-        enqueued_at=float(r[8]), visible_at=float(r[9]), expires_at=_opt_float(r[10]),
-        size=int(r[11]),
+        id=b.id, sender=b.sender, recipient=b.recipient, type=b.type, priority=b.priority,
+        state=_STATE_NAMES[State(int(r[1]))], attempt=int(r[2]), enqueued_at=b.enqueued_at,
+        visible_at=float(r[3]), expires_at=b.expires_at, size=len(b.data),
     )  # fmt: skip
 
 
 def _dead_letter(r: list[Any]) -> DeadLetter:
+    """From the dead script's reason, attempts, finish time and body."""
+    b = _body_decoder.decode(r[3])
     return DeadLetter(
-        id=r[0].decode(), sender=r[1].decode(), recipient=r[2].decode(), type=r[3].decode(),
-        reason=(r[4] or b"").decode(), attempts=int(r[5]), enqueued_at=float(r[6]),
-        dead_at=float(r[7]), data=decode_payload(r[8], int(r[9])),
-        metadata=decode_metadata(r[10]),
+        id=b.id, sender=b.sender, recipient=b.recipient, type=b.type,
+        reason=(r[0] or b"").decode(), attempts=int(r[1]), enqueued_at=b.enqueued_at,
+        dead_at=float(r[2]), data=decode_payload(b.data, b.data_kind),
+        metadata=decode_metadata(b.metadata),
     )  # fmt: skip
 
 
-def _settle_args(op: Settle) -> list[Any]:
-    return [int(op.kind), f"{op.seq:016d}", int(op.attempt), _num(op.until), op.reason]
+def _settle_arg(op: Settle) -> str:
+    return f"{int(op.kind)}\0{op.seq:016d}\0{int(op.attempt)}\0{op.until!r}\0{op.reason}"
 
 
 class RedisBackend(RedisSharedMemory, Backend):
@@ -149,6 +183,8 @@ class RedisBackend(RedisSharedMemory, Backend):
                 url,
                 retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3),
                 socket_connect_timeout=5.0,
+                # RESP2 unless the URL asks otherwise: its pure-Python parser is the faster one
+                protocol=2,
                 socket_keepalive=True,
             )
         except ValueError as exc:
@@ -160,9 +196,14 @@ class RedisBackend(RedisSharedMemory, Backend):
     # --- plumbing --------------------------------------------------------------------------
 
     async def open(self) -> None:
-        with redis_errors(self._where):
-            await self._client.ping()
-        pubsub = await self._subscribe()
+        try:
+            with redis_errors(self._where):
+                await self._client.ping()
+            pubsub = await self._subscribe()
+        except BaseException:
+            with contextlib.suppress(*CLOSE_ERRORS):
+                await self._client.aclose()
+            raise
         self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
 
     async def close(self) -> None:
@@ -202,9 +243,18 @@ class RedisBackend(RedisSharedMemory, Backend):
                     pubsub = await self._subscribe()
                     self.notifier.wake_all()  # changes made while we were away
                     delay = 0.05
+                pinged = False
                 while True:
-                    msg = await pubsub.get_message(timeout=None)
-                    if msg is None or msg["type"] != "message":
+                    msg = await pubsub.get_message(timeout=_IDLE_PING)
+                    if msg is None:
+                        # a connection that died silently answers nothing: find out, reconnect
+                        if pinged:
+                            raise BackendUnavailable("no answer to PING on the wake channel")
+                        await pubsub.ping()
+                        pinged = True
+                        continue
+                    pinged = False
+                    if msg["type"] != "message":
                         continue
                     sender, _, channels = msg["data"].partition(b"\n")
                     if sender != origin:
@@ -261,24 +311,28 @@ class RedisBackend(RedisSharedMemory, Backend):
         args: list[Any] = [1 if auto_register else 0]
         for m in messages:
             args += _message_args(m)
-        ok, ids = await self._mail("enqueue", now, *args)
-        if not ok:
-            raise UnknownAgent(ids.decode())
-        return [i.decode() for i in ids]
+        result = await self._mail("enqueue", now, *args)
+        if isinstance(result, bytes):
+            raise UnknownAgent(result.decode())
+        ids = [m.id for m in messages]
+        for i in range(0, len(result), 2):  # the deduplicated ones: position, first id
+            ids[int(result[i]) - 1] = result[i + 1].decode()
+        return ids
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
         lease_until = now + lease
-        rows, wake = await self._mail("claim", now, agent, _num(lease_until), max_messages)
-        return Claimed([_stored(r, lease_until) for r in rows], _opt_float(wake))
+        flat = await self._mail("claim", now, agent, _num(lease_until), max_messages)
+        messages = [
+            _stored(flat[i], flat[i + 1], flat[i + 2], lease_until) for i in range(1, len(flat), 3)
+        ]
+        return Claimed(messages, _opt_float(flat[0]))
 
     async def settle(self, op: Settle, *, now: float) -> bool:
         return (await self.settle_many((op,), now=now))[0]
 
     async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
-        args: list[Any] = [1 if self.retention.acked > 0 else 0]
-        for op in ops:
-            args += _settle_args(op)
-        results = await self._mail("settle", now, *args)
+        keep = 1 if self.retention.acked > 0 else 0
+        results = await self._mail("settle", now, keep, *(_settle_arg(op) for op in ops))
         return [bool(r) for r in results]
 
     async def mailbox_stats(self, agent: str) -> MailboxStats:
@@ -287,8 +341,8 @@ class RedisBackend(RedisSharedMemory, Backend):
 
     async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
         rows = await self._mail("pending", 0.0, agent, limit)
-        rows.sort(key=lambda r: (-int(r[5]), r[0]))
-        return [_pending(r) for r in rows[:limit]]
+        ranked = sorted(((_pending(r), r[0]) for r in rows), key=lambda p: (-p[0].priority, p[1]))
+        return [info for info, _ in ranked[:limit]]
 
     async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
         rows = await self._mail("dead", 0.0, agent, limit)
@@ -307,7 +361,7 @@ class RedisBackend(RedisSharedMemory, Backend):
         keep = 1 if self.retention.acked > 0 else 0
         args = [keep, correlation_id, _reply_encoder.encode(reply)]
         if ack is not None:
-            args += _settle_args(ack)
+            args.append(_settle_arg(ack))
         return bool(await self._mail("reply", now, *args))
 
     async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
@@ -373,8 +427,12 @@ class RedisBackend(RedisSharedMemory, Backend):
 
     async def stats(self) -> HubStats:
         with redis_errors(self._where):
-            counters = await self._client.hgetall(self._prefix + "counters")
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._prefix + "counters")
+                pipe.get(self._prefix + "seq")
+                counters, seq = await pipe.execute()
         values = {text(k): int(v) for k, v in counters.items()}
+        values["sent"] = int(seq or 0)  # every stored message took the next sequence number
         return HubStats(**{f: values.get(f, 0) for f in HubStats.__struct_fields__})
 
 

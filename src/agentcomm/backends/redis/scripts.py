@@ -9,12 +9,14 @@ After a change a script PUBLISHes `origin \\n channel \\n channel ...` on `<pref
 skips its own messages (it notified its waiters already) and wakes the rest.
 
 Mailbox keys (P = prefix):
-  P seq                   INCR: message sequence; `sid` = the sequence zero-padded to 16 digits
+  P seq                   the last message sequence number (= messages stored); a message's
+                          `sid` is its sequence number zero-padded to 16 digits
   P m:<sid>               HASH: one message (fields below)
   P r:<agent>             ZSET: ready messages, score -priority, member sid (FIFO by member)
   P t:<agent>             ZSET: delayed messages and leases, score visible_at
   P d:<agent>             ZSET: dead letters, score seq
-  P exp                   ZSET: expires_at of undelivered messages that have one
+  P exp                   ZSET: expires_at of undelivered messages that have one (and of
+                          in-flight ones until a prune pass drops them)
   P fin:5|4|3             ZSET: finish time of acked (kept) / expired / dead messages
   P agents, P seen        HASH: agent -> created_at, agent -> last_seen
   P dd, P dd:until        HASH + ZSET: "sender/recipient/key" -> first message id, its window
@@ -28,7 +30,8 @@ from __future__ import annotations
 from ...kv_records import DEFAULT_CHANGE_LOG, DEFAULT_HISTORY, TOMBSTONE_KEEP
 from ..base import REPLY_GRACE
 
-# Message hash fields: id snd rcp typ pri dat dk md enq vis exp max att st cid rto fin why
+# Message hash fields: b (the body, msgpack: see `Body` in backend.py), id, rcp, pri, vis
+# (visible at / lease until), exp, max (attempts), att (attempt), st (state), fin, why (reason).
 # States as in models.State: 0 ready, 1 in flight, 2 delayed, 3 dead, 4 expired, 5 acked.
 
 _COMMON = r"""
@@ -41,6 +44,18 @@ local function touch(channel)
     touched[channel] = true
     touched_list[#touched_list + 1] = channel
   end
+end
+
+-- the `n` fields of `s` separated by NUL bytes; the last one takes the rest of `s`
+local function split(s, n)
+  local out, pos = {}, 1
+  for i = 1, n - 1 do
+    local e = string.find(s, '\0', pos, true)
+    out[i] = string.sub(s, pos, e - 1)
+    pos = e + 1
+  end
+  out[n] = string.sub(s, pos)
+  return out
 end
 
 local function publish()
@@ -59,6 +74,30 @@ local function count(name, n)
 end
 
 local STATE_KEY = {['3'] = 'fin:3', ['4'] = 'fin:4', ['5'] = 'fin:5'}
+
+-- sorted-set writes of a batch, sent as one command per key at the end (see `flush`); used
+-- only where nothing reads the key in between and no member is both added and removed
+local zadds, zrems = {}, {}
+local function zadd_later(key, score, member)
+  local l = zadds[key]
+  if not l then l = {}; zadds[key] = l end
+  l[#l + 1] = score
+  l[#l + 1] = member
+end
+local function zrem_later(key, member)
+  local l = zrems[key]
+  if not l then l = {}; zrems[key] = l end
+  l[#l + 1] = member
+end
+local function flush()
+  for key, l in pairs(zadds) do
+    for i = 1, #l, 4000 do redis.call('ZADD', key, unpack(l, i, math.min(i + 3999, #l))) end
+  end
+  for key, l in pairs(zrems) do
+    for i = 1, #l, 4000 do redis.call('ZREM', key, unpack(l, i, math.min(i + 3999, #l))) end
+  end
+  zadds, zrems = {}, {}
+end
 
 local function unindex(sid, rcp)
   redis.call('ZREM', P .. 'r:' .. rcp, sid)
@@ -80,6 +119,8 @@ local function finish(sid, rcp, state, reason)
   end
 end
 
+-- `exp` (the expiry index) holds undelivered messages; in-flight ones may linger there until
+-- a prune pass drops them, so a message becoming undelivered again is (re-)added
 local function make_ready(sid, rcp, pri, exp)
   redis.call('HSET', mkey(sid), 'st', 0)
   redis.call('ZREM', P .. 't:' .. rcp, sid)
@@ -112,67 +153,68 @@ local function fire_timers(agent, limit)
   return ready, dead
 end
 
--- one message of enqueue or a schedule: 17 ARGV from index b; returns its id (the first
--- message's id when the idempotency key was seen within its window)
-local function store(b)
-  local id, snd, rcp = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local ikey = ARGV[b + 12]
+-- the sequence number of the last stored message; kept in a local while the script runs
+local last_seq = nil
+
+-- store one message of enqueue or a schedule from its header fields `h` (see `_header` in
+-- backend.py) and its body; returns its id, and whether that is the id of an earlier message
+-- because the idempotency key was seen within its window
+local function store(h, body)
+  local id, snd, rcp, pri, vis, exp, maxa, window, cid, deadline, ikey = unpack(h)
   if ikey ~= '' then
     local field = snd .. '/' .. rcp .. '/' .. ikey
     local seen = redis.call('HGET', P .. 'dd', field)
     if seen then
-      local window = tonumber(redis.call('ZSCORE', P .. 'dd:until', field))
-      if window and window > now then
+      local until_ = tonumber(redis.call('ZSCORE', P .. 'dd:until', field))
+      if until_ and until_ > now then
         count('deduplicated', 1)
-        return seen, false
+        return seen, true
       end
     end
-    local window = ARGV[b + 13]
     if window == '' then window = NOW_S end
     redis.call('HSET', P .. 'dd', field, id)
     redis.call('ZADD', P .. 'dd:until', window, field)
   end
-  local seq = redis.call('INCR', P .. 'seq')
-  local sid = string.format('%016d', seq)
-  local vis = ARGV[b + 9]
+  if not last_seq then last_seq = tonumber(redis.call('GET', P .. 'seq')) or 0 end
+  last_seq = last_seq + 1
+  local sid = string.format('%016d', last_seq)
   local state = 0
   if tonumber(vis) > now then state = 2 end
-  local f = {'HSET', mkey(sid), 'id', id, 'snd', snd, 'rcp', rcp, 'typ', ARGV[b + 3],
-    'pri', ARGV[b + 4], 'dat', ARGV[b + 5], 'dk', ARGV[b + 6], 'enq', ARGV[b + 8],
-    'vis', vis, 'max', ARGV[b + 11], 'att', 0, 'st', state}
-  local optional = {{'md', b + 7}, {'exp', b + 10}, {'cid', b + 14}, {'rto', b + 15}}
-  for _, o in ipairs(optional) do
-    local value = ARGV[o[2]]
-    if value ~= '' then f[#f + 1] = o[1]; f[#f + 1] = value end
+  local f = {'HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
+    'max', maxa, 'att', 0, 'st', state}
+  if exp ~= '' then
+    f[#f + 1] = 'exp'; f[#f + 1] = exp
+    zadd_later(P .. 'exp', exp, sid)
   end
   redis.call(unpack(f))
   if state == 2 then
-    redis.call('ZADD', P .. 't:' .. rcp, vis, sid)
+    zadd_later(P .. 't:' .. rcp, vis, sid)
   else
-    redis.call('ZADD', P .. 'r:' .. rcp, -tonumber(ARGV[b + 4]), sid)
+    zadd_later(P .. 'r:' .. rcp, -tonumber(pri), sid)
   end
-  if ARGV[b + 10] ~= '' then redis.call('ZADD', P .. 'exp', ARGV[b + 10], sid) end
-  local deadline, cid = ARGV[b + 16], ARGV[b + 14]
   if deadline ~= '' and cid ~= '' then
     redis.call('HSET', P .. 'req', cid, '')
     redis.call('ZADD', P .. 'req:dl', deadline, cid)
   end
-  count('sent', 1)
   touch('mail:' .. rcp)
-  return id, true
+  return id, false
 end
 
-local function ensure_agents(first, stride, offset, auto)
+local function save_seq()
+  if last_seq then redis.call('SET', P .. 'seq', last_seq) end
+end
+
+-- the recipients must be registered agents, or are registered with `auto`; returns the first
+-- unknown one, or nil
+local function ensure_agents(recipients, auto)
   local agents = P .. 'agents'
-  local n = (#ARGV - first + 1) / stride
-  for i = 0, n - 1 do
-    local rcp = ARGV[first + i * stride + offset]
-    if redis.call('HEXISTS', agents, rcp) == 0 then
-      if not auto then return rcp end
+  if not auto then
+    for _, rcp in ipairs(recipients) do
+      if redis.call('HEXISTS', agents, rcp) == 0 then return rcp end
     end
+    return nil
   end
-  for i = 0, n - 1 do
-    local rcp = ARGV[first + i * stride + offset]
+  for _, rcp in ipairs(recipients) do
     if redis.call('HSETNX', agents, rcp, NOW_S) == 1 then
       redis.call('HSET', P .. 'seen', rcp, NOW_S)
     end
@@ -180,9 +222,9 @@ local function ensure_agents(first, stride, offset, auto)
   return nil
 end
 
--- one settle op at ARGV[b..b+4]: kind, sid, attempt, until, reason; returns 1 or 0
-local function settle(b, keep_acked)
-  local kind, sid, att = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+-- one settle op "kind NUL sid NUL attempt NUL until NUL reason"; returns 1 or 0
+local function settle(op, keep_acked)
+  local kind, sid, att, until_, reason = unpack(split(op, 5))
   local mk = mkey(sid)
   local v = redis.call('HMGET', mk, 'st', 'att', 'max', 'rcp', 'pri', 'exp')
   if not v[1] or v[2] ~= att or (v[1] ~= '0' and v[1] ~= '1') then return 0 end
@@ -191,25 +233,29 @@ local function settle(b, keep_acked)
     if keep_acked then
       finish(sid, rcp, '5', nil)
     else
-      unindex(sid, rcp)
       redis.call('DEL', mk)
+      if v[1] == '1' then
+        zrem_later(P .. 't:' .. rcp, sid)
+      else
+        zrem_later(P .. 'r:' .. rcp, sid)
+      end
+      if v[6] then zrem_later(P .. 'exp', sid) end
     end
   elseif kind == '3' then
     if v[1] ~= '1' then return 0 end
-    redis.call('HSET', mk, 'vis', ARGV[b + 3])
-    redis.call('ZADD', P .. 't:' .. rcp, ARGV[b + 3], sid)
+    redis.call('HSET', mk, 'vis', until_)
+    redis.call('ZADD', P .. 't:' .. rcp, until_, sid)
   elseif kind == '2' then
-    finish(sid, rcp, '3', ARGV[b + 4])
+    finish(sid, rcp, '3', reason)
   else
     touch('mail:' .. rcp)
     if tonumber(att) >= tonumber(v[3]) then
-      local reason = ARGV[b + 4]
       if reason == '' then reason = 'nacked on final delivery ' .. att end
       finish(sid, rcp, '3', reason)
-    elseif tonumber(ARGV[b + 3]) > now then
-      redis.call('HSET', mk, 'st', 2, 'vis', ARGV[b + 3])
+    elseif tonumber(until_) > now then
+      redis.call('HSET', mk, 'st', 2, 'vis', until_)
       redis.call('ZREM', P .. 'r:' .. rcp, sid)
-      redis.call('ZADD', P .. 't:' .. rcp, ARGV[b + 3], sid)
+      redis.call('ZADD', P .. 't:' .. rcp, until_, sid)
       if v[6] then redis.call('ZADD', P .. 'exp', v[6], sid) end
     else
       make_ready(sid, rcp, v[5], v[6])
@@ -226,57 +272,75 @@ if OP == 'register' then
   result = redis.call('HGET', P .. 'agents', name)
 
 elseif OP == 'enqueue' then
-  local unknown = ensure_agents(6, 17, 2, ARGV[5] == '1')
+  -- ARGV: auto_register, then header and body of each message; returns the ids that differ
+  -- from the message's own (deduplicated ones) as position, id pairs
+  local headers, recipients, known = {}, {}, {}
+  for b = 6, #ARGV, 2 do
+    local h = split(ARGV[b], 11)
+    headers[#headers + 1] = h
+    if not known[h[3]] then
+      known[h[3]] = true
+      recipients[#recipients + 1] = h[3]
+    end
+  end
+  local unknown = ensure_agents(recipients, ARGV[5] == '1')
   if unknown then
-    result = {0, unknown}
+    result = unknown
   else
-    local ids = {}
-    for b = 6, #ARGV, 17 do ids[#ids + 1] = store(b) end
-    result = {1, ids}
+    local out = {}
+    for i, h in ipairs(headers) do
+      local id, seen = store(h, ARGV[5 + 2 * i])
+      if seen then
+        out[#out + 1] = i
+        out[#out + 1] = id
+      end
+    end
+    save_seq()
+    result = out
   end
 
 elseif OP == 'claim' then
   local agent, lease_until, want = ARGV[5], ARGV[6], tonumber(ARGV[7])
   fire_timers(agent, 1000)
   local rk, tk = P .. 'r:' .. agent, P .. 't:' .. agent
-  local out = {}
-  while #out < want do
-    local sids = redis.call('ZRANGE', rk, 0, want - #out - 1)
+  -- flat: the next wake-up (or false), then sid, attempt, body of each message
+  local out = {false}
+  local got = 0
+  while got < want do
+    local sids = redis.call('ZRANGE', rk, 0, want - got - 1)
     if #sids == 0 then break end
     redis.call('ZREM', rk, unpack(sids))
     for _, sid in ipairs(sids) do
       local mk = mkey(sid)
-      local exp = redis.call('HGET', mk, 'exp')
-      if exp and tonumber(exp) <= now then
+      local v = redis.call('HMGET', mk, 'exp', 'att', 'b')
+      if v[1] and tonumber(v[1]) <= now then
         finish(sid, agent, '4', nil)
       else
-        local att = redis.call('HINCRBY', mk, 'att', 1)
-        redis.call('HSET', mk, 'st', 1, 'vis', lease_until)
-        redis.call('ZADD', tk, lease_until, sid)
-        if exp then redis.call('ZREM', P .. 'exp', sid) end
-        local v = redis.call('HMGET', mk, 'id', 'snd', 'rcp', 'typ', 'pri', 'dat', 'dk', 'md',
-          'max', 'enq', 'cid', 'rto')
-        out[#out + 1] = {sid, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], att, v[9], v[10],
-          v[11], v[12]}
+        local att = tonumber(v[2]) + 1
+        redis.call('HSET', mk, 'st', 1, 'vis', lease_until, 'att', att)
+        zadd_later(tk, lease_until, sid)
+        out[#out + 1] = sid
+        out[#out + 1] = att
+        out[#out + 1] = v[3]
+        got = got + 1
       end
     end
   end
-  local wake = false
-  if #out == 0 then
+  if got == 0 then
     local first = redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')
-    if first[2] then wake = first[2] end
+    if first[2] then out[1] = first[2] end
   end
-  result = {out, wake}
+  result = out
 
 elseif OP == 'settle' then
   local keep = ARGV[5] == '1'
   local out = {}
-  for b = 6, #ARGV, 5 do out[#out + 1] = settle(b, keep) end
+  for i = 6, #ARGV do out[#out + 1] = settle(ARGV[i], keep) end
   result = out
 
 elseif OP == 'reply' then
   local cid, blob = ARGV[6], ARGV[7]
-  if #ARGV >= 12 then settle(8, ARGV[5] == '1') end
+  if ARGV[8] then settle(ARGV[8], ARGV[5] == '1') end
   if redis.call('HGET', P .. 'req', cid) == '' then
     redis.call('HSET', P .. 'req', cid, blob)
     touch('reply:' .. cid)
@@ -296,7 +360,7 @@ elseif OP == 'take' then
   if cur and cur ~= '' then result = cur end
 
 elseif OP == 'sched_add' then
-  local unknown = ensure_agents(9, 1, 0, ARGV[5] == '1')
+  local unknown = ensure_agents({ARGV[9]}, ARGV[5] == '1')
   if unknown then
     result = unknown
   else
@@ -335,19 +399,20 @@ elseif OP == 'sched_due' then
   result = {out, first[2] or false}
 
 elseif OP == 'sched_fire' then
-  -- per schedule: id, the next_run it was due at, its next occurrence, then 17 message fields;
-  -- a schedule another hub fired meanwhile no longer has that next_run and is skipped
+  -- per schedule: id, the next_run it was due at, its next occurrence, message header and
+  -- body; a schedule another hub fired meanwhile no longer has that next_run and is skipped
   local runs = 0
-  for b = 5, #ARGV, 20 do
+  for b = 5, #ARGV, 5 do
     local id = ARGV[b]
     local score = redis.call('ZSCORE', P .. 'sched:next', id)
     if score and tonumber(score) == tonumber(ARGV[b + 1]) then
-      store(b + 3)
+      store(split(ARGV[b + 3], 11), ARGV[b + 4])
       redis.call('ZADD', P .. 'sched:next', ARGV[b + 2], id)
       redis.call('HINCRBY', P .. 'sched:runs', id, 1)
       runs = runs + 1
     end
   end
+  save_seq()
   count('scheduled_runs', runs)
   local first = redis.call('ZRANGE', P .. 'sched:next', 0, 0, 'WITHSCORES')
   result = first[2] or false
@@ -367,11 +432,8 @@ elseif OP == 'pending' then
   local out = {}
   for _, zk in ipairs({'r:', 't:'}) do
     for _, sid in ipairs(redis.call('ZRANGE', P .. zk .. agent, 0, limit - 1)) do
-      local mk = mkey(sid)
-      local v = redis.call('HMGET', mk, 'id', 'snd', 'rcp', 'typ', 'pri', 'st', 'att', 'enq',
-        'vis', 'exp')
-      out[#out + 1] = {sid, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10],
-        redis.call('HSTRLEN', mk, 'dat')}
+      local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'vis', 'b')
+      out[#out + 1] = {sid, v[1], v[2], v[3], v[4]}
     end
   end
   result = out
@@ -380,8 +442,7 @@ elseif OP == 'dead' then
   local agent, limit = ARGV[5], tonumber(ARGV[6])
   local out = {}
   for _, sid in ipairs(redis.call('ZRANGE', P .. 'd:' .. agent, 0, limit - 1)) do
-    out[#out + 1] = redis.call('HMGET', mkey(sid), 'id', 'snd', 'rcp', 'typ', 'why', 'att',
-      'enq', 'fin', 'dat', 'dk', 'md')
+    out[#out + 1] = redis.call('HMGET', mkey(sid), 'why', 'att', 'fin', 'b')
   end
   result = out
 
@@ -461,6 +522,7 @@ elseif OP == 'prune' then
   result = {expired, dead, pruned, #stale, #slots}
 end
 
+flush()
 publish()
 return {result, touched_list}
 """.replace("REPLY_GRACE", repr(REPLY_GRACE))
