@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from .agent import Agent
-from .backends import DEFAULT_URL, open_backend
+from .backends import DEFAULT_URL, open_backend, with_prefix
 from .backends.base import SCHEDULES_CHANNEL, Backend
 from .errors import AgentCommError, HubClosed
 from .models import (
@@ -40,16 +40,21 @@ def connect(
     retention: Retention | None = None,
     backoff: Backoff | None = None,
     background: bool = True,
+    prefix: str | None = None,
 ) -> Hub:
     """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
 
     `url` defaults to `$AGENTCOMM_URL`, else `sqlite:///agentcomm.db`. Schemes: `sqlite://`,
-    `memory://`. `default_ttl`, `max_attempts` and `lease` are the defaults for messages sent
-    and received through this hub. With `background` (default), the hub fires due schedules and
-    runs retention passes while it is open.
+    `memory://`, `redis://` and `rediss://`. `default_ttl`, `max_attempts` and `lease` are the
+    defaults for messages sent and received through this hub. With `background` (default), the
+    hub fires due schedules and runs retention passes while it is open. `prefix` (Redis only,
+    default `agentcomm`) keeps this deployment's keys apart from others on the same server.
     """
+    url = url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
+    if prefix is not None:
+        url = with_prefix(url, prefix)
     return Hub(
-        url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL,
+        url,
         auto_register=auto_register,
         default_ttl=check_positive("default_ttl", default_ttl),
         max_attempts=check_attempts(max_attempts),

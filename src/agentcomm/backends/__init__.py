@@ -8,7 +8,7 @@ from ..errors import ConfigurationError
 from ..settings import Retention
 from .base import Backend
 
-__all__ = ["Backend", "DEFAULT_URL", "open_backend"]
+__all__ = ["Backend", "DEFAULT_URL", "open_backend", "with_prefix"]
 
 DEFAULT_URL = "sqlite:///agentcomm.db"
 _SCHEMES = ("sqlite", "memory", "redis", "rediss")
@@ -96,3 +96,12 @@ def _redis(url: str, retention: Retention) -> Backend:
         prefix=ours.get("prefix", "agentcomm"),
         recheck_interval=recheck,
     )
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    """`url` with the Redis key prefix `prefix` set in its query."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise ConfigurationError("prefix= applies to redis:// and rediss:// URLs only.")
+    pairs = [(k, v) for k, vs in parse_qs(parts.query).items() for v in vs if k != "prefix"]
+    return urlunsplit(parts._replace(query=urlencode([*pairs, ("prefix", prefix)])))
