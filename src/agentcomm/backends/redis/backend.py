@@ -45,7 +45,7 @@ from ...models import (
 from ...notify import Notifier
 from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
-from ..base import Backend
+from ..base import Backend, reply_channel
 from . import scripts
 from .errors import CLOSE_ERRORS, redis_errors, text
 from .shared_memory import RedisSharedMemory
@@ -192,6 +192,10 @@ class RedisBackend(RedisSharedMemory, Backend):
         self._mailbox: AsyncScript = self._client.register_script(scripts.MAILBOX)
         self._kv: AsyncScript = self._client.register_script(scripts.KV)
         self._listener: asyncio.Task[None] | None = None
+        # requests of this hub waiting for a reply, and replies that came by pub/sub
+        self._awaiting: set[str] = set()
+        self._inbox: dict[str, bytes] = {}
+        self._cleanup: set[asyncio.Task[Any]] = set()
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -207,6 +211,10 @@ class RedisBackend(RedisSharedMemory, Backend):
         self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
 
     async def close(self) -> None:
+        if self._cleanup:
+            await asyncio.gather(*self._cleanup, return_exceptions=True)
+        with contextlib.suppress(*CLOSE_ERRORS):
+            await self._client.srem(self._prefix + "hubs", self._origin)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -227,7 +235,10 @@ class RedisBackend(RedisSharedMemory, Backend):
                     if msg is None:
                         raise BackendUnavailable(f"Redis at {self._where} did not subscribe.")
                     if msg["type"] == "subscribe":
-                        return pubsub
+                        break
+                # only now, subscribed, does this hub count as one to wake (see `publish`)
+                await self._client.sadd(self._prefix + "hubs", self._origin)
+                return pubsub
         except BaseException:
             await _close(pubsub)
             raise
@@ -256,7 +267,15 @@ class RedisBackend(RedisSharedMemory, Backend):
                     pinged = False
                     if msg["type"] != "message":
                         continue
-                    sender, _, channels = msg["data"].partition(b"\n")
+                    data: bytes = msg["data"]
+                    if data[:1] == b"\1":
+                        cid, _, reply = data[1:].partition(b"\n")
+                        key = cid.decode()
+                        if key in self._awaiting:
+                            self._inbox[key] = reply
+                            notify((reply_channel(key),))
+                        continue
+                    sender, _, channels = data.partition(b"\n")
                     if sender != origin:
                         notify(channels.decode().split("\n"))
             except asyncio.CancelledError:
@@ -311,6 +330,9 @@ class RedisBackend(RedisSharedMemory, Backend):
         args: list[Any] = [1 if auto_register else 0]
         for m in messages:
             args += _message_args(m)
+        for m in messages:
+            if m.request_deadline is not None and m.correlation_id is not None:
+                self._awaiting.add(m.correlation_id)
         result = await self._mail("enqueue", now, *args)
         if isinstance(result, bytes):
             raise UnknownAgent(result.decode())
@@ -362,11 +384,30 @@ class RedisBackend(RedisSharedMemory, Backend):
         args = [keep, correlation_id, _reply_encoder.encode(reply)]
         if ack is not None:
             args.append(_settle_arg(ack))
-        return bool(await self._mail("reply", now, *args))
+        delivered = bool(await self._mail("reply", now, *args))
+        if delivered:
+            self.notifier.notify((reply_channel(correlation_id),))
+        return delivered
 
     async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
+        blob = self._inbox.pop(correlation_id, None)
+        if blob is not None:
+            # it came by pub/sub: the slot is removed off the requester's path (and by a
+            # prune pass if this fails)
+            self._awaiting.discard(correlation_id)
+            task = asyncio.get_running_loop().create_task(self._drop_slot(correlation_id))
+            self._cleanup.add(task)
+            task.add_done_callback(self._cleanup.discard)
+            return _reply_decoder.decode(blob)
         blob = await self._mail("take", 0.0, correlation_id, 1 if abandon else 0)
+        if blob is not None or abandon:
+            self._awaiting.discard(correlation_id)
+            self._inbox.pop(correlation_id, None)
         return None if blob is None else _reply_decoder.decode(blob)
+
+    async def _drop_slot(self, correlation_id: str) -> None:
+        with contextlib.suppress(BackendError):
+            await self._mail("take", 0.0, correlation_id, 1)
 
     # --- schedules -----------------------------------------------------------------------------
 

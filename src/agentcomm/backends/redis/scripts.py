@@ -6,7 +6,8 @@ schedules, retention) and `KV` (one shared-memory space). ARGV is always
 `prefix, origin, now, op, ...`. Timestamps travel as the strings Python wrote (`repr` of a
 float) and are stored as such, so no float ever goes through Lua's 14-digit `tostring`.
 After a change a script PUBLISHes `origin \\n channel \\n channel ...` on `<prefix>wake`; each hub
-skips its own messages (it notified its waiters already) and wakes the rest.
+skips its own messages (it notified its waiters already) and wakes the rest. A reply is
+published whole, as `\\1 correlation-id \\n reply`, for the hub waiting for it.
 
 Mailbox keys (P = prefix):
   P seq                   the last message sequence number (= messages stored); a message's
@@ -23,6 +24,7 @@ Mailbox keys (P = prefix):
   P req, P req:dl         HASH + ZSET: correlation id -> reply ("" while waiting), deadline
   P sched, P sched:next, P sched:runs   schedules: spec, next run, runs
   P counters              HASH: event counters
+  P hubs                  SET: the open hubs (their origin ids), subscribed to P wake
 """
 
 from __future__ import annotations
@@ -58,8 +60,13 @@ local function split(s, n)
   return out
 end
 
+-- other hubs are woken only if there are any: a lone hub notified its own waiters already
+local function others()
+  return redis.call('SCARD', P .. 'hubs') > 1
+end
+
 local function publish()
-  if #touched_list > 0 then
+  if #touched_list > 0 and others() then
     redis.call('PUBLISH', P .. 'wake', ORIGIN .. '\n' .. table.concat(touched_list, '\n'))
   end
 end
@@ -343,7 +350,8 @@ elseif OP == 'reply' then
   if ARGV[8] then settle(ARGV[8], ARGV[5] == '1') end
   if redis.call('HGET', P .. 'req', cid) == '' then
     redis.call('HSET', P .. 'req', cid, blob)
-    touch('reply:' .. cid)
+    -- the reply itself goes to the waiting hub, which then needs no round trip to fetch it
+    if others() then redis.call('PUBLISH', P .. 'wake', '\1' .. cid .. '\n' .. blob) end
     result = 1
   else
     count('late_replies', 1)
