@@ -47,7 +47,7 @@ from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
 from ..base import Backend, reply_channel
 from . import scripts
-from .errors import CLOSE_ERRORS, redis_errors, text
+from .errors import CLOSE_ERRORS, REDIS_ERRORS, redis_errors, text, translate
 from .shared_memory import RedisSharedMemory
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
@@ -291,10 +291,20 @@ class RedisBackend(RedisSharedMemory, Backend):
 
     async def _run(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
         """Run `op` of `script`; notify this hub's waiters of the channels it touched."""
-        with redis_errors(self._where):
-            result, touched = await script(
-                args=[self._prefix, self._origin, _num(now), op, *args], client=self._client
-            )
+        client = self._client
+        try:
+            try:
+                reply = await client.evalsha(
+                    script.sha, 0, self._prefix, self._origin, _num(now), op, *args
+                )
+            except rexc.NoScriptError:  # a restarted or flushed server: load it again
+                script.sha = await client.script_load(script.script)
+                reply = await client.evalsha(
+                    script.sha, 0, self._prefix, self._origin, _num(now), op, *args
+                )
+        except REDIS_ERRORS as exc:
+            raise translate(exc, self._where) from exc
+        result, touched = reply
         if touched:
             self.notifier.notify([c.decode() for c in touched])
         return result

@@ -48,16 +48,15 @@ local function touch(channel)
   end
 end
 
--- the `n` fields of `s` separated by NUL bytes; the last one takes the rest of `s`
+-- the `n` fields of `s` separated by NUL bytes (%z); the last one takes the rest of `s`
+local patterns = {}
 local function split(s, n)
-  local out, pos = {}, 1
-  for i = 1, n - 1 do
-    local e = string.find(s, '\0', pos, true)
-    out[i] = string.sub(s, pos, e - 1)
-    pos = e + 1
+  local pattern = patterns[n]
+  if not pattern then
+    pattern = '^' .. string.rep('([^%z]*)%z', n - 1) .. '(.*)$'
+    patterns[n] = pattern
   end
-  out[n] = string.sub(s, pos)
-  return out
+  return {string.match(s, pattern)}
 end
 
 -- other hubs are woken only if there are any: a lone hub notified its own waiters already
@@ -187,13 +186,14 @@ local function store(h, body)
   local sid = string.format('%016d', last_seq)
   local state = 0
   if tonumber(vis) > now then state = 2 end
-  local f = {'HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
-    'max', maxa, 'att', 0, 'st', state}
   if exp ~= '' then
-    f[#f + 1] = 'exp'; f[#f + 1] = exp
+    redis.call('HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
+      'max', maxa, 'att', 0, 'st', state, 'exp', exp)
     zadd_later(P .. 'exp', exp, sid)
+  else
+    redis.call('HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
+      'max', maxa, 'att', 0, 'st', state)
   end
-  redis.call(unpack(f))
   if state == 2 then
     zadd_later(P .. 't:' .. rcp, vis, sid)
   else
