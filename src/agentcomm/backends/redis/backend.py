@@ -38,6 +38,7 @@ from ...models import (
     ScheduleInfo,
     ScheduleSpec,
     Settle,
+    SettleKind,
     State,
     StoredMessage,
     StoredReply,
@@ -45,7 +46,7 @@ from ...models import (
 from ...notify import Notifier
 from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
-from ..base import Backend, reply_channel
+from ..base import Backend, mail_channel, reply_channel
 from . import scripts
 from .errors import CLOSE_ERRORS, REDIS_ERRORS, redis_errors, text, translate
 from .shared_memory import RedisSharedMemory
@@ -289,8 +290,8 @@ class RedisBackend(RedisSharedMemory, Backend):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _LISTEN_BACKOFF_MAX)
 
-    async def _run(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
-        """Run `op` of `script`; notify this hub's waiters of the channels it touched."""
+    async def _call(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
+        """The reply of `op` of `script`, with redis-py's errors mapped to ours."""
         client = self._client
         try:
             try:
@@ -304,13 +305,21 @@ class RedisBackend(RedisSharedMemory, Backend):
                 )
         except REDIS_ERRORS as exc:
             raise translate(exc, self._where) from exc
-        result, touched = reply
+        return reply
+
+    async def _run(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
+        """Run `op` of `script`; notify this hub's waiters of the channels it touched."""
+        result, touched = await self._call(script, op, now, args)
         if touched:
             self.notifier.notify([c.decode() for c in touched])
         return result
 
     async def _mail(self, op: str, now: float, *args: Any) -> Any:
         return await self._run(self._mailbox, op, now, args)
+
+    async def _bare(self, op: str, now: float, *args: Any) -> Any:
+        """A hot mailbox op: its result alone; the caller notifies this hub's waiters."""
+        return await self._call(self._mailbox, op, now, args)
 
     # --- agents --------------------------------------------------------------------------------
 
@@ -343,9 +352,10 @@ class RedisBackend(RedisSharedMemory, Backend):
         for m in messages:
             if m.request_deadline is not None and m.correlation_id is not None:
                 self._awaiting.add(m.correlation_id)
-        result = await self._mail("enqueue", now, *args)
+        result = await self._bare("enqueue", now, *args)
         if isinstance(result, bytes):
             raise UnknownAgent(result.decode())
+        self.notifier.notify({mail_channel(m.recipient) for m in messages})
         ids = [m.id for m in messages]
         for i in range(0, len(result), 2):  # the deduplicated ones: position, first id
             ids[int(result[i]) - 1] = result[i + 1].decode()
@@ -353,7 +363,7 @@ class RedisBackend(RedisSharedMemory, Backend):
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
         lease_until = now + lease
-        flat = await self._mail("claim", now, agent, _num(lease_until), max_messages)
+        flat = await self._bare("claim", now, agent, _num(lease_until), max_messages)
         messages = [
             _stored(flat[i], flat[i + 1], flat[i + 2], lease_until) for i in range(1, len(flat), 3)
         ]
@@ -364,7 +374,10 @@ class RedisBackend(RedisSharedMemory, Backend):
 
     async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
         keep = 1 if self.retention.acked > 0 else 0
-        results = await self._mail("settle", now, keep, *(_settle_arg(op) for op in ops))
+        results = await self._bare("settle", now, keep, *(_settle_arg(op) for op in ops))
+        nacked = {mail_channel(op.recipient) for op in ops if op.kind == SettleKind.NACK}
+        if nacked:  # a waiter may need to re-arm its timer for the retry
+            self.notifier.notify(nacked)
         return [bool(r) for r in results]
 
     async def mailbox_stats(self, agent: str) -> MailboxStats:
@@ -394,7 +407,7 @@ class RedisBackend(RedisSharedMemory, Backend):
         args = [keep, correlation_id, _reply_encoder.encode(reply)]
         if ack is not None:
             args.append(_settle_arg(ack))
-        delivered = bool(await self._mail("reply", now, *args))
+        delivered = bool(await self._bare("reply", now, *args))
         if delivered:
             self.notifier.notify((reply_channel(correlation_id),))
         return delivered
@@ -409,7 +422,7 @@ class RedisBackend(RedisSharedMemory, Backend):
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
             return _reply_decoder.decode(blob)
-        blob = await self._mail("take", 0.0, correlation_id, 1 if abandon else 0)
+        blob = await self._bare("take", 0.0, correlation_id, 1 if abandon else 0)
         if blob is not None or abandon:
             self._awaiting.discard(correlation_id)
             self._inbox.pop(correlation_id, None)
@@ -417,7 +430,7 @@ class RedisBackend(RedisSharedMemory, Backend):
 
     async def _drop_slot(self, correlation_id: str) -> None:
         with contextlib.suppress(BackendError):
-            await self._mail("take", 0.0, correlation_id, 1)
+            await self._bare("take", 0.0, correlation_id, 1)
 
     # --- schedules -----------------------------------------------------------------------------
 
