@@ -98,7 +98,14 @@ local function zrem_later(key, member)
 end
 local function flush()
   for key, l in pairs(zadds) do
-    for i = 1, #l, 4000 do redis.call('ZADD', key, unpack(l, i, math.min(i + 3999, #l))) end
+    -- newest first: a small sorted set is a listpack, which scans from its head for the
+    -- place of each insert, and our members mostly arrive in ascending order
+    local r = {}
+    for i = #l - 1, 1, -2 do
+      r[#r + 1] = l[i]
+      r[#r + 1] = l[i + 1]
+    end
+    for i = 1, #r, 4000 do redis.call('ZADD', key, unpack(r, i, math.min(i + 3999, #r))) end
   end
   for key, l in pairs(zrems) do
     for i = 1, #l, 4000 do redis.call('ZREM', key, unpack(l, i, math.min(i + 3999, #l))) end
