@@ -111,6 +111,37 @@ async def test_request_reply_between_two_processes(redis_url: str) -> None:
     assert {r.data["pid"] for r in replies} == {proc.pid}
 
 
+WRITER = """
+async def main(url):
+    async with agentcomm.connect(url) as hub:
+        kv = hub.memory("plans")
+        await kv.put("plan", {"steps": 1})
+        await kv.put("plan", {"steps": 2}, expected_version=1)
+        await kv.delete("plan")
+"""
+
+
+@pytest.mark.slow
+async def test_watch_sees_changes_made_in_another_process(redis_url: str) -> None:
+    url = _store(redis_url, recheck=60)  # woken by pub/sub, not by the re-check
+    async with agentcomm.connect(url) as hub:
+        seen: list[tuple[str, int]] = []
+
+        async def watch() -> None:
+            async for change in hub.memory("plans").watch("plan*"):
+                seen.append((change.kind, change.version))
+                if len(seen) == 3:
+                    return
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await asyncio.to_thread(_finish, _spawn(WRITER, url))
+        await asyncio.wait_for(watcher, WAIT)
+        assert seen == [("put", 1), ("put", 2), ("delete", 3)]
+        assert time.monotonic() - started < 20
+
+
 CLAIMER = """
 async def main(url):
     async with agentcomm.connect(url) as hub:
