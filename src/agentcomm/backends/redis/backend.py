@@ -46,7 +46,7 @@ from ...models import (
 from ...notify import Notifier
 from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
-from ..base import Backend, mail_channel, reply_channel
+from ..base import REPLY_GRACE, Backend, mail_channel, reply_channel
 from . import scripts
 from .errors import CLOSE_ERRORS, REDIS_ERRORS, redis_errors, text, translate
 from .shared_memory import RedisSharedMemory
@@ -194,7 +194,7 @@ class RedisBackend(RedisSharedMemory, Backend):
         self._kv: AsyncScript = self._client.register_script(scripts.KV)
         self._listener: asyncio.Task[None] | None = None
         # requests of this hub waiting for a reply, and replies that came by pub/sub
-        self._awaiting: set[str] = set()
+        self._awaiting: dict[str, float] = {}  # correlation id -> request deadline
         self._inbox: dict[str, bytes] = {}
         self._cleanup: set[asyncio.Task[Any]] = set()
 
@@ -351,7 +351,7 @@ class RedisBackend(RedisSharedMemory, Backend):
             args += _message_args(m)
         for m in messages:
             if m.request_deadline is not None and m.correlation_id is not None:
-                self._awaiting.add(m.correlation_id)
+                self._awaiting[m.correlation_id] = m.request_deadline
         result = await self._bare("enqueue", now, *args)
         if isinstance(result, bytes):
             raise UnknownAgent(result.decode())
@@ -417,14 +417,14 @@ class RedisBackend(RedisSharedMemory, Backend):
         if blob is not None:
             # it came by pub/sub: the slot is removed off the requester's path (and by a
             # prune pass if this fails)
-            self._awaiting.discard(correlation_id)
+            self._awaiting.pop(correlation_id, None)
             task = asyncio.get_running_loop().create_task(self._drop_slot(correlation_id))
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
             return _reply_decoder.decode(blob)
         blob = await self._bare("take", 0.0, correlation_id, 1 if abandon else 0)
         if blob is not None or abandon:
-            self._awaiting.discard(correlation_id)
+            self._awaiting.pop(correlation_id, None)
             self._inbox.pop(correlation_id, None)
         return None if blob is None else _reply_decoder.decode(blob)
 
@@ -487,6 +487,10 @@ class RedisBackend(RedisSharedMemory, Backend):
             "prune", now, _num(r.acked), _num(r.expired), _num(r.dead), _PRUNE_BATCH
         )
         await self._kv_prune(now)
+        # requests abandoned without a last look (their task was cancelled)
+        for cid in [c for c, deadline in self._awaiting.items() if deadline + REPLY_GRACE <= now]:
+            del self._awaiting[cid]
+            self._inbox.pop(cid, None)
         return PruneReport(*(int(x) for x in report))
 
     async def stats(self) -> HubStats:

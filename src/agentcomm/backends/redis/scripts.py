@@ -167,8 +167,9 @@ local function fire_timers(agent, limit)
   return ready, dead
 end
 
--- the sequence number of the last stored message; kept in a local while the script runs
-local last_seq = nil
+-- the sequence number of the last stored message: the first store of a script INCRs it,
+-- later ones count in this local, written back by `save_seq`
+local last_seq, stored = nil, 0
 
 -- store one message of enqueue or a schedule from its header fields `h` (see `_header` in
 -- backend.py) and its body; returns its id, and whether that is the id of an earlier message
@@ -189,8 +190,8 @@ local function store(h, body)
     redis.call('HSET', P .. 'dd', field, id)
     redis.call('ZADD', P .. 'dd:until', window, field)
   end
-  if not last_seq then last_seq = tonumber(redis.call('GET', P .. 'seq')) or 0 end
-  last_seq = last_seq + 1
+  if last_seq then last_seq = last_seq + 1 else last_seq = redis.call('INCR', P .. 'seq') end
+  stored = stored + 1
   local sid = string.format('%016d', last_seq)
   local state = 0
   if tonumber(vis) > now then state = 2 end
@@ -216,7 +217,7 @@ local function store(h, body)
 end
 
 local function save_seq()
-  if last_seq then redis.call('SET', P .. 'seq', last_seq) end
+  if stored > 1 then redis.call('SET', P .. 'seq', last_seq) end
 end
 
 -- the recipients must be registered agents, or are registered with `auto`; returns the first
