@@ -17,11 +17,10 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
-
-from redis import exceptions as rexc
 
 from ...codec import decode_metadata, decode_payload
 from ...errors import BackendError, BackendUnavailable, ConfigurationError, UnknownAgent
