@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 
 import agentcomm
-from redis_server import BINARY, RedisServer
+from redis_server import BINARY, RedisServer, drop_prefixes
 
 BACKENDS = ["memory", "sqlite", "redis"]
 
@@ -38,9 +38,10 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def fresh_url(
     backend_name: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Callable[[], str]:
+) -> Iterator[Callable[[], str]]:
     """Make the URL of a new, empty store of the backend under test on every call."""
     base = request.getfixturevalue("redis_url") if backend_name == "redis" else ""
+    prefixes: list[str] = []
 
     def make() -> str:
         name = uuid4().hex[:12]
@@ -48,10 +49,13 @@ def fresh_url(
             return f"memory://{name}"
         if backend_name == "redis":
             # a key prefix of its own isolates this store on the shared server
-            return f"{base}{'&' if '?' in base else '?'}prefix=test-{name}"
+            prefixes.append(f"test-{name}")
+            return f"{base}{'&' if '?' in base else '?'}prefix={prefixes[-1]}"
         return f"sqlite:///{tmp_path / name}.db"
 
-    return make
+    yield make
+    if prefixes:  # leave nothing behind on a server given by AGENTCOMM_REDIS_URL
+        drop_prefixes(base, prefixes)
 
 
 @pytest.fixture

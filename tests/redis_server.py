@@ -76,3 +76,14 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def drop_prefixes(url: str, prefixes: list[str]) -> None:
+    """Delete every key of the stores with these prefixes on the server at `url`."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        for prefix in prefixes:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i : i + 500])

@@ -9,14 +9,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
 import agentcomm
-from redis_server import BINARY, RedisServer
+from redis_server import BINARY, RedisServer, drop_prefixes
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
 
@@ -27,6 +27,20 @@ def _store(base: str, **options: object) -> str:
     """A store of its own on the server at `base` (a fresh key prefix), with URL options."""
     query = "&".join(f"{k}={v}" for k, v in {"prefix": f"t-{uuid4().hex[:8]}", **options}.items())
     return f"{base}?{query}"
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[Callable[..., str]]:
+    """Make stores of their own on the session's server; their keys are deleted after."""
+    made: list[str] = []
+
+    def make(**options: object) -> str:
+        url = _store(redis_url, **options)
+        made.append(url.split("prefix=")[1].split("&")[0])
+        return url
+
+    yield make
+    drop_prefixes(redis_url, made)
 
 
 def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
@@ -66,9 +80,9 @@ async def main(url):
 
 
 @pytest.mark.slow
-async def test_send_in_one_process_receive_in_another(redis_url: str) -> None:
+async def test_send_in_one_process_receive_in_another(store: Callable[..., str]) -> None:
     # recheck=60: a receiver that wakes in time was woken by pub/sub, not by the safety poll
-    url = _store(redis_url, recheck=60)
+    url = store(recheck=60)
     async with agentcomm.connect(url) as hub:
         consumer = await hub.agent("consumer")
         waiting = asyncio.create_task(consumer.receive(timeout=WAIT))
@@ -95,8 +109,8 @@ async def main(url, count):
 
 
 @pytest.mark.slow
-async def test_request_reply_between_two_processes(redis_url: str) -> None:
-    url = _store(redis_url, recheck=60)
+async def test_request_reply_between_two_processes(store: Callable[..., str]) -> None:
+    url = store(recheck=60)
     proc = _spawn(RESPONDER, url, "20")
     assert proc.stdout is not None
     assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "ready"
@@ -122,8 +136,8 @@ async def main(url):
 
 
 @pytest.mark.slow
-async def test_watch_sees_changes_made_in_another_process(redis_url: str) -> None:
-    url = _store(redis_url, recheck=60)  # woken by pub/sub, not by the re-check
+async def test_watch_sees_changes_made_in_another_process(store: Callable[..., str]) -> None:
+    url = store(recheck=60)  # woken by pub/sub, not by the re-check
     async with agentcomm.connect(url) as hub:
         seen: list[tuple[str, int]] = []
 
@@ -156,9 +170,9 @@ async def main(url):
 
 @pytest.mark.slow
 async def test_consumers_in_three_processes_share_a_mailbox_without_duplicates(
-    redis_url: str,
+    store: Callable[..., str],
 ) -> None:
-    url = _store(redis_url)
+    url = store()
     async with agentcomm.connect(url) as hub:
         producer = await hub.agent("producer")
         await hub.agent("worker")
@@ -177,14 +191,22 @@ async def test_consumers_in_three_processes_share_a_mailbox_without_duplicates(
 
 
 async def test_prefixes_keep_deployments_apart(redis_url: str) -> None:
+    ours = [f"deploy-a-{uuid4().hex[:8]}", f"deploy-b-{uuid4().hex[:8]}"]
+    try:
+        await _two_deployments(redis_url, *ours)
+    finally:
+        drop_prefixes(redis_url, ours)
+
+
+async def _two_deployments(redis_url: str, prefix_a: str, prefix_b: str) -> None:
     async with (
-        agentcomm.connect(redis_url, prefix="deploy-a") as a,
-        agentcomm.connect(redis_url, prefix="deploy-b") as b,
+        agentcomm.connect(redis_url, prefix=prefix_a) as a,
+        agentcomm.connect(redis_url, prefix=prefix_b) as b,
     ):
         sender = await a.agent("sender")
         await a.agent("worker")
         await sender.send("worker", "for a")
-        assert "prefix=deploy-a" in a.url
+        assert f"prefix={prefix_a}" in a.url
         assert await b.agents() == []
         with pytest.raises(agentcomm.UnknownAgent):
             await (await b.agent("sender")).send("worker", "b has no worker")
