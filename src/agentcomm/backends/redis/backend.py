@@ -183,8 +183,6 @@ class RedisBackend(RedisSharedMemory, Backend):
                 url,
                 retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3),
                 socket_connect_timeout=5.0,
-                # a server that hangs raises BackendUnavailable instead of hanging the hub
-                socket_timeout=30.0,
                 # RESP2 unless the URL asks otherwise: its pure-Python parser is the faster one
                 protocol=2,
                 socket_keepalive=True,
