@@ -187,6 +187,22 @@ async def test_consumers_in_three_processes_share_a_mailbox_without_duplicates(
         assert (await hub.mailbox_stats("worker")).in_flight == 0
 
 
+async def test_a_quiet_wake_connection_is_pinged_and_still_wakes(
+    store: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentcomm.backends.redis import backend
+
+    monkeypatch.setattr(backend, "_IDLE_PING", 0.05)
+    url = store(recheck=60)
+    async with agentcomm.connect(url) as hub, agentcomm.connect(url) as other:
+        consumer = await hub.agent("consumer")
+        waiting = asyncio.create_task(consumer.receive(timeout=WAIT))
+        await asyncio.sleep(0.5)  # several quiet periods: PINGs, answered, nothing dropped
+        await (await other.agent("producer")).send("consumer", "late")
+        msg = await asyncio.wait_for(waiting, 10)  # woken by pub/sub, not the 60 s re-check
+        assert msg is not None and msg.data == "late"
+
+
 # --- isolation and configuration ------------------------------------------------------------
 
 

@@ -192,6 +192,9 @@ class RedisBackend(RedisSharedMemory, Backend):
         self._mailbox: AsyncScript = self._client.register_script(scripts.MAILBOX)
         self._kv: AsyncScript = self._client.register_script(scripts.KV)
         self._listener: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._heard = 0.0  # loop time of the last message on the wake connection
         # requests of this hub waiting for a reply, and replies that came by pub/sub
         self._awaiting: dict[str, float] = {}  # correlation id -> request deadline
         self._inbox: dict[str, bytes] = {}
@@ -208,18 +211,22 @@ class RedisBackend(RedisSharedMemory, Backend):
             with contextlib.suppress(*CLOSE_ERRORS):
                 await self._client.aclose()
             raise
-        self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
+        loop = asyncio.get_running_loop()
+        self._heard = loop.time()
+        self._listener = loop.create_task(self._listen(pubsub))
+        self._watchdog = loop.create_task(self._watch_listener())
 
     async def close(self) -> None:
         if self._cleanup:
             await asyncio.gather(*self._cleanup, return_exceptions=True)
         with contextlib.suppress(*CLOSE_ERRORS):
             await self._client.srem(self._prefix + "hubs", self._origin)
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        for task in (self._watchdog, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listener = self._watchdog = None
         with contextlib.suppress(*CLOSE_ERRORS):
             await self._client.aclose()
         self.notifier.wake_all()
@@ -248,24 +255,20 @@ class RedisBackend(RedisSharedMemory, Backend):
         delay = 0.05
         origin = self._origin.encode()
         notify = self.notifier.notify
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 if pubsub is None:
                     pubsub = await self._subscribe()
                     self.notifier.wake_all()  # changes made while we were away
                     delay = 0.05
-                pinged = False
+                self._pubsub = pubsub
                 while True:
-                    msg = await pubsub.get_message(timeout=_IDLE_PING)
-                    if msg is None:
-                        # a connection that died silently answers nothing: find out, reconnect
-                        if pinged:
-                            raise BackendUnavailable("no answer to PING on the wake channel")
-                        await pubsub.ping()
-                        pinged = True
-                        continue
-                    pinged = False
-                    if msg["type"] != "message":
+                    # no read timeout: redis-py would arm a timer for every message (see
+                    # `_watch_listener` for a connection that dies silently)
+                    msg = await pubsub.get_message(timeout=None)
+                    self._heard = loop.time()
+                    if msg is None or msg["type"] != "message":
                         continue
                     data: bytes = msg["data"]
                     if data[:1] == b"\1":
@@ -282,12 +285,30 @@ class RedisBackend(RedisSharedMemory, Backend):
                 if pubsub is not None:
                     await _close(pubsub)
                 raise
-            except (rexc.RedisError, OSError, BackendError):
+            except Exception:  # whatever broke the connection: this task must live on
+                self._pubsub = None
                 if pubsub is not None:
                     await _close(pubsub)
                     pubsub = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _LISTEN_BACKOFF_MAX)
+
+    async def _watch_listener(self) -> None:
+        """PING the wake connection when it has been quiet for a while; drop it if even that
+        gets no answer, so `_listen` reconnects (a connection can die without a word)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_IDLE_PING)
+            pubsub = self._pubsub
+            quiet = loop.time() - self._heard
+            if pubsub is None or quiet < _IDLE_PING:
+                continue
+            if quiet >= 2.5 * _IDLE_PING and pubsub.connection is not None:
+                with contextlib.suppress(*CLOSE_ERRORS):
+                    await pubsub.connection.disconnect()
+                continue
+            with contextlib.suppress(*CLOSE_ERRORS):
+                await pubsub.ping()
 
     async def _call(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
         """The reply of `op` of `script`, with redis-py's errors mapped to ours."""
