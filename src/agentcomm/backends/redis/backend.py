@@ -219,8 +219,9 @@ class RedisBackend(RedisSharedMemory, Backend):
     async def close(self) -> None:
         if self._cleanup:
             await asyncio.gather(*self._cleanup, return_exceptions=True)
-        with contextlib.suppress(*CLOSE_ERRORS):
-            await self._client.srem(self._prefix + "hubs", self._origin)
+        with contextlib.suppress(*CLOSE_ERRORS, TimeoutError):
+            # bounded: closing must not wait on a server that is gone
+            await asyncio.wait_for(self._client.srem(self._prefix + "hubs", self._origin), 2.0)
         for task in (self._watchdog, self._listener):
             if task is not None:
                 task.cancel()
