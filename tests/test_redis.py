@@ -278,14 +278,18 @@ async def test_connection_loss_raises_backend_unavailable_and_the_hub_recovers(
         await producer.send("consumer", "before")
         held = await consumer.receive(timeout=WAIT, lease=120)
         assert held is not None
+        # a receiver waiting in the other hub through the outage: its wake-up listener
+        # reconnects by itself
+        waiting = asyncio.create_task(consumer.receive(timeout=WAIT))
+        await asyncio.sleep(0.1)
         server.stop(kill=True)
         with pytest.raises(agentcomm.BackendUnavailable):
             await producer.send("consumer", "during")
         with pytest.raises(agentcomm.BackendUnavailable):
             await hub.memory("ns").get("k")
-        # a receiver waiting in the other hub: its wake-up listener reconnects by itself
-        waiting = asyncio.create_task(consumer.receive(timeout=WAIT))
-        server.start()
+        await asyncio.sleep(0.3)  # the listener notices and retries meanwhile
+        assert not waiting.done()
+        await asyncio.to_thread(server.start)
         await _until_back(lambda: producer.send("consumer", "after"))
         msg = await asyncio.wait_for(waiting, WAIT)
         assert msg is not None and msg.data == "after"
@@ -324,7 +328,7 @@ async def test_restart_with_aof_mid_stream_loses_nothing_acknowledged(server: Re
         assert held is not None
         server.stop(kill=True)  # kill -9 mid-stream: only what was fsynced survives
         await asyncio.sleep(0.3)
-        server.start()
+        await asyncio.to_thread(server.start)
         confirmed += [await asyncio.to_thread(proc.stdout.readline) for _ in range(300)]
         os.kill(proc.pid, signal.SIGKILL)
         rest, _ = proc.communicate(timeout=10)
