@@ -20,7 +20,17 @@ from . import core
 from .core import Config, Row
 
 # Each module registers its benchmarks on import; this order is the order of the table.
-MODULES = ("raw", "mailbox", "backlog", "latency", "peers", "shared_memory", "topics", "references")
+MODULES = (
+    "raw",
+    "mailbox",
+    "backlog",
+    "latency",
+    "peers",
+    "shared_memory",
+    "topics",
+    "references",
+    "on_redis",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

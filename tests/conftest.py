@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
 import agentcomm
+from redis_server import BINARY, RedisServer, drop_prefixes
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the session: `$AGENTCOMM_REDIS_URL`, or our own redis-server."""
+    given = os.environ.get("AGENTCOMM_REDIS_URL")
+    if given:
+        yield given
+        return
+    if BINARY is None:
+        pytest.skip("redis-server is not installed and AGENTCOMM_REDIS_URL is not set")
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -20,11 +36,32 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def url(backend_name: str, tmp_path: Path) -> str:
+def fresh_url(
+    backend_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], str]]:
+    """Make the URL of a new, empty store of the backend under test on every call."""
+    base = request.getfixturevalue("redis_url") if backend_name == "redis" else ""
+    prefixes: list[str] = []
+
+    def make() -> str:
+        name = uuid4().hex[:12]
+        if backend_name == "memory":
+            return f"memory://{name}"
+        if backend_name == "redis":
+            # a key prefix of its own isolates this store on the shared server
+            prefixes.append(f"test-{name}")
+            return f"{base}{'&' if '?' in base else '?'}prefix={prefixes[-1]}"
+        return f"sqlite:///{tmp_path / name}.db"
+
+    yield make
+    if prefixes:  # leave nothing behind on a server given by AGENTCOMM_REDIS_URL
+        drop_prefixes(base, prefixes)
+
+
+@pytest.fixture
+def url(fresh_url: Callable[[], str]) -> str:
     """A fresh store URL for the backend under test, shared by every hub a test opens on it."""
-    if backend_name == "memory":
-        return f"memory://{tmp_path.name}"
-    return f"sqlite:///{tmp_path / 'agentcomm.db'}"
+    return fresh_url()
 
 
 @pytest.fixture

@@ -209,7 +209,8 @@ def test_inspect_empty_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis://localhost:6379", "Unknown backend scheme 'redis'"),
+        ("mongodb://localhost:27017", "Unknown backend scheme 'mongodb'"),
+        ("redis://127.0.0.1:1/0", "Redis at redis://127.0.0.1:1/0 cannot be reached"),
         ("sqlite:///{tmp}/missing.db", "No agentcomm store at"),
         ("sqlite:///{tmp}/not-a-db.db", "The file is not an agentcomm SQLite database"),
         ("sqlite:///{tmp}/x.db?fast=1", "Unknown sqlite URL option"),

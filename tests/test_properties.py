@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from pathlib import Path
+from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,21 +15,18 @@ _SETTINGS = settings(
 )
 
 
-def _run(backend_name: str, scenario: object) -> object:
+def _run(fresh_url: Callable[[], str], scenario: object) -> object:
     async def go(url: str) -> object:
         async with agentcomm.connect(url) as hub:
             return await scenario(hub)  # type: ignore[operator]
 
-    if backend_name == "memory":
-        return asyncio.run(go("memory://"))
-    with tempfile.TemporaryDirectory() as tmp:
-        return asyncio.run(go(f"sqlite:///{Path(tmp) / 'p.db'}"))
+    return asyncio.run(go(fresh_url()))  # a new store for every example
 
 
 @_SETTINGS
 @given(priorities=st.lists(st.integers(-3, 3), max_size=40), batch=st.integers(1, 7))
 def test_delivery_order_is_priority_then_fifo(
-    backend_name: str, priorities: list[int], batch: int
+    fresh_url: Callable[[], str], priorities: list[int], batch: int
 ) -> None:
     async def scenario(hub: agentcomm.Hub) -> list[int]:
         sender = await hub.agent("s")
@@ -44,7 +40,7 @@ def test_delivery_order_is_priority_then_fifo(
         return got
 
     expected = sorted(range(len(priorities)), key=lambda i: (-priorities[i], i))
-    assert _run(backend_name, scenario) == expected
+    assert _run(fresh_url, scenario) == expected
 
 
 @_SETTINGS
@@ -56,7 +52,7 @@ def test_delivery_order_is_priority_then_fifo(
     )
 )  # fmt: skip
 def test_dedupe_matches_a_model(
-    backend_name: str, sends: list[tuple[str, str, str | None]]
+    fresh_url: Callable[[], str], sends: list[tuple[str, str, str | None]]
 ) -> None:
     async def scenario(hub: agentcomm.Hub) -> tuple[list[str], dict[str, int]]:
         agents = {n: await hub.agent(n) for n in ("a", "b", "r1", "r2")}
@@ -64,7 +60,7 @@ def test_dedupe_matches_a_model(
         depths = {r: await hub.queue_depth(r) for r in ("r1", "r2")}
         return ids, depths
 
-    ids, depths = _run(backend_name, scenario)  # type: ignore[misc]
+    ids, depths = _run(fresh_url, scenario)  # type: ignore[misc]
     first: dict[tuple[str, str, str], str] = {}
     expected_depth = {"r1": 0, "r2": 0}
     for msg_id, (s, r, k) in zip(ids, sends, strict=True):

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from .agent import Agent
-from .backends import DEFAULT_URL, open_backend
+from .backends import DEFAULT_URL, open_backend, with_prefix
 from .backends.base import SCHEDULES_CHANNEL, Backend
 from .codec import StoredRef, decode_payload
 from .errors import AgentCommError, HubClosed
@@ -53,6 +53,7 @@ def connect(
     policies: Mapping[str, Policy] | None = None,
     default_policy: Policy | None = None,
     refs: RefConfig | None = None,
+    prefix: str | None = None,
 ) -> Hub:
     """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
 
@@ -65,9 +66,16 @@ def connect(
     `AutoPromote(threshold)`); other types and shared-memory puts use `default_policy`
     (default `AutoPromote(threshold=10_240)`). `refs` configures the reference store
     (`RefConfig`: GC strategy, default TTL, compression threshold).
+    `memory://`, `redis://` and `rediss://`. `default_ttl`, `max_attempts` and `lease` are the
+    defaults for messages sent and received through this hub. With `background` (default), the
+    hub fires due schedules and runs retention passes while it is open. `prefix` (Redis only,
+    default `agentcomm`) keeps this deployment's keys apart from others on the same server.
     """
+    url = url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
+    if prefix is not None:
+        url = with_prefix(url, prefix)
     return Hub(
-        url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL,
+        url,
         auto_register=auto_register,
         default_ttl=check_positive("default_ttl", default_ttl),
         max_attempts=check_attempts(max_attempts),

@@ -1,17 +1,17 @@
-"""Storage backends, chosen by URL scheme: `sqlite://` (default), `memory://`."""
+"""Storage backends, chosen by URL scheme: `sqlite://` (default), `memory://`, `redis://`."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 from ..settings import Retention
 from .base import Backend
 
-__all__ = ["Backend", "DEFAULT_URL", "open_backend"]
+__all__ = ["Backend", "DEFAULT_URL", "open_backend", "with_prefix"]
 
 DEFAULT_URL = "sqlite:///agentcomm.db"
-_SCHEMES = ("sqlite", "memory")
+_SCHEMES = ("sqlite", "memory", "redis", "rediss")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -26,6 +26,8 @@ def open_backend(url: str, retention: Retention) -> Backend:
         return MemoryBackend(parts.netloc + parts.path.strip("/"), retention)
     if scheme == "sqlite":
         return _sqlite(parts.path, query, retention)
+    if scheme in ("redis", "rediss"):
+        return _redis(url, retention)
     raise ConfigurationError(
         f"Unknown backend scheme {scheme!r} in {url!r}; use one of: "
         + ", ".join(f"{s}://" for s in _SCHEMES)
@@ -66,3 +68,40 @@ def _sqlite(path: str, query: dict[str, str], retention: Retention) -> Backend:
         busy_timeout_ms=busy_timeout,
         recheck_interval=recheck,
     )
+
+
+def _redis(url: str, retention: Retention) -> Backend:
+    try:
+        import redis  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(
+            "The redis:// backend needs the Redis client: pip install 'agentcomm[redis]'."
+        ) from exc
+    from .redis import RedisBackend
+
+    # `prefix` and `recheck` are ours; every other option goes to redis-py (e.g. socket_timeout)
+    parts = urlsplit(url)
+    pairs = [(k, v) for k, vs in parse_qs(parts.query).items() for v in vs]
+    ours = {k: v for k, v in pairs if k in ("prefix", "recheck")}
+    rest = urlencode([(k, v) for k, v in pairs if k not in ours])
+    try:
+        recheck = float(ours.get("recheck", "1.0"))
+    except ValueError as exc:
+        raise ConfigurationError(f"Bad redis URL option: {exc}") from exc
+    if not recheck > 0:
+        raise ConfigurationError("recheck must be > 0 seconds.")
+    return RedisBackend(
+        urlunsplit(parts._replace(query=rest)),
+        retention,
+        prefix=ours.get("prefix", "agentcomm"),
+        recheck_interval=recheck,
+    )
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    """`url` with the Redis key prefix `prefix` set in its query."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise ConfigurationError("prefix= applies to redis:// and rediss:// URLs only.")
+    pairs = [(k, v) for k, vs in parse_qs(parts.query).items() for v in vs if k != "prefix"]
+    return urlunsplit(parts._replace(query=urlencode([*pairs, ("prefix", prefix)])))

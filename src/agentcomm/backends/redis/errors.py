@@ -1,0 +1,41 @@
+"""The one place that knows redis-py's exceptions: each becomes an agentcomm error."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from redis import exceptions as rexc
+
+from ...errors import BackendError, BackendUnavailable
+
+#: What closing a connection that is already broken may raise; ignored on cleanup.
+CLOSE_ERRORS = (rexc.RedisError, OSError)
+
+
+#: Every exception redis-py raises (and the socket errors it may let through).
+REDIS_ERRORS = (rexc.RedisError, OSError)
+
+
+def translate(exc: BaseException, where: str) -> BackendError:
+    """Our error for a redis-py exception: BackendUnavailable when the connection failed."""
+    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | rexc.ReadOnlyError | OSError):
+        return BackendUnavailable(
+            f"Redis at {where} cannot be reached ({type(exc).__name__}: {exc}). The hub "
+            "reconnects by itself; retry the operation once Redis is back."
+        )
+    return BackendError(f"Redis at {where} failed: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def redis_errors(where: str) -> Iterator[None]:
+    """Raise BackendUnavailable for a connection that failed, BackendError for the rest."""
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise translate(exc, where) from exc
+
+
+def text(value: bytes | str) -> str:
+    """A reply value as text (the client returns bytes; its types allow str too)."""
+    return value if isinstance(value, str) else value.decode()
