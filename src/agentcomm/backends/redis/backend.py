@@ -49,6 +49,7 @@ from ..base import REPLY_GRACE, Backend, mail_channel, reply_channel
 from . import scripts
 from .errors import CLOSE_ERRORS, REDIS_ERRORS, redis_errors, text, translate
 from .shared_memory import RedisSharedMemory
+from .topics import RedisTopics
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 _STATE_NAMES = {State.READY: "ready", State.IN_FLIGHT: "in_flight", State.DELAYED: "delayed"}
@@ -161,7 +162,7 @@ def _settle_arg(op: Settle) -> str:
     return f"{int(op.kind)}\0{op.seq:016d}\0{int(op.attempt)}\0{op.until!r}\0{op.reason}"
 
 
-class RedisBackend(RedisSharedMemory, Backend):
+class RedisBackend(RedisSharedMemory, RedisTopics, Backend):
     """Implements the backend contract on a Redis server (5.0 or newer)."""
 
     def __init__(
@@ -508,11 +509,12 @@ class RedisBackend(RedisSharedMemory, Backend):
             "prune", now, _num(r.acked), _num(r.expired), _num(r.dead), _PRUNE_BATCH
         )
         await self._kv_prune(now)
+        topic_records = await self._prune_topics(now)
         # requests abandoned without a last look (their task was cancelled)
         for cid in [c for c, deadline in self._awaiting.items() if deadline + REPLY_GRACE <= now]:
             del self._awaiting[cid]
             self._inbox.pop(cid, None)
-        return PruneReport(*(int(x) for x in report))
+        return PruneReport(*(int(x) for x in report), pruned_topic_records=topic_records)
 
     async def stats(self) -> HubStats:
         with redis_errors(self._where):
