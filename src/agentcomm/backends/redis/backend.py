@@ -514,7 +514,8 @@ class RedisBackend(RedisSharedMemory, RedisTopics, Backend):
         for cid in [c for c, deadline in self._awaiting.items() if deadline + REPLY_GRACE <= now]:
             del self._awaiting[cid]
             self._inbox.pop(cid, None)
-        return PruneReport(*(int(x) for x in report), pruned_topic_records=topic_records)
+        expired, dead, pruned, dedupe, requests = (int(x) for x in report)
+        return PruneReport(expired, dead, pruned, dedupe, requests, topic_records)
 
     async def stats(self) -> HubStats:
         with redis_errors(self._where):

@@ -165,7 +165,7 @@ elseif OP == 'open' then
     elseif start ~= '' and start ~= cur[2] then
       redis.call('DEL', ck .. ':p', ck .. ':a')
       redis.call('HSET', ck, 'start', start, 'pos', position(), 'lost', 0)
-      touch('topic-consumer:' .. name)
+      touch(CONSUMER_CHANNEL .. name)
     end
   else
     redis.call('HSET', ck, 'def', def, 'start', start, 'pos', position(), 'lost', 0)
@@ -186,7 +186,7 @@ elseif OP == 'claim' then
         redis.call('ZREM', pk, seq)
       else
         redis.call('ZADD', pk, NOW_S, seq)
-        touch('topic-consumer:' .. name)
+        touch(CONSUMER_CHANNEL .. name)
       end
     end
   end
@@ -332,7 +332,7 @@ end
 publish()
 if OP == 'publish' then return result end
 return {result, touched_list}
-"""
+""".replace("CONSUMER_CHANNEL", repr(consumer_channel("")))
 )
 
 _def_encoder = msgspec.msgpack.Encoder()
@@ -606,4 +606,3 @@ class RedisTopics:
 
 def _no_consumer(name: str) -> NotFound:
     return NotFound(f"Durable consumer {name!r} does not exist; subscribe again.")
-
