@@ -71,6 +71,8 @@ local function skey(topic) return P .. 'tp:s:' .. topic end
 local function ckey(name) return P .. 'tp:c:' .. name end
 local function head() return tonumber(redis.call('GET', P .. 'tp:seq') or '0') end
 local function eid(seq) return string.format('%d-0', seq) end
+-- numbers are stored through this: Redis would write a Lua number with only 14 digits
+local function int(n) return string.format('%d', n) end
 local function seq_of(id) return tonumber(string.match(id, '^(%d+)')) end
 
 local function fields(entry)
@@ -104,7 +106,7 @@ if OP == 'publish' then
     local sk = skey(topic)
     redis.call('HINCRBY', sk, 'pub', 1)
     redis.call('HINCRBY', sk, 'kept', 1)
-    redis.call('HSET', sk, 'at', ARGV[12], 'last', seq)
+    redis.call('HSET', sk, 'at', ARGV[12], 'last', int(seq))
     redis.call('ZADD', NAMES, 0, topic)
     touch('topics')
     touch('topics:' .. string.match(topic, '^[^.]*'))
@@ -164,11 +166,11 @@ elseif OP == 'open' then
       result = cur[1]
     elseif start ~= '' and start ~= cur[2] then
       redis.call('DEL', ck .. ':p', ck .. ':a')
-      redis.call('HSET', ck, 'start', start, 'pos', position(), 'lost', 0)
+      redis.call('HSET', ck, 'start', start, 'pos', int(position()), 'lost', 0)
       touch(CONSUMER_CHANNEL .. name)
     end
   else
-    redis.call('HSET', ck, 'def', def, 'start', start, 'pos', position(), 'lost', 0)
+    redis.call('HSET', ck, 'def', def, 'start', start, 'pos', int(position()), 'lost', 0)
     redis.call('HSET', CONS, name, def)
   end
 
@@ -197,12 +199,11 @@ elseif OP == 'claim' then
     result = false
   else
     local due = redis.call('ZRANGEBYSCORE', pk, '-inf', NOW_S)
-    for i, seq in ipairs(due) do due[i] = tonumber(seq) end
-    table.sort(due)
+    table.sort(due, function(a, b) return tonumber(a) < tonumber(b) end)
     local out, counts = {}, {}
     for _, seq in ipairs(due) do
       if #out >= 2 * want then break end
-      local e = redis.call('XRANGE', LOG, eid(seq), eid(seq))[1]
+      local e = redis.call('XRANGE', LOG, seq .. '-0', seq .. '-0')[1]
       if e then
         out[#out + 1] = redis.call('HINCRBY', ak, seq, 1)
         out[#out + 1] = e
@@ -300,7 +301,7 @@ elseif OP == 'prune' then
         for s in string.gmatch(matched[name] or '', '%d+') do
           if tonumber(s) > pos then lost = lost + 1 end
         end
-        redis.call('HSET', ck, 'pos', through)
+        redis.call('HSET', ck, 'pos', int(through))
       end
       if lost > 0 then redis.call('HINCRBY', ck, 'lost', lost) end
     end
