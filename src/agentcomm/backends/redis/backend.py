@@ -43,11 +43,13 @@ from ...models import (
     StoredReply,
 )
 from ...notify import Notifier
+from ...ref_records import ref_id_in
 from ...scheduling import next_occurrence, scheduled_message
 from ...settings import Retention
 from ..base import REPLY_GRACE, Backend, mail_channel, reply_channel
 from . import scripts
 from .errors import CLOSE_ERRORS, REDIS_ERRORS, redis_errors, text, translate
+from .references import RedisReferences
 from .shared_memory import RedisSharedMemory
 from .topics import RedisTopics
 
@@ -110,13 +112,15 @@ _body_decoder = msgspec.msgpack.Decoder(Body)
 
 
 def _message_args(m: NewMessage) -> tuple[str, bytes]:
-    """The header (the fields the scripts read, NUL-separated; the idempotency key last, as it
-    may hold any character) and the body of one message."""
+    """The header (the fields the scripts read, NUL-separated: the reference the payload holds,
+    if any, and the idempotency key last, as it may hold any character) and the body of one
+    message."""
     header = "\0".join(
         (
             m.id, m.sender, m.recipient, str(int(m.priority)), _num(m.visible_at),
             _opt_num(m.expires_at), str(int(m.max_attempts)), _opt_num(m.dedupe_until),
-            m.correlation_id or "", _opt_num(m.request_deadline), m.idempotency_key or "",
+            m.correlation_id or "", _opt_num(m.request_deadline),
+            ref_id_in(m.data, m.data_kind) or "", m.idempotency_key or "",
         )
     )  # fmt: skip
     body = Body(
@@ -138,12 +142,14 @@ def _stored(sid: bytes, attempt: int, blob: bytes, lease_until: float) -> Stored
 
 
 def _pending(r: list[Any]) -> PendingInfo:
-    """From the pending script's sid, state, attempt, visible_at and body."""
+    """From the pending script's sid, state, attempt, visible_at, body and the original size
+    of the blob the payload refers to (if it does)."""
     b = _body_decoder.decode(r[4])
+    size = len(b.data) if r[5] is None else int(r[5])
     return PendingInfo(
         id=b.id, sender=b.sender, recipient=b.recipient, type=b.type, priority=b.priority,
         state=_STATE_NAMES[State(int(r[1]))], attempt=int(r[2]), enqueued_at=b.enqueued_at,
-        visible_at=float(r[3]), expires_at=b.expires_at, size=len(b.data),
+        visible_at=float(r[3]), expires_at=b.expires_at, size=size,
     )  # fmt: skip
 
 
@@ -162,7 +168,7 @@ def _settle_arg(op: Settle) -> str:
     return f"{int(op.kind)}\0{op.seq:016d}\0{int(op.attempt)}\0{op.until!r}\0{op.reason}"
 
 
-class RedisBackend(RedisSharedMemory, RedisTopics, Backend):
+class RedisBackend(RedisSharedMemory, RedisReferences, RedisTopics, Backend):
     """Implements the backend contract on a Redis server (5.0 or newer)."""
 
     def __init__(
@@ -426,7 +432,8 @@ class RedisBackend(RedisSharedMemory, RedisTopics, Backend):
         self, correlation_id: str, reply: StoredReply, ack: Settle | None, *, now: float
     ) -> bool:
         keep = 1 if self.retention.acked > 0 else 0
-        args = [keep, correlation_id, _reply_encoder.encode(reply)]
+        ref = ref_id_in(reply.data, reply.data_kind) or ""
+        args = [keep, correlation_id, _reply_encoder.encode(reply), ref]
         if ack is not None:
             args.append(_settle_arg(ack))
         delivered = bool(await self._bare("reply", now, *args))
@@ -460,6 +467,7 @@ class RedisBackend(RedisSharedMemory, RedisTopics, Backend):
         unknown = await self._mail(
             "sched_add", spec.created_at, 1 if auto_register else 0, spec.id,
             msgspec.msgpack.encode(spec), _num(spec.next_run), spec.recipient,
+            ref_id_in(spec.data, spec.data_kind) or "",
         )  # fmt: skip
         if unknown is not None:
             raise UnknownAgent(unknown.decode())

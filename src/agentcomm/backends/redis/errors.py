@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 from redis import exceptions as rexc
 
-from ...errors import BackendError, BackendUnavailable
+from ...errors import AgentCommError, BackendError, BackendUnavailable, RefNotFound
+from .ref_holds import REF_NOT_FOUND
 
 #: What closing a connection that is already broken may raise; ignored on cleanup.
 CLOSE_ERRORS = (rexc.RedisError, OSError)
@@ -17,8 +18,12 @@ CLOSE_ERRORS = (rexc.RedisError, OSError)
 REDIS_ERRORS = (rexc.RedisError, OSError)
 
 
-def translate(exc: BaseException, where: str) -> BackendError:
-    """Our error for a redis-py exception: BackendUnavailable when the connection failed."""
+def translate(exc: BaseException, where: str) -> AgentCommError:
+    """Our error for a redis-py exception: BackendUnavailable when the connection failed,
+    RefNotFound when a script found a payload's reference missing."""
+    if isinstance(exc, rexc.ResponseError) and str(exc).startswith(REF_NOT_FOUND):
+        ref_id = (str(exc).removeprefix(REF_NOT_FOUND).split() or ["a blob"])[0]
+        return RefNotFound(f"The payload refers to {ref_id}, which is not stored (evicted?).")
     if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | rexc.ReadOnlyError | OSError):
         return BackendUnavailable(
             f"Redis at {where} cannot be reached ({type(exc).__name__}: {exc}). The hub "

@@ -8,6 +8,8 @@ float) and are stored as such, so no float ever goes through Lua's 14-digit `tos
 After a change a script PUBLISHes `origin \\n channel \\n channel ...` on `<prefix>wake`; each hub
 skips its own messages (it notified its waiters already) and wakes the rest. A reply is
 published whole, as `\\1 correlation-id \\n reply`, for the hub waiting for it.
+A payload stored by reference holds its reference through the functions of `ref_holds.py`,
+taken before the script's first write (Redis does not roll a failed script back).
 
 Mailbox keys (P = prefix):
   P seq                   the last message sequence number (= messages stored); a message's
@@ -22,7 +24,9 @@ Mailbox keys (P = prefix):
   P agents, P seen        HASH: agent -> created_at, agent -> last_seen
   P dd, P dd:until        HASH + ZSET: "sender/recipient/key" -> first message id, its window
   P req, P req:dl         HASH + ZSET: correlation id -> reply ("" while waiting), deadline
+  P req:ref               HASH: correlation id -> the reference its reply holds
   P sched, P sched:next, P sched:runs   schedules: spec, next run, runs
+  P sched:ref             HASH: schedule id -> the reference its payload holds
   P counters              HASH: event counters
   P hubs                  SET: the open hubs (their origin ids), subscribed to P wake
 """
@@ -31,9 +35,11 @@ from __future__ import annotations
 
 from ...kv_records import DEFAULT_CHANGE_LOG, DEFAULT_HISTORY, TOMBSTONE_KEEP
 from ..base import REPLY_GRACE
+from .ref_holds import REF_HOLDS
 
 # Message hash fields: b (the body, msgpack: see `Body` in backend.py), id, rcp, pri, vis
-# (visible at / lease until), exp, max (attempts), att (attempt), st (state), fin, why (reason).
+# (visible at / lease until), exp, max (attempts), att (attempt), st (state), fin, why (reason),
+# ref (the reference the payload holds, if it does).
 # States as in models.State: 0 ready, 1 in flight, 2 delayed, 3 dead, 4 expired, 5 acked.
 
 _COMMON = r"""
@@ -73,6 +79,7 @@ end
 
 MAILBOX = (
     _COMMON
+    + REF_HOLDS
     + r"""
 local function mkey(sid) return P .. 'm:' .. sid end
 local function count(name, n)
@@ -119,8 +126,11 @@ local function unindex(sid, rcp)
   redis.call('ZREM', P .. 'exp', sid)
 end
 
-local function finish(sid, rcp, state, reason)
+-- `ref`: the reference the message's payload holds (or nil), released unless it becomes a
+-- dead letter, which can be requeued
+local function finish(sid, rcp, state, reason, ref)
   unindex(sid, rcp)
+  if ref and state ~= '3' then ref_drop(ref) end
   local f = {'HSET', mkey(sid), 'st', state, 'fin', NOW_S}
   if reason then f[#f + 1] = 'why'; f[#f + 1] = reason end
   redis.call(unpack(f))
@@ -175,7 +185,7 @@ local last_seq, stored = nil, 0
 -- backend.py) and its body; returns its id, and whether that is the id of an earlier message
 -- because the idempotency key was seen within its window
 local function store(h, body)
-  local id, snd, rcp, pri, vis, exp, maxa, window, cid, deadline, ikey = unpack(h)
+  local id, snd, rcp, pri, vis, exp, maxa, window, cid, deadline, ref, ikey = unpack(h)
   if ikey ~= '' then
     local field = snd .. '/' .. rcp .. '/' .. ikey
     local seen = redis.call('HGET', P .. 'dd', field)
@@ -195,14 +205,18 @@ local function store(h, body)
   local sid = string.format('%016d', last_seq)
   local state = 0
   if tonumber(vis) > now then state = 2 end
+  local f = {'HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
+    'max', maxa, 'att', 0, 'st', state}
   if exp ~= '' then
-    redis.call('HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
-      'max', maxa, 'att', 0, 'st', state, 'exp', exp)
+    f[#f + 1] = 'exp'; f[#f + 1] = exp
     zadd_later(P .. 'exp', exp, sid)
-  else
-    redis.call('HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
-      'max', maxa, 'att', 0, 'st', state)
   end
+  if ref ~= '' then
+    -- checked by the caller (`ref_require`) before its first write
+    ref_hold(ref)
+    f[#f + 1] = 'ref'; f[#f + 1] = ref
+  end
+  redis.call(unpack(f))
   if state == 2 then
     zadd_later(P .. 't:' .. rcp, vis, sid)
   else
@@ -218,6 +232,11 @@ end
 
 local function save_seq()
   if stored > 1 then redis.call('SET', P .. 'seq', last_seq) end
+end
+
+-- the references of these message headers are stored; raises RefNotFound otherwise
+local function require_refs(headers)
+  for _, h in ipairs(headers) do ref_require({h[11]}, 1) end
 end
 
 -- the recipients must be registered agents, or are registered with `auto`; returns the first
@@ -242,14 +261,15 @@ end
 local function settle(op, keep_acked)
   local kind, sid, att, until_, reason = unpack(split(op, 5))
   local mk = mkey(sid)
-  local v = redis.call('HMGET', mk, 'st', 'att', 'max', 'rcp', 'pri', 'exp')
+  local v = redis.call('HMGET', mk, 'st', 'att', 'max', 'rcp', 'pri', 'exp', 'ref')
   if not v[1] or v[2] ~= att or (v[1] ~= '0' and v[1] ~= '1') then return 0 end
   local rcp = v[4]
   if kind == '0' then
     if keep_acked then
-      finish(sid, rcp, '5', nil)
+      finish(sid, rcp, '5', nil, v[7])
     else
       redis.call('DEL', mk)
+      if v[7] then ref_drop(v[7]) end
       if v[1] == '1' then
         zrem_later(P .. 't:' .. rcp, sid)
       else
@@ -292,13 +312,14 @@ elseif OP == 'enqueue' then
   -- from the message's own (deduplicated ones) as position, id pairs
   local headers, recipients, known = {}, {}, {}
   for b = 6, #ARGV, 2 do
-    local h = split(ARGV[b], 11)
+    local h = split(ARGV[b], 12)
     headers[#headers + 1] = h
     if not known[h[3]] then
       known[h[3]] = true
       recipients[#recipients + 1] = h[3]
     end
   end
+  require_refs(headers)
   local unknown = ensure_agents(recipients, ARGV[5] == '1')
   if unknown then
     result = unknown
@@ -328,9 +349,9 @@ elseif OP == 'claim' then
     redis.call('ZREM', rk, unpack(sids))
     for _, sid in ipairs(sids) do
       local mk = mkey(sid)
-      local v = redis.call('HMGET', mk, 'exp', 'att', 'b')
+      local v = redis.call('HMGET', mk, 'exp', 'att', 'b', 'ref')
       if v[1] and tonumber(v[1]) <= now then
-        finish(sid, agent, '4', nil)
+        finish(sid, agent, '4', nil, v[4])
       else
         local att = tonumber(v[2]) + 1
         redis.call('HSET', mk, 'st', 1, 'vis', lease_until, 'att', att)
@@ -355,10 +376,15 @@ elseif OP == 'settle' then
   result = out
 
 elseif OP == 'reply' then
-  local cid, blob = ARGV[6], ARGV[7]
-  if ARGV[8] then settle(ARGV[8], ARGV[5] == '1') end
-  if redis.call('HGET', P .. 'req', cid) == '' then
+  -- keep, cid, reply, the reference it holds ('' for none), the settle op of the request
+  local cid, blob, ref = ARGV[6], ARGV[7], ARGV[8]
+  local waiting = redis.call('HGET', P .. 'req', cid) == ''
+  -- the hold first: the ack may release the same content
+  if waiting and ref ~= '' and not ref_hold(ref) then ref_not_found(ref) end
+  if ARGV[9] then settle(ARGV[9], ARGV[5] == '1') end
+  if waiting then
     redis.call('HSET', P .. 'req', cid, blob)
+    if ref ~= '' then redis.call('HSET', P .. 'req:ref', cid, ref) end
     -- the reply itself goes to the waiting hub, which then needs no round trip to fetch it
     if others() then redis.call('PUBLISH', P .. 'wake', '\1' .. cid .. '\n' .. blob) end
     result = 1
@@ -371,17 +397,25 @@ elseif OP == 'take' then
   local cid = ARGV[5]
   local cur = redis.call('HGET', P .. 'req', cid)
   if cur and (cur ~= '' or ARGV[6] == '1') then
+    -- the requester releases the reply's reference once it has read the reply
     redis.call('HDEL', P .. 'req', cid)
+    redis.call('HDEL', P .. 'req:ref', cid)
     redis.call('ZREM', P .. 'req:dl', cid)
   end
   if cur and cur ~= '' then result = cur end
 
 elseif OP == 'sched_add' then
+  local ref = ARGV[10]
+  ref_require({ref}, 1)
   local unknown = ensure_agents({ARGV[9]}, ARGV[5] == '1')
   if unknown then
     result = unknown
   else
     local id = ARGV[6]
+    if ref ~= '' then
+      ref_hold(ref)
+      redis.call('HSET', P .. 'sched:ref', id, ref)
+    end
     redis.call('HSET', P .. 'sched', id, ARGV[7])
     redis.call('HSET', P .. 'sched:runs', id, 0)
     redis.call('ZADD', P .. 'sched:next', ARGV[8], id)
@@ -393,6 +427,11 @@ elseif OP == 'sched_cancel' then
   result = redis.call('ZREM', P .. 'sched:next', id)
   redis.call('HDEL', P .. 'sched', id)
   redis.call('HDEL', P .. 'sched:runs', id)
+  local ref = redis.call('HGET', P .. 'sched:ref', id)
+  if ref then
+    redis.call('HDEL', P .. 'sched:ref', id)
+    ref_drop(ref)
+  end
   if result == 1 then touch('schedules') end
 
 elseif OP == 'sched_list' then
@@ -418,12 +457,14 @@ elseif OP == 'sched_due' then
 elseif OP == 'sched_fire' then
   -- per schedule: id, the next_run it was due at, its next occurrence, message header and
   -- body; a schedule another hub fired meanwhile no longer has that next_run and is skipped
-  local runs = 0
+  local runs, headers = 0, {}
+  for b = 5, #ARGV, 5 do headers[#headers + 1] = split(ARGV[b + 3], 12) end
+  require_refs(headers)
   for b = 5, #ARGV, 5 do
     local id = ARGV[b]
     local score = redis.call('ZSCORE', P .. 'sched:next', id)
     if score and tonumber(score) == tonumber(ARGV[b + 1]) then
-      store(split(ARGV[b + 3], 11), ARGV[b + 4])
+      store(headers[(b - 5) / 5 + 1], ARGV[b + 4])
       redis.call('ZADD', P .. 'sched:next', ARGV[b + 2], id)
       redis.call('HINCRBY', P .. 'sched:runs', id, 1)
       runs = runs + 1
@@ -449,8 +490,10 @@ elseif OP == 'pending' then
   local out = {}
   for _, zk in ipairs({'r:', 't:'}) do
     for _, sid in ipairs(redis.call('ZRANGE', P .. zk .. agent, 0, limit - 1)) do
-      local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'vis', 'b')
-      out[#out + 1] = {sid, v[1], v[2], v[3], v[4]}
+      local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'vis', 'b', 'ref')
+      local size = false
+      if v[5] then size = redis.call('HGET', P .. 'ref:' .. v[5], 'size') or 0 end
+      out[#out + 1] = {sid, v[1], v[2], v[3], v[4], size}
     end
   end
   result = out
@@ -503,9 +546,9 @@ elseif OP == 'prune' then
   end
   for _, sid in ipairs(redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', NOW_S, 'LIMIT', 0,
       batch)) do
-    local v = redis.call('HMGET', mkey(sid), 'st', 'rcp')
+    local v = redis.call('HMGET', mkey(sid), 'st', 'rcp', 'ref')
     if v[1] == '0' or v[1] == '2' then
-      finish(sid, v[2], '4', nil)
+      finish(sid, v[2], '4', nil, v[3])
       expired = expired + 1
     else
       redis.call('ZREM', P .. 'exp', sid)
@@ -516,9 +559,13 @@ elseif OP == 'prune' then
     local limit = string.format('%.17g', now - tonumber(seconds))
     for _, sid in ipairs(redis.call('ZRANGEBYSCORE', zk, '-inf', limit, 'LIMIT', 0, batch)) do
       local mk = mkey(sid)
-      local v = redis.call('HMGET', mk, 'st', 'rcp')
+      local v = redis.call('HMGET', mk, 'st', 'rcp', 'ref')
       if v[1] == state then
-        if state == '3' then redis.call('ZREM', P .. 'd:' .. v[2], sid) end
+        if state == '3' then
+          redis.call('ZREM', P .. 'd:' .. v[2], sid)
+          -- expired and acked messages released theirs when they finished
+          if v[3] then ref_drop(v[3]) end
+        end
         redis.call('DEL', mk)
         pruned = pruned + 1
       end
@@ -533,6 +580,12 @@ elseif OP == 'prune' then
   local grace = string.format('%.17g', now - REPLY_GRACE)
   local slots = redis.call('ZRANGEBYSCORE', P .. 'req:dl', '-inf', grace, 'LIMIT', 0, batch)
   for _, cid in ipairs(slots) do
+    -- a reply nobody took still holds its payload's reference
+    local ref = redis.call('HGET', P .. 'req:ref', cid)
+    if ref then
+      redis.call('HDEL', P .. 'req:ref', cid)
+      ref_drop(ref)
+    end
     redis.call('HDEL', P .. 'req', cid)
     redis.call('ZREM', P .. 'req:dl', cid)
   end
@@ -561,6 +614,7 @@ return {result, touched_list}
 
 KV = (
     _COMMON
+    + REF_HOLDS
     + r"""
 local PUT, DELETE, EXPIRE = 0, 1, 2
 local SP = ARGV[5]
@@ -594,11 +648,20 @@ local function append(kind, key, version, data, dk, by)
   touch('kv:' .. SP)
 end
 
+-- the reference a past version `version` of `key` holds, or nil
+local function past_ref(key, version)
+  local v = redis.call('HMGET', S .. 'p:' .. key .. ':' .. version, 'd', 'k')
+  return ref_id_of(v[1], v[2])
+end
+
+-- values and kept versions hold their references; change-log entries do not
 local function keep_history(key, old, new_version)
   local hist = settings()
   if hist <= 1 then return end
   local hk = S .. 'h:' .. key
   if old then
+    local ref = ref_id_of(old[2], old[3])
+    if ref then ref_hold(ref) end
     local f = {'HSET', S .. 'p:' .. key .. ':' .. old[1]}
     for i, name in ipairs(FIELDS) do
       if old[i] then f[#f + 1] = name; f[#f + 1] = old[i] end
@@ -608,6 +671,8 @@ local function keep_history(key, old, new_version)
   end
   local floor = new_version - hist
   for _, version in ipairs(redis.call('ZRANGEBYSCORE', hk, '-inf', floor)) do
+    local ref = past_ref(key, version)
+    if ref then ref_drop(ref) end
     redis.call('DEL', S .. 'p:' .. key .. ':' .. version)
   end
   redis.call('ZREMRANGEBYSCORE', hk, '-inf', floor)
@@ -626,6 +691,8 @@ local function finish(key, old, kind, by)
   redis.call('ZREM', S .. 'exp', key)
   redis.call('ZADD', S .. 'tomb', NOW_S, key)
   redis.call('HINCRBY', META, 'bytes', -#old[2])
+  local ref = ref_id_of(old[2], old[3])
+  if ref then ref_drop(ref) end
   append(kind, key, version, nil, 0, by)
   return version
 end
@@ -661,6 +728,10 @@ if OP == 'get' then
 elseif OP == 'put' then
   local key, expected, data, dk = ARGV[6], opt(ARGV[7]), ARGV[8], ARGV[9]
   local expires, by, hist, clog = opt(ARGV[10]), opt(ARGV[11]), opt(ARGV[12]), opt(ARGV[13])
+  -- the new value's hold first, before any other write (and before an overwrite with the
+  -- same content releases the old one)
+  local ref = ref_id_of(data, dk)
+  if ref and not ref_hold(ref) then ref_not_found(ref) end
   if hist then redis.call('HSET', META, 'hist', hist) end
   if clog then redis.call('HSET', META, 'clog', clog) end
   redis.call('SADD', P .. 'kvspaces', SP)
@@ -668,6 +739,7 @@ elseif OP == 'put' then
   local actual = 0
   if old then actual = version end
   if expected and tonumber(expected) ~= actual then
+    if ref then ref_unhold(ref) end
     redis.call('HINCRBY', META, 'conflicts', 1)
     result = {1, actual}
   else
@@ -689,7 +761,11 @@ elseif OP == 'put' then
       redis.call('ZREM', S .. 'exp', key)
     end
     local delta = #data
-    if old then delta = delta - #old[2] end
+    if old then
+      delta = delta - #old[2]
+      local old_ref = ref_id_of(old[2], old[3])
+      if old_ref then ref_drop(old_ref) end
+    end
     redis.call('HINCRBY', META, 'bytes', delta)
     append(PUT, key, version, data, dk, by)
     result = {0, version, created}
@@ -771,6 +847,8 @@ elseif OP == 'prune' then
     if not redis.call('HGET', rk, 'd') then redis.call('DEL', rk) end
     local hk = S .. 'h:' .. key
     for _, version in ipairs(redis.call('ZRANGE', hk, 0, -1)) do
+      local ref = past_ref(key, version)
+      if ref then ref_drop(ref) end
       redis.call('DEL', S .. 'p:' .. key .. ':' .. version)
     end
     redis.call('DEL', hk)
