@@ -34,6 +34,12 @@ def sqlite_only(backend_name: str) -> None:
         pytest.skip("this checks what the SQLite file holds")
 
 
+@pytest.fixture
+def not_memory(backend_name: str) -> None:
+    if backend_name == "memory":
+        pytest.skip("a memory store holds every blob in memory")
+
+
 def db_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
@@ -693,7 +699,7 @@ async def test_files_round_trip_streamed(hub: agentcomm.Hub, tmp_path: Path) -> 
 
 
 async def test_200_mb_blob_streams_in_bounded_memory(
-    hub: agentcomm.Hub, tmp_path: Path, sqlite_only: None
+    hub: agentcomm.Hub, tmp_path: Path, not_memory: None
 ) -> None:
     size = 200 * 1024 * 1024
     src = tmp_path / "big.bin"
@@ -754,7 +760,7 @@ def _spawn_churn(url: str, rounds: int) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
-async def test_concurrent_store_and_release_across_processes(url: str, sqlite_only: None) -> None:
+async def test_concurrent_store_and_release_across_processes(url: str, not_memory: None) -> None:
     data = b"shared content" * 1000
     async with agentcomm.connect(url) as hub:
         await hub.refs.store(b"warm-up")  # create the schema before the children race
