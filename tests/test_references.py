@@ -583,10 +583,14 @@ async def test_cancelled_send_leaves_no_reference(
         with contextlib.suppress(asyncio.CancelledError):
             await sending
         assert sending.cancelled()
-        for _ in range(100):  # the store finishes in the background, then is released
-            if not await hub.refs.list():
+        # the store finishes in the background, then its reference is released: an empty
+        # list only counts once the store has happened
+        for _ in range(500):
+            stored = (await hub.refs.stats()).total_refs >= 1
+            if stored and not await hub.refs.list():
                 break
             await asyncio.sleep(0.01)
+        assert (await hub.refs.stats()).total_refs == 1
         assert await hub.refs.list() == []
         assert await hub.queue_depth("b") == 0
 
