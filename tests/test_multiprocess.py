@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import agentcomm
+from processes import finish, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -20,24 +18,6 @@ pytestmark = pytest.mark.slow
 def _db_url(tmp_path: Path, **options: object) -> str:
     query = "&".join(f"{k}={v}" for k, v in options.items())
     return f"sqlite:///{tmp_path / 'shared.db'}" + (f"?{query}" if query else "")
-
-
-def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
-    """Run `code` in a fresh interpreter; its main() gets `args`."""
-    script = "import asyncio, sys, agentcomm\n" + textwrap.dedent(code)
-    script += "\nasyncio.run(main(*sys.argv[1:]))\n"
-    return subprocess.Popen(
-        [sys.executable, "-c", script, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err
-    return out
 
 
 SENDER = """
@@ -56,9 +36,9 @@ async def test_send_in_one_process_receive_in_another(tmp_path: Path) -> None:
         consumer = await hub.agent("consumer")
         waiting = asyncio.create_task(consumer.receive(timeout=30))
         await asyncio.sleep(0.1)
-        proc = _spawn(SENDER, url, "1", "producer")
+        proc = spawn(SENDER, url, "1", "producer")
         msg = await asyncio.wait_for(waiting, 20)
-        _finish(proc)
+        finish(proc)
         assert msg is not None and msg.data == {"from": "producer", "i": 0}
         assert msg.sender == "producer"
         await msg.ack()
@@ -68,7 +48,7 @@ async def test_concurrent_writers_in_three_processes_lose_nothing(tmp_path: Path
     url = _db_url(tmp_path)
     async with agentcomm.connect(url) as hub:
         consumer = await hub.agent("consumer")
-        procs = [_spawn(SENDER, url, "1500", f"p{n}") for n in range(3)]
+        procs = [spawn(SENDER, url, "1500", f"p{n}") for n in range(3)]
         seen: set[tuple[str, int]] = set()
         while len(seen) < 4500:
             msgs = await consumer.receive_many(200, timeout=30)
@@ -79,7 +59,7 @@ async def test_concurrent_writers_in_three_processes_lose_nothing(tmp_path: Path
                 seen.add(key)
             await consumer.ack_many(msgs)
         for p in procs:
-            _finish(p)
+            finish(p)
         assert seen == {(f"p{n}", i) for n in range(3) for i in range(1500)}
 
 
@@ -98,8 +78,8 @@ async def test_idempotency_is_atomic_across_processes(tmp_path: Path) -> None:
     async with agentcomm.connect(url) as hub:
         await hub.agent("consumer")
         await hub.agent("sender")
-        procs = [_spawn(DEDUPER, url, "300") for _ in range(3)]
-        outputs = [_finish(p).split() for p in procs]
+        procs = [spawn(DEDUPER, url, "300") for _ in range(3)]
+        outputs = [finish(p).split() for p in procs]
         assert outputs[0] == outputs[1] == outputs[2]
         assert await hub.queue_depth("consumer") == 300
         assert (await hub.stats()).deduplicated == 600
@@ -121,7 +101,7 @@ async def test_kill_9_of_a_lease_holder_then_redelivery(tmp_path: Path) -> None:
         producer = await hub.agent("producer")
         consumer = await hub.agent("consumer")
         msg_id = await producer.send("consumer", "work")
-        proc = _spawn(HOLDER, url)
+        proc = spawn(HOLDER, url)
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)
         assert line.strip() == msg_id
@@ -151,7 +131,7 @@ async def test_kill_9_of_a_producer_loses_no_confirmed_send(tmp_path: Path) -> N
     async with agentcomm.connect(url) as hub:
         await hub.agent("producer")
         consumer = await hub.agent("consumer")
-        proc = _spawn(PRODUCER_TO_KILL, url)
+        proc = spawn(PRODUCER_TO_KILL, url)
         assert proc.stdout is not None
         confirmed = [await asyncio.to_thread(proc.stdout.readline) for _ in range(300)]
         os.kill(proc.pid, signal.SIGKILL)

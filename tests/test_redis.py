@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from uuid import uuid4
 import pytest
 
 import agentcomm
+from processes import finish, spawn
 from redis_server import BINARY, RedisServer, drop_prefixes
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
@@ -41,25 +40,6 @@ def store(redis_url: str) -> Iterator[Callable[..., str]]:
 
     yield make
     drop_prefixes(redis_url, made)
-
-
-def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
-    """Run `code` in a fresh interpreter; its main() gets `args`."""
-    script = "import asyncio, sys, agentcomm\n" + textwrap.dedent(code)
-    script += "\nasyncio.run(main(*sys.argv[1:]))\n"
-    return subprocess.Popen(
-        [sys.executable, "-c", script, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err
-    return out
 
 
 @pytest.fixture
@@ -88,9 +68,9 @@ async def test_send_in_one_process_receive_in_another(store: Callable[..., str])
         waiting = asyncio.create_task(consumer.receive(timeout=WAIT))
         await asyncio.sleep(0.1)
         started = time.monotonic()
-        proc = _spawn(SENDER, url)
+        proc = spawn(SENDER, url)
         msg = await asyncio.wait_for(waiting, WAIT)
-        _finish(proc)
+        finish(proc)
         assert msg is not None and msg.data == {"hello": "from another process"}
         assert msg.sender == "producer"
         assert time.monotonic() - started < 20  # well before the 60 s re-check
@@ -111,7 +91,7 @@ async def main(url, count):
 @pytest.mark.slow
 async def test_request_reply_between_two_processes(store: Callable[..., str]) -> None:
     url = store(recheck=60)
-    proc = _spawn(RESPONDER, url, "20")
+    proc = spawn(RESPONDER, url, "20")
     assert proc.stdout is not None
     assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "ready"
     async with agentcomm.connect(url) as hub:
@@ -120,7 +100,7 @@ async def test_request_reply_between_two_processes(store: Callable[..., str]) ->
         replies += await asyncio.gather(
             *(me.request("responder", i, timeout=WAIT) for i in range(10, 20))
         )
-    _finish(proc)
+    finish(proc)
     assert [r.data["echo"] for r in replies] == list(range(20))
     assert {r.data["pid"] for r in replies} == {proc.pid}
 
@@ -150,7 +130,7 @@ async def test_watch_sees_changes_made_in_another_process(store: Callable[..., s
         watcher = asyncio.create_task(watch())
         await asyncio.sleep(0.2)
         started = time.monotonic()
-        await asyncio.to_thread(_finish, _spawn(WRITER, url))
+        await asyncio.to_thread(finish, spawn(WRITER, url))
         await asyncio.wait_for(watcher, WAIT)
         assert seen == [("put", 1), ("put", 2), ("delete", 3)]
         assert time.monotonic() - started < 20
@@ -180,8 +160,8 @@ async def test_consumers_in_three_processes_share_a_mailbox_without_duplicates(
             await producer.send_many(
                 [agentcomm.Outgoing(to="worker", data=i) for i in range(lo, lo + 100)]
             )
-        procs = [_spawn(CLAIMER, url) for _ in range(3)]
-        outs = [await asyncio.to_thread(_finish, p) for p in procs]
+        procs = [spawn(CLAIMER, url) for _ in range(3)]
+        outs = [await asyncio.to_thread(finish, p) for p in procs]
         seen = [int(x) for out in outs for x in out.split()]
         assert sorted(seen) == list(range(3000))  # each exactly once
         assert (await hub.mailbox_stats("worker")).in_flight == 0
@@ -321,7 +301,7 @@ async def test_restart_with_aof_mid_stream_loses_nothing_acknowledged(server: Re
     async with agentcomm.connect(url) as hub:
         await hub.agent("producer")
         consumer = await hub.agent("consumer")
-        proc = _spawn(PRODUCER, url)
+        proc = spawn(PRODUCER, url)
         assert proc.stdout is not None
         confirmed = [await asyncio.to_thread(proc.stdout.readline) for _ in range(300)]
         held = await consumer.receive(timeout=WAIT, lease=120)

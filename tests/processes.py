@@ -1,0 +1,27 @@
+"""Child interpreters for cross-process tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    """Run `code` (which defines `async def main(*args)`) in a fresh interpreter."""
+    script = "import asyncio, sys, agentcomm\n" + textwrap.dedent(code)
+    script += "\nasyncio.run(main(*sys.argv[1:]))\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    """Wait for `proc`, assert it succeeded, and return its output."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out
