@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .backends.sqlite.wake import wake_dir_for
-from .demo import DemoEvent, DemoResult, run_demo
+from .demo import DemoEvent, DemoResult, StoreSnapshot, run_demo, snapshot
 from .errors import AgentCommError, NotFound
 from .hub import connect
 from .models import AgentInfo, DeadLetter, HubStats, MailboxStats, ScheduleInfo
@@ -52,15 +51,6 @@ _STYLES = {
 
 class _OutputClosed(Exception):
     """Nobody reads our output any more; the demo stops."""
-
-
-class _Snapshot(msgspec.Struct, frozen=True):
-    url: str
-    agents: list[AgentInfo]
-    mailboxes: list[MailboxStats]
-    dead_letters: list[DeadLetter]
-    schedules: list[ScheduleInfo]
-    stats: HubStats
 
 
 def main() -> None:
@@ -150,28 +140,17 @@ def inspect(
     with _reported():
         snap = asyncio.run(_snapshot(url))
     console.print(Text(f"agentcomm store {snap.url}", style="bold"))
-    console.print(_agents_table(snap.agents, snap.mailboxes))
-    console.print(_dead_table(snap.dead_letters))
-    console.print(_schedules_table(snap.schedules))
-    console.print(_stats_table(snap.stats))
+    _print_store(console, snap)
 
 
-async def _snapshot(url: str | None) -> _Snapshot:
+async def _snapshot(url: str | None) -> StoreSnapshot:
     hub = connect(url, background=False)  # no schedule firing, no pruning: look only
     path = _sqlite_path(hub.url)
     if path is not None and not path.is_file():
         # opening would create an empty store, which is never what inspecting means
         raise NotFound(f"No agentcomm store at {path} ({hub.url}); check the path or the URL.")
     async with hub:
-        agents = await hub.agents()
-        return _Snapshot(
-            url=hub.url,
-            agents=agents,
-            mailboxes=[await hub.mailbox_stats(a.name) for a in agents],
-            dead_letters=[d for a in agents for d in await hub.dead_letters(a.name)],
-            schedules=await hub.schedules(),
-            stats=await hub.stats(),
-        )
+        return await snapshot(hub)
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -193,10 +172,14 @@ def _remove_store(path: Path) -> None:
 
 def _print_summary(console: Console, result: DemoResult) -> None:
     console.rule(f"summary after {result.elapsed:.2f} s")
-    console.print(_agents_table(result.agents, result.mailboxes))
-    console.print(_dead_table(result.dead_letters))
-    console.print(_schedules_table(result.schedules))
-    console.print(_stats_table(result.stats))
+    _print_store(console, result.store)
+
+
+def _print_store(console: Console, snap: StoreSnapshot) -> None:
+    console.print(_agents_table(snap.agents, snap.mailboxes))
+    console.print(_dead_table(snap.dead_letters))
+    console.print(_schedules_table(snap.schedules))
+    console.print(_stats_table(snap.stats))
 
 
 def _when(ts: float) -> str:

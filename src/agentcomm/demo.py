@@ -14,11 +14,11 @@ import msgspec
 
 from .agent import Agent
 from .errors import AgentCommError
-from .hub import connect
+from .hub import Hub, connect
 from .mailbox import Message
 from .models import AgentInfo, DeadLetter, HubStats, MailboxStats, ScheduleInfo
 
-__all__ = ["DemoEvent", "DemoResult", "DemoStalled", "run_demo"]
+__all__ = ["DemoEvent", "DemoResult", "DemoStalled", "StoreSnapshot", "run_demo", "snapshot"]
 
 AGENTS = ("planner", "worker-1", "worker-2", "reviewer", "monitor")
 TICKS = 2  # scheduled ticks the monitor waits for before the planner cancels the schedule
@@ -38,8 +38,8 @@ class DemoEvent(msgspec.Struct, frozen=True):
     kind: str = "info"
 
 
-class DemoResult(msgspec.Struct, frozen=True):
-    """What the store holds once the demo is done (read before the hub closes)."""
+class StoreSnapshot(msgspec.Struct, frozen=True):
+    """What a store holds: agents with their mailboxes, dead letters, schedules, counters."""
 
     url: str
     agents: list[AgentInfo]
@@ -47,6 +47,25 @@ class DemoResult(msgspec.Struct, frozen=True):
     dead_letters: list[DeadLetter]
     schedules: list[ScheduleInfo]
     stats: HubStats
+
+
+async def snapshot(hub: Hub) -> StoreSnapshot:
+    """Read a `StoreSnapshot` through an open hub."""
+    agents = await hub.agents()
+    return StoreSnapshot(
+        url=hub.url,
+        agents=agents,
+        mailboxes=[await hub.mailbox_stats(a.name) for a in agents],
+        dead_letters=[d for a in agents for d in await hub.dead_letters(a.name)],
+        schedules=await hub.schedules(),
+        stats=await hub.stats(),
+    )
+
+
+class DemoResult(msgspec.Struct, frozen=True):
+    """What the store holds once the demo is done (read before the hub closes)."""
+
+    store: StoreSnapshot
     ticks: int
     elapsed: float
 
@@ -171,14 +190,8 @@ async def run_demo(url: str, emit: Callable[[DemoEvent], None]) -> DemoResult:
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
 
-        agents = await hub.agents()
         return DemoResult(
-            url=url,
-            agents=agents,
-            mailboxes=[await hub.mailbox_stats(a.name) for a in agents],
-            dead_letters=[d for a in agents for d in await hub.dead_letters(a.name)],
-            schedules=await hub.schedules(),
-            stats=await hub.stats(),
+            store=await snapshot(hub),
             ticks=ticks,
             elapsed=time.monotonic() - start,
         )

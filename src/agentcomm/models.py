@@ -31,6 +31,10 @@ class State(IntEnum):
     ACKED = 5
 
 
+#: How `PendingInfo.state` names the states a pending message can be in.
+PENDING_STATE_NAMES = {State.READY: "ready", State.IN_FLIGHT: "in_flight", State.DELAYED: "delayed"}
+
+
 class DataKind(IntEnum):
     """How a payload's bytes are to be read back."""
 

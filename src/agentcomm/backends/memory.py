@@ -17,6 +17,7 @@ from typing import TypeVar
 from ..codec import decode_metadata, decode_payload
 from ..errors import UnknownAgent
 from ..models import (
+    PENDING_STATE_NAMES,
     AgentInfo,
     Claimed,
     DeadLetter,
@@ -42,8 +43,6 @@ from .memory_refs import MemoryReferences, ref_table
 from .memory_topics import MemoryTopics
 
 T = TypeVar("T")
-
-_STATE_NAMES = {State.READY: "ready", State.IN_FLIGHT: "in_flight", State.DELAYED: "delayed"}
 
 
 class _Row:
@@ -373,7 +372,7 @@ class MemoryBackend(MemoryReferences, MemoryTopics, MemorySharedMemory, Backend)
             rows = [
                 r
                 for r in self._store.rows.values()
-                if r.msg.recipient == agent and r.state in _STATE_NAMES
+                if r.msg.recipient == agent and r.state in PENDING_STATE_NAMES
             ]
         rows.sort(key=lambda r: (-r.msg.priority, r.seq))
         refs = ref_table(self._store)
@@ -565,7 +564,7 @@ def _pending_info(row: _Row, size: int) -> PendingInfo:
         recipient=m.recipient,
         type=m.type,
         priority=m.priority,
-        state=_STATE_NAMES[row.state],
+        state=PENDING_STATE_NAMES[row.state],
         attempt=row.attempt,
         enqueued_at=m.enqueued_at,
         visible_at=row.visible_at,

@@ -26,6 +26,7 @@ from ...codec import decode_metadata, decode_payload
 from ...errors import BackendError, BackendUnavailable, ConfigurationError, UnknownAgent
 from ...ids import new_id
 from ...models import (
+    PENDING_STATE_NAMES,
     AgentInfo,
     Claimed,
     DeadLetter,
@@ -54,7 +55,6 @@ from .shared_memory import RedisSharedMemory
 from .topics import RedisTopics
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
-_STATE_NAMES = {State.READY: "ready", State.IN_FLIGHT: "in_flight", State.DELAYED: "delayed"}
 _PRUNE_BATCH = 10_000
 _LISTEN_BACKOFF_MAX = 1.0
 _IDLE_PING = 30.0  # seconds without a wake-up before the listener checks its connection
@@ -148,7 +148,7 @@ def _pending(r: list[Any]) -> PendingInfo:
     size = len(b.data) if r[5] is None else int(r[5])
     return PendingInfo(
         id=b.id, sender=b.sender, recipient=b.recipient, type=b.type, priority=b.priority,
-        state=_STATE_NAMES[State(int(r[1]))], attempt=int(r[2]), enqueued_at=b.enqueued_at,
+        state=PENDING_STATE_NAMES[State(int(r[1]))], attempt=int(r[2]), enqueued_at=b.enqueued_at,
         visible_at=float(r[3]), expires_at=b.expires_at, size=size,
     )  # fmt: skip
 

@@ -18,6 +18,7 @@ import msgspec
 from ...codec import decode_metadata, decode_payload
 from ...errors import UnknownAgent
 from ...models import (
+    PENDING_STATE_NAMES,
     AgentInfo,
     Claimed,
     DeadLetter,
@@ -62,7 +63,6 @@ _CLAIM = (
 )
 _IN_JSON = "(SELECT value FROM json_each(?))"
 _PRUNE_BATCH = 10_000
-_STATE_NAMES = {State.READY: "ready", State.IN_FLIGHT: "in_flight", State.DELAYED: "delayed"}
 
 _reply_encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(StoredReply)
@@ -414,7 +414,7 @@ class SQLiteBackend(SQLiteReferences, SQLiteTopics, SQLiteSharedMemory, Backend)
                 recipient=r[2],
                 type=r[3],
                 priority=r[4],
-                state=_STATE_NAMES[State(r[5])],
+                state=PENDING_STATE_NAMES[State(r[5])],
                 attempt=r[6],
                 enqueued_at=r[7],
                 visible_at=r[8],
