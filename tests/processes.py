@@ -22,6 +22,11 @@ def spawn(code: str, *args: str) -> subprocess.Popen[str]:
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     """Wait for `proc`, assert it succeeded, and return its output."""
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # never leave a hung child (and its pipes) to a later test
+        out, err = proc.communicate()
+        raise AssertionError(f"child process hung for {timeout} s; stderr:\n{err}") from None
     assert proc.returncode == 0, err
     return out

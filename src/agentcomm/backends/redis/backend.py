@@ -232,8 +232,7 @@ class RedisBackend(RedisSharedMemory, RedisReferences, RedisTopics, Backend):
         for task in (self._watchdog, self._listener):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait({task}, timeout=2.0)  # bounded, like the SREM above
         self._listener = self._watchdog = None
         with contextlib.suppress(*CLOSE_ERRORS):
             await self._client.aclose()
@@ -537,8 +536,9 @@ class RedisBackend(RedisSharedMemory, RedisReferences, RedisTopics, Backend):
 
 
 async def _close(pubsub: aioredis.client.PubSub) -> None:
-    with contextlib.suppress(*CLOSE_ERRORS):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    with contextlib.suppress(*CLOSE_ERRORS, TimeoutError):
+        # bounded: a connection stuck mid-read must not hold up the hub's close
+        await asyncio.wait_for(pubsub.aclose(), 2.0)  # type: ignore[no-untyped-call]
 
 
 def _redact(url: str) -> str:
