@@ -76,8 +76,8 @@ def _minimal() -> Cycle:
 
 def _agentcomm_schema() -> Cycle:
     # Private names on purpose: this row follows whatever agentcomm's schema currently is.
-    from agentcomm.backends.sqlite import backend, schema
-    from agentcomm.models import NewMessage
+    from agentcomm._backends.sqlite import backend, schema
+    from agentcomm._records import NewMessage
 
     def setup(conn: sqlite3.Connection) -> None:
         schema.migrate(conn)

@@ -9,7 +9,7 @@ import sqlite3
 import time
 
 import agentcomm
-from agentcomm.references import Policy
+from agentcomm._references import Policy
 
 from .core import Config, Row, benchmark, fresh_dir
 from .mailbox import sqlite_url

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import agentcomm
-from agentcomm.cli import app
+from agentcomm._cli import app
 
 # wide, plain output: no wrapping inside table cells, no colour codes
 ENV: dict[str, str | None] = {
@@ -227,7 +227,7 @@ def test_inspect_bad_url_exits_1(tmp_path: Path, url: str, message: str) -> None
 
 def test_console_script_reports_errors_without_traceback() -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from agentcomm.cli import main; main()", "inspect", "nope://x"],
+        [sys.executable, "-c", "from agentcomm._cli import main; main()", "inspect", "nope://x"],
         capture_output=True,
         text=True,
         timeout=60,

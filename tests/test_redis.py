@@ -170,7 +170,7 @@ async def test_consumers_in_three_processes_share_a_mailbox_without_duplicates(
 async def test_a_quiet_wake_connection_is_pinged_and_still_wakes(
     store: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agentcomm.backends.redis import backend
+    from agentcomm._backends.redis import backend
 
     monkeypatch.setattr(backend, "_IDLE_PING", 0.05)
     url = store(recheck=60)

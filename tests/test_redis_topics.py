@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 
 import agentcomm
-from agentcomm.models import ConsumerSpec
+from agentcomm._records import ConsumerSpec
 from redis_server import BINARY, drop_prefixes
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
@@ -35,12 +35,12 @@ async def test_hubs_claiming_at_once_lease_each_record_once(url: str) -> None:
             await planner.publish(f"work.{i % 5}", i, metadata={"even": i % 2 == 0})
         spec = ConsumerSpec("pool", "work.*", None, None, None, start="all")
         for hub in hubs:
-            await hub._backend.open_consumer(spec, now=time.time())
+            await hub._ctx.topics.open_consumer(spec, now=time.time())
 
         async def drain(hub: agentcomm.Hub) -> list[int]:
             got: list[int] = []
             while True:
-                claim = await hub._backend.claim_topic(
+                claim = await hub._ctx.topics.claim_topic(
                     "pool", acks=(), releases=(), max_messages=7, lease=60.0, now=time.time()
                 )
                 if not claim.records:

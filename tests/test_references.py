@@ -566,7 +566,7 @@ async def test_cancelled_request_leaves_no_reference(
         request.cancel()  # whether it took the reply first or not, nothing stays referenced
         with contextlib.suppress(asyncio.CancelledError):
             await request
-        closing = [t for t in hub._tasks if "close_slot" in repr(t.get_coro())]
+        closing = [t for t in hub._ctx.tasks if "close_slot" in repr(t.get_coro())]
         await asyncio.gather(*closing)
         assert await hub.refs.list() == []
 

@@ -112,7 +112,7 @@ async def test_cancelled_request_counts_a_later_reply_as_late(hub: Hub) -> None:
     with pytest.raises(asyncio.CancelledError):
         await request
     # the hub closes the reply slot in a task of its own; let it finish
-    closing = [t for t in hub._tasks if "close_slot" in repr(t.get_coro())]
+    closing = [t for t in hub._ctx.tasks if "close_slot" in repr(t.get_coro())]
     assert closing
     await asyncio.gather(*closing)
     assert await msg.reply("nobody waits") is False

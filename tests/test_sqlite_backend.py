@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import agentcomm
-from agentcomm.backends.sqlite import writer
+from agentcomm._backends.sqlite import writer
 
 
 def _raises(exc: BaseException) -> writer.Op:

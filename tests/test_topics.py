@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import agentcomm
-from agentcomm.subjects import SubjectTree, TopicFilter, parse_pattern, parse_topic
+from agentcomm._subjects import SubjectTree, TopicFilter, parse_pattern, parse_topic
 
 # --- names, patterns and matching --------------------------------------------------------
 

@@ -5,8 +5,8 @@ Open a hub with `agentcomm.connect(url)`; get agents from it with `await hub.age
 
 from contextlib import suppress as _suppress
 
-from .agent import Agent, Outgoing
-from .errors import (
+from ._agent import Agent, Outgoing
+from ._errors import (
     AgentCommError,
     AlreadySettled,
     BackendError,
@@ -25,9 +25,9 @@ from .errors import (
     ValidationError,
     VersionConflict,
 )
-from .hub import Hub, connect
-from .mailbox import Message, Reply
-from .models import (
+from ._hub import Hub, connect
+from ._mailbox import Message, Reply
+from ._models import (
     AgentInfo,
     DeadLetter,
     HubStats,
@@ -38,10 +38,10 @@ from .models import (
     ScheduleInfo,
     TopicStats,
 )
-from .references import AutoPromote, Ref, RefConfig, RefStats, RefStore
-from .settings import Backoff, Retention
-from .shared_memory import Change, Entry, KVStats, SharedMemory
-from .topics import Subscription, TopicMessage
+from ._references import AutoPromote, Ref, RefConfig, RefStats, RefStore
+from ._settings import Backoff, Retention
+from ._shared_memory import Change, Entry, KVStats, SharedMemory
+from ._topics import Subscription, TopicMessage
 
 __version__ = "0.1.0"
 

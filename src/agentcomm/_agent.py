@@ -1,0 +1,483 @@
+"""An agent's handle: its identity when sending, and its mailbox when receiving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ._backends.common import mail_channel, reply_channel
+from ._codec import encode_metadata, encode_payload
+from ._errors import AgentCommError, HubClosed, LeaseLost, RequestTimeout, ValidationError
+from ._ids import new_id
+from ._mailbox import Message, Reply
+from ._models import PublishResult
+from ._records import NewMessage, ScheduleSpec, StoredReply
+from ._ref_records import REF_FLAG
+from ._scheduling import first_occurrence, validate_recurrence
+from ._shared_memory import SharedMemory
+from ._topics import DEFAULT_BUFFER, Subscription
+from ._validation import (
+    check_attempts,
+    check_name,
+    check_non_negative,
+    check_positive,
+    check_priority,
+)
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["Agent", "Outgoing"]
+
+_TOUCH_EVERY = 5.0  # seconds between last_seen updates of an active agent
+
+
+class Outgoing(msgspec.Struct, kw_only=True):
+    """One message for `Agent.send_many`; the fields mean what `Agent.send`'s arguments mean."""
+
+    to: str
+    data: Any
+    type: str = "message"
+    priority: int = 0
+    ttl: float | None = None
+    max_attempts: int | None = None
+    idempotency_key: str | None = None
+    delay: float | None = None
+    at: datetime | float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+async def _promote(
+    hub: Hub, messages: list[NewMessage], held: dict[int, tuple[bytes, str]]
+) -> None:
+    """Apply the hub's tier policy to messages about to be enqueued, in place."""
+    refs = hub.refs
+    for m in messages:
+        if refs.policies.by_reference(m.type, len(m.data)):
+            m.data, m.data_kind = await refs._promote(m.type, m.data, m.data_kind, held)
+
+
+async def _take(hub: Hub, cid: str, abandon: bool) -> StoredReply | None:
+    """Take the reply to `cid` if it arrived (see `Backend.take_reply`), resolved."""
+    reply = await hub._require_backend().mailboxes.take_reply(cid, abandon=abandon)
+    return None if reply is None else await _taken(hub, reply)
+
+
+async def _taken(hub: Hub, reply: StoredReply) -> StoredReply:
+    """A reply taken from its slot, its payload resolved; the slot's reference is released."""
+    if reply.data_kind & REF_FLAG:
+        ref_id = reply.data.decode("ascii")
+        try:
+            reply.data, reply.data_kind, _ = await hub.refs._load(reply.data, reply.data_kind)
+        finally:
+            await hub.refs._unhold({0: (reply.data, ref_id)})
+    return reply
+
+
+class Agent:
+    """A registered agent. Get one with `await hub.agent(name)`.
+
+    Every message it sends carries its name as the sender; nothing else can set the sender.
+    """
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        self._hub = hub
+        self._name = name
+        self._touched = time.time()
+
+    @property
+    def name(self) -> str:
+        """The agent's name."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"<Agent {self._name!r}>"
+
+    async def _touch(self, now: float) -> None:
+        if now - self._touched >= _TOUCH_EVERY:
+            self._touched = now
+            await self._hub._require_backend().mailboxes.register_agent(self._name, now)
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _build(
+        self, out: Outgoing, now: float, memo: dict[int, tuple[Any, bytes, int]] | None = None
+    ) -> NewMessage:
+        hub = self._hub
+        check_name("recipient", out.to)
+        check_name("type", out.type)
+        ttl = hub.default_ttl if out.ttl is None else check_positive("ttl", out.ttl)
+        if out.delay is not None and out.at is not None:
+            raise ValidationError("Give delay= or at=, not both.")
+        visible_at = now
+        if out.delay is not None:
+            visible_at = now + check_non_negative("delay", out.delay)
+        elif out.at is not None:
+            visible_at = out.at.timestamp() if isinstance(out.at, datetime) else float(out.at)
+        key = out.idempotency_key
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise ValidationError("idempotency_key must be a non-empty string of <= 256 chars.")
+        if memo is None:
+            data, kind = encode_payload(out.data)
+        else:  # one value sent to many recipients is encoded (and stored by reference) once
+            got = memo.get(id(out.data))
+            if got is None:
+                # the value itself is kept in the memo, so its id cannot be reused meanwhile
+                got = memo[id(out.data)] = (out.data, *encode_payload(out.data))
+            _, data, kind = got
+        return NewMessage(
+            id=new_id(),
+            sender=self._name,
+            recipient=out.to,
+            type=out.type,
+            priority=check_priority(out.priority),
+            data=data,
+            data_kind=kind,
+            metadata=encode_metadata(out.metadata),
+            enqueued_at=now,
+            visible_at=visible_at,
+            # TTL counts from when the message becomes deliverable
+            expires_at=None if math.isinf(ttl) else visible_at + ttl,
+            max_attempts=check_attempts(
+                hub.max_attempts if out.max_attempts is None else out.max_attempts
+            ),
+            idempotency_key=key,
+            dedupe_until=None if key is None else now + hub.retention.dedupe_window,
+        )
+
+    async def send(
+        self,
+        to: str,
+        data: Any,
+        *,
+        type: str = "message",
+        priority: int = 0,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        delay: float | None = None,
+        at: datetime | float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Send `data` to agent `to`'s mailbox and return the message id.
+
+        `ttl` (default: the hub's, 24 h; `math.inf` for none) counts from when the message
+        becomes deliverable; `delay` seconds or `at` (datetime or epoch seconds) hold it back.
+        A repeated `idempotency_key` (same sender and recipient, within the dedupe window)
+        returns the first message's id and stores nothing.
+        """
+        out = Outgoing(
+            to=to, data=data, type=type, priority=priority, ttl=ttl, max_attempts=max_attempts,
+            idempotency_key=idempotency_key, delay=delay, at=at, metadata=metadata,
+        )  # fmt: skip
+        ids = await self.send_many((out,))
+        return ids[0]
+
+    async def send_many(self, messages: Iterable[Outgoing]) -> list[str]:
+        """Send several messages in one atomic step; returns their ids in order."""
+        hub = self._hub
+        backend = hub._require_backend()
+        now = time.time()
+        memo: dict[int, tuple[Any, bytes, int]] = {}
+        built = [self._build(out, now, memo) for out in messages]
+        if not built:
+            return []
+        held: dict[int, tuple[bytes, str]] = {}
+        try:
+            await _promote(hub, built, held)
+            ids = await backend.mailboxes.enqueue(built, auto_register=hub.auto_register, now=now)
+        finally:
+            if held:  # the stored messages hold their own references now
+                await hub.refs._unhold(held)
+        await self._touch(now)
+        return ids
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def receive(
+        self, timeout: float | None = None, lease: float | None = None
+    ) -> Message | None:
+        """Wait for the next message and lease it for `lease` seconds (default: the hub's).
+
+        Returns None only when `timeout` seconds pass with nothing to deliver; `timeout=None`
+        waits as long as it takes, `timeout=0` only looks.
+        """
+        got = await self.receive_many(1, timeout=timeout, lease=lease)
+        return got[0] if got else None
+
+    async def receive_many(
+        self, max_messages: int = 100, *, timeout: float | None = None, lease: float | None = None
+    ) -> list[Message]:
+        """Like `receive`, but lease up to `max_messages` ready messages at once, best first.
+
+        Returns as soon as at least one is ready; an empty list only on timeout.
+        """
+        hub = self._hub
+        backend = hub._require_backend()
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+            raise ValidationError("max_messages must be an int >= 1.")
+        lease = hub.lease if lease is None else check_positive("lease", lease)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + check_non_negative("timeout", timeout)
+        with backend.notifier.listen(mail_channel(self._name)) as listener:
+            while True:
+                hub._require_backend()  # raises HubClosed once the hub closes
+                listener.rearm()
+                now = time.time()
+                claimed = await backend.mailboxes.claim(
+                    self._name, max_messages=max_messages, lease=lease, now=now
+                )
+                if claimed.messages:
+                    await self._touch(now)
+                    got = []
+                    for m in claimed.messages:
+                        ref = None
+                        if m.data_kind & REF_FLAG:  # resolved here: msg.data needs no extra call
+                            m.data, m.data_kind, ref = await hub.refs._load(m.data, m.data_kind)
+                        got.append(Message(hub, m, ref))
+                    return got
+                wait = backend.recheck_interval
+                if claimed.next_wake is not None:
+                    wait = min(wait, max(claimed.next_wake - time.time(), 0.0) + 0.001)
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return []
+                    wait = min(wait, remaining)
+                await listener.wait(wait)
+
+    async def ack_many(self, messages: Iterable[Message]) -> None:
+        """Ack several received messages in one atomic step.
+
+        Raises LeaseLost naming the messages whose lease was lost; the others are acked.
+        """
+        batch = list(messages)
+        ops = [m._ack_op() for m in batch]
+        if not ops:
+            return
+        results = await self._hub._require_backend().mailboxes.settle_many(ops, now=time.time())
+        lost = [m.id for m, ok in zip(batch, results, strict=True) if not ok]
+        for m, ok in zip(batch, results, strict=True):
+            m._settled = ok
+        if lost:
+            raise LeaseLost(
+                f"Could not ack {len(lost)} message(s) whose lease ended and which were "
+                f"delivered again or settled elsewhere: {', '.join(lost[:10])}."
+            )
+
+    async def messages(
+        self, *, lease: float | None = None, batch: int = 1
+    ) -> AsyncIterator[Message]:
+        """Yield messages as they arrive, waiting without polling; ends when the hub closes."""
+        while True:
+            try:
+                got = await self.receive_many(batch, lease=lease)
+            except HubClosed:
+                return
+            for msg in got:
+                yield msg
+
+    # --- request / reply ---------------------------------------------------------------------
+
+    async def request(
+        self,
+        to: str,
+        data: Any,
+        *,
+        type: str = "request",
+        timeout: float = 30.0,
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> Reply:
+        """Send a request and wait for its reply.
+
+        The request is correlated by an id it carries (never by agent names) and expires from
+        the recipient's mailbox with the timeout. Raises RequestTimeout after `timeout` seconds;
+        a reply arriving later is discarded and counted.
+        """
+        timeout = check_positive("timeout", timeout)
+        hub = self._hub
+        backend = hub._require_backend()
+        now = time.time()
+        msg = self._build(
+            Outgoing(to=to, data=data, type=type, priority=priority, ttl=timeout,
+                     max_attempts=1, metadata=metadata),
+            now,
+        )  # fmt: skip
+        cid = new_id()
+        msg.correlation_id = cid
+        msg.reply_to = self._name
+        msg.request_deadline = now + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with backend.notifier.listen(reply_channel(cid)) as listener:
+            held: dict[int, tuple[bytes, str]] = {}
+            try:
+                await _promote(hub, [msg], held)
+                await backend.mailboxes.enqueue([msg], auto_register=hub.auto_register, now=now)
+            finally:
+                if held:
+                    await hub.refs._unhold(held)
+            taking: asyncio.Future[StoredReply | None] | None = None
+            try:
+                while True:
+                    remaining = deadline - loop.time()
+                    if remaining > 0:
+                        await listener.wait(min(remaining, backend.recheck_interval))
+                        listener.rearm()
+                        hub._require_backend()
+                        remaining = deadline - loop.time()
+                    # shielded: a cancel while the reply is being taken must not lose it (and
+                    # the reference it holds); `_abandon` waits for it
+                    taking = asyncio.ensure_future(_take(hub, cid, remaining <= 0))
+                    reply = await asyncio.shield(taking)
+                    if reply is not None:
+                        return Reply(cid, reply)
+                    if remaining <= 0:
+                        raise RequestTimeout(
+                            f"No reply from {to!r} to request {cid} within {timeout:g} s. "
+                            "A reply that arrives later is discarded and counted."
+                        )
+            except asyncio.CancelledError:
+                # close the slot so a reply to an abandoned request counts as late
+                self._abandon(cid, taking)
+                raise
+
+    def _abandon(self, cid: str, taking: asyncio.Future[StoredReply | None] | None) -> None:
+        async def close_slot() -> None:
+            with contextlib.suppress(AgentCommError):
+                if taking is not None:
+                    await taking  # a take in progress finishes first (and releases)
+                await _take(self._hub, cid, True)  # a reply taken here is released unread
+
+        self._hub._spawn(close_slot())
+
+    # --- scheduling --------------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        to: str,
+        data: Any,
+        *,
+        type: str = "message",
+        cron: str | None = None,
+        every: float | None = None,
+        priority: int = 0,
+        ttl: float | None = None,
+        max_attempts: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Send `data` to `to` at every occurrence of `cron` (UTC) or every `every` seconds.
+
+        Returns the schedule id for `hub.cancel_schedule`. Each occurrence enqueues exactly one
+        message; occurrences missed while no hub ran are coalesced into one.
+        """
+        validate_recurrence(cron, every)
+        hub = self._hub
+        backend = hub._require_backend()
+        check_name("recipient", to)
+        check_name("type", type)
+        payload, kind = encode_payload(data)
+        now = time.time()
+        spec = ScheduleSpec(
+            id=new_id(),
+            sender=self._name,
+            recipient=to,
+            type=type,
+            priority=check_priority(priority),
+            data=payload,
+            data_kind=kind,
+            metadata=encode_metadata(metadata),
+            ttl=hub.default_ttl if ttl is None else check_positive("ttl", ttl),
+            max_attempts=check_attempts(hub.max_attempts if max_attempts is None else max_attempts),
+            cron=cron,
+            every=every,
+            next_run=first_occurrence(cron, every, now),
+            created_at=now,
+        )
+        held: dict[int, tuple[bytes, str]] = {}
+        try:
+            spec.data, spec.data_kind = await hub.refs._promote(
+                type, spec.data, spec.data_kind, held
+            )
+            await backend.mailboxes.add_schedule(spec, auto_register=hub.auto_register)
+        finally:
+            if held:  # the schedule holds its own reference, and so does each message it sends
+                await hub.refs._unhold(held)
+        return spec.id
+
+    # --- topics --------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        type: str = "event",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> PublishResult:
+        """Publish `data` to `topic` (dot-separated tokens, no wildcards). Never blocks on
+        subscribers: a live subscriber whose buffer is full misses it (counted as dropped).
+
+        The message is appended to the topic log first (`sequence`), then handed to this hub's
+        matching live subscribers (`delivered`, `dropped`); other hubs read it from the log.
+        """
+        result = await self._hub._topics().publish(self._name, topic, data, type, metadata)
+        now = time.time()
+        if now - self._touched >= _TOUCH_EVERY:
+            await self._touch(now)
+        return result
+
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        senders: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        buffer: int = DEFAULT_BUFFER,
+        durable: str | None = None,
+        start: str | int | datetime | None = None,
+    ) -> Subscription:
+        """Receive messages published to topics matching `pattern`.
+
+        In a pattern `*` matches one token and `>` (last only) one or more trailing tokens.
+        Filters AND together: sender in `senders`, type in `types`, and every `metadata` key
+        equal to the given value. Live (default): publishes from now on, at most `buffer`
+        waiting (more are dropped and counted). With `durable=name`: a consumer stored in the
+        backend that resumes where it was acked, shares its work with every subscriber of the
+        same name, and leases `buffer` messages at a time for the hub's lease. `start` ("all",
+        "new", a sequence, or a datetime) is where a new consumer starts; an existing one resumes
+        unless `start` differs from where it was last started, which rewinds it there. Without
+        `start` an existing consumer resumes and a new one starts at "new".
+        """
+        return await self._hub._topics().subscribe(
+            pattern, senders=senders, types=types, metadata=metadata, buffer=buffer,
+            durable=durable, start=start, lease=self._hub.lease,
+        )  # fmt: skip
+
+    # --- shared memory -------------------------------------------------------------------------
+
+    def memory(
+        self,
+        namespace: str | None = None,
+        *,
+        history: int | None = None,
+        change_log: int | None = None,
+    ) -> SharedMemory:
+        """This agent's private namespace, or with `namespace` the shared one of that name with
+        writes recorded as this agent's (`Entry.updated_by`).
+
+        The private namespace is keyed by the agent itself, not by a name prefix: no other
+        agent or namespace can reach it. `history` and `change_log` as in `hub.memory`.
+        """
+        return SharedMemory._open(
+            self._hub, namespace, agent=self._name, history=history, change_log=change_log
+        )

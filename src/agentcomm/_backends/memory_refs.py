@@ -1,0 +1,210 @@
+"""References in memory: a mixin of `MemoryBackend`, with the same semantics as SQLite.
+
+Blobs live in a table per store (every hub of a named `memory://` store shares it); all of it
+runs under the store's lock, so refcount changes are atomic like a SQLite transaction.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import msgspec
+
+from .._errors import RefNotFound
+from .._ref_records import Ref, RefMeta, RefStats, merge_expiry, ref_id_in
+
+if TYPE_CHECKING:
+    from .memory import MemoryStore
+
+T = TypeVar("T")
+
+#: An upload not committed after this many seconds was abandoned; `ref_gc` drops it.
+ABANDONED_AFTER = 3600.0
+
+
+class _Blob:
+    __slots__ = ("chunks", "ref")
+
+    def __init__(self, ref: Ref, chunks: list[bytes]) -> None:
+        self.ref = ref
+        self.chunks = chunks
+
+
+class RefTable:
+    """The blobs of one memory store, their refcounts and counters."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, _Blob] = {}
+        self.uploads: dict[int, tuple[float, dict[int, bytes]]] = {}
+        self.next_upload = 0
+        self.counters = dict.fromkeys(("total_refs", "total_bytes", "gc_runs", "evictions",
+                                       "dedupe_hits"), 0)  # fmt: skip
+        #: The GC strategy of the hub that opened the store last.
+        self.strategy = "ref_counting"
+
+    def _set(self, blob: _Blob, **changes: object) -> Ref:
+        blob.ref = msgspec.structs.replace(blob.ref, **changes)
+        return blob.ref
+
+    def hold(self, data: bytes | None, kind: int) -> None:
+        """Add the reference a payload about to be stored holds (no-op for a value)."""
+        ref_id = ref_id_in(data, kind)
+        if ref_id is None:
+            return
+        blob = self.blobs.get(ref_id)
+        if blob is None:
+            raise RefNotFound(f"The payload refers to {ref_id}, which is not stored (evicted?).")
+        self._set(blob, refcount=blob.ref.refcount + 1)
+
+    def drop(self, data: bytes | None, kind: int) -> None:
+        """Drop the reference a payload held; evict at zero under `ref_counting`."""
+        ref_id = ref_id_in(data, kind)
+        if ref_id is not None:
+            self.adjust(ref_id, -1)
+
+    def drop_all(self, payloads: Iterable[tuple[bytes | None, int]]) -> None:
+        """`drop` for each (data, kind)."""
+        for data, kind in payloads:
+            self.drop(data, kind)
+
+    def size_of(self, data: bytes, kind: int) -> int:
+        """A stored payload's size: the original size of a blob it refers to."""
+        ref_id = ref_id_in(data, kind)
+        if ref_id is None:
+            return len(data)
+        blob = self.blobs.get(ref_id)
+        return 0 if blob is None else blob.ref.size
+
+    def adjust(self, ref_id: str, delta: int) -> Ref | None:
+        """Change a refcount (never below zero); returns the record after the change."""
+        blob = self.blobs.get(ref_id)
+        if blob is None:
+            return None
+        ref = self._set(blob, refcount=max(blob.ref.refcount + delta, 0))
+        if delta < 0 and self.strategy == "ref_counting" and evictable(ref, time.time()):
+            self.evict(ref_id)
+        return ref
+
+    def evict(self, ref_id: str) -> Ref:
+        """Remove a blob and count the eviction."""
+        blob = self.blobs.pop(ref_id)
+        self.counters["evictions"] += 1
+        return blob.ref
+
+    def put(self, meta: RefMeta, chunks: list[bytes], now: float) -> Ref:
+        """Store a blob with one reference, or add one to the stored copy."""
+        blob = self.blobs.get(meta.id)
+        if blob is not None:
+            self.counters["dedupe_hits"] += 1
+            expires_at = merge_expiry(blob.ref.expires_at, meta.expires_at)
+            return self._set(blob, refcount=blob.ref.refcount + 1, expires_at=expires_at)
+        ref = Ref(meta.id, meta.size, meta.stored_size, meta.compression, meta.content_type, now,
+                  meta.expires_at, 1)  # fmt: skip
+        self.blobs[meta.id] = _Blob(ref, chunks)
+        self.counters["total_refs"] += 1
+        self.counters["total_bytes"] += meta.size
+        return ref
+
+
+def evictable(ref: Ref, now: float) -> bool:
+    """Unreferenced, and not kept by a TTL that has yet to pass."""
+    return ref.refcount == 0 and (ref.expires_at is None or ref.expires_at <= now)
+
+
+_tables: weakref.WeakKeyDictionary[MemoryStore, RefTable] = weakref.WeakKeyDictionary()
+
+
+def ref_table(store: MemoryStore) -> RefTable:
+    """The reference table of `store`."""
+    table = _tables.get(store)
+    if table is None:
+        table = _tables[store] = RefTable()
+    return table
+
+
+class MemoryReferences:
+    """The reference part of the backend contract in memory."""
+
+    if TYPE_CHECKING:
+        _store: MemoryStore
+        ref_gc_strategy: str
+
+        def _run(self, fn: Callable[[MemoryStore, set[str]], T]) -> T: ...
+
+    def _refs(self, store: MemoryStore) -> RefTable:
+        table = ref_table(store)
+        table.strategy = self.ref_gc_strategy
+        return table
+
+    async def ref_put(self, meta: RefMeta, chunks: Sequence[bytes], *, now: float) -> Ref:
+        return self._run(lambda store, touched: self._refs(store).put(meta, list(chunks), now))
+
+    async def ref_stage(self, upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
+        def op(store: MemoryStore, touched: set[str]) -> int:
+            table = self._refs(store)
+            number = upload
+            if number is None:
+                table.next_upload += 1
+                number = table.next_upload
+                table.uploads[number] = (now, {})
+            table.uploads[number][1][n] = chunk
+            return number
+
+        return self._run(op)
+
+    async def ref_commit(self, upload: int, meta: RefMeta, *, now: float) -> Ref:
+        def op(store: MemoryStore, touched: set[str]) -> Ref:
+            table = self._refs(store)
+            _, staged = table.uploads.pop(upload, (now, {}))
+            return table.put(meta, [staged[n] for n in sorted(staged)], now)
+
+        return self._run(op)
+
+    async def ref_abort(self, upload: int) -> None:
+        self._run(lambda store, touched: self._refs(store).uploads.pop(upload, None))
+
+    async def ref_read(self, ref_id: str, start: int, limit: int) -> tuple[Ref | None, list[bytes]]:
+        def op(store: MemoryStore, touched: set[str]) -> tuple[Ref | None, list[bytes]]:
+            blob = self._refs(store).blobs.get(ref_id)
+            if blob is None:
+                return None, []
+            return blob.ref, blob.chunks[start : start + limit]
+
+        return self._run(op)
+
+    async def ref_adjust(self, ref_id: str, delta: int, *, now: float) -> Ref | None:
+        return self._run(lambda store, touched: self._refs(store).adjust(ref_id, delta))
+
+    async def ref_list(self) -> list[Ref]:
+        def op(store: MemoryStore, touched: set[str]) -> list[Ref]:
+            return [b.ref for _, b in sorted(self._refs(store).blobs.items())]
+
+        return self._run(op)
+
+    async def ref_gc(self, *, now: float) -> list[Ref]:
+        def op(store: MemoryStore, touched: set[str]) -> list[Ref]:
+            table = self._refs(store)
+            due = [ref_id for ref_id, b in table.blobs.items() if evictable(b.ref, now)]
+            for number, (started, _) in list(table.uploads.items()):
+                if started <= now - ABANDONED_AFTER:
+                    del table.uploads[number]
+            table.counters["gc_runs"] += 1
+            return [table.evict(ref_id) for ref_id in due]
+
+        return self._run(op)
+
+    async def ref_stats(self) -> RefStats:
+        def op(store: MemoryStore, touched: set[str]) -> RefStats:
+            table = self._refs(store)
+            refs = [b.ref for b in table.blobs.values()]
+            c = table.counters
+            return RefStats(
+                c["total_refs"], c["total_bytes"], sum(r.refcount > 0 for r in refs),
+                sum(r.size for r in refs), c["gc_runs"], c["evictions"], len(refs),
+                sum(r.stored_size for r in refs), c["dedupe_hits"],
+            )  # fmt: skip
+
+        return self._run(op)

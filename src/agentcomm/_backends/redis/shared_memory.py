@@ -1,0 +1,124 @@
+"""Shared memory on Redis: a mixin of `RedisBackend`; each operation is one call of the `KV`
+script (see `scripts.py` for the keys of a space), so a version check and the write it guards
+are atomic across every hub on the server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..._kv_records import (
+    KVChangeRecord,
+    KVChanges,
+    KVCounts,
+    KVOutcome,
+    KVRecord,
+    KVSnapshot,
+    KVWrite,
+    Space,
+)
+from .errors import redis_errors, text
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from redis.commands.core import AsyncScript
+
+
+def _space_id(space: Space) -> str:
+    # neither part can contain "/", so this names one space only
+    return f"{space.owner}/{space.namespace}"
+
+
+def _record(key: str, v: Sequence[Any]) -> KVRecord:
+    """A record from the script's `v d k c u b e` fields."""
+    return KVRecord(
+        key, int(v[0]), v[1], int(v[2]), float(v[3]), float(v[4]),
+        None if v[5] is None else v[5].decode(), None if v[6] is None else float(v[6]),
+    )  # fmt: skip
+
+
+def _change(entry: Sequence[Any]) -> KVChangeRecord:
+    seq = int(entry[0].split(b"-", 1)[0])
+    raw = entry[1]
+    f = {raw[i]: raw[i + 1] for i in range(0, len(raw), 2)}
+    by = f.get(b"b")
+    return KVChangeRecord(
+        seq, int(f[b"k"]), f[b"key"].decode(), int(f[b"v"]), f.get(b"d"), int(f[b"dk"]),
+        float(f[b"at"]), None if by is None else by.decode(),
+    )  # fmt: skip
+
+
+def _opt(value: object) -> Any:
+    return "" if value is None else value
+
+
+class RedisSharedMemory:
+    """The shared-memory part of the backend contract on Redis."""
+
+    if TYPE_CHECKING:
+        _client: aioredis.Redis
+        _kv: AsyncScript
+        _prefix: str
+        _where: str
+
+        async def _run(
+            self, script: AsyncScript, op: str, now: float, args: Sequence[Any]
+        ) -> Any: ...
+
+    async def _kv_op(self, op: str, space: Space, now: float, *args: Any) -> Any:
+        return await self._run(self._kv, op, now, (_space_id(space), *args))
+
+    async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
+        v = await self._kv_op("get", space, now, key)
+        return None if v is None else _record(key, v)
+
+    async def kv_put(self, space: Space, write: KVWrite, *, now: float) -> KVOutcome:
+        w = write
+        expires = "" if w.expires_at is None else repr(float(w.expires_at))
+        result = await self._kv_op(
+            "put", space, now, w.key, _opt(w.expected_version), w.data, int(w.data_kind), expires,
+            _opt(w.by), _opt(w.history), _opt(w.change_log),
+        )  # fmt: skip
+        if result[0]:
+            return KVOutcome(True, int(result[1]))
+        version = int(result[1])
+        record = KVRecord(
+            w.key, version, w.data, w.data_kind, float(result[2]), now, w.by, w.expires_at
+        )
+        return KVOutcome(False, version, record)
+
+    async def kv_delete(
+        self, space: Space, key: str, *, expected_version: int | None, by: str | None, now: float
+    ) -> KVOutcome:
+        conflict, version = await self._kv_op(
+            "delete", space, now, key, _opt(expected_version), _opt(by)
+        )
+        return KVOutcome(bool(conflict), int(version))
+
+    async def kv_scan(self, space: Space, prefix: str | None, *, now: float) -> KVSnapshot:
+        args = ("0", "") if prefix is None else ("1", prefix)
+        rows, seq = await self._kv_op("scan", space, now, *args)
+        return KVSnapshot([_record(r[0].decode(), r[1:]) for r in rows], int(seq))
+
+    async def kv_changes(self, space: Space, after: int, *, limit: int, now: float) -> KVChanges:
+        entries, floor, seq, nxt = await self._kv_op("changes", space, now, after, limit)
+        return KVChanges(
+            [_change(e) for e in entries], int(floor), int(seq),
+            None if nxt is None else float(nxt),
+        )  # fmt: skip
+
+    async def kv_history(self, space: Space, key: str, *, limit: int, now: float) -> list[KVRecord]:
+        rows = await self._kv_op("history", space, now, key, limit)
+        return [_record(key, r) for r in rows]
+
+    async def kv_counts(self, space: Space, *, now: float) -> KVCounts:
+        keys, size, writes, conflicts = await self._kv_op("counts", space, now)
+        return KVCounts(int(keys), int(size), int(writes), int(conflicts))
+
+    async def _kv_prune(self, now: float) -> None:
+        """Record due expiries in every space and drop tombstones older than TOMBSTONE_KEEP."""
+        with redis_errors(self._where):
+            members = await self._client.smembers(self._prefix + "kvspaces")
+        for member in members:
+            owner, _, namespace = text(member).partition("/")
+            await self._kv_op("prune", Space(owner, namespace), now)

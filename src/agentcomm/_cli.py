@@ -1,0 +1,257 @@
+"""The `agentcomm` command: `agentcomm demo` runs a scenario, `agentcomm inspect` shows a store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ._backends.sqlite.wake import wake_dir_for
+from ._demo import DemoEvent, DemoResult, StoreSnapshot, run_demo, snapshot
+from ._errors import AgentCommError, NotFound
+from ._hub import connect
+from ._models import AgentInfo, DeadLetter, HubStats, MailboxStats, ScheduleInfo
+
+__all__ = ["app", "main"]
+
+DEMO_PATH = "agentcomm-demo.db"
+
+app = typer.Typer(
+    name="agentcomm",
+    help="Reliable messages between the agents of a multi-agent system.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_STYLES = {
+    "send": "blue",
+    "receive": "default",
+    "ack": "green",
+    "nack": "yellow",
+    "dead": "bold red",
+    "request": "magenta",
+    "reply": "magenta",
+    "schedule": "cyan",
+    "tick": "cyan",
+    "info": "dim",
+}
+
+
+class _OutputClosed(Exception):
+    """Nobody reads our output any more; the demo stops."""
+
+
+def main() -> None:
+    """Run the `agentcomm` command line."""
+    app()
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """Turn an agentcomm error into a red message and exit code 1, without a traceback."""
+    try:
+        yield
+    except AgentCommError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True, highlight=False).print(
+        Text(f"Error: {message}", style="bold red"), soft_wrap=True
+    )
+    raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    url: Annotated[
+        str | None,
+        typer.Option(help=f"Store to run on; must not exist yet. [default: sqlite:///{DEMO_PATH}]"),
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the store afterwards.")] = False,
+) -> None:
+    """Run a small multi-agent scenario and print what happens, step by step."""
+    console = Console(highlight=False)
+    path: Path | None
+    if url is None:
+        path = Path(DEMO_PATH)
+        _remove_store(path)
+        url = f"sqlite:///{path}"
+    else:
+        path = _sqlite_path(url)
+        if path is not None and path.exists():
+            _fail(
+                f"{path} already exists; the demo needs a fresh store. "
+                "Remove it or pick another --url."
+            )
+
+    def show(event: DemoEvent) -> None:
+        line = Text.assemble(
+            (f"+{event.at:6.3f}s  ", "dim"),
+            (f"{event.who:<9} ", "bold"),
+            (event.what, _STYLES.get(event.kind, "default")),
+        )
+        if event.detail:
+            line.append(f"  ({event.detail})", style="dim")
+        try:
+            console.print(line)
+        except SystemExit as exc:  # rich's answer to a closed pipe, e.g. `agentcomm demo | head`
+            raise _OutputClosed from exc
+
+    console.rule(f"agentcomm demo on {url}")
+    try:
+        with _reported():
+            result = asyncio.run(run_demo(url, show))
+    except _OutputClosed:
+        raise typer.Exit(1) from None
+    finally:
+        if path is not None and not keep:
+            _remove_store(path)
+    _print_summary(console, result)
+    if path is None:
+        return
+    if keep:
+        console.print(f"Store kept: look at it with [bold]agentcomm inspect {url}[/]")
+    else:
+        console.print(f"Store {path} removed (use --keep to look at it afterwards).")
+
+
+@app.command()
+def inspect(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="Store URL. [default: $AGENTCOMM_URL, else sqlite:///agentcomm.db]"),
+    ] = None,
+) -> None:
+    """Show a store's agents, queue depths, in-flight messages, dead letters and schedules."""
+    console = Console(highlight=False)
+    with _reported():
+        snap = asyncio.run(_snapshot(url))
+    console.print(Text(f"agentcomm store {snap.url}", style="bold"))
+    _print_store(console, snap)
+
+
+async def _snapshot(url: str | None) -> StoreSnapshot:
+    hub = connect(url, background=False)  # no schedule firing, no pruning: look only
+    path = _sqlite_path(hub.url)
+    if path is not None and not path.is_file():
+        # opening would create an empty store, which is never what inspecting means
+        raise NotFound(f"No agentcomm store at {path} ({hub.url}); check the path or the URL.")
+    async with hub:
+        return await snapshot(hub)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite:// URL (as the backend reads it); None for other schemes."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        return None
+    raw = parts.path[1:] if parts.path.startswith("/") else parts.path
+    return Path(raw) if raw and raw != ":memory:" else None
+
+
+def _remove_store(path: Path) -> None:
+    """Delete a SQLite store: the file, its WAL and shared-memory files, its wake directory."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not there, or another hub still listens in it
+        os.rmdir(wake_dir_for(str(path)))
+
+
+def _print_summary(console: Console, result: DemoResult) -> None:
+    console.rule(f"summary after {result.elapsed:.2f} s")
+    _print_store(console, result.store)
+
+
+def _print_store(console: Console, snap: StoreSnapshot) -> None:
+    console.print(_agents_table(snap.agents, snap.mailboxes))
+    console.print(_dead_table(snap.dead_letters))
+    console.print(_schedules_table(snap.schedules))
+    console.print(_stats_table(snap.stats))
+
+
+def _when(ts: float) -> str:
+    moment = datetime.fromtimestamp(ts).astimezone()
+    same_day = moment.date() == datetime.now().astimezone().date()
+    shown = moment.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M")
+    ago = time.time() - ts
+    return f"{shown}, in {_span(-ago)}" if ago < 0 else f"{shown}, {_span(ago)} ago"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _agents_table(agents: list[AgentInfo], mailboxes: list[MailboxStats]) -> Table:
+    table = Table(title="Agents", title_justify="left")
+    table.add_column("agent", style="bold", no_wrap=True)
+    table.add_column("last seen")
+    for name in ("ready", "delayed", "in flight", "dead"):
+        table.add_column(name, justify="right")
+    for agent, box in zip(agents, mailboxes, strict=True):
+        dead = Text(str(box.dead), style="red" if box.dead else "")
+        table.add_row(
+            agent.name,
+            _when(agent.last_seen),
+            str(box.ready),
+            str(box.delayed),
+            str(box.in_flight),
+            dead,
+        )
+    if not agents:
+        table.add_row("(none)", "", "", "", "", "")
+    return table
+
+
+def _dead_table(dead_letters: list[DeadLetter]) -> Table:
+    table = Table(title="Dead letters", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    for name in ("recipient", "type", "reason"):
+        table.add_column(name)
+    table.add_column("attempts", justify="right")
+    for d in dead_letters:
+        table.add_row(d.id, d.recipient, d.type, Text(d.reason, style="red"), str(d.attempts))
+    if not dead_letters:
+        table.add_row("(none)", "", "", "", "")
+    return table
+
+
+def _schedules_table(schedules: list[ScheduleInfo]) -> Table:
+    table = Table(title="Schedules", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    for name in ("from", "to", "type", "rule", "next run"):
+        table.add_column(name)
+    table.add_column("runs", justify="right")
+    for s in schedules:
+        rule = f"cron {s.cron}" if s.cron is not None else f"every {s.every:g} s"
+        table.add_row(s.id, s.sender, s.recipient, s.type, rule, _when(s.next_run), str(s.runs))
+    if not schedules:
+        table.add_row("(none)", "", "", "", "", "", "")
+    return table
+
+
+def _stats_table(stats: HubStats) -> Table:
+    table = Table(title="Hub stats", title_justify="left")
+    fields = HubStats.__struct_fields__
+    for name in fields:
+        table.add_column(name.replace("_", " "), justify="right")
+    table.add_row(*(str(getattr(stats, name)) for name in fields))
+    return table

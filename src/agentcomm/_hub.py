@@ -1,0 +1,318 @@
+"""The hub: one connection to a backend, the agents on it, and its background housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Generator, Mapping
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from ._agent import Agent
+from ._backends import DEFAULT_URL, open_backend, with_prefix
+from ._backends.common import SCHEDULES_CHANNEL
+from ._backends.contracts import Backend
+from ._codec import StoredRef, decode_payload
+from ._context import Context
+from ._errors import AgentCommError, HubClosed
+from ._models import (
+    AgentInfo,
+    DeadLetter,
+    HubStats,
+    MailboxStats,
+    PendingInfo,
+    PruneReport,
+    ScheduleInfo,
+    TopicStats,
+)
+from ._ref_records import REF_FLAG
+from ._references import Policy, PolicyTable, RefConfig, RefStore
+from ._settings import Backoff, Retention
+from ._shared_memory import SharedMemory
+from ._subjects import parse_topic
+from ._topics import TopicBus
+from ._validation import check_attempts, check_name, check_positive
+
+__all__ = ["Hub", "connect"]
+
+logger = logging.getLogger("agentcomm")
+
+
+def connect(
+    url: str | None = None,
+    *,
+    auto_register: bool = False,
+    default_ttl: float = 86400.0,
+    max_attempts: int = 3,
+    lease: float = 30.0,
+    retention: Retention | None = None,
+    backoff: Backoff | None = None,
+    background: bool = True,
+    policies: Mapping[str, Policy] | None = None,
+    default_policy: Policy | None = None,
+    refs: RefConfig | None = None,
+    prefix: str | None = None,
+) -> Hub:
+    """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
+
+    `url` defaults to `$AGENTCOMM_URL`, else `sqlite:///agentcomm.db`. Schemes: `sqlite://`,
+    `memory://`. `default_ttl`, `max_attempts` and `lease` are the defaults for messages sent
+    and received through this hub. With `background` (default), the hub fires due schedules and
+    runs retention passes while it is open.
+
+    `policies` maps message types to their tier (`"value"`, `"reference"` or
+    `AutoPromote(threshold)`); other types and shared-memory puts use `default_policy`
+    (default `AutoPromote(threshold=10_240)`). `refs` configures the reference store
+    (`RefConfig`: GC strategy, default TTL, compression threshold).
+    `memory://`, `redis://` and `rediss://`. `default_ttl`, `max_attempts` and `lease` are the
+    defaults for messages sent and received through this hub. With `background` (default), the
+    hub fires due schedules and runs retention passes while it is open. `prefix` (Redis only,
+    default `agentcomm`) keeps this deployment's keys apart from others on the same server.
+    """
+    url = url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
+    if prefix is not None:
+        url = with_prefix(url, prefix)
+    return Hub(
+        url,
+        auto_register=auto_register,
+        default_ttl=check_positive("default_ttl", default_ttl),
+        max_attempts=check_attempts(max_attempts),
+        lease=check_positive("lease", lease),
+        retention=retention or Retention(),
+        backoff=backoff or Backoff(),
+        background=background,
+        refs=refs or RefConfig(),
+        policies=PolicyTable(policies, default_policy),
+    )
+
+
+class Hub:
+    """A connection to an agentcomm store. Create it with `agentcomm.connect()`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auto_register: bool,
+        default_ttl: float,
+        max_attempts: int,
+        lease: float,
+        retention: Retention,
+        backoff: Backoff,
+        background: bool,
+        refs: RefConfig | None = None,
+        policies: PolicyTable | None = None,
+    ) -> None:
+        self.url = url
+        self.auto_register = auto_register
+        self.default_ttl = default_ttl
+        self.max_attempts = max_attempts
+        self.lease = lease
+        self.retention = retention
+        self.backoff = backoff
+        self._background = background
+        self._backend: Backend = open_backend(url, retention)
+        config = refs or RefConfig()
+        self._backend.ref_gc_strategy = config.gc
+        #: The reference store: large payloads stored once, by content (see `RefStore`).
+        self.refs = RefStore(self, config, policies or PolicyTable(None, None))
+        self._ctx = Context(self._backend, url)
+        self._agents: dict[str, Agent] = {}
+        self._topic_bus: TopicBus | None = None
+
+    def __repr__(self) -> str:
+        return f"<Hub {self.url} {self._ctx.state}>"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> Hub:
+        """Open the backend and start housekeeping; returns the hub."""
+        if self._ctx.state == "open":
+            return self
+        if self._ctx.state == "closed":
+            raise HubClosed("This hub was closed; call agentcomm.connect() again for a new one.")
+        await self._backend.open()
+        self._ctx.state = "open"
+        if self._background:
+            self._spawn(self._run_schedules())
+            self._spawn(self._run_retention())
+        return self
+
+    async def aclose(self) -> None:
+        """Stop housekeeping, finish queued writes and close the backend. Idempotent."""
+        if self._ctx.state == "closed":
+            return
+        was_open = self._ctx.state == "open"
+        self._ctx.state = "closed"
+        for task in self._ctx.tasks:
+            task.cancel()
+        if self._ctx.tasks:
+            await asyncio.gather(*self._ctx.tasks, return_exceptions=True)
+        self._ctx.tasks.clear()
+        if self._topic_bus is not None:
+            await self._topic_bus.close()
+        if was_open:
+            await self._backend.close()
+
+    async def __aenter__(self) -> Hub:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __await__(self) -> Generator[Any, None, Hub]:
+        return self.open().__await__()
+
+    def _require_backend(self) -> Context:
+        self._ctx.check_open()
+        return self._ctx
+
+    def _spawn(self, coro: Any) -> None:
+        self._ctx.spawn(coro)
+
+    async def _run_schedules(self) -> None:
+        backend = self._ctx
+        with backend.notifier.listen(SCHEDULES_CHANNEL) as listener:
+            while self._ctx.state == "open":
+                listener.rearm()
+                try:
+                    next_run = await backend.mailboxes.fire_due(time.time())
+                except AgentCommError:  # e.g. locked past the busy timeout: try again soon
+                    next_run = time.time() + 1.0
+                except Exception:  # a bug must not end the scheduler silently
+                    logger.exception("agentcomm scheduler pass failed; retrying in 1 s")
+                    next_run = time.time() + 1.0
+                wait = backend.recheck_interval * 5
+                if next_run is not None:
+                    wait = min(wait, max(next_run - time.time(), 0.0) + 0.001)
+                await listener.wait(wait)
+
+    async def _run_retention(self) -> None:
+        while self._ctx.state == "open":
+            await asyncio.sleep(self.retention.interval)
+            try:
+                await self._ctx.backend.prune(time.time())
+                if self.refs.config.gc != "manual":
+                    await self._ctx.references.ref_gc(now=time.time())
+            except AgentCommError:  # e.g. locked past the busy timeout: the next pass retries
+                pass
+            except Exception:  # a bug must not end housekeeping silently
+                logger.exception("agentcomm retention pass failed; retrying next interval")
+
+    # --- agents and mailboxes ------------------------------------------------------------------
+
+    async def agent(self, name: str) -> Agent:
+        """Register agent `name` (or re-attach to it) and return its handle."""
+        check_name("agent name", name)
+        backend = self._require_backend()
+        await backend.mailboxes.register_agent(name, time.time())
+        handle = self._agents.get(name)
+        if handle is None:
+            handle = self._agents[name] = Agent(self, name)
+        return handle
+
+    async def agents(self) -> list[AgentInfo]:
+        """Every registered agent with when it was created and last seen."""
+        return await self._require_backend().mailboxes.list_agents()
+
+    async def queue_depth(self, agent: str) -> int:
+        """How many messages wait to be delivered to `agent` (ready or delayed)."""
+        return (await self.mailbox_stats(agent)).pending
+
+    async def mailbox_stats(self, agent: str) -> MailboxStats:
+        """Counts of `agent`'s mailbox: ready, delayed, in flight, dead."""
+        return await self._require_backend().mailboxes.mailbox_stats(
+            check_name("agent name", agent)
+        )
+
+    async def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
+        """Messages waiting for or leased by `agent`, best first, without payloads."""
+        return await self._require_backend().mailboxes.pending(
+            check_name("agent name", agent), limit=limit
+        )
+
+    async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Dead-lettered messages of `agent`, with reason and attempts, oldest first."""
+        backend = self._require_backend()
+        letters = await backend.mailboxes.dead_letters(check_name("agent name", agent), limit=limit)
+        out = []
+        for letter in letters:
+            if isinstance(letter.data, StoredRef):  # a dead letter still holds its payload
+                ref = letter.data
+                data, kind, _ = await self.refs._load(ref.id.encode("ascii"), ref.kind | REF_FLAG)
+                letter = msgspec.structs.replace(letter, data=decode_payload(data, kind))
+            out.append(letter)
+        return out
+
+    async def requeue_dead_letters(self, agent: str, ids: list[str] | None = None) -> int:
+        """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts."""
+        backend = self._require_backend()
+        return await backend.mailboxes.requeue_dead(
+            check_name("agent name", agent), ids, now=time.time()
+        )
+
+    # --- schedules -----------------------------------------------------------------------------
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, soonest first."""
+        return await self._require_backend().mailboxes.list_schedules()
+
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        """Stop a schedule; False if no schedule had that id."""
+        return await self._require_backend().mailboxes.cancel_schedule(schedule_id)
+
+    # --- topics ------------------------------------------------------------------------------
+
+    def _topics(self) -> TopicBus:
+        backend = self._require_backend()
+        if self._topic_bus is None:
+            self._topic_bus = TopicBus(self, backend)
+        return self._topic_bus
+
+    async def topics(self) -> list[TopicStats]:
+        """Stats of every topic published to (and still within retention), by name."""
+        return await self._topics().stats(None)
+
+    async def topic_stats(self, name: str) -> TopicStats:
+        """Published, delivered, dropped, subscribers and last publish of topic `name`.
+
+        `subscribers` counts this hub's live subscriptions plus the durable consumers whose
+        pattern matches; a topic never published to has zero counts.
+        """
+        parse_topic(name)
+        return (await self._topics().stats(name))[0]
+
+    # --- shared memory -------------------------------------------------------------------------
+
+    def memory(
+        self, namespace: str, *, history: int | None = None, change_log: int | None = None
+    ) -> SharedMemory:
+        """The shared-memory namespace `namespace` (see `SharedMemory`).
+
+        `history` (versions kept per key, default 1) and `change_log` (changes kept for
+        watchers, default 10,000), when given, become the namespace's settings at its next
+        write. Writes through this handle have no author; use `agent.memory(namespace)` to
+        record one.
+        """
+        return SharedMemory._open(
+            self, namespace, agent=None, history=history, change_log=change_log
+        )
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    async def prune(self) -> PruneReport:
+        """Run a retention pass now (the hub also runs one every `retention.interval`)."""
+        return await self._require_backend().backend.prune(time.time())
+
+    async def stats(self) -> HubStats:
+        """Counters: sent, deduplicated, expired, dead-lettered, late replies, scheduled runs."""
+        return await self._require_backend().backend.stats()

@@ -1,0 +1,263 @@
+"""A delivered message and what its consumer does with it: ack, nack, dead-letter, extend, reply."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._codec import decode_metadata, decode_payload, encode_metadata, encode_payload
+from ._errors import AlreadySettled, LeaseLost, ValidationError
+from ._ids import new_id
+from ._records import Settle, SettleKind, StoredMessage, StoredReply
+from ._ref_records import Ref
+from ._validation import check_name, check_positive
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["Message", "Reply"]
+
+_UNSET: Any = object()
+
+
+class Message:
+    """One delivery of a message, leased to the agent that received it.
+
+    Settle it exactly once: `ack()` when done, `nack()` to retry later, `dead_letter()` to give
+    up. Unsettled, it is delivered again once the lease ends (with `attempt` + 1).
+    """
+
+    __slots__ = ("_data", "_hub", "_lease_until", "_metadata", "_ref", "_settled", "_stored")
+
+    def __init__(self, hub: Hub, stored: StoredMessage, ref: Ref | None = None) -> None:
+        self._hub = hub
+        self._stored = stored
+        self._ref = ref
+        self._data: Any = _UNSET
+        self._metadata: Any = _UNSET
+        self._settled = False
+        self._lease_until = stored.lease_until
+
+    @property
+    def lease_until(self) -> float:
+        """When this delivery's lease ends (epoch seconds); `extend()` moves it."""
+        return self._lease_until
+
+    @property
+    def id(self) -> str:
+        """The message id, the same on every delivery."""
+        return self._stored.id
+
+    @property
+    def sender(self) -> str:
+        """The agent that sent it."""
+        return self._stored.sender
+
+    @property
+    def recipient(self) -> str:
+        """The agent it was sent to (the receiver)."""
+        return self._stored.recipient
+
+    @property
+    def type(self) -> str:
+        """The message type given at send."""
+        return self._stored.type
+
+    @property
+    def priority(self) -> int:
+        """Higher is delivered first."""
+        return self._stored.priority
+
+    @property
+    def attempt(self) -> int:
+        """Which delivery this is, from 1."""
+        return self._stored.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        """Deliveries allowed before the message is dead-lettered."""
+        return self._stored.max_attempts
+
+    @property
+    def enqueued_at(self) -> float:
+        """When it was sent (epoch seconds)."""
+        return self._stored.enqueued_at
+
+    @property
+    def correlation_id(self) -> str | None:
+        """Set on requests: the id the reply is matched by."""
+        return self._stored.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        """Set on requests: the agent waiting for the reply."""
+        return self._stored.reply_to
+
+    @property
+    def data(self) -> Any:
+        """The payload, decoded on first access."""
+        if self._data is _UNSET:
+            self._data = decode_payload(self._stored.data, self._stored.data_kind)
+        return self._data
+
+    @property
+    def payload_ref(self) -> Ref | None:
+        """The reference the payload travelled by, or None if it was sent by value."""
+        return self._ref
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The metadata given at send (empty dict if none)."""
+        if self._metadata is _UNSET:
+            self._metadata = decode_metadata(self._stored.metadata)
+        return self._metadata  # type: ignore[no-any-return]
+
+    @property
+    def settled(self) -> bool:
+        """Whether this delivery was acked, nacked or dead-lettered."""
+        return self._settled
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message id={self.id} {self.sender}->{self.recipient} type={self.type!r}"
+            f" attempt={self.attempt}>"
+        )
+
+    def _op(self, kind: SettleKind, until: float = 0.0, reason: str = "") -> Settle:
+        s = self._stored
+        return Settle(kind, s.recipient, s.seq, s.attempt, until, reason)
+
+    async def _settle(self, op: Settle, what: str) -> None:
+        if self._settled:
+            raise AlreadySettled(f"Message {self.id} was already settled; cannot {what} it.")
+        backend = self._hub._require_backend()
+        if not await backend.mailboxes.settle(op, now=time.time()):
+            raise LeaseLost(
+                f"Cannot {what} message {self.id}: its lease ended and it was delivered again "
+                "or settled elsewhere. Use a longer lease or call extend() while working."
+            )
+        if op.kind != SettleKind.EXTEND:
+            self._settled = True
+
+    def _ack_op(self) -> Settle:
+        if self._settled:
+            raise AlreadySettled(f"Message {self.id} was already settled; cannot ack it.")
+        return self._op(SettleKind.ACK)
+
+    async def ack(self) -> None:
+        """Mark the message done; it is never delivered again."""
+        await self._settle(self._op(SettleKind.ACK), "ack")
+
+    async def nack(self, delay: float | None = None) -> None:
+        """Give the message back for a retry after `delay` seconds (default: the hub's backoff).
+
+        On the last allowed attempt it goes to dead letters instead.
+        """
+        if delay is None:
+            delay = self._hub.backoff.delay(self.attempt)
+        elif delay < 0:
+            raise ValidationError("nack delay must be >= 0 seconds.")
+        await self._settle(self._op(SettleKind.NACK, until=time.time() + delay), "nack")
+
+    async def dead_letter(self, reason: str) -> None:
+        """Give up on the message: it moves to dead letters with `reason`."""
+        await self._settle(self._op(SettleKind.DEAD, reason=str(reason)), "dead-letter")
+
+    async def extend(self, lease: float) -> None:
+        """Keep the lease for `lease` more seconds from now."""
+        check_positive("lease", lease)
+        until = time.time() + lease
+        await self._settle(self._op(SettleKind.EXTEND, until=until), "extend")
+        self._lease_until = until
+
+    async def reply(
+        self,
+        data: Any,
+        *,
+        type: str = "reply",
+        metadata: dict[str, Any] | None = None,
+        ack: bool = True,
+    ) -> bool:
+        """Answer a request; by default also ack it, in the same step.
+
+        Returns False when the requester no longer waits (it timed out); such a reply is
+        discarded and counted in `HubStats.late_replies`.
+        """
+        cid = self.correlation_id
+        if cid is None or self.reply_to is None:
+            raise ValidationError(
+                f"Message {self.id} is not a request (it has no correlation id); "
+                "send a new message to its sender instead."
+            )
+        check_name("type", type)
+        payload, kind = encode_payload(data)
+        reply = StoredReply(
+            id=new_id(),
+            sender=self.recipient,
+            type=type,
+            data=payload,
+            data_kind=kind,
+            metadata=encode_metadata(metadata),
+            sent_at=time.time(),
+        )
+        settle = self._op(SettleKind.ACK) if ack and not self._settled else None
+        backend = self._hub._require_backend()
+        refs = self._hub.refs
+        held: dict[int, tuple[bytes, str]] = {}
+        try:
+            reply.data, reply.data_kind = await refs._promote(type, payload, kind, held)
+            delivered = await backend.mailboxes.post_reply(cid, reply, settle, now=reply.sent_at)
+        finally:
+            if held:  # the reply slot holds its own reference now (if the requester waits)
+                await refs._unhold(held)
+        if settle is not None:
+            self._settled = True
+        return delivered
+
+
+class Reply:
+    """The answer to a request."""
+
+    __slots__ = ("_correlation_id", "_stored")
+
+    def __init__(self, correlation_id: str, stored: StoredReply) -> None:
+        self._correlation_id = correlation_id
+        self._stored = stored
+
+    @property
+    def correlation_id(self) -> str:
+        """The id of the request this answers."""
+        return self._correlation_id
+
+    @property
+    def id(self) -> str:
+        """The reply's own id."""
+        return self._stored.id
+
+    @property
+    def sender(self) -> str:
+        """The agent that replied."""
+        return self._stored.sender
+
+    @property
+    def type(self) -> str:
+        """The reply's type."""
+        return self._stored.type
+
+    @property
+    def data(self) -> Any:
+        """The reply payload."""
+        return decode_payload(self._stored.data, self._stored.data_kind)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The reply metadata (empty dict if none)."""
+        return decode_metadata(self._stored.metadata)
+
+    @property
+    def sent_at(self) -> float:
+        """When the reply was sent (epoch seconds)."""
+        return self._stored.sent_at
+
+    def __repr__(self) -> str:
+        return f"<Reply to {self.correlation_id} from {self.sender} type={self.type!r}>"

@@ -1,0 +1,128 @@
+"""The read-only views that users get back from hubs (re-exported by `agentcomm`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "AgentInfo",
+    "DeadLetter",
+    "HubStats",
+    "MailboxStats",
+    "PendingInfo",
+    "PruneReport",
+    "PublishResult",
+    "ScheduleInfo",
+    "TopicStats",
+]
+
+
+class AgentInfo(msgspec.Struct, frozen=True):
+    """A registered agent and when it was last active (a send, a receive, or a re-attach)."""
+
+    name: str
+    created_at: float
+    last_seen: float
+
+
+class MailboxStats(msgspec.Struct, frozen=True):
+    """Counts of one agent's mailbox by state."""
+
+    agent: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet delivered: ready now or delayed."""
+        return self.ready + self.delayed
+
+
+class PendingInfo(msgspec.Struct, frozen=True):
+    """A message waiting in (or leased from) a mailbox, described without its payload."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    priority: int
+    state: str
+    attempt: int
+    enqueued_at: float
+    visible_at: float
+    expires_at: float | None
+    size: int
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A message that will not be delivered again unless requeued."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    reason: str
+    attempts: int
+    enqueued_at: float
+    dead_at: float
+    data: Any
+    metadata: dict[str, Any]
+
+
+class ScheduleInfo(msgspec.Struct, frozen=True):
+    """A recurring delivery: one message per occurrence of `cron` or every `every` seconds."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    cron: str | None
+    every: float | None
+    next_run: float
+    runs: int
+
+
+class HubStats(msgspec.Struct, frozen=True):
+    """Event counters kept by the backend since the store was created."""
+
+    sent: int
+    deduplicated: int
+    expired: int
+    dead_lettered: int
+    late_replies: int
+    scheduled_runs: int
+
+
+class PruneReport(msgspec.Struct, frozen=True):
+    """What one retention pass did."""
+
+    expired: int
+    dead_lettered: int
+    pruned_messages: int
+    pruned_dedupe_keys: int
+    pruned_requests: int
+    pruned_topic_records: int = 0
+
+
+class PublishResult(msgspec.Struct, frozen=True, gc=False):
+    """What one publish did: live subscribers of this hub reached and dropped, log position."""
+
+    delivered: int
+    dropped: int
+    sequence: int
+
+
+class TopicStats(msgspec.Struct, frozen=True):
+    """Counters of one topic: publishes, deliveries, drops (buffers full), subscribers."""
+
+    name: str
+    published: int
+    delivered: int
+    dropped: int
+    subscribers: int
+    last_publish: float | None
+    last_sequence: int

@@ -1,0 +1,528 @@
+"""References: large payloads stored once, by content, and passed by reference.
+
+`hub.refs` is the reference store. A blob's id is `"sha256:<hex>"` of its original bytes, so the
+same bytes always give the same id and storing them again adds a reference instead of a copy.
+Blobs are stored in chunks, compressed when that saves space, and verified against their id on
+every read.
+
+The tier policy decides, per message type, whether a payload travels by value or by reference:
+`"value"`, `"reference"`, or `AutoPromote(threshold)` (by reference when the encoded payload is
+larger than the threshold). Sends, requests, replies, schedules and shared-memory puts apply it
+transparently: receivers get the original value back, and `payload_ref` tells the tier used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import math
+import os
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import msgspec
+import zstandard
+
+from ._context import Context
+from ._errors import AgentCommError, IntegrityError, RefNotFound, ValidationError
+from ._ref_records import COMPRESSIONS, GC_STRATEGIES, REF_FLAG, Ref, RefMeta, RefStats
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["AutoPromote", "Policy", "Ref", "RefConfig", "RefStats", "RefStore"]
+
+#: Size of the pieces blobs are read, compressed and stored in (original bytes per piece).
+CHUNK_SIZE = 1 << 20
+_PREFIX = "sha256:"
+_DEFAULT_TYPE = "application/octet-stream"
+# Content that is compressed already; "auto" does not try to shrink it again.
+_PRECOMPRESSED = ("image/", "video/", "audio/", "application/zip", "application/gzip",
+                  "application/zstd", "application/x-7z", "application/x-xz")  # fmt: skip
+_OFFLOAD_AT = 256 * 1024  # bytes above which hashing and compression run off the event loop
+_READ_BATCH = 16  # chunks per backend read
+_ZSTD_LEVEL = 1  # here as small as level 3 on JSON, at twice the speed
+_SAMPLE = 64 * 1024  # a larger blob is first sampled: noise is not worth compressing whole
+_GZIP_LEVEL = 6
+
+
+class AutoPromote(msgspec.Struct, frozen=True):
+    """Send by reference when the encoded payload is larger than `threshold` bytes.
+
+    `enabled=False` turns promotion off: every payload goes by value.
+    """
+
+    threshold: int = 10_240
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int):
+            raise ValidationError(f"AutoPromote threshold must be an int, not {self.threshold!r}.")
+        if self.threshold < 0:
+            raise ValidationError("AutoPromote threshold must be >= 0 bytes.")
+
+
+#: A tier: always `"value"`, always `"reference"`, or `AutoPromote(...)` above a size.
+Policy: TypeAlias = Literal["value", "reference"] | AutoPromote
+
+
+class RefConfig(msgspec.Struct, frozen=True):
+    """How a hub's reference store collects garbage and compresses.
+
+    A blob is *evictable* once nothing references it and its `expires_at` (set by `ttl=`, a
+    minimum lifetime) is None or passed; a referenced blob is never evicted. `gc` says when
+    evictable blobs go: `"ref_counting"` at the release that makes them evictable (and, for
+    those a TTL kept, at the next background retention pass or `gc()`); `"ttl"` at the hub's
+    background retention passes and `gc()`, with `default_ttl` (seconds; None: none) given to
+    blobs stored without `ttl=`; `"manual"` only when `gc()` is called.
+    `compress_threshold`: blobs smaller than this many bytes are never compressed. Use the
+    same strategy on every hub of a store.
+    """
+
+    gc: str = "ref_counting"
+    default_ttl: float | None = 3600.0
+    compress_threshold: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.gc not in GC_STRATEGIES:
+            raise ValidationError(
+                f"Unknown reference GC strategy {self.gc!r}; use one of: "
+                + ", ".join(GC_STRATEGIES) + "."
+            )  # fmt: skip
+        if self.default_ttl is not None and not self.default_ttl > 0:
+            raise ValidationError("RefConfig.default_ttl must be > 0 seconds or None.")
+        threshold = self.compress_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+            raise ValidationError("RefConfig.compress_threshold must be an int >= 0.")
+
+
+def check_policy(what: str, policy: object) -> Policy:
+    """Validate a tier policy."""
+    if isinstance(policy, AutoPromote):
+        return policy
+    if policy == "value" or policy == "reference":
+        return policy
+    raise ValidationError(
+        f"{what} must be 'value', 'reference' or agentcomm.AutoPromote(...), not {policy!r}."
+    )
+
+
+class PolicyTable:
+    """The tier policy of each message type, and the default for the others."""
+
+    def __init__(self, policies: Mapping[str, Policy] | None, default: Policy | None) -> None:
+        if policies is not None and not isinstance(policies, Mapping):
+            raise ValidationError("policies must map message types to policies.")
+        self.default = check_policy("default_policy", default or AutoPromote())
+        self.policies = {
+            str(t): check_policy(f"The policy of type {t!r}", p)
+            for t, p in (policies or {}).items()
+        }
+
+    def by_reference(self, type: str | None, size: int) -> bool:
+        """Whether a payload of `type` (None: shared memory, the default) and encoded `size`
+        travels by reference."""
+        policy = self.default if type is None else self.policies.get(type, self.default)
+        if isinstance(policy, AutoPromote):
+            return policy.enabled and size > policy.threshold
+        return policy == "reference"
+
+
+def ref_id_of(ref: Ref | str) -> str:
+    """The id of a Ref or id string, validated."""
+    ref_id = ref.id if isinstance(ref, Ref) else ref
+    if not isinstance(ref_id, str) or not ref_id.startswith(_PREFIX) or len(ref_id) != 71:
+        raise ValidationError(f"{ref!r} is not a reference id ('sha256:' + 64 hex digits).")
+    return ref_id
+
+
+# --- compression --------------------------------------------------------------------------------
+
+
+_local = threading.local()
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    # a fresh context allocates and touches a megabyte of tables, which costs more than
+    # compressing 1 MB of JSON: each thread keeps its own (contexts are not thread-safe)
+    pair: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(
+        _local, "zstd", None
+    )
+    if pair is None:
+        pair = _local.zstd = (
+            zstandard.ZstdCompressor(level=_ZSTD_LEVEL),
+            zstandard.ZstdDecompressor(),
+        )
+    return pair
+
+
+def _compress(piece: bytes, algo: str) -> bytes:
+    """Compress one piece (at most CHUNK_SIZE bytes) as a frame of its own.
+
+    Every stored chunk decompresses on its own, to at most one piece: reading never holds
+    more than a chunk, and a damaged chunk cannot inflate into a huge buffer.
+    """
+    if algo == "zstd":
+        return _zstd()[0].compress(piece)
+    return zlib.compress(piece, _GZIP_LEVEL, 31)
+
+
+class _Unpacker:
+    """Turns stored chunks back into original bytes, checking them against the id."""
+
+    def __init__(self, ref: Ref) -> None:
+        self.ref = ref
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def chunk(self, data: bytes) -> bytes:
+        algo = self.ref.compression
+        try:
+            if algo == "zstd":
+                if not 0 <= zstandard.frame_content_size(data) <= CHUNK_SIZE:
+                    raise self._corrupt("a zstd chunk claims an impossible size")
+                out: bytes = _zstd()[1].decompress(data)
+            elif algo == "gzip":
+                inflate = zlib.decompressobj(31)
+                out = inflate.decompress(data, CHUNK_SIZE + 1)
+                if len(out) > CHUNK_SIZE or not inflate.eof:
+                    raise self._corrupt("a gzip chunk does not end where it should")
+            else:
+                out = data
+        except (zstandard.ZstdError, zlib.error) as exc:
+            raise self._corrupt(f"a {algo} chunk is damaged ({exc})") from exc
+        self._hash.update(out)
+        self._size += len(out)
+        return out
+
+    def verify(self) -> None:
+        if self._size != self.ref.size:
+            raise self._corrupt(f"it holds {self._size} bytes, not {self.ref.size}")
+        if _PREFIX + self._hash.hexdigest() != self.ref.id:
+            raise self._corrupt("its SHA-256 differs")
+
+    def _corrupt(self, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"The stored blob {self.ref.id} does not match its id: {why}. "
+            "It was damaged in storage; no data was returned."
+        )
+
+
+def _choose(compression: str, size: int, content_type: str, threshold: int) -> str:
+    if compression not in COMPRESSIONS:
+        raise ValidationError(
+            f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}."
+        )
+    if compression == "none" or size < threshold or size == 0:
+        return "none"
+    if compression == "auto":
+        return "none" if content_type.startswith(_PRECOMPRESSED) else "zstd"
+    return compression
+
+
+def _digest(data: bytes) -> str:
+    return _PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def _pack(data: bytes, algo: str) -> tuple[str, list[bytes]]:
+    """Chunk `data`, compressed with `algo` if that makes it smaller."""
+    raw = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
+    sampled = algo != "none" and len(data) > 2 * _SAMPLE
+    if sampled and len(_compress(data[:_SAMPLE], algo)) > _SAMPLE * 0.97:
+        algo = "none"
+    if algo != "none":
+        packed = [_compress(p, algo) for p in raw]
+        if sum(map(len, packed)) < len(data):
+            return algo, packed
+    return "none", raw
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+class RefStore:
+    """The reference store of a hub: `hub.refs`."""
+
+    def __init__(self, hub: Hub, config: RefConfig, policies: PolicyTable) -> None:
+        self._hub = hub
+        self.config = config
+        self.policies = policies
+
+    def __repr__(self) -> str:
+        return f"<RefStore gc={self.config.gc!r}>"
+
+    def _backend(self) -> Context:
+        return self._hub._require_backend()
+
+    def _expiry(self, ttl: float | None, now: float) -> float | None:
+        if ttl is not None:
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+                raise ValidationError(f"ttl must be a positive number of seconds, not {ttl!r}.")
+            return None if math.isinf(ttl) else now + ttl
+        if self.config.gc == "ttl" and self.config.default_ttl is not None:
+            return now + self.config.default_ttl
+        return None
+
+    async def store(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        content_type: str = _DEFAULT_TYPE,
+        ttl: float | None = None,
+        compression: str = "auto",
+    ) -> Ref:
+        """Store `data` and hold one reference to it for the caller (`release` it when done).
+
+        Storing bytes already stored adds a reference, not a copy. `compression` is
+        `"auto"` (zstd, skipped for content types compressed already), `"zstd"`, `"gzip"` or
+        `"none"`; it is applied from `RefConfig.compress_threshold` bytes up and kept only if
+        it makes the blob smaller (`Ref.compression` and `stored_size` say what was stored).
+        `ttl` seconds set `expires_at`: the blob is kept at least that long, even when
+        unreferenced (see `RefConfig`).
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ValidationError(f"store() takes bytes, not {type(data).__name__}.")
+        if not isinstance(content_type, str):
+            raise ValidationError("content_type must be a string.")
+        blob = bytes(data)
+        now = time.time()
+        expires_at = self._expiry(ttl, now)
+        algo = _choose(compression, len(blob), content_type, self.config.compress_threshold)
+        if len(blob) > _OFFLOAD_AT:  # hashing and compressing both release the GIL
+            ref_id, (algo, chunks) = await asyncio.gather(
+                asyncio.to_thread(_digest, blob), asyncio.to_thread(_pack, blob, algo)
+            )
+        else:
+            ref_id, (algo, chunks) = _digest(blob), _pack(blob, algo)
+        meta = RefMeta(ref_id, len(blob), sum(map(len, chunks)), algo, content_type, expires_at)
+        return await self._backend().references.ref_put(meta, chunks, now=now)
+
+    async def store_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        content_type: str = _DEFAULT_TYPE,
+        ttl: float | None = None,
+        compression: str = "auto",
+    ) -> Ref:
+        """Store a file's content like `store`, streamed: read, hashed, compressed and stored
+        one chunk at a time, so memory use does not grow with the file.
+
+        Whether compression saves space is judged on the first chunk and checked at the end
+        (if the whole did not shrink, the file is stored again uncompressed).
+        """
+        backend = self._backend()
+        now = time.time()
+        expires_at = self._expiry(ttl, now)
+        try:
+            size = os.stat(path).st_size  # to choose; the size stored is the size read
+            algo = _choose(compression, size, content_type, self.config.compress_threshold)
+            ref_id, algo, stored, upload, size = await self._stage_file(backend, path, algo)
+            if algo != "none" and stored >= size:
+                await backend.references.ref_abort(upload)
+                ref_id, algo, stored, upload, size = await self._stage_file(backend, path, "none")
+        except OSError as exc:
+            raise ValidationError(f"Cannot read {os.fspath(path)!r}: {exc}.") from exc
+        meta = RefMeta(ref_id, size, stored, algo, content_type, expires_at)
+        return await backend.references.ref_commit(upload, meta, now=now)
+
+    async def _stage_file(
+        self, backend: Context, path: str | os.PathLike[str], algo: str
+    ) -> tuple[str, str, int, int, int]:
+        """Stage the file's chunks; returns (id, compression, stored size, upload, size)."""
+        digest = hashlib.sha256()
+        upload: int | None = None
+        n = stored = 0
+        now = time.time()
+
+        def step(f: Any) -> bytes | None:
+            piece: bytes = f.read(CHUNK_SIZE)
+            if not piece:
+                return None
+            digest.update(piece)
+            return piece if algo == "none" else _compress(piece, algo)
+
+        try:
+            f = await asyncio.to_thread(open, path, "rb")
+            with contextlib.closing(f):
+                while True:
+                    out = await asyncio.to_thread(step, f)
+                    if out is None:
+                        break
+                    if n == 0 and algo != "none" and len(out) >= f.tell():
+                        return await self._restart(backend, upload, path)
+                    upload = await backend.references.ref_stage(upload, n, out, now=now)
+                    n += 1
+                    stored += len(out)
+                # the size read, not the size at the start: the file may have grown meanwhile
+                size = f.tell()
+            if upload is None:  # an empty file is one empty chunk
+                upload = await backend.references.ref_stage(None, 0, b"", now=now)
+        except BaseException:
+            if upload is not None:
+                with contextlib.suppress(Exception):
+                    await backend.references.ref_abort(upload)
+            raise
+        return _PREFIX + digest.hexdigest(), algo, stored, upload, size
+
+    async def _restart(
+        self, backend: Context, upload: int | None, path: str | os.PathLike[str]
+    ) -> tuple[str, str, int, int, int]:
+        if upload is not None:
+            await backend.references.ref_abort(upload)
+        return await self._stage_file(backend, path, "none")
+
+    async def get(self, ref: Ref | str) -> Ref | None:
+        """The stored record of `ref` (current refcount), or None if it is not stored."""
+        found, _ = await self._backend().references.ref_read(ref_id_of(ref), 0, 0)
+        return found
+
+    async def resolve(self, ref: Ref | str) -> bytes:
+        """The original bytes of `ref` (a Ref or its id), verified against the id.
+
+        Raises RefNotFound if it is not stored and IntegrityError if the stored bytes do not
+        match the id.
+        """
+        _, data = await self._read(ref_id_of(ref))
+        return data
+
+    async def _read(self, ref_id: str) -> tuple[Ref, bytes]:
+        parts: builtins.list[bytes] = []
+        found: builtins.list[Ref] = []
+        async for piece in self._pieces(ref_id, _READ_BATCH, found):
+            parts.append(piece)
+        return found[0], parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _pieces(self, ref_id: str, batch: int, found_box: builtins.list[Ref]) -> Any:
+        """Yield the original bytes chunk by chunk (the record goes to `found_box` first);
+        raises IntegrityError after the last chunk if the whole does not match the id."""
+        backend = self._backend()
+        found, chunks = await backend.references.ref_read(ref_id, 0, batch)
+        if found is None:
+            raise RefNotFound(f"No blob {ref_id} is stored (never stored, or evicted).")
+        found_box.append(found)
+        unpack = _Unpacker(found)
+        total = found.stored_size
+        start, read = 0, 0
+        while True:
+            for chunk in chunks:
+                read += len(chunk)
+                if len(chunk) > _OFFLOAD_AT:
+                    yield await asyncio.to_thread(unpack.chunk, chunk)
+                else:
+                    yield unpack.chunk(chunk)
+            start += len(chunks)
+            if len(chunks) < batch:
+                break
+            again, chunks = await backend.references.ref_read(ref_id, start, batch)
+            if again is None or again.created_at != found.created_at:
+                raise RefNotFound(f"Blob {ref_id} was evicted while it was being read.")
+        if read != total:
+            raise IntegrityError(
+                f"The stored blob {ref_id} does not match its id: {read} stored bytes were "
+                f"found, not {total}. No data was returned."
+            )
+        unpack.verify()
+
+    async def resolve_to(self, ref: Ref | str, path: str | os.PathLike[str]) -> Ref:
+        """Write the original bytes of `ref` to `path`, streamed chunk by chunk and verified.
+
+        The file appears only once the whole blob matched its id; on IntegrityError nothing is
+        left at `path`. Returns the blob's record.
+        """
+        ref_id = ref_id_of(ref)
+        target = os.fspath(path)
+        part = f"{target}.{uuid.uuid4().hex[:8]}.part"
+        found: builtins.list[Ref] = []
+        try:
+            f = await asyncio.to_thread(open, part, "wb")
+            with contextlib.closing(f):
+                async for piece in self._pieces(ref_id, 2, found):
+                    await asyncio.to_thread(f.write, piece)
+            os.replace(part, target)
+        except OSError as exc:
+            raise ValidationError(f"Cannot write {target!r}: {exc}.") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+        return found[0]
+
+    async def retain(self, ref: Ref | str) -> Ref:
+        """Add a reference to a stored blob; returns its record. Raises RefNotFound."""
+        ref_id = ref_id_of(ref)
+        found = await self._backend().references.ref_adjust(ref_id, 1, now=time.time())
+        if found is None:
+            raise RefNotFound(f"Cannot retain {ref_id}: no such blob is stored.")
+        return found
+
+    async def release(self, ref: Ref | str) -> int:
+        """Drop a reference taken by `store`, `store_file` or `retain`; returns the refcount
+        left. At zero, `ref_counting` evicts the blob at once. Raises RefNotFound."""
+        ref_id = ref_id_of(ref)
+        found = await self._backend().references.ref_adjust(ref_id, -1, now=time.time())
+        if found is None:
+            raise RefNotFound(f"Cannot release {ref_id}: no such blob is stored.")
+        return found.refcount
+
+    async def gc(self) -> builtins.list[Ref]:
+        """Evict what the GC strategy allows now (see `RefConfig`); returns the evicted."""
+        return await self._backend().references.ref_gc(now=time.time())
+
+    async def stats(self) -> RefStats:
+        """Counters: total refs and bytes, active refs, current bytes, GC runs, evictions."""
+        return await self._backend().references.ref_stats()
+
+    async def list(self) -> builtins.list[Ref]:
+        """Every stored blob's record, by id."""
+        return await self._backend().references.ref_list()
+
+    # --- the tier policy, for the feature layer ----------------------------------------------
+
+    async def _promote(
+        self, type: str | None, data: bytes, kind: int, held: dict[int, tuple[bytes, str]]
+    ) -> tuple[bytes, int]:
+        """Apply the tier policy to an encoded payload: either unchanged, or stored with a
+        reference held for the caller and replaced by the id.
+
+        `held` maps the encoded payloads stored so far (by object identity, so one value sent
+        to many recipients is hashed and stored once) to their ids; `_unhold` releases them.
+        """
+        if kind & REF_FLAG or not self.policies.by_reference(type, len(data)):
+            return data, kind
+        seen = held.get(id(data))
+        if seen is None:
+            storing = asyncio.ensure_future(self.store(data))
+            try:
+                # shielded: a cancel must not lose the reference the store takes for us
+                ref = await asyncio.shield(storing)
+            except asyncio.CancelledError:
+                storing.add_done_callback(self._release_when_stored)
+                raise
+            seen = held[id(data)] = (data, ref.id)
+        return seen[1].encode("ascii"), kind | REF_FLAG
+
+    def _release_when_stored(self, storing: asyncio.Future[Ref]) -> None:
+        if storing.cancelled() or storing.exception() is not None:
+            return
+        ref_id = storing.result().id
+        with contextlib.suppress(AgentCommError):
+            self._hub._spawn(self._backend().references.ref_adjust(ref_id, -1, now=time.time()))
+
+    async def _unhold(self, held: dict[int, tuple[bytes, str]]) -> None:
+        """Release the references `_promote` held, once the rows that need them hold theirs."""
+        backend = self._backend()
+        for _, ref_id in held.values():
+            await backend.references.ref_adjust(ref_id, -1, now=time.time())
+
+    async def _load(self, data: bytes, kind: int) -> tuple[bytes, int, Ref | None]:
+        """The payload a stored one stands for: (original bytes, kind, Ref or None)."""
+        if not kind & REF_FLAG:
+            return data, kind, None
+        ref, original = await self._read(data.decode("ascii"))
+        return original, kind & ~REF_FLAG, ref
