@@ -11,6 +11,8 @@ __all__ = [
     "REPLY_GRACE",
     "SCHEDULES_CHANNEL",
     "conflict",
+    "final_nack_reason",
+    "lease_expired_reason",
     "consumer_filter",
     "mail_channel",
     "reply_channel",
@@ -65,3 +67,16 @@ def conflict(spec: ConsumerSpec, pattern: str) -> ValidationError:
         f"Durable consumer {spec.name!r} exists with pattern {pattern!r} and other filters; "
         "subscribe with the same pattern and filters to share it, or use another durable name."
     )
+
+
+# --- dead-letter reasons (Redis's Lua scripts build the same texts) -------------------------------
+
+
+def lease_expired_reason(attempt: int, max_attempts: int) -> str:
+    """Why a message whose last lease ended unacked was dead-lettered."""
+    return f"lease expired on delivery {attempt} of {max_attempts}"
+
+
+def final_nack_reason(attempt: int) -> str:
+    """Why a message nacked on its last allowed delivery was dead-lettered."""
+    return f"nacked on final delivery {attempt}"
