@@ -2,30 +2,41 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/.venv-created:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[all]'
-	touch $(STAMP)
+	touch $@
 
-demo: $(STAMP)
+# one stamp per extra set, remade when pyproject.toml changes
+$(VENV)/.installed-cli: pyproject.toml $(VENV)/.venv-created
+	$(BIN)/pip install -q -e '.[cli]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.venv-created
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-cli
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.venv-created
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed-cli
+
+demo: $(VENV)/.installed-cli
 	$(BIN)/agentcomm demo
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks
 
 clean:

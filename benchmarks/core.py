@@ -9,6 +9,7 @@ rows and checks targets.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 import tempfile
@@ -220,3 +221,13 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def peer(module: str) -> Any:
+    """Import a peer library (the `bench` extra), or fail its rows with how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"{module} is not installed: pip install -e '.[bench]' (make bench does this)."
+        ) from exc

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -79,7 +80,7 @@ async def raw_single(url: str, n: int) -> float:
         started = time.perf_counter()
         for blob in blobs:
             await client.xadd(STREAM, {"data": blob})
-            got = await client.xreadgroup(GROUP, "c", {STREAM: ">"}, count=1)
+            got: Any = await client.xreadgroup(GROUP, "c", {STREAM: ">"}, count=1)
             entry_id = got[0][1][0][0]
             await client.xack(STREAM, GROUP, entry_id)
         elapsed = time.perf_counter() - started
@@ -102,7 +103,7 @@ async def raw_batched(url: str, n: int) -> float:
                 await pipe.execute()
         done = 0
         while done < n:
-            got = await client.xreadgroup(GROUP, "c", {STREAM: ">"}, count=BATCH)
+            got: Any = await client.xreadgroup(GROUP, "c", {STREAM: ">"}, count=BATCH)
             ids = [entry_id for entry_id, _ in got[0][1]]
             await client.xack(STREAM, GROUP, *ids)
             done += len(ids)
@@ -178,7 +179,8 @@ async def _raw_responder(url: str, pipe: Connection) -> None:
     try:
         pipe.send("ready")
         while True:
-            _, blob = await client.brpop(["rr:requests"])
+            popped: Any = await client.brpop(["rr:requests"])
+            _, blob = popped
             if blob == b"stop":
                 return
             await client.lpush("rr:replies", blob)

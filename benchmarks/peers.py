@@ -10,10 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import litequeue  # type: ignore[import-untyped]
-import persistqueue
-
-from .core import Config, Row, benchmark, drain_ratio, fresh_dir, payloads
+from .core import Config, Row, benchmark, drain_ratio, fresh_dir, payloads, peer
 
 Put = Callable[[Any], object]
 GetAck = Callable[[], None]
@@ -51,7 +48,7 @@ def _measure(
 
 
 def _persistqueue(directory: str) -> tuple[Put, GetAck, Callable[[], None]]:
-    q = persistqueue.SQLiteAckQueue(directory)
+    q = peer("persistqueue").SQLiteAckQueue(directory)
 
     def get_ack() -> None:
         item = q.get(block=False, raw=True)
@@ -61,7 +58,7 @@ def _persistqueue(directory: str) -> tuple[Put, GetAck, Callable[[], None]]:
 
 
 def _litequeue(directory: str) -> tuple[Put, GetAck, Callable[[], None]]:
-    q = litequeue.LiteQueue(f"{directory}/litequeue.db")
+    q = peer("litequeue").LiteQueue(f"{directory}/litequeue.db")
 
     def get_ack() -> None:
         msg = q.pop()

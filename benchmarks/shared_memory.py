@@ -15,12 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import diskcache  # type: ignore[import-untyped]
-from langgraph.store.sqlite import SqliteStore
-
 import agentcomm
 
-from .core import Config, Ratio, Row, benchmark, fresh_dir, payloads
+from .core import Config, Ratio, Row, benchmark, fresh_dir, payloads, peer
 from .mailbox import sqlite_url
 
 KEYS = 1_000
@@ -135,7 +132,7 @@ def _langgraph(d: Path) -> tuple[Put, Get, Callable[[], None]]:
     conn = sqlite3.connect(str(d / "langgraph.db"), check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    store = SqliteStore(conn)
+    store = peer("langgraph.store.sqlite").SqliteStore(conn)
     store.setup()
 
     def put(key: str, value: dict[str, Any]) -> None:
@@ -149,7 +146,7 @@ def _langgraph(d: Path) -> tuple[Put, Get, Callable[[], None]]:
 
 def _diskcache(d: Path) -> tuple[Put, Get, Callable[[], None]]:
     """diskcache's Cache on a directory, its defaults (WAL, synchronous=NORMAL, pickled values)."""
-    cache = diskcache.Cache(str(d / "diskcache"))
+    cache = peer("diskcache").Cache(str(d / "diskcache"))
     return cache.set, cache.get, cache.close
 
 

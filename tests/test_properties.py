@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agentcomm
 
+T = TypeVar("T")
+
 _SETTINGS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
-def _run(fresh_url: Callable[[], str], scenario: object) -> object:
-    async def go(url: str) -> object:
+def _run(fresh_url: Callable[[], str], scenario: Callable[[agentcomm.Hub], Awaitable[T]]) -> T:
+    async def go(url: str) -> T:
         async with agentcomm.connect(url) as hub:
-            return await scenario(hub)  # type: ignore[operator]
+            return await scenario(hub)
 
     return asyncio.run(go(fresh_url()))  # a new store for every example
 
@@ -60,7 +63,7 @@ def test_dedupe_matches_a_model(
         depths = {r: await hub.queue_depth(r) for r in ("r1", "r2")}
         return ids, depths
 
-    ids, depths = _run(fresh_url, scenario)  # type: ignore[misc]
+    ids, depths = _run(fresh_url, scenario)
     first: dict[tuple[str, str, str], str] = {}
     expected_depth = {"r1": 0, "r2": 0}
     for msg_id, (s, r, k) in zip(ids, sends, strict=True):

@@ -93,3 +93,26 @@ async def test_file_that_is_not_a_database(tmp_path: Path) -> None:
     bogus.write_text("not sqlite")
     with pytest.raises(agentcomm.BackendError, match="not an agentcomm SQLite database"):
         await agentcomm.connect(f"sqlite:///{bogus}")
+
+
+def test_the_namespace_is_exactly_all() -> None:
+    # httpx's rule: every public name of the package is in __all__, and nothing else is public;
+    # implementation modules are private (`agentcomm._hub`, ...)
+    public = sorted(
+        (name for name in vars(agentcomm) if not name.startswith("_")), key=str.casefold
+    )
+    assert public == sorted(agentcomm.__all__, key=str.casefold)
+
+
+@pytest.mark.slow
+def test_users_type_checker_sees_the_types(tmp_path: Path) -> None:
+    api = pytest.importorskip("mypy.api")
+    snippet = tmp_path / "user.py"
+    snippet.write_text(
+        "import agentcomm\n"
+        "hub: int = agentcomm.connect('memory://')\n"  # wrong on purpose: needs real types
+    )
+    out, err, status = api.run(["--strict", "--no-incremental", str(snippet)])
+    assert status == 1, out + err
+    assert 'incompatible type "Hub"' in out or '"Hub", variable has type "int"' in out, out
+    assert "py.typed" not in out, out
