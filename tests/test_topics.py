@@ -552,9 +552,7 @@ def _child_consume(url: str, results: Any) -> None:
         async with agentcomm.connect(url) as hub:
             me = await hub.agent("worker")
             got = []
-            async with me.subscribe(
-                "jobs.>", durable="shared", start="all", buffer=10
-            ) as sub:
+            async with me.subscribe("jobs.>", durable="shared", start="all", buffer=10) as sub:
                 while (msg := await sub.next(timeout=1.0)) is not None:
                     got.append(msg.data)
                     await msg.ack()

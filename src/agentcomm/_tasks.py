@@ -27,6 +27,8 @@ class TaskRegistry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed: asyncio.Event | None = None  # made on first use, inside the loop
         self.closed = False
+        #: Tasks `aclose` had to cancel (0 when every loop ended on the close flag).
+        self.cancelled = 0
 
     def __iter__(self) -> Any:
         return iter(list(self._tasks))
@@ -86,6 +88,7 @@ class TaskRegistry:
         if not self._tasks:
             return
         stuck = set(self._tasks)
+        self.cancelled += len(stuck)
         for task in stuck:
             task.cancel()
         _, pending = await asyncio.wait(stuck, timeout=cancel_grace)
