@@ -174,12 +174,12 @@ async def _replay(url: str, retention: agentcomm.Retention, n: int) -> float:
                 raise RuntimeError("replay went back in the log")
             last_seq = msg.sequence
             await msg.ack()
-        await sub.close()
+        await sub.aclose()
         rate = n / (time.perf_counter() - started)
         # untimed: every ack was written, so the consumer resumes with nothing left
         again = await reader.subscribe("bench.>", durable="replay")
         left = await again.next(timeout=0)
-        await again.close()
+        await again.aclose()
         if left is not None:
             raise RuntimeError(f"message #{left.sequence} was delivered again after its ack")
     return rate

@@ -67,7 +67,7 @@ async def test_same_bytes_add_a_reference_not_a_copy(hub: agentcomm.Hub) -> None
     assert (stats.entries, stats.total_refs, stats.dedupe_hits) == (1, 1, 1)
     assert stats.current_bytes == len(COMPRESSIBLE)
     assert stats.stored_bytes == first.stored_size
-    assert [r.id for r in await hub.refs.list()] == [first.id]
+    assert [r.id for r in await hub.refs.list_refs()] == [first.id]
 
 
 async def test_retain_and_release_count(hub: agentcomm.Hub) -> None:
@@ -129,7 +129,7 @@ async def test_refcounts_follow_a_model(
                 model[ref_id] = max(model[ref_id] - 1, 0)
                 if model[ref_id] == 0 and strategy == "ref_counting":
                     del model[ref_id]
-            assert {r.id: r.refcount for r in await hub.refs.list()} == model
+            assert {r.id: r.refcount for r in await hub.refs.list_refs()} == model
             if model:
                 some = rng.choice(sorted(model))
                 assert sha(await hub.refs.resolve(some)) == some
@@ -146,7 +146,7 @@ async def test_ref_counting_evicts_at_zero(hub: agentcomm.Hub) -> None:
     await hub.refs.release(ref)
     with pytest.raises(RefNotFound):
         await hub.refs.resolve(ref)
-    assert await hub.refs.list() == []
+    assert await hub.refs.list_refs() == []
 
 
 async def test_manual_evicts_only_on_gc(make_hub: Callable[..., agentcomm.Hub]) -> None:
@@ -157,7 +157,7 @@ async def test_manual_evicts_only_on_gc(make_hub: Callable[..., agentcomm.Hub]) 
         assert await hub.refs.resolve(dropped) == b"dropped"
         evicted = await hub.refs.gc()
         assert [r.id for r in evicted] == [dropped.id]
-        assert [r.id for r in await hub.refs.list()] == [kept.id]
+        assert [r.id for r in await hub.refs.list_refs()] == [kept.id]
 
 
 async def test_ttl_evicts_expired_unreferenced_only(
@@ -170,11 +170,11 @@ async def test_ttl_evicts_expired_unreferenced_only(
         no_ttl = await hub.refs.store(b"no ttl")
         for ref in (free_expired, free_fresh, no_ttl):
             assert await hub.refs.release(ref) == 0
-        assert len(await hub.refs.list()) == 4  # a release evicts nothing under "ttl"
+        assert len(await hub.refs.list_refs()) == 4  # a release evicts nothing under "ttl"
         assert [r.id for r in await hub.refs.gc()] == [no_ttl.id]
         await asyncio.sleep(0.6)
         assert [r.id for r in await hub.refs.gc()] == [free_expired.id]
-        assert {r.id for r in await hub.refs.list()} == {held_expired.id, free_fresh.id}
+        assert {r.id for r in await hub.refs.list_refs()} == {held_expired.id, free_fresh.id}
         assert await hub.refs.resolve(held_expired) == b"held"
 
 
@@ -211,10 +211,10 @@ async def test_background_passes_evict_except_under_manual(
         await hub.refs.release(ref)
         # "ttl": wait (bounded) for a pass to evict it; "manual": let ~10 passes go by
         for _ in range(100 if strategy == "ttl" else 10):
-            if strategy == "ttl" and not await hub.refs.list():
+            if strategy == "ttl" and not await hub.refs.list_refs():
                 break
             await asyncio.sleep(0.02)
-        left = [r.id for r in await hub.refs.list()]
+        left = [r.id for r in await hub.refs.list_refs()]
         assert left == ([ref.id] if strategy == "manual" else [])
 
 
@@ -247,13 +247,13 @@ async def test_ack_releases(make_hub: Callable[..., agentcomm.Hub]) -> None:
         a, b = await hub.agent("a"), await hub.agent("b")
         await a.send("b", "one")
         await a.send("b", "one")
-        refs = await hub.refs.list()
+        refs = await hub.refs.list_refs()
         assert len(refs) == 1 and refs[0].refcount == 2
         first, second = await b.receive_many(2, timeout=5)
         await first.ack()
-        assert (await hub.refs.list())[0].refcount == 1
+        assert (await hub.refs.list_refs())[0].refcount == 1
         await b.ack_many([second])
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_ack_releases_when_acked_rows_are_kept(
@@ -266,7 +266,7 @@ async def test_ack_releases_when_acked_rows_are_kept(
         msg = await b.receive(timeout=5)
         assert msg is not None
         await msg.ack()
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_expiry_releases(make_hub: Callable[..., agentcomm.Hub]) -> None:
@@ -274,10 +274,10 @@ async def test_expiry_releases(make_hub: Callable[..., agentcomm.Hub]) -> None:
         a = await hub.agent("a")
         await hub.agent("b")
         await a.send("b", "short-lived", ttl=0.01)
-        assert len(await hub.refs.list()) == 1
+        assert len(await hub.refs.list_refs()) == 1
         await asyncio.sleep(0.05)
         assert (await hub.prune()).expired == 1
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_dead_letters_hold_until_pruned(make_hub: Callable[..., agentcomm.Hub]) -> None:
@@ -290,10 +290,10 @@ async def test_dead_letters_hold_until_pruned(make_hub: Callable[..., agentcomm.
         await msg.dead_letter("no")
         [dead] = await hub.dead_letters("b")
         assert dead.data == {"doomed": True}
-        assert len(await hub.refs.list()) == 1
+        assert len(await hub.refs.list_refs()) == 1
         await asyncio.sleep(0.05)
         assert (await hub.prune()).pruned_messages == 1
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_requeued_dead_letter_still_resolves(make_hub: Callable[..., agentcomm.Hub]) -> None:
@@ -307,7 +307,7 @@ async def test_requeued_dead_letter_still_resolves(make_hub: Callable[..., agent
         again = await b.receive(timeout=5)
         assert again is not None and again.data == [1, 2, 3]
         await again.ack()
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_shared_memory_holds_and_releases(make_hub: Callable[..., agentcomm.Hub]) -> None:
@@ -318,15 +318,15 @@ async def test_shared_memory_holds_and_releases(make_hub: Callable[..., agentcom
         got = await kv.get("plan")
         assert got is not None and got.value == {"v": 1} and got.payload_ref is not None
         await kv.put("plan", {"v": 1})  # same content: still held, by the new version
-        assert [r.refcount for r in await hub.refs.list()] == [1]
+        assert [r.refcount for r in await hub.refs.list_refs()] == [1]
         await kv.put("plan", {"v": 2})  # overwrite releases the old value
-        assert [r.id for r in await hub.refs.list()] == [sha(b'{"v":2}')]
+        assert [r.id for r in await hub.refs.list_refs()] == [sha(b'{"v":2}')]
         await kv.delete("plan")
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
         await kv.put("tmp", "x", ttl=0.01)
         await asyncio.sleep(0.05)
         assert await kv.get("tmp") is None  # expiry releases
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_shared_memory_history_holds_past_versions(hub: agentcomm.Hub) -> None:
@@ -337,7 +337,7 @@ async def test_shared_memory_history_holds_past_versions(hub: agentcomm.Hub) -> 
     [now, before] = await kv.history("k")
     assert (now.value, before.value) == ("small", big)
     await kv.put("k", "smaller")  # the big version leaves the kept history
-    assert await hub.refs.list() == []
+    assert await hub.refs.list_refs() == []
 
 
 async def test_watch_sees_values_stored_by_reference(hub: agentcomm.Hub) -> None:
@@ -466,7 +466,7 @@ async def test_policy_table(make_hub: Callable[..., agentcomm.Hub]) -> None:
         assert await _tier(hub, "tool_result", "x" * 90) is None  # 92 bytes encoded
         assert await _tier(hub, "tool_result", "x" * 99) is not None  # 101 bytes
         assert await _tier(hub, "other", big) is None  # auto-promotion disabled: by value
-        assert await hub.refs.list() == []  # and nothing was stored for it
+        assert await hub.refs.list_refs() == []  # and nothing was stored for it
         assert (await hub.refs.stats()).total_refs == 2
 
 
@@ -505,7 +505,7 @@ async def test_five_megabytes_sent_and_received_transparently(hub: agentcomm.Hub
     assert first.payload_ref is not None and first.payload_ref.size == len(blob)
     assert second.payload_ref is not None and second.payload_ref.compression == "zstd"
     await b.ack_many([first, second])
-    assert await hub.refs.list() == []
+    assert await hub.refs.list_refs() == []
 
 
 async def test_one_payload_to_ten_recipients_is_stored_once(hub: agentcomm.Hub) -> None:
@@ -518,13 +518,13 @@ async def test_one_payload_to_ten_recipients_is_stored_once(hub: agentcomm.Hub) 
     stats = await hub.refs.stats()
     assert (stats.total_refs, stats.stored_bytes, stats.dedupe_hits) == (1, len(payload), 0)
     assert [p.size for p in await hub.pending("r0")] == [len(payload)]
-    assert [r.refcount for r in await hub.refs.list()] == [10]
+    assert [r.refcount for r in await hub.refs.list_refs()] == [10]
     for name in names:
         agent = await hub.agent(name)
         msg = await agent.receive(timeout=5)
         assert msg is not None and msg.data == payload
         await msg.ack()
-    assert await hub.refs.list() == []
+    assert await hub.refs.list_refs() == []
 
 
 async def test_send_many_from_a_generator_keeps_values_apart(hub: agentcomm.Hub) -> None:
@@ -551,7 +551,7 @@ async def test_request_and_reply_by_reference(make_hub: Callable[..., agentcomm.
         reply = await asker.request("answerer", {"q": 21}, timeout=10)
         await task
         assert reply.data == {"answer": 42}
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_cancelled_request_leaves_no_reference(
@@ -568,7 +568,7 @@ async def test_cancelled_request_leaves_no_reference(
             await request
         closing = [t for t in hub._ctx.tasks if "close_slot" in repr(t.get_coro())]
         await asyncio.gather(*closing)
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_cancelled_send_leaves_no_reference(
@@ -587,11 +587,11 @@ async def test_cancelled_send_leaves_no_reference(
         # list only counts once the store has happened
         for _ in range(500):
             stored = (await hub.refs.stats()).total_refs >= 1
-            if stored and not await hub.refs.list():
+            if stored and not await hub.refs.list_refs():
                 break
             await asyncio.sleep(0.01)
         assert (await hub.refs.stats()).total_refs == 1
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
         assert await hub.queue_depth("b") == 0
 
 
@@ -603,21 +603,21 @@ async def test_late_reply_by_reference_is_not_kept(make_hub: Callable[..., agent
         msg = await answerer.receive(timeout=0)
         assert msg is None  # the request expired with its timeout
         await hub.prune()
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_schedule_by_reference(make_hub: Callable[..., agentcomm.Hub]) -> None:
     async with make_hub(default_policy="reference") as hub:
         a, b = await hub.agent("a"), await hub.agent("b")
         sched = await a.schedule("b", {"tick": True}, every=0.05)
-        assert [r.refcount for r in await hub.refs.list()] == [1]  # the schedule holds it
+        assert [r.refcount for r in await hub.refs.list_refs()] == [1]  # the schedule holds it
         msg = await b.receive(timeout=10)
         assert msg is not None and msg.data == {"tick": True} and msg.payload_ref is not None
         await msg.ack()
         assert await hub.cancel_schedule(sched)
         for m in await b.receive_many(100, timeout=0):
             await m.ack()
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 async def test_put_that_conflicts_keeps_nothing(make_hub: Callable[..., agentcomm.Hub]) -> None:
@@ -626,7 +626,7 @@ async def test_put_that_conflicts_keeps_nothing(make_hub: Callable[..., agentcom
         await kv.put("k", "first")
         with pytest.raises(agentcomm.VersionConflict):
             await kv.put("k", "second", expected_version=0)
-        assert [r.id for r in await hub.refs.list()] == [sha(b'"first"')]
+        assert [r.id for r in await hub.refs.list_refs()] == [sha(b'"first"')]
 
 
 async def test_unknown_recipient_keeps_nothing(make_hub: Callable[..., agentcomm.Hub]) -> None:
@@ -634,7 +634,7 @@ async def test_unknown_recipient_keeps_nothing(make_hub: Callable[..., agentcomm
         a = await hub.agent("a")
         with pytest.raises(agentcomm.UnknownAgent):
             await a.send("nobody", "payload")
-        assert await hub.refs.list() == []
+        assert await hub.refs.list_refs() == []
 
 
 # --- topics ------------------------------------------------------------------------------------
@@ -650,14 +650,14 @@ async def test_publish_by_reference_reaches_every_kind_of_subscriber(
         remote = await (await other.agent("there")).subscribe("data.>")
         durable = await (await hub.agent("keeper")).subscribe("data.>", durable="d", start="all")
         result = await pub.publish("data.tables", big)
-        refs = await hub.refs.list()
+        refs = await hub.refs.list_refs()
         assert len(refs) == 1 and refs[0].refcount == 1  # one store, held by the log record
         for sub in (live, remote, durable):
             msg = await sub.next(timeout=10)
             assert msg is not None and msg.data == big and msg.sequence == result.sequence
             await msg.ack()
         for sub in (live, remote, durable):
-            await sub.close()
+            await sub.aclose()
 
 
 async def test_pruned_topic_records_release_their_payloads(
@@ -669,7 +669,7 @@ async def test_pruned_topic_records_release_their_payloads(
         for n in range(3):
             await pub.publish("t", {"n": n})
         await hub.prune()
-        assert [r.id for r in await hub.refs.list()] == [sha(b'{"n":2}')]
+        assert [r.id for r in await hub.refs.list_refs()] == [sha(b'{"n":2}')]
 
 
 # --- large blobs, streamed ------------------------------------------------------------------------

@@ -240,7 +240,7 @@ async def test_watch_sees_puts_deletes_and_expiry_in_order_across_hubs(
         ("expire", "plan.c", 2),
     ]
     assert [c.value for c in got] == [1, 2, 1, None, 1, None]
-    seqs = [c.seq for c in got]
+    seqs = [c.sequence for c in got]
     assert seqs == sorted(seqs) and len(set(seqs)) == 6
 
 
@@ -264,7 +264,7 @@ async def test_watch_resumes_after_its_last_seen_seq(hub: agentcomm.Hub) -> None
         await kv.put("a", 2)
         seen = await collect(changes, 1)
     await kv.put("a", 3)
-    async with contextlib.aclosing(kv.watch(since=seen[-1].seq)) as changes:
+    async with contextlib.aclosing(kv.watch(since=seen[-1].sequence)) as changes:
         assert brief(await collect(changes, 2)) == [("put", "a", 2), ("put", "a", 3)]
 
 

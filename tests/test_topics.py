@@ -77,7 +77,7 @@ async def test_wildcard_table(hub: agentcomm.Hub) -> None:
                 await msg.ack()
             assert (topic in got) == expected, (pattern, topic)
             assert got == wanted, pattern
-            await s.close()
+            await s.aclose()
 
 
 _token = st.sampled_from(["a", "b", "c", "wf", "x-1"])
@@ -197,7 +197,7 @@ async def test_invalid_publish_arguments(hub: agentcomm.Hub) -> None:
 async def test_publish_subscribe_round_trip(hub: agentcomm.Hub) -> None:
     planner = await hub.agent("planner")
     coder = await hub.agent("coder")
-    async with await coder.subscribe("workflow.*.started") as sub:
+    async with coder.subscribe("workflow.*.started") as sub:
         result = await planner.publish(
             "workflow.build.started", {"id": 7}, type="started", metadata={"run": "r1"}
         )
@@ -231,7 +231,7 @@ async def test_filters_and_together(hub: agentcomm.Hub) -> None:
     while (msg := await sub.next(timeout=0.05)) is not None:
         got.append(msg.data)
     assert got == [1, 8]
-    await sub.close()
+    await sub.aclose()
 
 
 async def test_drops_are_counted_with_a_tiny_buffer(hub: agentcomm.Hub) -> None:
@@ -249,7 +249,7 @@ async def test_drops_are_counted_with_a_tiny_buffer(hub: agentcomm.Hub) -> None:
     assert (stats.published, stats.delivered, stats.dropped) == (5, 1, 4)
     assert stats.subscribers == 1 and stats.last_sequence == results[-1].sequence
     assert stats.last_publish is not None
-    await sub.close()
+    await sub.aclose()
     assert (await hub.topic_stats("events.x")).subscribers == 0
 
 
@@ -336,7 +336,7 @@ async def test_concurrent_publish_and_close_leaks_nothing(hub: agentcomm.Hub) ->
                 async with sub:
                     pass
             else:
-                await asyncio.gather(sub.close(), planner.publish("load.x", -1))
+                await asyncio.gather(sub.aclose(), planner.publish("load.x", -1))
 
     publishers = [asyncio.create_task(publish()) for _ in range(3)]
     await asyncio.gather(*(churn(k) for k in range(8)))
@@ -396,7 +396,7 @@ async def test_ack_after_close_is_written(make_hub: Callable[..., agentcomm.Hub]
         await msg.ack()
         again = await reader.subscribe("late.>", durable="late")
         assert await again.next(timeout=0.5) is None  # past the lease: not delivered again
-        await again.close()
+        await again.aclose()
 
 
 async def test_durable_redelivers_after_the_lease(make_hub: Callable[..., agentcomm.Hub]) -> None:
@@ -415,7 +415,7 @@ async def test_durable_redelivers_after_the_lease(make_hub: Callable[..., agentc
         nxt = await sub.next(timeout=5)
         assert nxt is not None and nxt.data == "b"
         await nxt.ack()
-        await sub.close()
+        await sub.aclose()
 
 
 async def test_durable_shares_work_between_subscribers(
@@ -444,8 +444,8 @@ async def test_durable_shares_work_between_subscribers(
         await asyncio.gather(consume(one, a), consume(two, b))
         assert sorted(a + b) == list(range(60))  # each message to exactly one of them
         assert a and b
-        await one.close()
-        await two.close()
+        await one.aclose()
+        await two.aclose()
 
 
 async def test_rewind_with_start(hub: agentcomm.Hub) -> None:
@@ -455,13 +455,13 @@ async def test_rewind_with_start(hub: agentcomm.Hub) -> None:
     sub = await reader.subscribe("log.x", durable="r", start="new")
     await planner.publish("log.x", 6)
     assert await _drain(sub) == [6]
-    await sub.close()
+    await sub.aclose()
     sub = await reader.subscribe("log.x", durable="r", start=seqs[3])
     assert await _drain(sub) == [3, 4, 5, 6]
-    await sub.close()
+    await sub.aclose()
     sub = await reader.subscribe("log.x", durable="r", start="all")
     assert await _drain(sub) == [0, 1, 2, 3, 4, 5, 6]
-    await sub.close()
+    await sub.aclose()
     cut = datetime.now(UTC)
     await planner.publish("log.x", 7)
     sub = await reader.subscribe("log.x", durable="r", start=cut)
@@ -470,9 +470,9 @@ async def test_rewind_with_start(hub: agentcomm.Hub) -> None:
     assert await sub2.next(timeout=0.05) is None
     sub3 = await reader.subscribe("log.x", durable="r", start=cut)  # same start: resumes
     assert await sub3.next(timeout=0.05) is None
-    await sub.close()
-    await sub2.close()
-    await sub3.close()
+    await sub.aclose()
+    await sub2.aclose()
+    await sub3.aclose()
     sub = await reader.subscribe("log.x", durable="r", start=0)  # another start: rewinds
     assert await _drain(sub) == [0, 1, 2, 3, 4, 5, 6, 7]
 
@@ -552,9 +552,7 @@ def _child_consume(url: str, results: Any) -> None:
         async with agentcomm.connect(url) as hub:
             me = await hub.agent("worker")
             got = []
-            async with await me.subscribe(
-                "jobs.>", durable="shared", start="all", buffer=10
-            ) as sub:
+            async with me.subscribe("jobs.>", durable="shared", start="all", buffer=10) as sub:
                 while (msg := await sub.next(timeout=1.0)) is not None:
                     got.append(msg.data)
                     await msg.ack()
@@ -626,7 +624,7 @@ async def test_concurrent_next_calls_share_a_live_subscription(hub: agentcomm.Hu
     assert await sub.next(timeout=0) is None
     late = asyncio.create_task(sub.next())
     await asyncio.sleep(0)
-    await sub.close()
+    await sub.aclose()
     assert await late is None
 
 
@@ -640,7 +638,7 @@ async def test_pruned_after_lease_ended_counts_as_lost(
         await planner.publish("t.a", 2)
         first = await sub.next(timeout=5)
         assert first is not None and first.data == 1
-        await sub.close()  # releases what it fetched but did not hand out (2)
+        await sub.aclose()  # releases what it fetched but did not hand out (2)
         await asyncio.sleep(0.3)  # the lease of 1 ends unacked
         retention = agentcomm.Retention(topic_max_count=0)
         async with make_hub(retention=retention, background=False) as pruner:
@@ -651,7 +649,7 @@ async def test_pruned_after_lease_ended_counts_as_lost(
         assert await sub.next(timeout=0.05) is None
         assert sub.lost == 2
         await first.ack()  # its record is gone: ignored
-        await sub.close()
+        await sub.aclose()
 
 
 async def test_live_subscriptions_of_a_hub_share_the_decoded_message(hub: agentcomm.Hub) -> None:
@@ -715,7 +713,7 @@ async def test_a_waiting_durable_wakes_on_release_and_rewind(
         waiter = await waiter_agent.subscribe("rel.>", durable="rel", start="all")
         waiting = asyncio.create_task(waiter.next(timeout=5))
         await asyncio.sleep(0.05)
-        await holder.close()  # releases 1 and 2 to the waiting subscriber
+        await holder.aclose()  # releases 1 and 2 to the waiting subscriber
         got = [await waiting, await waiter.next(timeout=5)]
         assert [m.data for m in got if m is not None] == [1, 2]
         for m in got:

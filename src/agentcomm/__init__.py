@@ -41,7 +41,8 @@ from ._models import (
 from ._references import AutoPromote, Ref, RefConfig, RefStats, RefStore
 from ._settings import Backoff, Retention
 from ._shared_memory import Change, Entry, KVStats, SharedMemory
-from ._topics import Subscription, TopicMessage
+from ._subscription import Subscription
+from ._topic_message import TopicMessage
 
 __version__ = "0.1.0"
 

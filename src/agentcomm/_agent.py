@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from ._backends.common import mail_channel, reply_channel
 from ._codec import encode_metadata, encode_payload
+from ._context import Context
 from ._errors import AgentCommError, HubClosed, LeaseLost, RequestTimeout, ValidationError
 from ._ids import new_id
 from ._mailbox import Message, Reply
@@ -22,7 +23,7 @@ from ._records import NewMessage, ScheduleSpec, StoredReply
 from ._ref_records import REF_FLAG
 from ._scheduling import first_occurrence, validate_recurrence
 from ._shared_memory import SharedMemory
-from ._topics import DEFAULT_BUFFER, Subscription
+from ._subscription import DEFAULT_BUFFER, Start, Subscribing
 from ._validation import (
     check_attempts,
     check_name,
@@ -30,9 +31,6 @@ from ._validation import (
     check_positive,
     check_priority,
 )
-
-if TYPE_CHECKING:
-    from ._hub import Hub
 
 __all__ = ["Agent", "Outgoing"]
 
@@ -54,30 +52,17 @@ class Outgoing(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | None = None
 
 
-async def _promote(
-    hub: Hub, messages: list[NewMessage], held: dict[int, tuple[bytes, str]]
-) -> None:
-    """Apply the hub's tier policy to messages about to be enqueued, in place."""
-    refs = hub.refs
-    for m in messages:
-        if refs.policies.by_reference(m.type, len(m.data)):
-            m.data, m.data_kind = await refs._promote(m.type, m.data, m.data_kind, held)
-
-
-async def _take(hub: Hub, cid: str, abandon: bool) -> StoredReply | None:
-    """Take the reply to `cid` if it arrived (see `Backend.take_reply`), resolved."""
-    reply = await hub._require_backend().mailboxes.take_reply(cid, abandon=abandon)
-    return None if reply is None else await _taken(hub, reply)
-
-
-async def _taken(hub: Hub, reply: StoredReply) -> StoredReply:
-    """A reply taken from its slot, its payload resolved; the slot's reference is released."""
-    if reply.data_kind & REF_FLAG:
+async def _take(ctx: Context, cid: str, abandon: bool) -> StoredReply | None:
+    """Take the reply to `cid` if it arrived (see `MailboxStore.take_reply`), resolved; the
+    slot's reference to a payload stored by reference is released."""
+    ctx.check_open()
+    reply = await ctx.mailboxes.take_reply(cid, abandon=abandon)
+    if reply is not None and reply.data_kind & REF_FLAG:
         ref_id = reply.data.decode("ascii")
         try:
-            reply.data, reply.data_kind, _ = await hub.refs._load(reply.data, reply.data_kind)
+            reply.data, reply.data_kind, _ = await ctx.refs.load(reply.data, reply.data_kind)
         finally:
-            await hub.refs._unhold({0: (reply.data, ref_id)})
+            await ctx.refs.release(ref_id)
     return reply
 
 
@@ -87,10 +72,10 @@ class Agent:
     Every message it sends carries its name as the sender; nothing else can set the sender.
     """
 
-    def __init__(self, hub: Hub, name: str) -> None:
-        self._hub = hub
+    def __init__(self, ctx: Context, name: str) -> None:
+        self._ctx = ctx
         self._name = name
-        self._touched = time.time()
+        self._touched = ctx.now()
 
     @property
     def name(self) -> str:
@@ -103,17 +88,18 @@ class Agent:
     async def _touch(self, now: float) -> None:
         if now - self._touched >= _TOUCH_EVERY:
             self._touched = now
-            await self._hub._require_backend().mailboxes.register_agent(self._name, now)
+            self._ctx.check_open()
+            await self._ctx.mailboxes.register_agent(self._name, now)
 
     # --- sending -----------------------------------------------------------------------------
 
     def _build(
         self, out: Outgoing, now: float, memo: dict[int, tuple[Any, bytes, int]] | None = None
     ) -> NewMessage:
-        hub = self._hub
+        settings = self._ctx.settings
         check_name("recipient", out.to)
         check_name("type", out.type)
-        ttl = hub.default_ttl if out.ttl is None else check_positive("ttl", out.ttl)
+        ttl = settings.default_ttl if out.ttl is None else check_positive("ttl", out.ttl)
         if out.delay is not None and out.at is not None:
             raise ValidationError("Give delay= or at=, not both.")
         visible_at = now
@@ -146,10 +132,10 @@ class Agent:
             # TTL counts from when the message becomes deliverable
             expires_at=None if math.isinf(ttl) else visible_at + ttl,
             max_attempts=check_attempts(
-                hub.max_attempts if out.max_attempts is None else out.max_attempts
+                settings.max_attempts if out.max_attempts is None else out.max_attempts
             ),
             idempotency_key=key,
-            dedupe_until=None if key is None else now + hub.retention.dedupe_window,
+            dedupe_until=None if key is None else now + settings.retention.dedupe_window,
         )
 
     async def send(
@@ -182,22 +168,26 @@ class Agent:
 
     async def send_many(self, messages: Iterable[Outgoing]) -> list[str]:
         """Send several messages in one atomic step; returns their ids in order."""
-        hub = self._hub
-        backend = hub._require_backend()
-        now = time.time()
+        ctx = self._ctx
+        ctx.check_open()
+        now = ctx.now()
         memo: dict[int, tuple[Any, bytes, int]] = {}
         built = [self._build(out, now, memo) for out in messages]
         if not built:
             return []
-        held: dict[int, tuple[bytes, str]] = {}
-        try:
-            await _promote(hub, built, held)
-            ids = await backend.mailboxes.enqueue(built, auto_register=hub.auto_register, now=now)
-        finally:
-            if held:  # the stored messages hold their own references now
-                await hub.refs._unhold(held)
+        ids = await self._enqueue(built, now)
         await self._touch(now)
         return ids
+
+    async def _enqueue(self, messages: list[NewMessage], now: float) -> list[str]:
+        """Store messages, the tier policy applied (the stored rows hold their own references)."""
+        ctx = self._ctx
+        async with ctx.refs.hold() as hold:
+            for m in messages:
+                m.data, m.data_kind = await hold.promote(m.type, m.data, m.data_kind)
+            return await ctx.mailboxes.enqueue(
+                messages, auto_register=ctx.settings.auto_register, now=now
+            )
 
     # --- receiving ---------------------------------------------------------------------------
 
@@ -219,19 +209,19 @@ class Agent:
 
         Returns as soon as at least one is ready; an empty list only on timeout.
         """
-        hub = self._hub
-        backend = hub._require_backend()
+        ctx = self._ctx
+        ctx.check_open()
         if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
             raise ValidationError("max_messages must be an int >= 1.")
-        lease = hub.lease if lease is None else check_positive("lease", lease)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + check_non_negative("timeout", timeout)
-        with backend.notifier.listen(mail_channel(self._name)) as listener:
+        lease = ctx.settings.lease if lease is None else check_positive("lease", lease)
+        if timeout is not None:
+            check_non_negative("timeout", timeout)
+        with ctx.wakeups(mail_channel(self._name), timeout=timeout) as wakeups:
             while True:
-                hub._require_backend()  # raises HubClosed once the hub closes
-                listener.rearm()
-                now = time.time()
-                claimed = await backend.mailboxes.claim(
+                ctx.check_open()  # raises HubClosed once the hub closes
+                wakeups.rearm()
+                now = ctx.now()
+                claimed = await ctx.mailboxes.claim(
                     self._name, max_messages=max_messages, lease=lease, now=now
                 )
                 if claimed.messages:
@@ -240,18 +230,11 @@ class Agent:
                     for m in claimed.messages:
                         ref = None
                         if m.data_kind & REF_FLAG:  # resolved here: msg.data needs no extra call
-                            m.data, m.data_kind, ref = await hub.refs._load(m.data, m.data_kind)
-                        got.append(Message(hub, m, ref))
+                            m.data, m.data_kind, ref = await ctx.refs.load(m.data, m.data_kind)
+                        got.append(Message(ctx, m, ref))
                     return got
-                wait = backend.recheck_interval
-                if claimed.next_wake is not None:
-                    wait = min(wait, max(claimed.next_wake - time.time(), 0.0) + 0.001)
-                if deadline is not None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return []
-                    wait = min(wait, remaining)
-                await listener.wait(wait)
+                if not await wakeups.wait(claimed.next_wake):
+                    return []
 
     async def ack_many(self, messages: Iterable[Message]) -> None:
         """Ack several received messages in one atomic step.
@@ -262,7 +245,8 @@ class Agent:
         ops = [m._ack_op() for m in batch]
         if not ops:
             return
-        results = await self._hub._require_backend().mailboxes.settle_many(ops, now=time.time())
+        self._ctx.check_open()
+        results = await self._ctx.mailboxes.settle_many(ops, now=self._ctx.now())
         lost = [m.id for m, ok in zip(batch, results, strict=True) if not ok]
         for m, ok in zip(batch, results, strict=True):
             m._settled = ok
@@ -303,9 +287,9 @@ class Agent:
         a reply arriving later is discarded and counted.
         """
         timeout = check_positive("timeout", timeout)
-        hub = self._hub
-        backend = hub._require_backend()
-        now = time.time()
+        ctx = self._ctx
+        ctx.check_open()
+        now = ctx.now()
         msg = self._build(
             Outgoing(to=to, data=data, type=type, priority=priority, ttl=timeout,
                      max_attempts=1, metadata=metadata),
@@ -315,32 +299,23 @@ class Agent:
         msg.correlation_id = cid
         msg.reply_to = self._name
         msg.request_deadline = now + timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        with backend.notifier.listen(reply_channel(cid)) as listener:
-            held: dict[int, tuple[bytes, str]] = {}
-            try:
-                await _promote(hub, [msg], held)
-                await backend.mailboxes.enqueue([msg], auto_register=hub.auto_register, now=now)
-            finally:
-                if held:
-                    await hub.refs._unhold(held)
+        with ctx.wakeups(reply_channel(cid), timeout=timeout) as wakeups:
+            await self._enqueue([msg], now)
             taking: asyncio.Future[StoredReply | None] | None = None
             try:
                 while True:
-                    remaining = deadline - loop.time()
-                    if remaining > 0:
-                        await listener.wait(min(remaining, backend.recheck_interval))
-                        listener.rearm()
-                        hub._require_backend()
-                        remaining = deadline - loop.time()
+                    expired = not await wakeups.wait()
+                    if not expired:
+                        wakeups.rearm()
+                        ctx.check_open()
+                        expired = wakeups.expired
                     # shielded: a cancel while the reply is being taken must not lose it (and
                     # the reference it holds); `_abandon` waits for it
-                    taking = asyncio.ensure_future(_take(hub, cid, remaining <= 0))
+                    taking = asyncio.ensure_future(_take(ctx, cid, expired))
                     reply = await asyncio.shield(taking)
                     if reply is not None:
                         return Reply(cid, reply)
-                    if remaining <= 0:
+                    if expired:
                         raise RequestTimeout(
                             f"No reply from {to!r} to request {cid} within {timeout:g} s. "
                             "A reply that arrives later is discarded and counted."
@@ -355,9 +330,9 @@ class Agent:
             with contextlib.suppress(AgentCommError):
                 if taking is not None:
                     await taking  # a take in progress finishes first (and releases)
-                await _take(self._hub, cid, True)  # a reply taken here is released unread
+                await _take(self._ctx, cid, True)  # a reply taken here is released unread
 
-        self._hub._spawn(close_slot())
+        self._ctx.spawn(close_slot())
 
     # --- scheduling --------------------------------------------------------------------------
 
@@ -380,12 +355,13 @@ class Agent:
         message; occurrences missed while no hub ran are coalesced into one.
         """
         validate_recurrence(cron, every)
-        hub = self._hub
-        backend = hub._require_backend()
+        ctx = self._ctx
+        ctx.check_open()
+        settings = ctx.settings
         check_name("recipient", to)
         check_name("type", type)
         payload, kind = encode_payload(data)
-        now = time.time()
+        now = ctx.now()
         spec = ScheduleSpec(
             id=new_id(),
             sender=self._name,
@@ -395,22 +371,19 @@ class Agent:
             data=payload,
             data_kind=kind,
             metadata=encode_metadata(metadata),
-            ttl=hub.default_ttl if ttl is None else check_positive("ttl", ttl),
-            max_attempts=check_attempts(hub.max_attempts if max_attempts is None else max_attempts),
+            ttl=settings.default_ttl if ttl is None else check_positive("ttl", ttl),
+            max_attempts=check_attempts(
+                settings.max_attempts if max_attempts is None else max_attempts
+            ),
             cron=cron,
             every=every,
             next_run=first_occurrence(cron, every, now),
             created_at=now,
         )
-        held: dict[int, tuple[bytes, str]] = {}
-        try:
-            spec.data, spec.data_kind = await hub.refs._promote(
-                type, spec.data, spec.data_kind, held
-            )
-            await backend.mailboxes.add_schedule(spec, auto_register=hub.auto_register)
-        finally:
-            if held:  # the schedule holds its own reference, and so does each message it sends
-                await hub.refs._unhold(held)
+        # the schedule holds its own reference, and so does each message it sends
+        async with ctx.refs.hold() as hold:
+            spec.data, spec.data_kind = await hold.promote(type, spec.data, spec.data_kind)
+            await ctx.mailboxes.add_schedule(spec, auto_register=settings.auto_register)
         return spec.id
 
     # --- topics --------------------------------------------------------------------------------
@@ -429,13 +402,14 @@ class Agent:
         The message is appended to the topic log first (`sequence`), then handed to this hub's
         matching live subscribers (`delivered`, `dropped`); other hubs read it from the log.
         """
-        result = await self._hub._topics().publish(self._name, topic, data, type, metadata)
-        now = time.time()
+        self._ctx.check_open()
+        result = await self._ctx.bus.publish(self._name, topic, data, type, metadata)
+        now = self._ctx.now()
         if now - self._touched >= _TOUCH_EVERY:
             await self._touch(now)
         return result
 
-    async def subscribe(
+    def subscribe(
         self,
         pattern: str,
         *,
@@ -444,8 +418,8 @@ class Agent:
         metadata: Mapping[str, Any] | None = None,
         buffer: int = DEFAULT_BUFFER,
         durable: str | None = None,
-        start: str | int | datetime | None = None,
-    ) -> Subscription:
+        start: Start | None = None,
+    ) -> Subscribing:
         """Receive messages published to topics matching `pattern`.
 
         In a pattern `*` matches one token and `>` (last only) one or more trailing tokens.
@@ -457,11 +431,16 @@ class Agent:
         "new", a sequence, or a datetime) is where a new consumer starts; an existing one resumes
         unless `start` differs from where it was last started, which rewinds it there. Without
         `start` an existing consumer resumes and a new one starts at "new".
+
+        Use it as `sub = await agent.subscribe(...)` or `async with agent.subscribe(...) as
+        sub:` (which closes it at the end of the block).
         """
-        return await self._hub._topics().subscribe(
-            pattern, senders=senders, types=types, metadata=metadata, buffer=buffer,
-            durable=durable, start=start, lease=self._hub.lease,
+        ctx = self._ctx
+        subscribe = functools.partial(
+            ctx.bus.subscribe, pattern, senders=senders, types=types, metadata=metadata,
+            buffer=buffer, durable=durable, start=start, lease=ctx.settings.lease,
         )  # fmt: skip
+        return Subscribing(subscribe)
 
     # --- shared memory -------------------------------------------------------------------------
 
@@ -479,5 +458,5 @@ class Agent:
         agent or namespace can reach it. `history` and `change_log` as in `hub.memory`.
         """
         return SharedMemory._open(
-            self._hub, namespace, agent=self._name, history=history, change_log=change_log
+            self._ctx, namespace, agent=self._name, history=history, change_log=change_log
         )

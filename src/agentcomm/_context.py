@@ -1,11 +1,15 @@
 """The internal context that feature objects (agents, messages, subscriptions, shared memory,
-the reference store) are given instead of the whole hub."""
+the reference store) are given instead of the whole hub.
+
+It carries what they share: the backend (reached per feature: `ctx.mailboxes`, `ctx.topics`,
+`ctx.shared_memory`, `ctx.references`), the clock, the notifier, the hub's settings, the
+reference holder, the topic bus and the registry of background tasks.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._backends.contracts import (
     Backend,
@@ -16,18 +20,36 @@ from ._backends.contracts import (
 )
 from ._errors import ConfigurationError, HubClosed
 from ._notify import Notifier
+from ._settings import HubSettings
+from ._tasks import TaskRegistry
+from ._waiting import Wakeups
 
-__all__ = ["Context"]
+if TYPE_CHECKING:
+    import asyncio
+
+    from ._holds import RefHolder
+    from ._topic_bus import TopicBus
+
+__all__ = ["Clock", "Context"]
+
+#: A wall clock: a zero-argument callable returning epoch seconds (`time.time`).
+Clock = Callable[[], float]
 
 
 class Context:
-    """What a hub's feature objects share: its backend, notifier and background tasks."""
+    """What a hub's feature objects share. The hub makes one and fills in `refs` and `bus`."""
 
-    def __init__(self, backend: Backend, url: str) -> None:
+    refs: RefHolder
+    bus: TopicBus
+
+    def __init__(self, backend: Backend, url: str, settings: HubSettings, clock: Clock) -> None:
         self.backend = backend
         self.url = url
-        self.state = "new"
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.settings = settings
+        #: Wall time (epoch seconds); the feature layer reads the time only through it.
+        self.now = clock
+        self.state: Literal["new", "open", "closed"] = "new"
+        self.tasks = TaskRegistry()
 
     @property
     def notifier(self) -> Notifier:
@@ -39,6 +61,11 @@ class Context:
         """Seconds between safety re-checks while waiting."""
         return self.backend.recheck_interval
 
+    @property
+    def closed(self) -> bool:
+        """Whether the hub was closed."""
+        return self.state == "closed"
+
     def check_open(self) -> Backend:
         """The backend; raises HubClosed unless the hub is open."""
         if self.state != "open":
@@ -48,6 +75,15 @@ class Context:
                 "or `hub = await agentcomm.connect(...)`."
             )  # fmt: skip
         return self.backend
+
+    def wakeups(
+        self, *channels: str, timeout: float | None = None, recheck: float | None = None
+    ) -> Wakeups:
+        """The wait loop helper of a blocking call on `channels` (see `Wakeups`)."""
+        return Wakeups(
+            self.notifier, channels, clock=self.now, timeout=timeout,
+            recheck=self.recheck_interval if recheck is None else recheck,
+        )  # fmt: skip
 
     def _feature(self, name: str, feature: Any) -> Any:
         if feature is None:
@@ -81,8 +117,6 @@ class Context:
         store: ReferenceStore = self._feature("references", self.backend.references)
         return store
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` in the background; the hub waits for it (bounded) when it closes."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        return self.tasks.spawn(coro)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -17,8 +17,9 @@ from ._backends import DEFAULT_URL, open_backend, with_prefix
 from ._backends.common import SCHEDULES_CHANNEL
 from ._backends.contracts import Backend
 from ._codec import StoredRef, decode_payload
-from ._context import Context
-from ._errors import AgentCommError, HubClosed
+from ._context import Clock, Context
+from ._errors import AgentCommError, HubClosed, ValidationError
+from ._holds import RefHolder
 from ._models import (
     AgentInfo,
     DeadLetter,
@@ -31,15 +32,20 @@ from ._models import (
 )
 from ._ref_records import REF_FLAG
 from ._references import Policy, PolicyTable, RefConfig, RefStore
-from ._settings import Backoff, Retention
+from ._settings import Backoff, HubSettings, Retention
 from ._shared_memory import SharedMemory
 from ._subjects import parse_topic
-from ._topics import TopicBus
+from ._topic_bus import TopicBus
 from ._validation import check_attempts, check_name, check_positive
 
 __all__ = ["Hub", "connect"]
 
 logger = logging.getLogger("agentcomm")
+
+#: Seconds `Hub.aclose()` waits for its background tasks to end on their own, then (after
+#: cancelling the rest) for them to acknowledge the cancel.
+CLOSE_GRACE = 2.0
+CANCEL_GRACE = 1.0
 
 
 def connect(
@@ -56,22 +62,24 @@ def connect(
     default_policy: Policy | None = None,
     refs: RefConfig | None = None,
     prefix: str | None = None,
+    clock: Clock = time.time,
 ) -> Hub:
     """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
 
     `url` defaults to `$AGENTCOMM_URL`, else `sqlite:///agentcomm.db`. Schemes: `sqlite://`,
-    `memory://`. `default_ttl`, `max_attempts` and `lease` are the defaults for messages sent
-    and received through this hub. With `background` (default), the hub fires due schedules and
-    runs retention passes while it is open.
+    `memory://`, `redis://` and `rediss://`. `default_ttl`, `max_attempts` and `lease` are the
+    defaults for messages sent and received through this hub. With `background` (default), the
+    hub fires due schedules and runs retention passes while it is open. `prefix` (Redis only,
+    default `agentcomm`) keeps this deployment's keys apart from others on the same server.
 
     `policies` maps message types to their tier (`"value"`, `"reference"` or
     `AutoPromote(threshold)`); other types and shared-memory puts use `default_policy`
     (default `AutoPromote(threshold=10_240)`). `refs` configures the reference store
     (`RefConfig`: GC strategy, default TTL, compression threshold).
-    `memory://`, `redis://` and `rediss://`. `default_ttl`, `max_attempts` and `lease` are the
-    defaults for messages sent and received through this hub. With `background` (default), the
-    hub fires due schedules and runs retention passes while it is open. `prefix` (Redis only,
-    default `agentcomm`) keeps this deployment's keys apart from others on the same server.
+
+    `clock` (default `time.time`) is the wall clock the hub reads, in epoch seconds: TTLs,
+    delays, leases and timestamps all come from it, so a test can advance a fake clock
+    instead of sleeping. Every hub of a store should see the same time.
     """
     url = url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
     if prefix is not None:
@@ -87,6 +95,7 @@ def connect(
         background=background,
         refs=refs or RefConfig(),
         policies=PolicyTable(policies, default_policy),
+        clock=clock,
     )
 
 
@@ -106,23 +115,58 @@ class Hub:
         background: bool,
         refs: RefConfig | None = None,
         policies: PolicyTable | None = None,
+        clock: Clock = time.time,
     ) -> None:
+        if not callable(clock):
+            raise ValidationError(
+                f"clock must be a callable returning epoch seconds, not {clock!r}."
+            )
         self.url = url
-        self.auto_register = auto_register
-        self.default_ttl = default_ttl
-        self.max_attempts = max_attempts
-        self.lease = lease
-        self.retention = retention
-        self.backoff = backoff
         self._background = background
         self._backend: Backend = open_backend(url, retention)
         config = refs or RefConfig()
         self._backend.ref_gc_strategy = config.gc
+        settings = HubSettings(
+            default_ttl=default_ttl, max_attempts=max_attempts, lease=lease,
+            retention=retention, backoff=backoff, auto_register=auto_register,
+            policies=policies or PolicyTable(None, None),
+        )  # fmt: skip
+        self._ctx = ctx = Context(self._backend, url, settings, clock)
         #: The reference store: large payloads stored once, by content (see `RefStore`).
-        self.refs = RefStore(self, config, policies or PolicyTable(None, None))
-        self._ctx = Context(self._backend, url)
+        self.refs = RefStore(ctx, config)
+        ctx.refs = RefHolder(ctx, self.refs)
+        ctx.bus = self._topic_bus = TopicBus(ctx)
         self._agents: dict[str, Agent] = {}
-        self._topic_bus: TopicBus | None = None
+
+    @property
+    def auto_register(self) -> bool:
+        """Whether sending to an unknown agent registers it (else UnknownAgent)."""
+        return self._ctx.settings.auto_register
+
+    @property
+    def default_ttl(self) -> float:
+        """The TTL of a message sent without `ttl=` (seconds)."""
+        return self._ctx.settings.default_ttl
+
+    @property
+    def max_attempts(self) -> int:
+        """Deliveries of a message sent without `max_attempts=` before it is dead-lettered."""
+        return self._ctx.settings.max_attempts
+
+    @property
+    def lease(self) -> float:
+        """The lease of a delivery received without `lease=` (seconds)."""
+        return self._ctx.settings.lease
+
+    @property
+    def retention(self) -> Retention:
+        """How long finished rows are kept (see `Retention`)."""
+        return self._ctx.settings.retention
+
+    @property
+    def backoff(self) -> Backoff:
+        """The retry delays of `nack()` without a delay (see `Backoff`)."""
+        return self._ctx.settings.backoff
 
     def __repr__(self) -> str:
         return f"<Hub {self.url} {self._ctx.state}>"
@@ -138,24 +182,31 @@ class Hub:
         await self._backend.open()
         self._ctx.state = "open"
         if self._background:
-            self._spawn(self._run_schedules())
-            self._spawn(self._run_retention())
+            self._ctx.spawn(self._run_schedules())
+            self._ctx.spawn(self._run_retention())
         return self
 
     async def aclose(self) -> None:
-        """Stop housekeeping, finish queued writes and close the backend. Idempotent."""
-        if self._ctx.state == "closed":
+        """Close the hub: end its subscriptions, watches and waiting receives, stop its
+        background tasks, write what is pending and close the backend. Idempotent.
+
+        Bounded: every loop sees the close at once (it is woken up); the hub then waits at
+        most `CLOSE_GRACE` (2 s) for its background tasks, cancels those still running and
+        waits at most `CANCEL_GRACE` (1 s) more before it moves on and closes the backend.
+        Calls blocked in other tasks (`receive`, `next`, `watch`) return or raise HubClosed.
+        """
+        ctx = self._ctx
+        if ctx.state == "closed":
             return
-        was_open = self._ctx.state == "open"
-        self._ctx.state = "closed"
-        for task in self._ctx.tasks:
-            task.cancel()
-        if self._ctx.tasks:
-            await asyncio.gather(*self._ctx.tasks, return_exceptions=True)
-        self._ctx.tasks.clear()
-        if self._topic_bus is not None:
-            await self._topic_bus.close()
+        was_open = ctx.state == "open"
+        ctx.state = "closed"
+        ctx.tasks.close()
+        ctx.notifier.wake_all()  # every waiting loop re-checks and sees the close
+        await self._topic_bus.aclose()
+        await ctx.tasks.aclose(CLOSE_GRACE, CANCEL_GRACE)
         if was_open:
+            with contextlib.suppress(AgentCommError):  # only statistics would be lost
+                await self._topic_bus.flush_counts()
             await self._backend.close()
 
     async def __aenter__(self) -> Hub:
@@ -176,33 +227,27 @@ class Hub:
         self._ctx.check_open()
         return self._ctx
 
-    def _spawn(self, coro: Any) -> None:
-        self._ctx.spawn(coro)
-
     async def _run_schedules(self) -> None:
-        backend = self._ctx
-        with backend.notifier.listen(SCHEDULES_CHANNEL) as listener:
-            while self._ctx.state == "open":
-                listener.rearm()
+        ctx = self._ctx
+        with ctx.wakeups(SCHEDULES_CHANNEL, recheck=ctx.recheck_interval * 5) as wakeups:
+            while ctx.state == "open":
+                wakeups.rearm()
                 try:
-                    next_run = await backend.mailboxes.fire_due(time.time())
+                    next_run = await ctx.mailboxes.fire_due(ctx.now())
                 except AgentCommError:  # e.g. locked past the busy timeout: try again soon
-                    next_run = time.time() + 1.0
+                    next_run = ctx.now() + 1.0
                 except Exception:  # a bug must not end the scheduler silently
                     logger.exception("agentcomm scheduler pass failed; retrying in 1 s")
-                    next_run = time.time() + 1.0
-                wait = backend.recheck_interval * 5
-                if next_run is not None:
-                    wait = min(wait, max(next_run - time.time(), 0.0) + 0.001)
-                await listener.wait(wait)
+                    next_run = ctx.now() + 1.0
+                await wakeups.wait(next_run)
 
     async def _run_retention(self) -> None:
-        while self._ctx.state == "open":
-            await asyncio.sleep(self.retention.interval)
+        ctx = self._ctx
+        while await ctx.tasks.sleep(self.retention.interval):
             try:
-                await self._ctx.backend.prune(time.time())
+                await ctx.backend.prune(ctx.now())
                 if self.refs.config.gc != "manual":
-                    await self._ctx.references.ref_gc(now=time.time())
+                    await ctx.references.ref_gc(now=ctx.now())
             except AgentCommError:  # e.g. locked past the busy timeout: the next pass retries
                 pass
             except Exception:  # a bug must not end housekeeping silently
@@ -214,10 +259,10 @@ class Hub:
         """Register agent `name` (or re-attach to it) and return its handle."""
         check_name("agent name", name)
         backend = self._require_backend()
-        await backend.mailboxes.register_agent(name, time.time())
+        await backend.mailboxes.register_agent(name, self._ctx.now())
         handle = self._agents.get(name)
         if handle is None:
-            handle = self._agents[name] = Agent(self, name)
+            handle = self._agents[name] = Agent(self._ctx, name)
         return handle
 
     async def agents(self) -> list[AgentInfo]:
@@ -248,7 +293,7 @@ class Hub:
         for letter in letters:
             if isinstance(letter.data, StoredRef):  # a dead letter still holds its payload
                 ref = letter.data
-                data, kind, _ = await self.refs._load(ref.id.encode("ascii"), ref.kind | REF_FLAG)
+                data, kind, _ = await backend.refs.load(ref.id.encode("ascii"), ref.kind | REF_FLAG)
                 letter = msgspec.structs.replace(letter, data=decode_payload(data, kind))
             out.append(letter)
         return out
@@ -257,7 +302,7 @@ class Hub:
         """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts."""
         backend = self._require_backend()
         return await backend.mailboxes.requeue_dead(
-            check_name("agent name", agent), ids, now=time.time()
+            check_name("agent name", agent), ids, now=self._ctx.now()
         )
 
     # --- schedules -----------------------------------------------------------------------------
@@ -272,15 +317,9 @@ class Hub:
 
     # --- topics ------------------------------------------------------------------------------
 
-    def _topics(self) -> TopicBus:
-        backend = self._require_backend()
-        if self._topic_bus is None:
-            self._topic_bus = TopicBus(self, backend)
-        return self._topic_bus
-
     async def topics(self) -> list[TopicStats]:
         """Stats of every topic published to (and still within retention), by name."""
-        return await self._topics().stats(None)
+        return await self._topic_bus.stats(None)
 
     async def topic_stats(self, name: str) -> TopicStats:
         """Published, delivered, dropped, subscribers and last publish of topic `name`.
@@ -289,7 +328,7 @@ class Hub:
         pattern matches; a topic never published to has zero counts.
         """
         parse_topic(name)
-        return (await self._topics().stats(name))[0]
+        return (await self._topic_bus.stats(name))[0]
 
     # --- shared memory -------------------------------------------------------------------------
 
@@ -304,14 +343,14 @@ class Hub:
         record one.
         """
         return SharedMemory._open(
-            self, namespace, agent=None, history=history, change_log=change_log
+            self._ctx, namespace, agent=None, history=history, change_log=change_log
         )
 
     # --- housekeeping --------------------------------------------------------------------------
 
     async def prune(self) -> PruneReport:
         """Run a retention pass now (the hub also runs one every `retention.interval`)."""
-        return await self._require_backend().backend.prune(time.time())
+        return await self._require_backend().backend.prune(self._ctx.now())
 
     async def stats(self) -> HubStats:
         """Counters: sent, deduplicated, expired, dead-lettered, late replies, scheduled runs."""

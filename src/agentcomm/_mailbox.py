@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._codec import decode_metadata, decode_payload, encode_metadata, encode_payload
+from ._context import Context
 from ._errors import AlreadySettled, LeaseLost, ValidationError
 from ._ids import new_id
 from ._records import Settle, SettleKind, StoredMessage, StoredReply
 from ._ref_records import Ref
 from ._validation import check_name, check_positive
-
-if TYPE_CHECKING:
-    from ._hub import Hub
 
 __all__ = ["Message", "Reply"]
 
@@ -27,10 +24,10 @@ class Message:
     up. Unsettled, it is delivered again once the lease ends (with `attempt` + 1).
     """
 
-    __slots__ = ("_data", "_hub", "_lease_until", "_metadata", "_ref", "_settled", "_stored")
+    __slots__ = ("_ctx", "_data", "_lease_until", "_metadata", "_ref", "_settled", "_stored")
 
-    def __init__(self, hub: Hub, stored: StoredMessage, ref: Ref | None = None) -> None:
-        self._hub = hub
+    def __init__(self, ctx: Context, stored: StoredMessage, ref: Ref | None = None) -> None:
+        self._ctx = ctx
         self._stored = stored
         self._ref = ref
         self._data: Any = _UNSET
@@ -130,8 +127,9 @@ class Message:
     async def _settle(self, op: Settle, what: str) -> None:
         if self._settled:
             raise AlreadySettled(f"Message {self.id} was already settled; cannot {what} it.")
-        backend = self._hub._require_backend()
-        if not await backend.mailboxes.settle(op, now=time.time()):
+        ctx = self._ctx
+        ctx.check_open()
+        if not await ctx.mailboxes.settle(op, now=ctx.now()):
             raise LeaseLost(
                 f"Cannot {what} message {self.id}: its lease ended and it was delivered again "
                 "or settled elsewhere. Use a longer lease or call extend() while working."
@@ -154,10 +152,10 @@ class Message:
         On the last allowed attempt it goes to dead letters instead.
         """
         if delay is None:
-            delay = self._hub.backoff.delay(self.attempt)
+            delay = self._ctx.settings.backoff.delay(self.attempt)
         elif delay < 0:
             raise ValidationError("nack delay must be >= 0 seconds.")
-        await self._settle(self._op(SettleKind.NACK, until=time.time() + delay), "nack")
+        await self._settle(self._op(SettleKind.NACK, until=self._ctx.now() + delay), "nack")
 
     async def dead_letter(self, reason: str) -> None:
         """Give up on the message: it moves to dead letters with `reason`."""
@@ -166,7 +164,7 @@ class Message:
     async def extend(self, lease: float) -> None:
         """Keep the lease for `lease` more seconds from now."""
         check_positive("lease", lease)
-        until = time.time() + lease
+        until = self._ctx.now() + lease
         await self._settle(self._op(SettleKind.EXTEND, until=until), "extend")
         self._lease_until = until
 
@@ -198,18 +196,15 @@ class Message:
             data=payload,
             data_kind=kind,
             metadata=encode_metadata(metadata),
-            sent_at=time.time(),
+            sent_at=self._ctx.now(),
         )
         settle = self._op(SettleKind.ACK) if ack and not self._settled else None
-        backend = self._hub._require_backend()
-        refs = self._hub.refs
-        held: dict[int, tuple[bytes, str]] = {}
-        try:
-            reply.data, reply.data_kind = await refs._promote(type, payload, kind, held)
-            delivered = await backend.mailboxes.post_reply(cid, reply, settle, now=reply.sent_at)
-        finally:
-            if held:  # the reply slot holds its own reference now (if the requester waits)
-                await refs._unhold(held)
+        ctx = self._ctx
+        ctx.check_open()
+        # the reply slot holds its own reference after the post (if the requester waits)
+        async with ctx.refs.hold() as hold:
+            reply.data, reply.data_kind = await hold.promote(type, payload, kind)
+            delivered = await ctx.mailboxes.post_reply(cid, reply, settle, now=reply.sent_at)
         if settle is not None:
             self._settled = True
         return delivered

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal, TypeAlias, get_args
+
 import msgspec
 
-__all__ = ["Ref", "RefStats"]
+__all__ = ["Compression", "GCStrategy", "Ref", "RefStats"]
 
 #: Set in a stored payload's kind when its `data` is a reference id instead of the payload; the
 #: payload's own kind (`DataKind`) is in the other bits. Stored on disk: do not change.
 REF_FLAG = 2
 
-#: The garbage-collection strategies a hub can use for its reference store.
-GC_STRATEGIES = ("ref_counting", "ttl", "manual")
+#: A garbage-collection strategy of a hub's reference store (see `RefConfig`).
+GCStrategy: TypeAlias = Literal["ref_counting", "ttl", "manual"]
+GC_STRATEGIES: tuple[GCStrategy, ...] = get_args(GCStrategy)
 
-#: The compression names `RefStore.store` accepts, and those a `Ref` can record.
-COMPRESSIONS = ("auto", "zstd", "gzip", "none")
+#: A compression `RefStore.store` accepts; a `Ref` records one of them but `"auto"`.
+Compression: TypeAlias = Literal["auto", "zstd", "gzip", "none"]
+COMPRESSIONS: tuple[Compression, ...] = get_args(Compression)
 
 
 class Ref(msgspec.Struct, frozen=True):

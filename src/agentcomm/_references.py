@@ -14,27 +14,30 @@ transparently: receivers get the original value back, and `payload_ref` tells th
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import hashlib
 import math
 import os
 import threading
-import time
 import uuid
 import zlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import msgspec
 import zstandard
 
 from ._context import Context
-from ._errors import AgentCommError, IntegrityError, RefNotFound, ValidationError
-from ._ref_records import COMPRESSIONS, GC_STRATEGIES, REF_FLAG, Ref, RefMeta, RefStats
-
-if TYPE_CHECKING:
-    from ._hub import Hub
+from ._errors import IntegrityError, RefNotFound, ValidationError
+from ._ref_records import (
+    COMPRESSIONS,
+    GC_STRATEGIES,
+    Compression,
+    GCStrategy,
+    Ref,
+    RefMeta,
+    RefStats,
+)
 
 __all__ = ["AutoPromote", "Policy", "Ref", "RefConfig", "RefStats", "RefStore"]
 
@@ -85,7 +88,7 @@ class RefConfig(msgspec.Struct, frozen=True):
     same strategy on every hub of a store.
     """
 
-    gc: str = "ref_counting"
+    gc: GCStrategy = "ref_counting"
     default_ttl: float | None = 3600.0
     compress_threshold: int = 1024
 
@@ -214,7 +217,7 @@ class _Unpacker:
         )
 
 
-def _choose(compression: str, size: int, content_type: str, threshold: int) -> str:
+def _choose(compression: Compression, size: int, content_type: str, threshold: int) -> str:
     if compression not in COMPRESSIONS:
         raise ValidationError(
             f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}."
@@ -243,22 +246,71 @@ def _pack(data: bytes, algo: str) -> tuple[str, list[bytes]]:
     return "none", raw
 
 
+# --- reading ----------------------------------------------------------------------------------
+
+
+async def read_blob(ctx: Context, ref_id: str) -> tuple[Ref, bytes]:
+    """The record and original bytes of blob `ref_id`, verified (RefNotFound, IntegrityError)."""
+    parts: list[bytes] = []
+    found: list[Ref] = []
+    async for piece in _pieces(ctx, ref_id, _READ_BATCH, found):
+        parts.append(piece)
+    return found[0], parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _pieces(ctx: Context, ref_id: str, batch: int, found_box: list[Ref]) -> Any:
+    """Yield the original bytes chunk by chunk (the record goes to `found_box` first);
+    raises IntegrityError after the last chunk if the whole does not match the id."""
+    backend = ctx
+    found, chunks = await backend.references.ref_read(ref_id, 0, batch)
+    if found is None:
+        raise RefNotFound(f"No blob {ref_id} is stored (never stored, or evicted).")
+    found_box.append(found)
+    unpack = _Unpacker(found)
+    total = found.stored_size
+    start, read = 0, 0
+    while True:
+        for chunk in chunks:
+            read += len(chunk)
+            if len(chunk) > _OFFLOAD_AT:
+                yield await asyncio.to_thread(unpack.chunk, chunk)
+            else:
+                yield unpack.chunk(chunk)
+        start += len(chunks)
+        if len(chunks) < batch:
+            break
+        again, chunks = await backend.references.ref_read(ref_id, start, batch)
+        if again is None or again.created_at != found.created_at:
+            raise RefNotFound(f"Blob {ref_id} was evicted while it was being read.")
+    if read != total:
+        raise IntegrityError(
+            f"The stored blob {ref_id} does not match its id: {read} stored bytes were "
+            f"found, not {total}. No data was returned."
+        )
+    unpack.verify()
+
+
 # --- the store ----------------------------------------------------------------------------------
 
 
 class RefStore:
     """The reference store of a hub: `hub.refs`."""
 
-    def __init__(self, hub: Hub, config: RefConfig, policies: PolicyTable) -> None:
-        self._hub = hub
+    def __init__(self, ctx: Context, config: RefConfig) -> None:
+        self._ctx = ctx
         self.config = config
-        self.policies = policies
+
+    @property
+    def policies(self) -> PolicyTable:
+        """The tier policy of each message type (from `connect(policies=...)`)."""
+        return self._ctx.settings.policies
 
     def __repr__(self) -> str:
         return f"<RefStore gc={self.config.gc!r}>"
 
     def _backend(self) -> Context:
-        return self._hub._require_backend()
+        self._ctx.check_open()
+        return self._ctx
 
     def _expiry(self, ttl: float | None, now: float) -> float | None:
         if ttl is not None:
@@ -275,7 +327,7 @@ class RefStore:
         *,
         content_type: str = _DEFAULT_TYPE,
         ttl: float | None = None,
-        compression: str = "auto",
+        compression: Compression = "auto",
     ) -> Ref:
         """Store `data` and hold one reference to it for the caller (`release` it when done).
 
@@ -291,7 +343,7 @@ class RefStore:
         if not isinstance(content_type, str):
             raise ValidationError("content_type must be a string.")
         blob = bytes(data)
-        now = time.time()
+        now = self._ctx.now()
         expires_at = self._expiry(ttl, now)
         algo = _choose(compression, len(blob), content_type, self.config.compress_threshold)
         if len(blob) > _OFFLOAD_AT:  # hashing and compressing both release the GIL
@@ -309,7 +361,7 @@ class RefStore:
         *,
         content_type: str = _DEFAULT_TYPE,
         ttl: float | None = None,
-        compression: str = "auto",
+        compression: Compression = "auto",
     ) -> Ref:
         """Store a file's content like `store`, streamed: read, hashed, compressed and stored
         one chunk at a time, so memory use does not grow with the file.
@@ -318,7 +370,7 @@ class RefStore:
         (if the whole did not shrink, the file is stored again uncompressed).
         """
         backend = self._backend()
-        now = time.time()
+        now = self._ctx.now()
         expires_at = self._expiry(ttl, now)
         try:
             size = os.stat(path).st_size  # to choose; the size stored is the size read
@@ -339,7 +391,7 @@ class RefStore:
         digest = hashlib.sha256()
         upload: int | None = None
         n = stored = 0
-        now = time.time()
+        now = self._ctx.now()
 
         def step(f: Any) -> bytes | None:
             piece: bytes = f.read(CHUNK_SIZE)
@@ -389,46 +441,8 @@ class RefStore:
         Raises RefNotFound if it is not stored and IntegrityError if the stored bytes do not
         match the id.
         """
-        _, data = await self._read(ref_id_of(ref))
+        _, data = await read_blob(self._backend(), ref_id_of(ref))
         return data
-
-    async def _read(self, ref_id: str) -> tuple[Ref, bytes]:
-        parts: builtins.list[bytes] = []
-        found: builtins.list[Ref] = []
-        async for piece in self._pieces(ref_id, _READ_BATCH, found):
-            parts.append(piece)
-        return found[0], parts[0] if len(parts) == 1 else b"".join(parts)
-
-    async def _pieces(self, ref_id: str, batch: int, found_box: builtins.list[Ref]) -> Any:
-        """Yield the original bytes chunk by chunk (the record goes to `found_box` first);
-        raises IntegrityError after the last chunk if the whole does not match the id."""
-        backend = self._backend()
-        found, chunks = await backend.references.ref_read(ref_id, 0, batch)
-        if found is None:
-            raise RefNotFound(f"No blob {ref_id} is stored (never stored, or evicted).")
-        found_box.append(found)
-        unpack = _Unpacker(found)
-        total = found.stored_size
-        start, read = 0, 0
-        while True:
-            for chunk in chunks:
-                read += len(chunk)
-                if len(chunk) > _OFFLOAD_AT:
-                    yield await asyncio.to_thread(unpack.chunk, chunk)
-                else:
-                    yield unpack.chunk(chunk)
-            start += len(chunks)
-            if len(chunks) < batch:
-                break
-            again, chunks = await backend.references.ref_read(ref_id, start, batch)
-            if again is None or again.created_at != found.created_at:
-                raise RefNotFound(f"Blob {ref_id} was evicted while it was being read.")
-        if read != total:
-            raise IntegrityError(
-                f"The stored blob {ref_id} does not match its id: {read} stored bytes were "
-                f"found, not {total}. No data was returned."
-            )
-        unpack.verify()
 
     async def resolve_to(self, ref: Ref | str, path: str | os.PathLike[str]) -> Ref:
         """Write the original bytes of `ref` to `path`, streamed chunk by chunk and verified.
@@ -439,11 +453,11 @@ class RefStore:
         ref_id = ref_id_of(ref)
         target = os.fspath(path)
         part = f"{target}.{uuid.uuid4().hex[:8]}.part"
-        found: builtins.list[Ref] = []
+        found: list[Ref] = []
         try:
             f = await asyncio.to_thread(open, part, "wb")
             with contextlib.closing(f):
-                async for piece in self._pieces(ref_id, 2, found):
+                async for piece in _pieces(self._backend(), ref_id, 2, found):
                     await asyncio.to_thread(f.write, piece)
             os.replace(part, target)
         except OSError as exc:
@@ -456,7 +470,7 @@ class RefStore:
     async def retain(self, ref: Ref | str) -> Ref:
         """Add a reference to a stored blob; returns its record. Raises RefNotFound."""
         ref_id = ref_id_of(ref)
-        found = await self._backend().references.ref_adjust(ref_id, 1, now=time.time())
+        found = await self._backend().references.ref_adjust(ref_id, 1, now=self._ctx.now())
         if found is None:
             raise RefNotFound(f"Cannot retain {ref_id}: no such blob is stored.")
         return found
@@ -465,64 +479,19 @@ class RefStore:
         """Drop a reference taken by `store`, `store_file` or `retain`; returns the refcount
         left. At zero, `ref_counting` evicts the blob at once. Raises RefNotFound."""
         ref_id = ref_id_of(ref)
-        found = await self._backend().references.ref_adjust(ref_id, -1, now=time.time())
+        found = await self._backend().references.ref_adjust(ref_id, -1, now=self._ctx.now())
         if found is None:
             raise RefNotFound(f"Cannot release {ref_id}: no such blob is stored.")
         return found.refcount
 
-    async def gc(self) -> builtins.list[Ref]:
+    async def gc(self) -> list[Ref]:
         """Evict what the GC strategy allows now (see `RefConfig`); returns the evicted."""
-        return await self._backend().references.ref_gc(now=time.time())
+        return await self._backend().references.ref_gc(now=self._ctx.now())
 
     async def stats(self) -> RefStats:
         """Counters: total refs and bytes, active refs, current bytes, GC runs, evictions."""
         return await self._backend().references.ref_stats()
 
-    async def list(self) -> builtins.list[Ref]:
+    async def list_refs(self) -> list[Ref]:
         """Every stored blob's record, by id."""
         return await self._backend().references.ref_list()
-
-    # --- the tier policy, for the feature layer ----------------------------------------------
-
-    async def _promote(
-        self, type: str | None, data: bytes, kind: int, held: dict[int, tuple[bytes, str]]
-    ) -> tuple[bytes, int]:
-        """Apply the tier policy to an encoded payload: either unchanged, or stored with a
-        reference held for the caller and replaced by the id.
-
-        `held` maps the encoded payloads stored so far (by object identity, so one value sent
-        to many recipients is hashed and stored once) to their ids; `_unhold` releases them.
-        """
-        if kind & REF_FLAG or not self.policies.by_reference(type, len(data)):
-            return data, kind
-        seen = held.get(id(data))
-        if seen is None:
-            storing = asyncio.ensure_future(self.store(data))
-            try:
-                # shielded: a cancel must not lose the reference the store takes for us
-                ref = await asyncio.shield(storing)
-            except asyncio.CancelledError:
-                storing.add_done_callback(self._release_when_stored)
-                raise
-            seen = held[id(data)] = (data, ref.id)
-        return seen[1].encode("ascii"), kind | REF_FLAG
-
-    def _release_when_stored(self, storing: asyncio.Future[Ref]) -> None:
-        if storing.cancelled() or storing.exception() is not None:
-            return
-        ref_id = storing.result().id
-        with contextlib.suppress(AgentCommError):
-            self._hub._spawn(self._backend().references.ref_adjust(ref_id, -1, now=time.time()))
-
-    async def _unhold(self, held: dict[int, tuple[bytes, str]]) -> None:
-        """Release the references `_promote` held, once the rows that need them hold theirs."""
-        backend = self._backend()
-        for _, ref_id in held.values():
-            await backend.references.ref_adjust(ref_id, -1, now=time.time())
-
-    async def _load(self, data: bytes, kind: int) -> tuple[bytes, int, Ref | None]:
-        """The payload a stored one stands for: (original bytes, kind, Ref or None)."""
-        if not kind & REF_FLAG:
-            return data, kind, None
-        ref, original = await self._read(data.decode("ascii"))
-        return original, kind & ~REF_FLAG, ref

@@ -1,12 +1,19 @@
-"""Policies a hub is opened with: retention of finished rows and the retry backoff."""
+"""Policies a hub is opened with: retention of finished rows, the retry backoff, and the
+settings its feature objects read."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from ._errors import ValidationError
 
-__all__ = ["Backoff", "Retention"]
+if TYPE_CHECKING:
+    from ._references import PolicyTable
+
+__all__ = ["Backoff", "HubSettings", "Retention"]
 
 
 class Retention(msgspec.Struct, frozen=True):
@@ -54,3 +61,16 @@ class Backoff(msgspec.Struct, frozen=True):
         """Seconds to wait after the `attempt`-th delivery failed."""
         exponent = min(max(attempt - 1, 0), 64)
         return float(min(self.base * self.factor**exponent, self.max))
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """The options a hub was opened with that its feature objects read (see `connect`)."""
+
+    default_ttl: float
+    max_attempts: int
+    lease: float
+    retention: Retention
+    backoff: Backoff
+    auto_register: bool
+    policies: PolicyTable

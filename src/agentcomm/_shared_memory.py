@@ -12,11 +12,10 @@ import asyncio
 import contextlib
 import inspect
 import re
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, TypeAlias
 
 import msgspec
 
@@ -27,15 +26,16 @@ from ._kv_records import ChangeKind, KVChangeRecord, KVRecord, KVWrite, Space
 from ._ref_records import REF_FLAG, Ref
 from ._validation import check_name, check_positive
 
-if TYPE_CHECKING:
-    from ._hub import Hub
-
 __all__ = ["Change", "Entry", "KVStats", "SharedMemory"]
 
 _KEY = re.compile(r"[A-Za-z0-9_.:@/=+-]{1,256}")
 _PATTERN = re.compile(r"[A-Za-z0-9_.:@/=+\-*?\[\]!]{1,512}")
 _WILDCARDS = "*?["
-_KIND_NAMES = {ChangeKind.PUT: "put", ChangeKind.DELETE: "delete", ChangeKind.EXPIRE: "expire"}
+#: What a `Change` records.
+ChangeType: TypeAlias = Literal["put", "delete", "expire", "resync"]
+_KIND_NAMES: dict[ChangeKind, ChangeType] = {
+    ChangeKind.PUT: "put", ChangeKind.DELETE: "delete", ChangeKind.EXPIRE: "expire",
+}  # fmt: skip
 _WATCH_BATCH = 256
 _MAX_HISTORY = 1000
 # Reads retried when a value stored by reference was overwritten and evicted between reading
@@ -62,17 +62,18 @@ class Change(msgspec.Struct, frozen=True):
 
     `kind` is `"put"`, `"delete"`, `"expire"` or `"resync"`. A resync means the watcher fell
     behind the change log's retention and missed changes: drop what you derived from earlier
-    changes; the current entries follow as puts, then live changes. `seq` is the change's
-    position in the namespace's log; pass the last one seen to `watch(since=...)` to resume.
-    `value` is None for deletes, expiries and resyncs.
+    changes; the current entries follow as puts, then live changes. `sequence` is the
+    change's position in the namespace's log; pass the last one seen to `watch(since=...)` to
+    resume. `updated_at` and `updated_by` say when and by which agent (None for `hub.memory`)
+    the change was made. `value` is None for deletes, expiries and resyncs.
     """
 
-    kind: str
+    kind: ChangeType
     key: str
     version: int
-    seq: int
-    at: float
-    by: str | None
+    sequence: int
+    updated_at: float
+    updated_by: str | None
     value: Any = None
 
 
@@ -142,27 +143,27 @@ def _check_expected(version: int | None) -> None:
         raise ValidationError(f"expected_version must be an int >= 0, not {version!r}.")
 
 
-async def _value(hub: Hub, data: bytes, kind: int) -> tuple[Any, Ref | None]:
+async def _value(ctx: Context, data: bytes, kind: int) -> tuple[Any, Ref | None]:
     if kind & REF_FLAG:
-        data, kind, ref = await hub.refs._load(data, kind)
+        data, kind, ref = await ctx.refs.load(data, kind)
         return decode_payload(data, kind), ref
     return decode_payload(data, kind), None
 
 
-async def _entry(hub: Hub, r: KVRecord) -> Entry:
-    value, ref = await _value(hub, r.data, r.data_kind)
+async def _entry(ctx: Context, r: KVRecord) -> Entry:
+    value, ref = await _value(ctx, r.data, r.data_kind)
     return Entry(
         r.key, value, r.version, r.created_at, r.updated_at, r.updated_by, r.expires_at, ref
     )
 
 
-async def _change(hub: Hub, c: KVChangeRecord) -> Change:
+async def _change(ctx: Context, c: KVChangeRecord) -> Change:
     value = None
     if c.data is not None:
         # the change log holds no reference: a value overwritten since may be evicted, and
         # then arrives as None (the key's later change follows)
         with contextlib.suppress(RefNotFound):
-            value, _ = await _value(hub, c.data, c.data_kind)
+            value, _ = await _value(ctx, c.data, c.data_kind)
     return Change(_KIND_NAMES[ChangeKind(c.kind)], c.key, c.version, c.seq, c.at, c.by, value)
 
 
@@ -171,14 +172,14 @@ class SharedMemory:
 
     def __init__(
         self,
-        hub: Hub,
+        ctx: Context,
         space: Space,
         *,
         by: str | None,
         history: int | None = None,
         change_log: int | None = None,
     ) -> None:
-        self._hub = hub
+        self._ctx = ctx
         self._space = space
         self._by = by
         self._history = _check_setting("history", history, _MAX_HISTORY)
@@ -187,7 +188,7 @@ class SharedMemory:
     @classmethod
     def _open(
         cls,
-        hub: Hub,
+        ctx: Context,
         namespace: str | None,
         *,
         agent: str | None,
@@ -199,7 +200,7 @@ class SharedMemory:
             space = Space(agent, "")
         else:
             space = Space("", check_name("namespace", namespace))
-        return cls(hub, space, by=agent, history=history, change_log=change_log)
+        return cls(ctx, space, by=agent, history=history, change_log=change_log)
 
     @property
     def namespace(self) -> str:
@@ -217,7 +218,8 @@ class SharedMemory:
         return f"<SharedMemory {self._space.namespace!r}>"
 
     def _backend(self) -> Context:
-        return self._hub._require_backend()
+        self._ctx.check_open()
+        return self._ctx
 
     def _counters(self, backend: Context) -> _Local:
         spaces = _local.setdefault(backend, {})
@@ -233,11 +235,11 @@ class SharedMemory:
         backend = self._backend()
         check_key(key)
         for attempt in range(_REF_RETRIES):
-            record = await backend.shared_memory.kv_get(self._space, key, now=time.time())
+            record = await backend.shared_memory.kv_get(self._space, key, now=self._ctx.now())
             if record is None:
                 break
             try:
-                entry = await _entry(self._hub, record)
+                entry = await _entry(self._ctx, record)
             except RefNotFound:
                 if attempt == _REF_RETRIES - 1:
                     raise
@@ -260,7 +262,7 @@ class SharedMemory:
         With `expected_version`, write only if the key is at that version (0: only if absent),
         else raise VersionConflict. `ttl` seconds make the key expire; None keeps it forever.
         """
-        expires_at = None if ttl is None else time.time() + check_positive("ttl", ttl)
+        expires_at = None if ttl is None else self._ctx.now() + check_positive("ttl", ttl)
         return await self._put(key, value, expected_version, expires_at)
 
     async def _put(
@@ -270,24 +272,20 @@ class SharedMemory:
         _check_expected(expected_version)
         backend = self._backend()
         data, kind = encode_payload(value)
-        refs = self._hub.refs
-        held: dict[int, tuple[bytes, str]] = {}
-        try:
-            data, kind = await refs._promote(None, data, kind, held)
+        # the entry holds its own reference after the put (unless it conflicted)
+        async with backend.refs.hold() as hold:
+            data, kind = await hold.promote(None, data, kind)
             write = KVWrite(
                 key, data, kind, expected_version, expires_at, self._by, self._history,
                 self._change_log,
             )  # fmt: skip
-            outcome = await backend.shared_memory.kv_put(self._space, write, now=time.time())
-        finally:
-            if held:  # the entry holds its own reference now (unless the put conflicted)
-                await refs._unhold(held)
+            outcome = await backend.shared_memory.kv_put(self._space, write, now=self._ctx.now())
         if outcome.conflict:
             assert expected_version is not None
             raise VersionConflict(key, expected_version, outcome.version)
         assert outcome.record is not None
         ref = None
-        if held:
+        if hold.promoted:
             ref, _ = await backend.references.ref_read(data.decode("ascii"), 0, 0)
         return Entry(
             key, value, outcome.version, outcome.record.created_at, outcome.record.updated_at,
@@ -300,7 +298,7 @@ class SharedMemory:
         check_key(key)
         _check_expected(expected_version)
         outcome = await self._backend().shared_memory.kv_delete(
-            self._space, key, expected_version=expected_version, by=self._by, now=time.time()
+            self._space, key, expected_version=expected_version, by=self._by, now=self._ctx.now()
         )
         if outcome.conflict:
             assert expected_version is not None
@@ -329,7 +327,7 @@ class SharedMemory:
             if inspect.isawaitable(new):
                 new = await new
             if ttl is not None:
-                expires_at: float | None = time.time() + check_positive("ttl", ttl)
+                expires_at: float | None = self._ctx.now() + check_positive("ttl", ttl)
             else:
                 expires_at = None if current is None else current.expires_at
             expected = 0 if current is None else current.version
@@ -345,7 +343,7 @@ class SharedMemory:
         """Live keys matching the glob `pattern` (`*`, `?`, `[...]`), sorted."""
         _check_pattern(pattern)
         snap = await self._backend().shared_memory.kv_scan(
-            self._space, _literal_prefix(pattern), now=time.time()
+            self._space, _literal_prefix(pattern), now=self._ctx.now()
         )
         return [r.key for r in snap.records if fnmatchcase(r.key, pattern)]
 
@@ -358,10 +356,10 @@ class SharedMemory:
         backend = self._backend()
         for attempt in range(_REF_RETRIES):
             records = await backend.shared_memory.kv_history(
-                self._space, key, limit=limit or _MAX_HISTORY, now=time.time()
+                self._space, key, limit=limit or _MAX_HISTORY, now=self._ctx.now()
             )
             try:
-                return [await _entry(self._hub, r) for r in records]
+                return [await _entry(self._ctx, r) for r in records]
             except RefNotFound:
                 if attempt == _REF_RETRIES - 1:
                     raise
@@ -370,7 +368,7 @@ class SharedMemory:
     async def stats(self) -> KVStats:
         """Keys, bytes, reads, writes, conflicts and watchers of this namespace."""
         backend = self._backend()
-        counts = await backend.shared_memory.kv_counts(self._space, now=time.time())
+        counts = await backend.shared_memory.kv_counts(self._space, now=self._ctx.now())
         local = self._counters(backend)
         return KVStats(
             self._space.namespace, counts.keys, counts.bytes, local.reads, counts.writes,
@@ -386,12 +384,12 @@ class SharedMemory:
         closes.
 
         `include_initial` first yields the current entries as puts. `since` resumes after a
-        change's `seq` instead; a watcher that falls behind the change log's retention gets
+        change's `sequence` instead; a watcher that falls behind the change log's retention gets
         a `"resync"` change (see `Change`) and is never silently dropped.
         """
         _check_pattern(pattern)
         if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
-            raise ValidationError(f"since must be a change seq (int), not {since!r}.")
+            raise ValidationError(f"since must be a change sequence (int), not {since!r}.")
         try:
             backend = self._backend()
         except HubClosed:
@@ -401,10 +399,10 @@ class SharedMemory:
         local = self._counters(backend)
         local.watchers += 1
         try:
-            with backend.notifier.listen(space.channel) as listener:
+            with backend.wakeups(space.channel) as wakeups:
                 if since is None:
                     snap = await backend.shared_memory.kv_scan(
-                        space, prefix if include_initial else None, now=time.time()
+                        space, prefix if include_initial else None, now=self._ctx.now()
                     )
                     after = snap.last_seq
                     for r in snap.records:
@@ -413,18 +411,18 @@ class SharedMemory:
                 else:
                     after = since
                 while True:
-                    try:
-                        self._hub._require_backend()
-                    except HubClosed:
+                    if backend.state != "open":
                         return
-                    listener.rearm()
-                    now = time.time()
+                    wakeups.rearm()
+                    now = self._ctx.now()
                     batch = await backend.shared_memory.kv_changes(
                         space, after, limit=_WATCH_BATCH, now=now
                     )
                     if after < batch.floor or after > batch.last_seq:
                         yield Change("resync", "", 0, batch.last_seq, now, None)
-                        snap = await backend.shared_memory.kv_scan(space, prefix, now=time.time())
+                        snap = await backend.shared_memory.kv_scan(
+                            space, prefix, now=self._ctx.now()
+                        )
                         after = snap.last_seq
                         for r in snap.records:
                             if fnmatchcase(r.key, pattern):
@@ -433,16 +431,13 @@ class SharedMemory:
                     for c in batch.changes:
                         after = c.seq
                         if fnmatchcase(c.key, pattern):
-                            yield await _change(self._hub, c)
+                            yield await _change(self._ctx, c)
                     if batch.changes:
                         continue
-                    wait = backend.recheck_interval
-                    if batch.next_expiry is not None:
-                        wait = min(wait, max(batch.next_expiry - time.time(), 0.0) + 0.001)
-                    await listener.wait(wait)
+                    await wakeups.wait(batch.next_expiry)
         finally:
             local.watchers -= 1
 
     async def _initial(self, r: KVRecord, seq: int) -> Change:
-        value, _ = await _value(self._hub, r.data, r.data_kind)
+        value, _ = await _value(self._ctx, r.data, r.data_kind)
         return Change("put", r.key, r.version, seq, r.updated_at, r.updated_by, value)

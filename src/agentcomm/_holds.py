@@ -1,0 +1,108 @@
+"""The reference holder: the tier policy applied to payloads on their way to the backend.
+
+A payload that travels by reference is stored first, with one reference held for the caller,
+and replaced by the blob's id; the backend row that stores the id takes a reference of its
+own. `RefHolder.hold()` is the one place that pairs the two: the caller's hold is released
+after the backend call, whatever its outcome.
+
+    async with ctx.refs.hold() as hold:
+        data, kind = await hold.promote(type, data, kind)
+        await ctx.mailboxes.enqueue(...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from ._context import Context
+from ._errors import AgentCommError
+from ._ref_records import REF_FLAG, Ref
+from ._references import RefStore, read_blob
+
+__all__ = ["Hold", "RefHolder"]
+
+
+class Hold:
+    """The references stored for one backend call, held until it is done."""
+
+    __slots__ = ("_held", "_holder")
+
+    def __init__(self, holder: RefHolder) -> None:
+        self._holder = holder
+        # id(encoded payload) -> (payload, blob id); the payload is kept so its id stays unique
+        self._held: dict[int, tuple[bytes, str]] = {}
+
+    @property
+    def promoted(self) -> bool:
+        """Whether any payload was stored by reference."""
+        return bool(self._held)
+
+    async def promote(self, type: str | None, data: bytes, kind: int) -> tuple[bytes, int]:
+        """Apply the tier policy of `type` (None: shared memory) to an encoded payload: either
+        unchanged, or stored (with a reference held) and replaced by its id.
+
+        One payload object promoted twice (one value sent to many recipients) is hashed and
+        stored once.
+        """
+        if kind & REF_FLAG or not self._holder.ctx.settings.policies.by_reference(type, len(data)):
+            return data, kind
+        seen = self._held.get(id(data))
+        if seen is None:
+            holder = self._holder
+            storing = asyncio.ensure_future(holder.store.store(data))
+            try:
+                # shielded: a cancel must not lose the reference the store takes for us
+                ref = await asyncio.shield(storing)
+            except asyncio.CancelledError:
+                storing.add_done_callback(holder._release_when_stored)
+                raise
+            seen = self._held[id(data)] = (data, ref.id)
+        return seen[1].encode("ascii"), kind | REF_FLAG
+
+    async def _release(self) -> None:
+        ctx = self._holder.ctx
+        ctx.check_open()
+        for _, ref_id in self._held.values():
+            await ctx.references.ref_adjust(ref_id, -1, now=ctx.now())
+
+
+class RefHolder:
+    """Promotes payloads for the feature layer and resolves the ones stored by reference."""
+
+    def __init__(self, ctx: Context, store: RefStore) -> None:
+        self.ctx = ctx
+        self.store = store
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[Hold]:
+        """A `Hold` for one backend call; its references are released when the block ends
+        (by then the rows that need them hold their own)."""
+        hold = Hold(self)
+        try:
+            yield hold
+        finally:
+            if hold._held:
+                await hold._release()
+
+    def _release_when_stored(self, storing: asyncio.Future[Ref]) -> None:
+        if storing.cancelled() or storing.exception() is not None:
+            return
+        ref_id = storing.result().id
+        with contextlib.suppress(AgentCommError):
+            self.ctx.check_open()
+            self.ctx.spawn(self.ctx.references.ref_adjust(ref_id, -1, now=self.ctx.now()))
+
+    async def load(self, data: bytes, kind: int) -> tuple[bytes, int, Ref | None]:
+        """The payload a stored one stands for: (original bytes, kind, Ref or None)."""
+        if not kind & REF_FLAG:
+            return data, kind, None
+        self.ctx.check_open()
+        ref, original = await read_blob(self.ctx, data.decode("ascii"))
+        return original, kind & ~REF_FLAG, ref
+
+    async def release(self, ref_id: str) -> None:
+        """Release one reference the caller holds (e.g. a taken reply's slot's)."""
+        self.ctx.check_open()
+        await self.ctx.references.ref_adjust(ref_id, -1, now=self.ctx.now())
