@@ -100,7 +100,7 @@ async def test_stats_count_what_is_stored(hub: agentcomm.Hub) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("strategy", ["ref_counting", "manual"])
 async def test_refcounts_follow_a_model(
-    make_hub: Callable[..., agentcomm.Hub], seed: int, strategy: str
+    make_hub: Callable[..., agentcomm.Hub], seed: int, strategy: Any
 ) -> None:
     """Random store / retain / release / gc sequences against a dict of refcounts."""
     rng = random.Random(seed)
@@ -190,7 +190,7 @@ async def test_ttl_strategy_default_ttl(make_hub: Callable[..., agentcomm.Hub]) 
 
 @pytest.mark.parametrize("strategy", ["ref_counting", "manual"])
 async def test_a_ttl_keeps_an_unreferenced_blob_until_it_passes(
-    make_hub: Callable[..., agentcomm.Hub], strategy: str
+    make_hub: Callable[..., agentcomm.Hub], strategy: Any
 ) -> None:
     async with make_hub(refs=RefConfig(gc=strategy)) as hub:
         ref = await hub.refs.store(b"keep me a while", ttl=0.5)
@@ -203,7 +203,7 @@ async def test_a_ttl_keeps_an_unreferenced_blob_until_it_passes(
 
 @pytest.mark.parametrize("strategy", ["ttl", "manual"])
 async def test_background_passes_evict_except_under_manual(
-    make_hub: Callable[..., agentcomm.Hub], strategy: str
+    make_hub: Callable[..., agentcomm.Hub], strategy: Any
 ) -> None:
     config = RefConfig(gc=strategy, default_ttl=0.01)
     async with make_hub(refs=config, retention=agentcomm.Retention(interval=0.02)) as hub:
@@ -236,7 +236,7 @@ async def test_ttl_never_evicts_what_a_live_message_holds(
 
 async def test_unknown_strategy_is_refused() -> None:
     with pytest.raises(ValidationError, match="ref_counting"):
-        RefConfig(gc="sometimes")
+        RefConfig(gc="sometimes")  # type: ignore[arg-type]
 
 
 # --- lifetime: holders release -------------------------------------------------------------------
@@ -409,13 +409,14 @@ async def test_compression_shrinks_compressible_data(hub: agentcomm.Hub) -> None
 
 async def test_compression_is_skipped_for_random_data(hub: agentcomm.Hub) -> None:
     data = os.urandom(200_000)
-    for algo in ("auto", "zstd", "gzip"):
+    algos: tuple[Any, ...] = ("auto", "zstd", "gzip")
+    for algo in algos:
         ref = await hub.refs.store(data, compression=algo)
         assert (ref.compression, ref.stored_size) == ("none", len(data))
 
 
 @pytest.mark.parametrize("algo", ["zstd", "gzip", "none"])
-async def test_each_compression_option(hub: agentcomm.Hub, algo: str) -> None:
+async def test_each_compression_option(hub: agentcomm.Hub, algo: Any) -> None:
     data = COMPRESSIBLE + b"tail-" + algo.encode()
     ref = await hub.refs.store(data, compression=algo)
     assert ref.compression == algo
@@ -435,7 +436,7 @@ async def test_compression_threshold_and_content_type(
                                       compression="zstd")  # fmt: skip
         assert forced.compression == "zstd"
         with pytest.raises(ValidationError):
-            await hub.refs.store(b"x", compression="brotli")
+            await hub.refs.store(b"x", compression="brotli")  # type: ignore[arg-type]
     async with make_hub(refs=RefConfig(compress_threshold=10)) as hub:
         assert (await hub.refs.store(b"b" * 1000)).compression == "zstd"
 

@@ -168,7 +168,12 @@ async def test_ten_concurrent_threads_one_winner(hub: agentcomm.Hub, url: str) -
     threads = [threading.Thread(target=asyncio.run, args=(writer(i),)) for i in range(10)]
     for t in threads:
         t.start()
-    await asyncio.to_thread(lambda: [t.join(WAIT) for t in threads])
+
+    def join_all() -> None:
+        for t in threads:
+            t.join(WAIT)
+
+    await asyncio.to_thread(join_all)
     assert _count(results) == (1, 9, [])
 
 

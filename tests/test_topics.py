@@ -54,7 +54,7 @@ def _reference(pattern: list[str], topic: list[str]) -> bool:
 async def test_wildcard_table(hub: agentcomm.Hub) -> None:
     agent = await hub.agent("listener")
     publisher = await hub.agent("publisher")
-    subs = []
+    subs: list[agentcomm.Subscription | None] = []
     for pattern, _, expected in WILDCARDS:
         if expected is None:
             with pytest.raises(agentcomm.InvalidTopic):
@@ -160,7 +160,7 @@ async def test_invalid_patterns(hub: agentcomm.Hub, pattern: object) -> None:
 
 async def test_invalid_subscribe_arguments(hub: agentcomm.Hub) -> None:
     coder = await hub.agent("coder")
-    for kwargs in (
+    cases: tuple[dict[str, Any], ...] = (
         {"buffer": 0},
         {"senders": []},
         {"start": "all"},
@@ -171,9 +171,10 @@ async def test_invalid_subscribe_arguments(hub: agentcomm.Hub) -> None:
         {"types": ["bad type"]},
         {"metadata": {1: "a", "b": 2}},
         {"metadata": [("k", "v")]},
-    ):
+    )
+    for kwargs in cases:
         with pytest.raises(agentcomm.ValidationError):
-            await coder.subscribe("a.>", **kwargs)  # type: ignore[arg-type]
+            await coder.subscribe("a.>", **kwargs)
     await coder.subscribe("a.>", durable="d")
     with pytest.raises(agentcomm.ValidationError, match="same pattern"):
         await coder.subscribe("b.>", durable="d")
@@ -186,9 +187,14 @@ async def test_invalid_subscribe_arguments(hub: agentcomm.Hub) -> None:
 
 async def test_invalid_publish_arguments(hub: agentcomm.Hub) -> None:
     planner = await hub.agent("planner")
-    for kwargs in ({"type": "bad type"}, {"metadata": {1: 2}}, {"metadata": 5}):
+    cases: tuple[dict[str, Any], ...] = (
+        {"type": "bad type"},
+        {"metadata": {1: 2}},
+        {"metadata": 5},
+    )
+    for kwargs in cases:
         with pytest.raises(agentcomm.ValidationError):
-            await planner.publish("a.b", 1, **kwargs)  # type: ignore[arg-type]
+            await planner.publish("a.b", 1, **kwargs)
     with pytest.raises(agentcomm.EncodeError):
         await planner.publish("a.b", object())
     assert (await hub.topic_stats("a.b")).published == 0
@@ -590,14 +596,14 @@ async def test_cross_process_publish_subscribe(tmp_path: Path) -> None:
         durable = await parent.subscribe("proc.1", durable="odd")
         child = multiprocessing.get_context("spawn").Process(target=_child_publish, args=(url, 200))
         child.start()
-        got = []
+        got: list[Any] = []
         while len(got) < 200:
             msg = await live.next(timeout=30)
             assert msg is not None, f"stalled after {len(got)}"
             assert msg.sender == "child"
             got.append(msg.data)
         assert got == list(range(200))
-        odd = []
+        odd: list[Any] = []
         while len(odd) < 100:
             msg = await durable.next(timeout=30)
             assert msg is not None

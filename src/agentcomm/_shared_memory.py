@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import re
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from fnmatch import fnmatchcase
 from typing import Any, Literal, TypeAlias
 
@@ -379,7 +379,7 @@ class SharedMemory:
 
     async def watch(
         self, pattern: str = "*", *, include_initial: bool = False, since: int | None = None
-    ) -> AsyncIterator[Change]:
+    ) -> AsyncGenerator[Change, None]:
         """Yield changes of keys matching `pattern` as they happen, in order; ends when the hub
         closes.
 
