@@ -428,7 +428,8 @@ class SQLiteSharedMemory(SharedMemoryStore):
 
     @staticmethod
     def prune_in(conn: sqlite3.Connection, now: float, touched: set[str]) -> None:
-        """Record due expiries in every space and drop tombstones older than TOMBSTONE_KEEP."""
+        """The prune step: record due expiries in every space, drop tombstones older than
+        TOMBSTONE_KEEP."""
         due = conn.execute(
             "SELECT DISTINCT owner, namespace FROM kv"
             " WHERE data IS NOT NULL AND expires_at IS NOT NULL AND expires_at <= ? LIMIT ?",
