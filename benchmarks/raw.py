@@ -76,15 +76,15 @@ def _minimal() -> Cycle:
 
 def _agentcomm_schema() -> Cycle:
     # Private names on purpose: this row follows whatever agentcomm's schema currently is.
-    from agentcomm._backends.sqlite import backend, schema
+    from agentcomm._backends.sqlite import backend, mailbox, schema
     from agentcomm._records import NewMessage
 
     def setup(conn: sqlite3.Connection) -> None:
-        schema.migrate(conn)
+        schema.migrate(conn, backend.SCHEMAS)
 
     def insert(conn: sqlite3.Connection, chunk: list[tuple[str, bytes]], now: float) -> None:
         rows = [
-            backend._row_tuple(
+            mailbox._row_tuple(
                 NewMessage(id=i, sender="producer", recipient="worker", type="message",
                            priority=0, data=blob, data_kind=1, metadata=None, enqueued_at=now,
                            visible_at=now, expires_at=now + 86400.0, max_attempts=3),
@@ -92,14 +92,13 @@ def _agentcomm_schema() -> Cycle:
             )
             for i, blob in chunk
         ]  # fmt: skip
-        conn.executemany(backend._INSERT, rows)
+        conn.executemany(mailbox._INSERT, rows)
 
     def claim(conn: sqlite3.Connection, n: int, now: float) -> list[Any]:
-        rows = conn.execute(backend._CLAIM, (now + 30.0, "worker", now, n)).fetchall()
+        rows = conn.execute(mailbox._CLAIM, (now + 30.0, "worker", now, n)).fetchall()
         return [(r[0], r[9]) for r in rows]  # (seq, attempt)
 
-    ack = "DELETE FROM messages WHERE seq = ? AND attempt = ? AND state IN (0, 1)"
-    return setup, insert, claim, ack
+    return setup, insert, claim, mailbox._ACK_MANY
 
 
 def _cycle(config: Config, batch: int, make: Callable[[], Cycle]) -> float:

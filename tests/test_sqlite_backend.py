@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import agentcomm
-from agentcomm._backends.sqlite import writer
+from agentcomm._backends.sqlite import SQLiteBackend, writer
 
 
 def _raises(exc: BaseException) -> writer.Op:
@@ -36,7 +36,8 @@ async def test_get_falls_back_to_the_reader_thread_when_busy(
         kv = hub.memory("ns")
         await kv.put("plan", {"steps": 3})
         backend = hub._backend
-        monkeypatch.setattr(backend, "_read_inline", lambda fn: writer.INLINE_BUSY)
+        assert isinstance(backend, SQLiteBackend)
+        monkeypatch.setattr(backend._db, "read_inline", lambda fn: writer.INLINE_BUSY)
         entry = await kv.get("plan")
         assert entry is not None and entry.value == {"steps": 3}
 

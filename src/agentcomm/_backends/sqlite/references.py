@@ -1,4 +1,4 @@
-"""References on SQLite: a mixin of `SQLiteBackend`; every operation runs on its writer.
+"""References on SQLite: the reference store, and the helper every feature holds references with.
 
 Tables: `refs` holds one row per stored blob (its metadata and refcount), `ref_chunks` the
 blob's stored chunks keyed by `blob << 24 | n` (so a blob's chunks are one rowid range and a
@@ -6,21 +6,24 @@ blob's stored chunks keyed by `blob << 24 | n` (so a blob's chunks are one rowid
 uploaded, and `ref_counters` the store's counters. Refcount changes run inside the writer's
 `BEGIN IMMEDIATE` transaction, so a store racing a release of the same content in another
 process either finds the blob (and holds it) or stores it anew, never half of each.
+
+A stored payload that refers to a blob holds one reference; every feature takes and gives
+back such references through `hold_ref`, `drop_ref` and `drop_refs`, inside the transaction
+that stores or removes the row.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from ..._errors import RefNotFound
-from ..._ref_records import Ref, RefMeta, RefStats, merge_expiry, ref_id_in
+from ..._ref_records import REF_FLAG, Ref, RefMeta, RefStats, merge_expiry, ref_id_in
+from ..contracts import ReferenceStore
+from .access import Access
+from .schema import FeatureSchema
 
-if TYPE_CHECKING:
-    from .writer import Op
-
-REFS_SCHEMA = """
+_DDL = """
 CREATE TABLE IF NOT EXISTS refs (
     id            TEXT PRIMARY KEY,
     blob          INTEGER NOT NULL,
@@ -52,12 +55,16 @@ CREATE TABLE IF NOT EXISTS ref_counters (
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+#: The reference tables and their versions.
+SCHEMA = FeatureSchema("references", _DDL)
 
+#: SQL true for a row (with `data_kind`) whose payload refers to a blob.
+HOLDS_REF = f"data_kind & {REF_FLAG}"
 #: SQL evaluating to a payload's reference id (its data) when its kind says it holds one.
-REF_COL = "CASE WHEN data_kind & 2 THEN data END"
+REF_COL = f"CASE WHEN {HOLDS_REF} THEN data END"
 #: SQL evaluating to a payload's size: the original size of a blob it refers to.
 PAYLOAD_SIZE = (
-    "CASE WHEN data_kind & 2 THEN"
+    f"CASE WHEN {HOLDS_REF} THEN"
     " coalesce((SELECT size FROM refs WHERE id = CAST(data AS TEXT)), 0) ELSE length(data) END"
 )
 #: An upload not committed after this many seconds was abandoned; `ref_gc` drops it.
@@ -104,8 +111,10 @@ def _evict(conn: sqlite3.Connection, ref_id: str, where: str = "") -> Ref | None
     return Ref(*row[1:])
 
 
-def hold(conn: sqlite3.Connection, data: bytes | None, kind: int) -> None:
-    """Add the reference a payload about to be stored holds (no-op for a value)."""
+def hold_ref(conn: sqlite3.Connection, data: bytes | None, kind: int) -> None:
+    """Add the reference a payload about to be stored holds (no-op for a value).
+
+    Raises RefNotFound if the blob it refers to is not stored."""
     ref_id = ref_id_in(data, kind)
     if ref_id is None:
         return
@@ -116,10 +125,10 @@ def hold(conn: sqlite3.Connection, data: bytes | None, kind: int) -> None:
         raise RefNotFound(f"The payload refers to {ref_id}, which is not stored (evicted?).")
 
 
-def drop(conn: sqlite3.Connection, ref_ids: Iterable[bytes | None]) -> None:
-    """Drop one reference per id given (None entries are values); evict at zero under
-    `ref_counting`."""
-    for data in ref_ids:
+def drop_refs(conn: sqlite3.Connection, held: Iterable[bytes | None]) -> None:
+    """Drop one reference per `REF_COL` value given (None entries are values); evict at zero
+    under `ref_counting`."""
+    for data in held:
         if data is None:
             continue
         ref_id = data.decode("ascii")
@@ -132,10 +141,10 @@ def drop(conn: sqlite3.Connection, ref_ids: Iterable[bytes | None]) -> None:
             _evict(conn, ref_id, _AT_RELEASE)
 
 
-def drop_payload(conn: sqlite3.Connection, data: bytes | None, kind: int) -> None:
-    """Drop the reference a payload held (no-op for a value)."""
+def drop_ref(conn: sqlite3.Connection, data: bytes | None, kind: int) -> None:
+    """Drop the reference a removed payload held (no-op for a value)."""
     if ref_id_in(data, kind) is not None:
-        drop(conn, (data,))
+        drop_refs(conn, (data,))
 
 
 def _existing(conn: sqlite3.Connection, meta: RefMeta) -> Ref | None:
@@ -170,14 +179,11 @@ def _new_blob(conn: sqlite3.Connection, now: float) -> int:
     return blob
 
 
-class SQLiteReferences:
-    """The reference part of the backend contract on SQLite."""
+class SQLiteReferences(ReferenceStore):
+    """The reference store on SQLite."""
 
-    if TYPE_CHECKING:
-
-        async def _do(self, fn: Op) -> Any: ...
-
-        async def _read(self, fn: Op, *, single_statement: bool = False) -> Any: ...
+    def __init__(self, db: Access) -> None:
+        self._db = db
 
     async def ref_put(self, meta: RefMeta, chunks: Sequence[bytes], *, now: float) -> Ref:
         def op(conn: sqlite3.Connection, touched: set[str]) -> Ref:
@@ -192,7 +198,7 @@ class SQLiteReferences:
             )
             return _insert(conn, meta, blob, len(chunks), now)
 
-        result: Ref = await self._do(op)
+        result: Ref = await self._db.do(op)
         return result
 
     async def ref_stage(self, upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
@@ -204,7 +210,7 @@ class SQLiteReferences:
             )
             return blob
 
-        result: int = await self._do(op)
+        result: int = await self._db.do(op)
         return result
 
     async def ref_commit(self, upload: int, meta: RefMeta, *, now: float) -> Ref:
@@ -220,7 +226,7 @@ class SQLiteReferences:
             ).fetchone()[0]
             return _insert(conn, meta, upload, chunks, now)
 
-        result: Ref = await self._do(op)
+        result: Ref = await self._db.do(op)
         return result
 
     async def ref_abort(self, upload: int) -> None:
@@ -228,7 +234,7 @@ class SQLiteReferences:
             conn.execute("DELETE FROM ref_chunks WHERE key BETWEEN ? AND ?", _span(upload))
             conn.execute("DELETE FROM ref_blobs WHERE blob = ? AND committed = 0", (upload,))
 
-        await self._do(op)
+        await self._db.do(op)
 
     async def ref_read(self, ref_id: str, start: int, limit: int) -> tuple[Ref | None, list[bytes]]:
         def op(conn: sqlite3.Connection, touched: set[str]) -> tuple[Ref | None, list[bytes]]:
@@ -251,7 +257,7 @@ class SQLiteReferences:
         # on the writer, not the reader connection: a blob read soon after it was written
         # comes from the writer's warm page cache, 5x faster here than the reader's WAL reads;
         # a large blob is read a few chunks per call, so writes interleave
-        result: tuple[Ref | None, list[bytes]] = await self._do(op)
+        result: tuple[Ref | None, list[bytes]] = await self._db.do(op)
         return result
 
     async def ref_adjust(self, ref_id: str, delta: int, *, now: float) -> Ref | None:
@@ -267,14 +273,14 @@ class SQLiteReferences:
                 _evict(conn, ref_id, _AT_RELEASE)
             return ref
 
-        result: Ref | None = await self._do(op)
+        result: Ref | None = await self._db.do(op)
         return result
 
     async def ref_list(self) -> list[Ref]:
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[Ref]:
             return [Ref(*r) for r in conn.execute(f"SELECT {_COLS} FROM refs ORDER BY id")]
 
-        result: list[Ref] = await self._read(op)
+        result: list[Ref] = await self._db.read(op)
         return result
 
     async def ref_gc(self, *, now: float) -> list[Ref]:
@@ -298,7 +304,7 @@ class SQLiteReferences:
             _bump(conn, "gc_runs")
             return evicted
 
-        result: list[Ref] = await self._do(op)
+        result: list[Ref] = await self._db.do(op)
         return result
 
     async def ref_stats(self) -> RefStats:
@@ -314,5 +320,5 @@ class SQLiteReferences:
                 c.get("dedupe_hits", 0),
             )  # fmt: skip
 
-        result: RefStats = await self._read(op)
+        result: RefStats = await self._db.read(op)
         return result

@@ -1,21 +1,71 @@
-"""The SQLite schema and connection settings.
+"""SQLite connection settings and schema versions.
 
-Indexes are exactly what the hot queries need, so a claim costs O(log n) whatever the backlog:
-ready messages per recipient in delivery order; timers (delayed messages and leases) per
-recipient; expiry times of undelivered messages; finish times of rows awaiting pruning.
+Each feature declares its tables as a `FeatureSchema` (the mailbox tables below, the others in
+their feature modules): the DDL they were first created with (version 1) and the migrations
+since, in order. The `schema_versions` table records each
+feature's version; opening a store creates what is missing, runs the migrations a feature is
+behind on, and refuses a store that a newer agentcomm wrote. `PRAGMA user_version` is the
+version of this layout itself: 1 was feature tables without version rows, 2 adds
+`schema_versions` (so an agentcomm that predates it, and would skip migrations, refuses it).
+
+The mailbox tables are defined here; their indexes are exactly what the hot queries need, so a
+claim costs O(log n) whatever the backlog: ready messages per recipient in delivery order;
+timers (delayed messages and leases) per recipient; expiry times of undelivered messages;
+finish times of rows awaiting pruning.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
-from .references import REFS_SCHEMA
-from .shared_memory import KV_SCHEMA
-from .topics import TOPICS_SCHEMA
+from ..._errors import ConfigurationError
+from ..._records import State
 
-SCHEMA_VERSION = 1
+#: `PRAGMA user_version` of a store whose features carry version rows.
+LAYOUT_VERSION = 2
 
-SCHEMA = """
+_VERSIONS = """
+CREATE TABLE IF NOT EXISTS schema_versions (
+    feature  TEXT PRIMARY KEY,
+    version  INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+
+#: One step from a version to the next: an SQL script, or a function for data rewrites.
+Migration = str | Callable[[sqlite3.Connection], None]
+
+
+class FeatureSchema(NamedTuple):
+    """One feature's tables: the DDL of version 1 and the migrations since, in order."""
+
+    #: The feature's name in `schema_versions` (the backend attribute, e.g. "topics").
+    name: str
+    #: Version 1's statements, idempotent (`IF NOT EXISTS`), separated by `;`.
+    ddl: str
+    #: `migrations[i]` brings the tables from version i + 1 to i + 2.
+    migrations: tuple[Migration, ...] = ()
+
+    @property
+    def version(self) -> int:
+        """The version this code writes."""
+        return 1 + len(self.migrations)
+
+
+# The message states as stored (`State`): SQL takes every state from these.
+READY = State.READY.value
+IN_FLIGHT = State.IN_FLIGHT.value
+DELAYED = State.DELAYED.value
+DEAD = State.DEAD.value
+EXPIRED = State.EXPIRED.value
+ACKED = State.ACKED.value
+UNSETTLED = f"({READY}, {IN_FLIGHT})"  # a delivery that can still be settled
+TIMED = f"({IN_FLIGHT}, {DELAYED})"  # a timer runs: a lease or a delay
+UNDELIVERED = f"({READY}, {DELAYED})"  # may still expire
+FINISHED = f">= {DEAD}"  # dead, expired or acked: awaiting pruning
+
+_MAILBOX_DDL = f"""
 CREATE TABLE IF NOT EXISTS agents (
     name        TEXT PRIMARY KEY,
     created_at  REAL NOT NULL,
@@ -44,15 +94,15 @@ CREATE TABLE IF NOT EXISTS messages (
     dead_reason    TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready
-    ON messages (recipient, priority DESC, seq) WHERE state = 0;
+    ON messages (recipient, priority DESC, seq) WHERE state = {READY};
 CREATE INDEX IF NOT EXISTS messages_timers
-    ON messages (recipient, visible_at) WHERE state IN (1, 2);
+    ON messages (recipient, visible_at) WHERE state IN {TIMED};
 CREATE INDEX IF NOT EXISTS messages_expiry
-    ON messages (expires_at) WHERE state IN (0, 2);
+    ON messages (expires_at) WHERE state IN {UNDELIVERED};
 CREATE INDEX IF NOT EXISTS messages_finished
-    ON messages (finished_at) WHERE state >= 3;
+    ON messages (finished_at) WHERE state {FINISHED};
 CREATE INDEX IF NOT EXISTS messages_dead
-    ON messages (recipient, seq) WHERE state = 3;
+    ON messages (recipient, seq) WHERE state = {DEAD};
 
 CREATE TABLE IF NOT EXISTS dedupe (
     sender      TEXT NOT NULL,
@@ -84,6 +134,8 @@ CREATE TABLE IF NOT EXISTS counters (
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+#: The mailbox tables (and the event counters) and their versions.
+MAILBOXES = FeatureSchema("mailboxes", _MAILBOX_DDL)
 
 
 def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -108,28 +160,54 @@ def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Con
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Create the schema if missing; refuse a database written by a newer agentcomm."""
-    from ..._errors import ConfigurationError
-
+def migrate(conn: sqlite3.Connection, features: Iterable[FeatureSchema]) -> None:
+    """Bring every feature's tables to this code's version, in one transaction; refuse a store
+    written by a newer agentcomm."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        layout = conn.execute("PRAGMA user_version").fetchone()[0]
+        if layout > LAYOUT_VERSION:
             raise ConfigurationError(
-                f"The database uses schema {version}, newer than this agentcomm "
-                f"({SCHEMA_VERSION}). Upgrade agentcomm to open it."
+                f"The database uses schema {layout}, newer than this agentcomm "
+                f"({LAYOUT_VERSION}). Upgrade agentcomm to open it."
             )
-        if version < SCHEMA_VERSION:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        # feature tables: idempotent, so a database of this schema version gains them on open
-        for statement in (KV_SCHEMA + ";" + TOPICS_SCHEMA + ";" + REFS_SCHEMA).split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        if layout < LAYOUT_VERSION:
+            conn.execute(_VERSIONS)
+        versions = dict(conn.execute("SELECT feature, version FROM schema_versions").fetchall())
+        for feature in features:
+            _upgrade(conn, feature, versions.get(feature.name, 0))
+        if layout < LAYOUT_VERSION:
+            conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _upgrade(conn: sqlite3.Connection, feature: FeatureSchema, have: int) -> None:
+    if have > feature.version:
+        raise ConfigurationError(
+            f"The database's {feature.name} tables use schema version {have}, newer than this "
+            f"agentcomm supports ({feature.version}). Upgrade agentcomm to open it."
+        )
+    if have == feature.version:
+        return
+    if have == 0:
+        # a new store, or one of layout 1, whose tables (if any) are those of version 1
+        _run(conn, feature.ddl)
+        have = 1
+    for step in feature.migrations[have - 1 :]:
+        if isinstance(step, str):
+            _run(conn, step)
+        else:
+            step(conn)
+    conn.execute(
+        "INSERT OR REPLACE INTO schema_versions (feature, version) VALUES (?, ?)",
+        (feature.name, feature.version),
+    )
+
+
+def _run(conn: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)

@@ -1,4 +1,4 @@
-"""Shared memory on SQLite: a mixin of `SQLiteBackend`; every operation runs on its writer.
+"""Shared memory on SQLite: versioned key-value spaces with a change log.
 
 Tables: `kv` holds each key's current version (a row with `data IS NULL` is a tombstone of a
 deleted or expired key, kept so versions keep counting), `kv_history` older versions,
@@ -10,7 +10,7 @@ check and the write it guards are atomic, also across processes.
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..._kv_records import (
     DEFAULT_CHANGE_LOG,
@@ -26,14 +26,13 @@ from ..._kv_records import (
     KVWrite,
     Space,
 )
-from . import references
-from .references import REF_COL
+from ..contracts import SharedMemoryStore
+from .access import Access
+from .references import REF_COL, drop_ref, drop_refs, hold_ref
+from .schema import FeatureSchema
 from .writer import INLINE_BUSY
 
-if TYPE_CHECKING:
-    from .writer import Op
-
-KV_SCHEMA = """
+_DDL = """
 CREATE TABLE IF NOT EXISTS kv_spaces (
     owner         TEXT NOT NULL,
     namespace     TEXT NOT NULL,
@@ -91,6 +90,8 @@ CREATE TABLE IF NOT EXISTS kv_changes (
     PRIMARY KEY (owner, namespace, seq)
 ) WITHOUT ROWID;
 """
+#: The shared-memory tables and their versions.
+SCHEMA = FeatureSchema("shared_memory", _DDL)
 
 _COLS = "version, data, data_kind, created_at, updated_at, updated_by, expires_at"
 _PK = "owner = ? AND namespace = ? AND key = ?"
@@ -183,12 +184,12 @@ def _keep_history(
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (space.owner, space.namespace, key, *old),
         )
-        references.hold(conn, old[1], old[2])
+        hold_ref(conn, old[1], old[2])
     trimmed = conn.execute(
         f"DELETE FROM kv_history WHERE {_PK} AND version <= ? RETURNING {REF_COL}",
         (space.owner, space.namespace, key, new_version - cfg.history),
     ).fetchall()
-    references.drop(conn, (r[0] for r in trimmed))
+    drop_refs(conn, (r[0] for r in trimmed))
 
 
 def _end(
@@ -210,7 +211,7 @@ def _end(
         f" expires_at = NULL WHERE {_PK}",
         (version, now, by, space.owner, space.namespace, key),
     )
-    references.drop_payload(conn, row[1], row[2])
+    drop_ref(conn, row[1], row[2])
     _append(conn, space, cfg, kind, key, version, None, 0, now, by, touched)
     return version
 
@@ -267,16 +268,11 @@ def _prefix_range(prefix: str) -> tuple[str, str]:
     return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-class SQLiteSharedMemory:
-    """The shared-memory part of the backend contract on SQLite."""
+class SQLiteSharedMemory(SharedMemoryStore):
+    """Shared memory on SQLite; every write runs in the writer's `BEGIN IMMEDIATE` transaction."""
 
-    if TYPE_CHECKING:
-
-        async def _do(self, fn: Op) -> Any: ...
-
-        async def _read(self, fn: Op, *, single_statement: bool = False) -> Any: ...
-
-        def _read_inline(self, fn: Op) -> Any: ...
+    def __init__(self, db: Access) -> None:
+        self._db = db
 
     async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
         def peek(conn: sqlite3.Connection, touched: set[str]) -> KVRecord | bool | None:
@@ -291,9 +287,9 @@ class SQLiteSharedMemory:
                 return True  # expired: recording that takes the writer
             return _record(key, row)
 
-        seen: KVRecord | bool | None = self._read_inline(peek)
+        seen: KVRecord | bool | None = self._db.read_inline(peek)
         if seen is INLINE_BUSY:
-            seen = await self._read(peek, single_statement=True)
+            seen = await self._db.read(peek, single_statement=True)
         if seen is not True:
             return seen if isinstance(seen, KVRecord) else None
 
@@ -301,7 +297,7 @@ class SQLiteSharedMemory:
             row, _ = _current(conn, space, None, key, now, touched)
             return None if row is None else _record(key, row)
 
-        result: KVRecord | None = await self._do(op)
+        result: KVRecord | None = await self._db.do(op)
         return result
 
     async def kv_put(self, space: Space, write: KVWrite, *, now: float) -> KVOutcome:
@@ -316,7 +312,7 @@ class SQLiteSharedMemory:
                 return KVOutcome(True, actual)
             version += 1
             # hold the new value first: an overwrite with the same content must not evict it
-            references.hold(conn, w.data, w.data_kind)
+            hold_ref(conn, w.data, w.data_kind)
             _keep_history(conn, space, cfg, w.key, row, version)
             record = KVRecord(
                 w.key, version, w.data, w.data_kind, now if row is None else row[3], now, w.by,
@@ -333,12 +329,12 @@ class SQLiteSharedMemory:
                  record.created_at, now, w.by, w.expires_at),
             )  # fmt: skip
             if row is not None:
-                references.drop_payload(conn, row[1], row[2])
+                drop_ref(conn, row[1], row[2])
             _append(conn, space, cfg, ChangeKind.PUT, w.key, version, w.data, w.data_kind, now,
                     w.by, touched)  # fmt: skip
             return KVOutcome(False, version, record)
 
-        result: KVOutcome = await self._do(op)
+        result: KVOutcome = await self._db.do(op)
         return result
 
     async def kv_delete(
@@ -357,7 +353,7 @@ class SQLiteSharedMemory:
                 False, _end(conn, space, cfg, key, row, ChangeKind.DELETE, now, by, touched)
             )
 
-        result: KVOutcome = await self._do(op)
+        result: KVOutcome = await self._db.do(op)
         return result
 
     async def kv_scan(self, space: Space, prefix: str | None, *, now: float) -> KVSnapshot:
@@ -378,7 +374,7 @@ class SQLiteSharedMemory:
             ).fetchone()
             return KVSnapshot(records, 0 if last is None else last[0])
 
-        result: KVSnapshot = await self._do(op)
+        result: KVSnapshot = await self._db.do(op)
         return result
 
     async def kv_changes(self, space: Space, after: int, *, limit: int, now: float) -> KVChanges:
@@ -398,7 +394,7 @@ class SQLiteSharedMemory:
                 ).fetchall()
             return KVChanges([KVChangeRecord(*r) for r in rows], floor, last_seq, next_expiry)
 
-        result: KVChanges = await self._do(op)
+        result: KVChanges = await self._db.do(op)
         return result
 
     async def kv_history(self, space: Space, key: str, *, limit: int, now: float) -> list[KVRecord]:
@@ -411,7 +407,7 @@ class SQLiteSharedMemory:
             ).fetchall()
             return out + [_record(key, r) for r in past]
 
-        result: list[KVRecord] = await self._do(op)
+        result: list[KVRecord] = await self._db.do(op)
         return result
 
     async def kv_counts(self, space: Space, *, now: float) -> KVCounts:
@@ -427,12 +423,13 @@ class SQLiteSharedMemory:
             ).fetchone()
             return KVCounts(keys, size, *(counters or (0, 0)))
 
-        result: KVCounts = await self._do(op)
+        result: KVCounts = await self._db.do(op)
         return result
 
     @staticmethod
-    def _kv_prune_in(conn: sqlite3.Connection, now: float, touched: set[str]) -> None:
-        """Record due expiries in every space and drop tombstones older than TOMBSTONE_KEEP."""
+    def prune_in(conn: sqlite3.Connection, now: float, touched: set[str]) -> None:
+        """The prune step: record due expiries in every space, drop tombstones older than
+        TOMBSTONE_KEEP."""
         due = conn.execute(
             "SELECT DISTINCT owner, namespace FROM kv"
             " WHERE data IS NOT NULL AND expires_at IS NOT NULL AND expires_at <= ? LIMIT ?",
@@ -447,4 +444,4 @@ class SQLiteSharedMemory:
         for pk in stale:
             conn.execute(f"DELETE FROM kv WHERE {_PK}", pk)
             past = conn.execute(f"DELETE FROM kv_history WHERE {_PK} RETURNING {REF_COL}", pk)
-            references.drop(conn, [r[0] for r in past.fetchall()])
+            drop_refs(conn, [r[0] for r in past.fetchall()])

@@ -1,17 +1,16 @@
-"""Topics for the SQLite backend: the topic log, per-topic stats and durable consumers.
+"""Topics on SQLite: the topic log, per-topic stats and durable consumers.
 
 The log is one table with a per-store sequence (AUTOINCREMENT, so a sequence is never reused
 after pruning). A durable consumer is a row holding its definition and the highest sequence it
-has scanned; its leased deliveries are rows of `topic_pending` until acked. Writes run on the
-backend's writer thread through `self._do`, reads on its reader connection through `self._read`.
+has scanned; its leased deliveries are rows of `topic_pending` until acked.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 
@@ -21,10 +20,12 @@ from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, To
 from ..._settings import Retention
 from ..._subjects import TOPICS_CHANNEL, TopicFilter, consumer_channel, is_literal, topic_channel
 from ..common import conflict, consumer_filter, same_definition, same_start
-from . import references
-from .references import REF_COL
+from ..contracts import TopicStore
+from .access import Access
+from .references import REF_COL, drop_refs, hold_ref
+from .schema import FeatureSchema
 
-TOPICS_SCHEMA = """
+_DDL = """
 CREATE TABLE IF NOT EXISTS topic_log (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     topic         TEXT NOT NULL,
@@ -64,6 +65,8 @@ CREATE TABLE IF NOT EXISTS topic_pending (
     PRIMARY KEY (consumer, seq)
 ) WITHOUT ROWID;
 """
+#: The topic tables and their versions.
+SCHEMA = FeatureSchema("topics", _DDL)
 
 _COLS = "seq, topic, sender, type, data, data_kind, metadata, published_at, origin"
 _INSERT = (
@@ -92,8 +95,6 @@ _PRUNE_BATCH = 50_000
 _spec_encoder = msgspec.msgpack.Encoder()
 _spec_decoder = msgspec.msgpack.Decoder(ConsumerSpec)
 
-Op = Callable[[sqlite3.Connection, set[str]], Any]
-
 
 def _record(r: Sequence[Any], attempt: int = 0) -> TopicRecord:
     """A `_COLS` row as a record."""
@@ -105,20 +106,16 @@ def _head(conn: sqlite3.Connection) -> int:
     return head
 
 
-class SQLiteTopics:
-    """The topics part of the backend contract, on the SQLite writer thread."""
+class SQLiteTopics(TopicStore):
+    """Topics on SQLite: writes on the writer thread, reads on the reader connection."""
 
-    retention: Retention
-
-    if TYPE_CHECKING:
-
-        def _do(self, fn: Op) -> Awaitable[Any]: ...
-        def _read(self, fn: Op, *, single_statement: bool = False) -> Awaitable[Any]: ...
-
-    _filters: dict[bytes, TopicFilter]
+    def __init__(self, db: Access, retention: Retention) -> None:
+        self._db = db
+        self._retention = retention
+        self._filters: dict[bytes, TopicFilter] = {}  # by encoded consumer spec
 
     def _filter(self, blob: bytes) -> TopicFilter:
-        cache = self.__dict__.setdefault("_filters", {})
+        cache = self._filters
         f: TopicFilter | None = cache.get(blob)
         if f is None:
             if len(cache) > 256:
@@ -133,16 +130,16 @@ class SQLiteTopics:
         def op(conn: sqlite3.Connection, touched: set[str]) -> int:
             seq = conn.execute(_INSERT, row).lastrowid
             assert seq is not None
-            references.hold(conn, r.data, r.data_kind)
+            hold_ref(conn, r.data, r.data_kind)
             touched.add(TOPICS_CHANNEL)
             touched.add(topic_channel(r.topic))
             return seq
 
-        seq: int = await self._do(op)
+        seq: int = await self._db.do(op)
         return _record((seq, *row))
 
     async def topic_head(self) -> int:
-        result: int = await self._read(lambda conn, touched: _head(conn), single_statement=True)
+        result: int = await self._db.read(lambda conn, touched: _head(conn), single_statement=True)
         return result
 
     async def read_topics(self, after: int, *, exclude_origin: str, limit: int) -> TopicBatch:
@@ -156,7 +153,7 @@ class SQLiteTopics:
             records = [_record(r) for r in rows if r[8] != exclude_origin]
             return TopicBatch(records, through)
 
-        result: TopicBatch = await self._read(op)
+        result: TopicBatch = await self._db.read(op)
         return result
 
     async def count_topic_deliveries(self, counts: Mapping[str, tuple[int, int]]) -> None:
@@ -165,7 +162,7 @@ class SQLiteTopics:
         def op(conn: sqlite3.Connection, touched: set[str]) -> None:
             conn.executemany(_COUNT_DELIVERY, rows)
 
-        await self._do(op)
+        await self._db.do(op)
 
     async def topic_stats(self, name: str | None) -> list[TopicStats]:
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[TopicStats]:
@@ -197,7 +194,7 @@ class SQLiteTopics:
                 out.append(TopicStats(n, pub, dl, dr, subscribers, last, last_seq))
             return out
 
-        result: list[TopicStats] = await self._read(op)
+        result: list[TopicStats] = await self._db.read(op)
         return result
 
     async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
@@ -225,7 +222,7 @@ class SQLiteTopics:
                 (spec.name, blob, _position(conn, spec)),
             )
 
-        await self._do(op)
+        await self._db.do(op)
 
     async def claim_topic(
         self,
@@ -299,7 +296,7 @@ class SQLiteTopics:
             ).fetchone()[0]
             return TopicClaim(out, until, row[2], next_wake)
 
-        result: TopicClaim = await self._do(op)
+        result: TopicClaim = await self._db.do(op)
         return result
 
     @staticmethod
@@ -354,9 +351,10 @@ class SQLiteTopics:
                 break
         return out, delivered
 
-    def _prune_topics(self, conn: sqlite3.Connection, now: float) -> int:
-        """Delete log records beyond retention, counting what each durable consumer lost."""
-        r = self.retention
+    def prune_in(self, conn: sqlite3.Connection, now: float) -> int:
+        """The prune step: delete log records beyond retention, counting what each durable
+        consumer lost; returns how many were deleted."""
+        r = self._retention
         lo, hi = conn.execute("SELECT MIN(seq), MAX(seq) FROM topic_log").fetchone()
         cutoff = now - r.topic_max_age
         if lo is not None:
@@ -406,7 +404,7 @@ class SQLiteTopics:
                 f"DELETE FROM topic_log WHERE seq <= ? RETURNING {REF_COL}", (through,)
             ).fetchall()
             pruned = len(gone)
-            references.drop(conn, (g[0] for g in gone))  # records stored by reference
+            drop_refs(conn, (g[0] for g in gone))  # records stored by reference
         conn.execute(
             "DELETE FROM topic_stats WHERE (last_publish IS NULL OR last_publish <= ?)"
             " AND NOT EXISTS (SELECT 1 FROM topic_log WHERE topic = name)",

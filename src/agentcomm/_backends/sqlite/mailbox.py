@@ -1,0 +1,572 @@
+"""Mailboxes on SQLite: agents, messages, request / reply slots and schedules.
+
+A message is one row of `messages` whose `state` (`agentcomm._records.State`) moves from
+ready, delayed or in flight to dead, expired or acked; the tables and their indexes are in
+`schema.py`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..._codec import decode_metadata, decode_payload
+from ..._errors import UnknownAgent
+from ..._models import (
+    AgentInfo,
+    DeadLetter,
+    MailboxStats,
+    PendingInfo,
+    PruneReport,
+    ScheduleInfo,
+)
+from ..._records import (
+    PENDING_STATE_NAMES,
+    Claimed,
+    NewMessage,
+    ScheduleSpec,
+    Settle,
+    SettleKind,
+    State,
+    StoredMessage,
+    StoredReply,
+)
+from ..._scheduling import next_occurrence, scheduled_message
+from ..._settings import Retention
+from ..common import (
+    REPLY_GRACE,
+    SCHEDULES_CHANNEL,
+    final_nack_reason,
+    lease_expired_reason,
+    mail_channel,
+    reply_channel,
+)
+from ..contracts import MailboxStore
+from .access import Access
+from .references import HOLDS_REF, PAYLOAD_SIZE, REF_COL, drop_ref, drop_refs, hold_ref
+from .schema import (
+    ACKED,
+    DEAD,
+    DELAYED,
+    EXPIRED,
+    FINISHED,
+    IN_FLIGHT,
+    READY,
+    TIMED,
+    UNDELIVERED,
+    UNSETTLED,
+)
+
+_INSERT = (
+    "INSERT INTO messages (id, recipient, sender, type, priority, state, visible_at, expires_at,"
+    " max_attempts, enqueued_at, correlation_id, reply_to, data_kind, data, metadata)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RETURNING = (
+    "seq, id, sender, recipient, type, priority, data, data_kind, metadata, attempt,"
+    " max_attempts, enqueued_at, visible_at, correlation_id, reply_to"
+)
+_CLAIM = (
+    f"UPDATE messages SET state = {IN_FLIGHT}, attempt = attempt + 1, visible_at = ?1"
+    f" WHERE seq IN (SELECT seq FROM messages WHERE recipient = ?2 AND state = {READY}"
+    " AND (expires_at IS NULL OR expires_at > ?3) ORDER BY priority DESC, seq LIMIT ?4)"
+    f" RETURNING {_RETURNING}"
+)
+_IN_JSON = "(SELECT value FROM json_each(?))"
+_NEXT_WAKE = f"SELECT MIN(visible_at) FROM messages WHERE recipient = ? AND state IN {TIMED}"
+_DUE = (
+    "SELECT seq, state, attempt, max_attempts FROM messages"
+    f" WHERE recipient = ? AND state IN {TIMED} AND visible_at <= ?"
+)
+_MAKE_READY = f"UPDATE messages SET state = {READY} WHERE seq IN {_IN_JSON}"
+_KILL = f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE seq = ?"
+# settling one delivery: its (seq, attempt) while the message is still ready or in flight
+_LIVE = f"seq = ? AND attempt = ? AND state IN {UNSETTLED}"
+_ACK_KEEP = f"UPDATE messages SET state = {ACKED}, finished_at = ? WHERE {_LIVE}"
+_ACK_KEEP_RETURNING = f"{_ACK_KEEP} RETURNING {REF_COL}"
+_ACK_DELETE = f"DELETE FROM messages WHERE {_LIVE} RETURNING {REF_COL}"
+_ACK_MANY = f"DELETE FROM messages WHERE {_LIVE}"
+_HELD = f"SELECT data FROM messages WHERE seq IN {_IN_JSON} AND {HOLDS_REF}"
+_EXTEND = (
+    f"UPDATE messages SET visible_at = ? WHERE seq = ? AND attempt = ? AND state = {IN_FLIGHT}"
+)
+_MAX_ATTEMPTS = f"SELECT max_attempts FROM messages WHERE {_LIVE}"
+_RETRY = f"UPDATE messages SET state = ?, visible_at = ? WHERE {_LIVE}"
+_DEAD_LETTER = f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE {_LIVE}"
+_PRUNE_BATCH = 10_000
+
+_reply_encoder = msgspec.msgpack.Encoder()
+_reply_decoder = msgspec.msgpack.Decoder(StoredReply)
+_spec_decoder = msgspec.msgpack.Decoder(ScheduleSpec)
+
+
+def _bump(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
+    if n:
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+
+def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
+    state = DELAYED if m.visible_at > now else READY
+    return (
+        m.id, m.recipient, m.sender, m.type, m.priority, state, m.visible_at,
+        m.expires_at, m.max_attempts, m.enqueued_at, m.correlation_id, m.reply_to,
+        m.data_kind, m.data, m.metadata,
+    )  # fmt: skip
+
+
+class SQLiteMailboxes(MailboxStore):
+    """Agents, mailboxes, replies and schedules on SQLite."""
+
+    def __init__(self, db: Access, retention: Retention) -> None:
+        self._db = db
+        self._retention = retention
+        self._known_agents: set[str] = set()  # used on the writer thread only
+
+    def forget_known_agents(self) -> None:
+        """Drop the cache of registered agents: a rollback may have undone a registration."""
+        self._known_agents.clear()
+
+    # --- agents --------------------------------------------------------------------------------
+
+    async def register_agent(self, name: str, now: float) -> AgentInfo:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> AgentInfo:
+            row = conn.execute(
+                "INSERT INTO agents (name, created_at, last_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen"
+                " RETURNING name, created_at, last_seen",
+                (name, now, now),
+            ).fetchone()
+            self._known_agents.add(name)
+            return AgentInfo(*row)
+
+        result: AgentInfo = await self._db.do(op)
+        return result
+
+    async def list_agents(self) -> list[AgentInfo]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[AgentInfo]:
+            rows = conn.execute("SELECT name, created_at, last_seen FROM agents ORDER BY name")
+            return [AgentInfo(*r) for r in rows]
+
+        result: list[AgentInfo] = await self._db.read(op)
+        return result
+
+    def _require_agent(
+        self, conn: sqlite3.Connection, name: str, auto_register: bool, now: float
+    ) -> None:
+        if name in self._known_agents:
+            return
+        if conn.execute("SELECT 1 FROM agents WHERE name = ?", (name,)).fetchone() is None:
+            if not auto_register:
+                raise UnknownAgent(name)
+            conn.execute(
+                "INSERT INTO agents (name, created_at, last_seen) VALUES (?, ?, ?)",
+                (name, now, now),
+            )
+        self._known_agents.add(name)
+
+    # --- mailboxes -----------------------------------------------------------------------------
+
+    async def enqueue(
+        self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
+    ) -> list[str]:
+        rows = [_row_tuple(m, now) for m in messages]  # built here, off the writer thread
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[str]:
+            for recipient in {m.recipient for m in messages}:
+                self._require_agent(conn, recipient, auto_register, now)
+            ids: list[str] = []
+            plain: list[tuple[Any, ...]] = []
+            deduplicated = 0
+            for m, row in zip(messages, rows, strict=True):
+                if m.idempotency_key is not None:
+                    if plain:  # keep FIFO order: store what came before first
+                        conn.executemany(_INSERT, plain)
+                        plain = []
+                    seen = conn.execute(
+                        "SELECT message_id, until FROM dedupe"
+                        " WHERE sender = ? AND recipient = ? AND key = ?",
+                        (m.sender, m.recipient, m.idempotency_key),
+                    ).fetchone()
+                    if seen is not None and seen[1] > now:
+                        ids.append(seen[0])
+                        deduplicated += 1
+                        continue
+                    conn.execute(
+                        "INSERT OR REPLACE INTO dedupe (sender, recipient, key, message_id, until)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (m.sender, m.recipient, m.idempotency_key, m.id, m.dedupe_until or now),
+                    )
+                plain.append(row)
+                hold_ref(conn, m.data, m.data_kind)
+                if m.request_deadline is not None and m.correlation_id is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO requests (correlation_id, deadline) VALUES (?, ?)",
+                        (m.correlation_id, m.request_deadline),
+                    )
+                touched.add(mail_channel(m.recipient))
+                ids.append(m.id)
+            if plain:
+                conn.executemany(_INSERT, plain)
+            _bump(conn, "deduplicated", deduplicated)
+            return ids
+
+        result: list[str] = await self._db.do(op)
+        return result
+
+    async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> tuple[list[Any], float | None]:
+            _fire_timers(conn, agent, now)
+            rows = conn.execute(_CLAIM, (now + lease, agent, now, max_messages)).fetchall()
+            if rows:  # the caller only needs the next wake-up when it has to wait
+                return rows, None
+            next_wake = conn.execute(_NEXT_WAKE, (agent,)).fetchone()[0]
+            return rows, next_wake
+
+        rows, next_wake = await self._db.do(op)
+        messages = [StoredMessage(*r) for r in rows]
+        if len(messages) > 1:  # RETURNING gives no order guarantee
+            messages.sort(key=lambda m: (-m.priority, m.seq))
+        return Claimed(messages, next_wake)
+
+    def _settle_in(
+        self, conn: sqlite3.Connection, op: Settle, now: float, touched: set[str]
+    ) -> bool:
+        key = (op.seq, op.attempt)
+        if op.kind == SettleKind.ACK:
+            if self._retention.acked > 0:
+                acked = conn.execute(_ACK_KEEP_RETURNING, (now, *key)).fetchone()
+            else:
+                acked = conn.execute(_ACK_DELETE, key).fetchone()
+            if acked is not None:  # an acked message no longer holds its payload's reference
+                drop_refs(conn, acked)
+            return acked is not None
+        if op.kind == SettleKind.EXTEND:
+            return conn.execute(_EXTEND, (op.until, *key)).rowcount == 1
+        reason = op.reason
+        if op.kind == SettleKind.NACK:
+            row = conn.execute(_MAX_ATTEMPTS, key).fetchone()
+            if row is None:
+                return False
+            touched.add(mail_channel(op.recipient))
+            if op.attempt < row[0]:
+                state = DELAYED if op.until > now else READY
+                conn.execute(_RETRY, (state, op.until, *key))
+                return True
+            reason = reason or final_nack_reason(op.attempt)
+        if conn.execute(_DEAD_LETTER, (now, reason, *key)).rowcount != 1:
+            return False
+        _bump(conn, "dead_lettered")
+        return True
+
+    async def settle(self, op: Settle, *, now: float) -> bool:
+        result: bool = await self._db.do(
+            lambda conn, touched: self._settle_in(conn, op, now, touched)
+        )
+        return result
+
+    async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        plain_acks = self._retention.acked == 0 and all(o.kind == SettleKind.ACK for o in ops)
+        keys = [(o.seq, o.attempt) for o in ops] if plain_acks else []
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[bool]:
+            if plain_acks:
+                # the common case in one statement; if any lease was lost, find out which
+                conn.execute("SAVEPOINT acks")
+                held = conn.execute(_HELD, (msgspec.json.encode([k[0] for k in keys]),)).fetchall()
+                cur = conn.executemany(_ACK_MANY, keys)
+                if cur.rowcount == len(keys):
+                    drop_refs(conn, (r[0] for r in held))
+                    conn.execute("RELEASE acks")
+                    return [True] * len(keys)
+                conn.execute("ROLLBACK TO acks")
+                conn.execute("RELEASE acks")
+            return [self._settle_in(conn, o, now, touched) for o in ops]
+
+        result: list[bool] = await self._db.do(op)
+        return result
+
+    async def mailbox_stats(self, agent: str) -> MailboxStats:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> MailboxStats:
+            one = "SELECT COUNT(*) FROM messages WHERE recipient = ? AND state = ?"
+            ready = conn.execute(one, (agent, READY)).fetchone()[0]
+            dead = conn.execute(one, (agent, DEAD)).fetchone()[0]
+            timers = dict(
+                conn.execute(
+                    "SELECT state, COUNT(*) FROM messages"
+                    f" WHERE recipient = ? AND state IN {TIMED} GROUP BY state",
+                    (agent,),
+                ).fetchall()
+            )
+            return MailboxStats(
+                agent, ready, timers.get(DELAYED, 0), timers.get(IN_FLIGHT, 0), dead
+            )
+
+        result: MailboxStats = await self._db.read(op)
+        return result
+
+    async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
+        cols = (
+            "id, sender, recipient, type, priority, state, attempt, enqueued_at, visible_at,"
+            f" expires_at, {PAYLOAD_SIZE}, seq"
+        )
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[Any, ...]]:
+            ready = conn.execute(
+                f"SELECT {cols} FROM messages WHERE recipient = ? AND state = {READY}"
+                " ORDER BY priority DESC, seq LIMIT ?",
+                (agent, limit),
+            ).fetchall()
+            timers = conn.execute(
+                f"SELECT {cols} FROM messages WHERE recipient = ? AND state IN {TIMED}"
+                " ORDER BY visible_at LIMIT ?",
+                (agent, limit),
+            ).fetchall()
+            return ready + timers
+
+        rows: list[tuple[Any, ...]] = await self._db.read(op)
+        rows.sort(key=lambda r: (-r[4], r[11]))
+        return [
+            PendingInfo(
+                id=r[0],
+                sender=r[1],
+                recipient=r[2],
+                type=r[3],
+                priority=r[4],
+                state=PENDING_STATE_NAMES[State(r[5])],
+                attempt=r[6],
+                enqueued_at=r[7],
+                visible_at=r[8],
+                expires_at=r[9],
+                size=r[10],
+            )
+            for r in rows[:limit]
+        ]
+
+    async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT id, sender, recipient, type, dead_reason, attempt, enqueued_at,"
+                " finished_at, data, data_kind, metadata FROM messages"
+                f" WHERE recipient = ? AND state = {DEAD} ORDER BY seq LIMIT ?",
+                (agent, limit),
+            ).fetchall()
+
+        rows: list[tuple[Any, ...]] = await self._db.read(op)
+        return [
+            DeadLetter(
+                id=r[0],
+                sender=r[1],
+                recipient=r[2],
+                type=r[3],
+                reason=r[4] or "",
+                attempts=r[5],
+                enqueued_at=r[6],
+                dead_at=r[7],
+                data=decode_payload(r[8], r[9]),
+                metadata=decode_metadata(r[10]),
+            )
+            for r in rows
+        ]
+
+    async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> int:
+            # a requeue is an explicit decision to deliver: clear a passed expiry too
+            sql = (
+                f"UPDATE messages SET state = {READY}, attempt = 0, finished_at = NULL,"
+                " dead_reason = NULL,"
+                " expires_at = CASE WHEN expires_at <= ? THEN NULL ELSE expires_at END"
+                f" WHERE recipient = ? AND state = {DEAD}"
+            )
+            if ids is None:
+                count = conn.execute(sql, (now, agent)).rowcount
+            else:
+                sql += f" AND id IN {_IN_JSON}"
+                count = conn.execute(sql, (now, agent, msgspec.json.encode(list(ids)))).rowcount
+            if count:
+                touched.add(mail_channel(agent))
+            return int(count)
+
+        result: int = await self._db.do(op)
+        return result
+
+    # --- request / reply -----------------------------------------------------------------------
+
+    async def post_reply(
+        self, correlation_id: str, reply: StoredReply, ack: Settle | None, *, now: float
+    ) -> bool:
+        blob = _reply_encoder.encode(reply)
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> bool:
+            if ack is not None:
+                self._settle_in(conn, ack, now, touched)
+            updated = conn.execute(
+                "UPDATE requests SET reply = ? WHERE correlation_id = ? AND reply IS NULL",
+                (blob, correlation_id),
+            ).rowcount
+            if updated != 1:
+                _bump(conn, "late_replies")
+                return False
+            hold_ref(conn, reply.data, reply.data_kind)
+            touched.add(reply_channel(correlation_id))
+            return True
+
+        result: bool = await self._db.do(op)
+        return result
+
+    async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> bytes | None:
+            row = conn.execute(
+                "SELECT reply FROM requests WHERE correlation_id = ?", (correlation_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] is not None or abandon:
+                conn.execute("DELETE FROM requests WHERE correlation_id = ?", (correlation_id,))
+            blob: bytes | None = row[0]
+            return blob
+
+        blob: bytes | None = await self._db.do(op)
+        return None if blob is None else _reply_decoder.decode(blob)
+
+    # --- schedules -----------------------------------------------------------------------------
+
+    async def add_schedule(self, spec: ScheduleSpec, *, auto_register: bool) -> None:
+        blob = msgspec.msgpack.encode(spec)
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> None:
+            self._require_agent(conn, spec.recipient, auto_register, spec.created_at)
+            conn.execute(
+                "INSERT INTO schedules (id, spec, next_run) VALUES (?, ?, ?)",
+                (spec.id, blob, spec.next_run),
+            )
+            hold_ref(conn, spec.data, spec.data_kind)
+            touched.add(SCHEDULES_CHANNEL)
+
+        await self._db.do(op)
+
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> bool:
+            gone = conn.execute(
+                "DELETE FROM schedules WHERE id = ? RETURNING spec", (schedule_id,)
+            ).fetchone()
+            if gone is not None:
+                spec = _spec_decoder.decode(gone[0])
+                drop_ref(conn, spec.data, spec.data_kind)
+                touched.add(SCHEDULES_CHANNEL)
+            return gone is not None
+
+        result: bool = await self._db.do(op)
+        return result
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[bytes, float, int]]:
+            return conn.execute(
+                "SELECT spec, next_run, runs FROM schedules ORDER BY next_run"
+            ).fetchall()
+
+        rows: list[tuple[bytes, float, int]] = await self._db.read(op)
+        out = []
+        for blob, next_run, runs in rows:
+            s = _spec_decoder.decode(blob)
+            out.append(
+                ScheduleInfo(s.id, s.sender, s.recipient, s.type, s.cron, s.every, next_run, runs)
+            )
+        return out
+
+    async def fire_due(self, now: float) -> float | None:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> float | None:
+            due = conn.execute(
+                "SELECT spec, next_run FROM schedules WHERE next_run <= ? ORDER BY next_run"
+                " LIMIT 256",
+                (now,),
+            ).fetchall()
+            for blob, next_run in due:
+                spec = _spec_decoder.decode(blob)
+                conn.execute(_INSERT, _row_tuple(scheduled_message(spec, now), now))
+                hold_ref(conn, spec.data, spec.data_kind)
+                upcoming = next_occurrence(spec.cron, spec.every, next_run, now)
+                conn.execute(
+                    "UPDATE schedules SET next_run = ?, runs = runs + 1 WHERE id = ?",
+                    (upcoming, spec.id),
+                )
+                touched.add(mail_channel(spec.recipient))
+            _bump(conn, "scheduled_runs", len(due))
+            nxt: float | None = conn.execute("SELECT MIN(next_run) FROM schedules").fetchone()[0]
+            return nxt
+
+        result: float | None = await self._db.do(op)
+        return result
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    def prune_in(self, conn: sqlite3.Connection, now: float) -> PruneReport:
+        """The prune step: expire and dead-letter what is due, delete finished messages, dedupe
+        keys and abandoned reply slots past retention (topic records are not counted here)."""
+        r = self._retention
+        exhausted = conn.execute(
+            "SELECT seq, attempt, max_attempts, recipient FROM messages"
+            f" WHERE state IN {TIMED} AND visible_at <= ?",
+            (now,),
+        ).fetchall()
+        dead_rows = [
+            (now, lease_expired_reason(attempt, most), seq)
+            for seq, attempt, most, _ in exhausted
+            if attempt >= most
+        ]
+        conn.executemany(f"{_KILL} AND state = {IN_FLIGHT}", dead_rows)
+        _bump(conn, "dead_lettered", len(dead_rows))
+        # expired and acked messages release their payload's reference at once, dead
+        # letters (which can be requeued) when they are pruned
+        expired_rows = conn.execute(
+            f"UPDATE messages SET state = {EXPIRED}, finished_at = ?"
+            f" WHERE state IN {UNDELIVERED} AND expires_at <= ? RETURNING {REF_COL}",
+            (now, now),
+        ).fetchall()
+        expired = len(expired_rows)
+        drop_refs(conn, (row[0] for row in expired_rows))
+        _bump(conn, "expired", expired)
+        pruned = 0
+        for state, keep in ((ACKED, r.acked), (EXPIRED, r.expired), (DEAD, r.dead)):
+            gone = conn.execute(
+                "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages"
+                f" WHERE state {FINISHED} AND finished_at <= ? AND state = ? LIMIT ?)"
+                f" RETURNING {REF_COL if state == DEAD else 'NULL'}",
+                (now - keep, state, _PRUNE_BATCH),
+            ).fetchall()
+            pruned += len(gone)
+            drop_refs(conn, (row[0] for row in gone))
+        keys = conn.execute("DELETE FROM dedupe WHERE until <= ?", (now,)).rowcount
+        stale = conn.execute(
+            "DELETE FROM requests WHERE deadline <= ? RETURNING reply", (now - REPLY_GRACE,)
+        ).fetchall()
+        for (blob,) in stale:  # a reply nobody took still held its payload's reference
+            if blob is not None:
+                stored = _reply_decoder.decode(blob)
+                drop_ref(conn, stored.data, stored.data_kind)
+        return PruneReport(expired, len(dead_rows), pruned, keys, len(stale))
+
+
+def _fire_timers(conn: sqlite3.Connection, agent: str, now: float) -> None:
+    """Make `agent`'s due delayed messages and expired leases ready again, or dead when their
+    attempts are used up."""
+    due = conn.execute(_DUE, (agent, now)).fetchall()
+    if not due:
+        return
+    ready = [seq for seq, state, attempt, most in due if state == DELAYED or attempt < most]
+    if ready:
+        conn.execute(_MAKE_READY, (msgspec.json.encode(ready),))
+    exhausted = [
+        (now, lease_expired_reason(attempt, most), seq)
+        for seq, state, attempt, most in due
+        if state == IN_FLIGHT and attempt >= most
+    ]
+    if exhausted:
+        conn.executemany(_KILL, exhausted)
+        _bump(conn, "dead_lettered", len(exhausted))
