@@ -76,7 +76,7 @@ async def test_a_store_of_the_previous_layout_opens_with_all_its_data(tmp_path: 
             "other.topic",
         ]
 
-        held = [r for r in await hub.refs.list() if r.content_type == "text/plain"]
+        held = [r for r in await hub.refs.list_refs() if r.content_type == "text/plain"]
         assert [r.refcount for r in held] == [1]
         assert await hub.refs.resolve(held[0]) == b"held explicitly"
 
