@@ -64,6 +64,7 @@ class MemoryBackend(Backend):
     def __init__(self, name: str, retention: Retention) -> None:
         self.retention = retention
         self.notifier = Notifier()
+        # the registry holds named stores weakly: each backend keeps its store alive
         self._store = store = _store_for(name)
         self._txn = txn = Transactions(store.lock, store.hubs, self.notifier)
         holds = RefHolds(store.references)
