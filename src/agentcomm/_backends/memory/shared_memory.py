@@ -1,13 +1,10 @@
-"""Shared memory in memory: a mixin of `MemoryBackend`, with the same semantics as SQLite."""
+"""Shared memory in memory: versioned key-value spaces, with the same semantics as SQLite."""
 
 from __future__ import annotations
 
-import weakref
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
 
-from .._kv_records import (
+from ..._kv_records import (
     DEFAULT_CHANGE_LOG,
     DEFAULT_HISTORY,
     TOMBSTONE_KEEP,
@@ -21,12 +18,9 @@ from .._kv_records import (
     KVWrite,
     Space,
 )
-from .memory_refs import RefTable, ref_table
-
-if TYPE_CHECKING:
-    from .memory import MemoryStore
-
-T = TypeVar("T")
+from ..contracts import SharedMemoryStore
+from .references import RefHolds
+from .transactions import Transactions
 
 
 class _Space:
@@ -34,14 +28,14 @@ class _Space:
     the change log and counters."""
 
     __slots__ = (
-        "change_log", "changes", "conflicts", "floor", "history", "last_seq", "past", "refs",
+        "change_log", "changes", "conflicts", "floor", "history", "holds", "last_seq", "past",
         "rows", "tombstones", "writes",
     )  # fmt: skip
 
-    def __init__(self, refs: RefTable) -> None:
+    def __init__(self, holds: RefHolds) -> None:
         # values and past versions hold their references; change-log entries do not, so an
         # overwrite frees a large value at once instead of when its change leaves the log
-        self.refs = refs
+        self.holds = holds
         self.rows: dict[str, KVRecord] = {}
         self.tombstones: dict[str, KVRecord] = {}
         self.past: dict[str, list[KVRecord]] = {}  # oldest first
@@ -78,10 +72,10 @@ class _Space:
         past = self.past.setdefault(key, [])
         if old is not None:
             past.append(old)
-            self.refs.hold(old.data, old.data_kind)
+            self.holds.hold(old.data, old.data_kind)
         while past and past[0].version <= new_version - self.history:
             gone = past.pop(0)
-            self.refs.drop(gone.data, gone.data_kind)
+            self.holds.drop(gone.data, gone.data_kind)
 
     def end(
         self, space: Space, row: KVRecord, kind: ChangeKind, now: float, by: str | None,
@@ -90,7 +84,7 @@ class _Space:
         version = row.version + 1
         self.keep_history(row.key, row, version)
         del self.rows[row.key]
-        self.refs.drop(row.data, row.data_kind)
+        self.holds.drop(row.data, row.data_kind)
         tomb = KVRecord(row.key, version, b"", 0, row.created_at, now, by, None)
         self.tombstones[row.key] = tomb
         self.append(space, kind, tomb, False, touched)
@@ -115,35 +109,40 @@ class _Space:
         )
 
 
-_spaces: weakref.WeakKeyDictionary[MemoryStore, dict[Space, _Space]] = weakref.WeakKeyDictionary()
+class SharedMemoryState:
+    """The spaces of one memory store."""
+
+    __slots__ = ("spaces",)
+
+    def __init__(self) -> None:
+        self.spaces: dict[Space, _Space] = {}
 
 
-class MemorySharedMemory:
+class MemorySharedMemory(SharedMemoryStore):
     """The shared-memory part of the backend contract in memory."""
 
-    if TYPE_CHECKING:
-        _store: MemoryStore
+    def __init__(self, state: SharedMemoryState, txn: Transactions, holds: RefHolds) -> None:
+        self._spaces = state.spaces
+        self._txn = txn
+        self._holds = holds
 
-        def _run(self, fn: Callable[[MemoryStore, set[str]], T]) -> T: ...
-
-    def _space(self, store: MemoryStore, space: Space) -> _Space:
-        spaces = _spaces.setdefault(store, {})
-        state = spaces.get(space)
+    def _space(self, space: Space) -> _Space:
+        state = self._spaces.get(space)
         if state is None:
-            state = spaces[space] = _Space(ref_table(store))
+            state = self._spaces[space] = _Space(self._holds)
         return state
 
     async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
-        def op(store: MemoryStore, touched: set[str]) -> KVRecord | None:
-            return self._space(store, space).current(space, key, now, touched)
+        def op(touched: set[str]) -> KVRecord | None:
+            return self._space(space).current(space, key, now, touched)
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def kv_put(self, space: Space, write: KVWrite, *, now: float) -> KVOutcome:
         w = write
 
-        def op(store: MemoryStore, touched: set[str]) -> KVOutcome:
-            s = self._space(store, space)
+        def op(touched: set[str]) -> KVOutcome:
+            s = self._space(space)
             if w.history is not None:
                 s.history = w.history
             if w.change_log is not None:
@@ -155,7 +154,7 @@ class MemorySharedMemory:
                 return KVOutcome(True, actual)
             version = s.version(w.key) + 1
             # hold the new value first: an overwrite with the same content must not evict it
-            s.refs.hold(w.data, w.data_kind)
+            s.holds.hold(w.data, w.data_kind)
             s.keep_history(w.key, row, version)
             record = KVRecord(
                 w.key, version, w.data, w.data_kind, now if row is None else row.created_at, now,
@@ -164,17 +163,17 @@ class MemorySharedMemory:
             s.tombstones.pop(w.key, None)
             s.rows[w.key] = record
             if row is not None:
-                s.refs.drop(row.data, row.data_kind)
+                s.holds.drop(row.data, row.data_kind)
             s.append(space, ChangeKind.PUT, record, True, touched)
             return KVOutcome(False, version, record)
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def kv_delete(
         self, space: Space, key: str, *, expected_version: int | None, by: str | None, now: float
     ) -> KVOutcome:
-        def op(store: MemoryStore, touched: set[str]) -> KVOutcome:
-            s = self._space(store, space)
+        def op(touched: set[str]) -> KVOutcome:
+            s = self._space(space)
             row = s.current(space, key, now, touched)
             actual = 0 if row is None else row.version
             if expected_version is not None and expected_version != actual:
@@ -184,11 +183,11 @@ class MemorySharedMemory:
                 return KVOutcome(False, 0)
             return KVOutcome(False, s.end(space, row, ChangeKind.DELETE, now, by, touched))
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def kv_scan(self, space: Space, prefix: str | None, *, now: float) -> KVSnapshot:
-        def op(store: MemoryStore, touched: set[str]) -> KVSnapshot:
-            s = self._space(store, space)
+        def op(touched: set[str]) -> KVSnapshot:
+            s = self._space(space)
             s.expire_due(space, now, touched)
             records: list[KVRecord] = []
             if prefix is not None:
@@ -197,11 +196,11 @@ class MemorySharedMemory:
                 )
             return KVSnapshot(records, s.last_seq)
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def kv_changes(self, space: Space, after: int, *, limit: int, now: float) -> KVChanges:
-        def op(store: MemoryStore, touched: set[str]) -> KVChanges:
-            s = self._space(store, space)
+        def op(touched: set[str]) -> KVChanges:
+            s = self._space(space)
             next_expiry = s.expire_due(space, now, touched)
             out: list[KVChangeRecord] = []
             if s.floor <= after < s.last_seq:
@@ -209,32 +208,33 @@ class MemorySharedMemory:
                 out = [s.changes[i] for i in range(start, min(start + limit, len(s.changes)))]
             return KVChanges(out, s.floor, s.last_seq, next_expiry)
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def kv_history(self, space: Space, key: str, *, limit: int, now: float) -> list[KVRecord]:
-        def op(store: MemoryStore, touched: set[str]) -> list[KVRecord]:
-            s = self._space(store, space)
+        def op(touched: set[str]) -> list[KVRecord]:
+            s = self._space(space)
             row = s.current(space, key, now, touched)
             out = [] if row is None else [row]
             out.extend(reversed(s.past.get(key, [])))
             return out[:limit]
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def kv_counts(self, space: Space, *, now: float) -> KVCounts:
-        def op(store: MemoryStore, touched: set[str]) -> KVCounts:
-            s = self._space(store, space)
+        def op(touched: set[str]) -> KVCounts:
+            s = self._space(space)
             live = [r for r in s.rows.values() if r.expires_at is None or r.expires_at > now]
             return KVCounts(len(live), sum(len(r.data) for r in live), s.writes, s.conflicts)
 
-        return self._run(op)
+        return self._txn.run(op)
 
-    def _kv_prune_in(self, store: MemoryStore, now: float, touched: set[str]) -> None:
-        """Record due expiries in every space and drop tombstones older than TOMBSTONE_KEEP."""
-        for space, s in _spaces.get(store, {}).items():
+    def prune_step(self, now: float, touched: set[str]) -> None:
+        """Record due expiries in every space and drop tombstones older than TOMBSTONE_KEEP;
+        the caller holds the store's lock."""
+        for space, s in self._spaces.items():
             s.expire_due(space, now, touched)
             stale = [k for k, t in s.tombstones.items() if t.updated_at <= now - TOMBSTONE_KEEP]
             for key in stale:
                 del s.tombstones[key]
                 for old in s.past.pop(key, []):
-                    s.refs.drop(old.data, old.data_kind)
+                    s.holds.drop(old.data, old.data_kind)

@@ -1,27 +1,21 @@
-"""Topics for the in-memory backend: the log as a list, durable consumers as dicts."""
+"""Topics in memory: the log as a list, durable consumers as dicts."""
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
-from .._errors import NotFound
-from .._models import TopicStats
-from .._notify import Notifier
-from .._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
-from .._ref_records import REF_FLAG
-from .._settings import Retention
-from .._subjects import TOPICS_CHANNEL, consumer_channel, topic_channel
-from .common import conflict, consumer_filter, same_definition, same_start
-from .memory_refs import ref_table
-
-if TYPE_CHECKING:
-    from .memory import MemoryStore
-
-T = TypeVar("T")
+from ..._errors import NotFound
+from ..._models import TopicStats
+from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
+from ..._ref_records import REF_FLAG
+from ..._settings import Retention
+from ..._subjects import TOPICS_CHANNEL, consumer_channel, topic_channel
+from ..common import conflict, consumer_filter, same_definition, same_start
+from ..contracts import TopicStore
+from .references import RefHolds
+from .transactions import Transactions
 
 # Trim the log inside publish once it holds a tenth (at least 1024) more than the retained
 # count, so a store published to faster than the retention interval stays bounded.
@@ -50,7 +44,9 @@ class _Consumer:
         self.lost = 0
 
 
-class _TopicState:
+class TopicState:
+    """The topic log, per-topic stats and durable consumers of one memory store."""
+
     __slots__ = ("consumers", "log", "seq", "stats")
 
     def __init__(self) -> None:
@@ -64,37 +60,20 @@ class _TopicState:
         return self.seq - len(self.log) + 1
 
 
-_states: weakref.WeakKeyDictionary[MemoryStore, _TopicState] = weakref.WeakKeyDictionary()
+class MemoryTopics(TopicStore):
+    """The topics part of the backend contract in memory."""
 
-
-def _state(store: MemoryStore) -> _TopicState:
-    st = _states.get(store)
-    if st is None:
-        st = _states[store] = _TopicState()
-    return st
-
-
-class MemoryTopics:
-    """The topics part of the backend contract, on Python data structures."""
-
-    _store: MemoryStore
-    retention: Retention
-    notifier: Notifier
-
-    if TYPE_CHECKING:
-
-        def _run(self, fn: Callable[[MemoryStore, set[str]], T]) -> T: ...
-        def _broadcast(self, channels: set[str]) -> None: ...
-
-    _topic_state: _TopicState
+    def __init__(
+        self, state: TopicState, txn: Transactions, holds: RefHolds, retention: Retention
+    ) -> None:
+        self._state = state
+        self._txn = txn
+        self._holds = holds
+        self._retention = retention
 
     async def publish(self, record: NewTopicRecord, *, now: float) -> TopicRecord:
-        store = self._store
-        try:
-            st = self._topic_state
-        except AttributeError:
-            st = self._topic_state = _state(store)
-        with store.lock:
+        st = self._state
+        with self._txn.lock:
             st.seq = seq = st.seq + 1
             r = record
             rec = TopicRecord(
@@ -102,7 +81,7 @@ class MemoryTopics:
                 r.published_at, r.origin,
             )  # fmt: skip
             if r.data_kind & REF_FLAG:
-                ref_table(store).hold(r.data, r.data_kind)
+                self._holds.hold(r.data, r.data_kind)
             st.log.append(rec)
             stats = st.stats.get(r.topic)
             if stats is None:
@@ -110,33 +89,27 @@ class MemoryTopics:
             stats.published += 1
             stats.last_publish = r.published_at
             stats.last_seq = seq
-            limit = self.retention.topic_max_count
+            limit = self._retention.topic_max_count
             if len(st.log) > limit + max(limit // 10, _TRIM_SLACK):
-                self._prune_topics(store, now)
-        # the hot path: skip the walk over the store's hubs when this hub is the only one
-        touched = (TOPICS_CHANNEL, topic_channel(record.topic))
-        backends = store.backends
-        if len(backends) == 1 and self in backends:
-            self.notifier.notify(touched)
-        else:
-            self._broadcast(set(touched))
+                self.prune_step(now)
+        self._txn.notify((TOPICS_CHANNEL, topic_channel(record.topic)))
         return rec
 
     async def topic_head(self) -> int:
-        with self._store.lock:
-            return _state(self._store).seq
+        with self._txn.lock:
+            return self._state.seq
 
     async def read_topics(self, after: int, *, exclude_origin: str, limit: int) -> TopicBatch:
-        with self._store.lock:
-            st = _state(self._store)
+        with self._txn.lock:
+            st = self._state
             start = max(after + 1 - st.first(), 0)
             rows = st.log[start : start + limit]
             through = rows[-1].seq if rows else max(after, st.seq)
             return TopicBatch([r for r in rows if r.origin != exclude_origin], through)
 
     async def count_topic_deliveries(self, counts: Mapping[str, tuple[int, int]]) -> None:
-        def op(store: MemoryStore, touched: set[str]) -> None:
-            stats = _state(store).stats
+        def op(touched: set[str]) -> None:
+            stats = self._state.stats
             for topic, (delivered, dropped) in counts.items():
                 s = stats.get(topic)
                 if s is None:
@@ -144,11 +117,11 @@ class MemoryTopics:
                 s.delivered += delivered
                 s.dropped += dropped
 
-        self._run(op)
+        self._txn.run(op)
 
     async def topic_stats(self, name: str | None) -> list[TopicStats]:
-        with self._store.lock:
-            st = _state(self._store)
+        with self._txn.lock:
+            st = self._state
             names = sorted(st.stats) if name is None else [name]
             filters = [c.filter for c in st.consumers.values()]
             out = []
@@ -163,8 +136,8 @@ class MemoryTopics:
             return out
 
     async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
-        def op(store: MemoryStore, touched: set[str]) -> None:
-            st = _state(store)
+        def op(touched: set[str]) -> None:
+            st = self._state
             c = st.consumers.get(spec.name)
             if c is not None:
                 if not same_definition(c.spec, spec):
@@ -179,7 +152,7 @@ class MemoryTopics:
                 return
             st.consumers[spec.name] = _Consumer(spec, _position(st, spec))
 
-        self._run(op)
+        self._txn.run(op)
 
     async def claim_topic(
         self,
@@ -191,8 +164,8 @@ class MemoryTopics:
         lease: float,
         now: float,
     ) -> TopicClaim:
-        def op(store: MemoryStore, touched: set[str]) -> TopicClaim:
-            st = _state(store)
+        def op(touched: set[str]) -> TopicClaim:
+            st = self._state
             c = st.consumers.get(consumer)
             if c is None:
                 raise NotFound(f"Durable consumer {consumer!r} does not exist; subscribe again.")
@@ -235,13 +208,14 @@ class MemoryTopics:
             next_wake = min((p[1] for p in pending.values()), default=None)
             return TopicClaim(out, until, lost, next_wake)
 
-        return self._run(op)
+        return self._txn.run(op)
 
-    def _prune_topics(self, store: MemoryStore, now: float) -> int:
-        """Drop log records beyond retention, counting what each durable consumer lost."""
-        st = _state(store)
+    def prune_step(self, now: float) -> int:
+        """Drop log records beyond retention, counting what each durable consumer lost; the
+        caller holds the store's lock."""
+        st = self._state
         log = st.log
-        r = self.retention
+        r = self._retention
         cut = max(len(log) - r.topic_max_count, 0)
         cutoff = now - r.topic_max_age
         while cut < len(log) and log[cut].published_at <= cutoff:
@@ -261,10 +235,10 @@ class MemoryTopics:
                             lost += 1
                     c.delivered = through
                 c.lost += lost
-            refs = ref_table(store)
+            holds = self._holds
             for rec in log[:cut]:  # records stored by reference release it as they leave
                 if rec.data_kind & REF_FLAG:
-                    refs.drop(rec.data, rec.data_kind)
+                    holds.drop(rec.data, rec.data_kind)
             del log[:cut]
         stale = [
             n
@@ -276,7 +250,7 @@ class MemoryTopics:
         return cut
 
 
-def _position(st: _TopicState, spec: ConsumerSpec) -> int:
+def _position(st: TopicState, spec: ConsumerSpec) -> int:
     """The sequence a consumer starting at `spec.start` has already passed."""
     if spec.start == "all":
         return 0

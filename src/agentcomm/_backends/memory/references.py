@@ -1,25 +1,20 @@
-"""References in memory: a mixin of `MemoryBackend`, with the same semantics as SQLite.
+"""References in memory: the blob table of a store, the holds rows take on it, and the feature.
 
-Blobs live in a table per store (every hub of a named `memory://` store shares it); all of it
+Blobs live in one table per store (every hub of a named `memory://` store shares it); all of it
 runs under the store's lock, so refcount changes are atomic like a SQLite transaction.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
 
 import msgspec
 
-from .._errors import RefNotFound
-from .._ref_records import Ref, RefMeta, RefStats, merge_expiry, ref_id_in
-
-if TYPE_CHECKING:
-    from .memory import MemoryStore
-
-T = TypeVar("T")
+from ..._errors import RefNotFound
+from ..._ref_records import Ref, RefMeta, RefStats, merge_expiry, ref_id_in
+from ..contracts import ReferenceStore
+from .transactions import Transactions
 
 #: An upload not committed after this many seconds was abandoned; `ref_gc` drops it.
 ABANDONED_AFTER = 3600.0
@@ -42,41 +37,12 @@ class RefTable:
         self.next_upload = 0
         self.counters = dict.fromkeys(("total_refs", "total_bytes", "gc_runs", "evictions",
                                        "dedupe_hits"), 0)  # fmt: skip
-        #: The GC strategy of the hub that opened the store last.
+        #: The GC strategy of the hub that used the store last.
         self.strategy = "ref_counting"
 
     def _set(self, blob: _Blob, **changes: object) -> Ref:
         blob.ref = msgspec.structs.replace(blob.ref, **changes)
         return blob.ref
-
-    def hold(self, data: bytes | None, kind: int) -> None:
-        """Add the reference a payload about to be stored holds (no-op for a value)."""
-        ref_id = ref_id_in(data, kind)
-        if ref_id is None:
-            return
-        blob = self.blobs.get(ref_id)
-        if blob is None:
-            raise RefNotFound(f"The payload refers to {ref_id}, which is not stored (evicted?).")
-        self._set(blob, refcount=blob.ref.refcount + 1)
-
-    def drop(self, data: bytes | None, kind: int) -> None:
-        """Drop the reference a payload held; evict at zero under `ref_counting`."""
-        ref_id = ref_id_in(data, kind)
-        if ref_id is not None:
-            self.adjust(ref_id, -1)
-
-    def drop_all(self, payloads: Iterable[tuple[bytes | None, int]]) -> None:
-        """`drop` for each (data, kind)."""
-        for data, kind in payloads:
-            self.drop(data, kind)
-
-    def size_of(self, data: bytes, kind: int) -> int:
-        """A stored payload's size: the original size of a blob it refers to."""
-        ref_id = ref_id_in(data, kind)
-        if ref_id is None:
-            return len(data)
-        blob = self.blobs.get(ref_id)
-        return 0 if blob is None else blob.ref.size
 
     def adjust(self, ref_id: str, delta: int) -> Ref | None:
         """Change a refcount (never below zero); returns the record after the change."""
@@ -87,6 +53,13 @@ class RefTable:
         if delta < 0 and self.strategy == "ref_counting" and evictable(ref, time.time()):
             self.evict(ref_id)
         return ref
+
+    def add(self, ref_id: str) -> None:
+        """Add a reference to a stored blob; RefNotFound if it is not stored."""
+        blob = self.blobs.get(ref_id)
+        if blob is None:
+            raise RefNotFound(f"The payload refers to {ref_id}, which is not stored (evicted?).")
+        self._set(blob, refcount=blob.ref.refcount + 1)
 
     def evict(self, ref_id: str) -> Ref:
         """Remove a blob and count the eviction."""
@@ -114,37 +87,59 @@ def evictable(ref: Ref, now: float) -> bool:
     return ref.refcount == 0 and (ref.expires_at is None or ref.expires_at <= now)
 
 
-_tables: weakref.WeakKeyDictionary[MemoryStore, RefTable] = weakref.WeakKeyDictionary()
+class RefHolds:
+    """The references stored rows hold: taken in the operation that stores a row whose payload
+    is a reference, dropped in the one that removes it. Callers hold the store's lock."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: RefTable) -> None:
+        self._table = table
+
+    def hold(self, data: bytes | None, kind: int) -> None:
+        """Add the reference a payload about to be stored holds (no-op for a value)."""
+        ref_id = ref_id_in(data, kind)
+        if ref_id is not None:
+            self._table.add(ref_id)
+
+    def drop(self, data: bytes | None, kind: int) -> None:
+        """Drop the reference a payload held; evict at zero under `ref_counting`."""
+        ref_id = ref_id_in(data, kind)
+        if ref_id is not None:
+            self._table.adjust(ref_id, -1)
+
+    def size_of(self, data: bytes, kind: int) -> int:
+        """A stored payload's size: the original size of a blob it refers to."""
+        ref_id = ref_id_in(data, kind)
+        if ref_id is None:
+            return len(data)
+        blob = self._table.blobs.get(ref_id)
+        return 0 if blob is None else blob.ref.size
 
 
-def ref_table(store: MemoryStore) -> RefTable:
-    """The reference table of `store`."""
-    table = _tables.get(store)
-    if table is None:
-        table = _tables[store] = RefTable()
-    return table
-
-
-class MemoryReferences:
+class MemoryReferences(ReferenceStore):
     """The reference part of the backend contract in memory."""
 
-    if TYPE_CHECKING:
-        _store: MemoryStore
-        ref_gc_strategy: str
+    def __init__(self, table: RefTable, txn: Transactions) -> None:
+        self._table = table
+        self._txn = txn
+        self._strategy = "ref_counting"
 
-        def _run(self, fn: Callable[[MemoryStore, set[str]], T]) -> T: ...
+    def use_strategy(self, strategy: str) -> None:
+        """Apply this hub's GC strategy, now and at each of its reference operations."""
+        self._strategy = self._table.strategy = strategy
 
-    def _refs(self, store: MemoryStore) -> RefTable:
-        table = ref_table(store)
-        table.strategy = self.ref_gc_strategy
+    def _refs(self) -> RefTable:
+        table = self._table
+        table.strategy = self._strategy
         return table
 
     async def ref_put(self, meta: RefMeta, chunks: Sequence[bytes], *, now: float) -> Ref:
-        return self._run(lambda store, touched: self._refs(store).put(meta, list(chunks), now))
+        return self._txn.run(lambda touched: self._refs().put(meta, list(chunks), now))
 
     async def ref_stage(self, upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
-        def op(store: MemoryStore, touched: set[str]) -> int:
-            table = self._refs(store)
+        def op(touched: set[str]) -> int:
+            table = self._refs()
             number = upload
             if number is None:
                 table.next_upload += 1
@@ -153,40 +148,37 @@ class MemoryReferences:
             table.uploads[number][1][n] = chunk
             return number
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def ref_commit(self, upload: int, meta: RefMeta, *, now: float) -> Ref:
-        def op(store: MemoryStore, touched: set[str]) -> Ref:
-            table = self._refs(store)
+        def op(touched: set[str]) -> Ref:
+            table = self._refs()
             _, staged = table.uploads.pop(upload, (now, {}))
             return table.put(meta, [staged[n] for n in sorted(staged)], now)
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def ref_abort(self, upload: int) -> None:
-        self._run(lambda store, touched: self._refs(store).uploads.pop(upload, None))
+        self._txn.run(lambda touched: self._refs().uploads.pop(upload, None))
 
     async def ref_read(self, ref_id: str, start: int, limit: int) -> tuple[Ref | None, list[bytes]]:
-        def op(store: MemoryStore, touched: set[str]) -> tuple[Ref | None, list[bytes]]:
-            blob = self._refs(store).blobs.get(ref_id)
+        def op(touched: set[str]) -> tuple[Ref | None, list[bytes]]:
+            blob = self._refs().blobs.get(ref_id)
             if blob is None:
                 return None, []
             return blob.ref, blob.chunks[start : start + limit]
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def ref_adjust(self, ref_id: str, delta: int, *, now: float) -> Ref | None:
-        return self._run(lambda store, touched: self._refs(store).adjust(ref_id, delta))
+        return self._txn.run(lambda touched: self._refs().adjust(ref_id, delta))
 
     async def ref_list(self) -> list[Ref]:
-        def op(store: MemoryStore, touched: set[str]) -> list[Ref]:
-            return [b.ref for _, b in sorted(self._refs(store).blobs.items())]
-
-        return self._run(op)
+        return self._txn.run(lambda touched: [b.ref for _, b in sorted(self._refs().blobs.items())])
 
     async def ref_gc(self, *, now: float) -> list[Ref]:
-        def op(store: MemoryStore, touched: set[str]) -> list[Ref]:
-            table = self._refs(store)
+        def op(touched: set[str]) -> list[Ref]:
+            table = self._refs()
             due = [ref_id for ref_id, b in table.blobs.items() if evictable(b.ref, now)]
             for number, (started, _) in list(table.uploads.items()):
                 if started <= now - ABANDONED_AFTER:
@@ -194,11 +186,11 @@ class MemoryReferences:
             table.counters["gc_runs"] += 1
             return [table.evict(ref_id) for ref_id in due]
 
-        return self._run(op)
+        return self._txn.run(op)
 
     async def ref_stats(self) -> RefStats:
-        def op(store: MemoryStore, touched: set[str]) -> RefStats:
-            table = self._refs(store)
+        def op(touched: set[str]) -> RefStats:
+            table = self._refs()
             refs = [b.ref for b in table.blobs.values()]
             c = table.counters
             return RefStats(
@@ -207,4 +199,4 @@ class MemoryReferences:
                 sum(r.stored_size for r in refs), c["dedupe_hits"],
             )  # fmt: skip
 
-        return self._run(op)
+        return self._txn.run(op)
