@@ -38,9 +38,10 @@ from .scripts import COMMON
 
 def _template(text: str, *marks: int) -> str:
     """`text` as a quoted Lua `string.format` template, each of `marks` replaced by `%s`."""
+    text = text.replace("%", "%%")
     for mark in marks:
         text = text.replace(str(mark), "%s")
-    return "'" + text.replace("%", "%%").replace("%%s", "%s") + "'"
+    return "'" + text + "'"
 
 
 # The dead-letter reasons the script writes: the texts of `common.lease_expired_reason` and
