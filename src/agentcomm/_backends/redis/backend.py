@@ -116,27 +116,32 @@ class RedisBackend(Backend):
 
     async def close(self) -> None:
         """Stop the background tasks and close the connections, within `CLOSE_TIMEOUT`
-        seconds. Idempotent."""
+        seconds even if the server is gone. Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._closing.set()
+        self.notifier.wake_all()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_TIMEOUT
+
+        def left(share: float) -> float:
+            return max(deadline - loop.time(), 0.0) * share
+
         if self._pubsub is not None:  # ends the listener's read: it finds the flag set
-            await _close(self._pubsub, CLOSE_TIMEOUT / 4)
+            await _close(self._pubsub, left(1 / 4))
         work = {loop.create_task(self._leave())}
         work.update(t for t in (self._listener, self._watchdog) if t is not None)
         work.update(self._mailboxes.pending_cleanup())
-        _, stuck = await asyncio.wait(work, timeout=max(deadline - loop.time(), 0.0) * 3 / 4)
+        _, stuck = await asyncio.wait(work, timeout=left(3 / 4))
         for task in stuck:  # a last resort, not the way they end: nothing waits for them
             task.cancel()
         self._listener = self._watchdog = None
         if self._pubsub is not None:  # the listener may have subscribed again meanwhile
-            await _close(self._pubsub, max(deadline - loop.time(), 0.0) / 2)
+            await _close(self._pubsub, left(1 / 2))
             self._pubsub = None
-        await self._close_clients(max(deadline - loop.time(), 0.0))
-        self.notifier.wake_all()
+        await self._close_clients(left(1))
+        self.notifier.wake_all()  # whoever began to wait meanwhile
 
     async def _leave(self) -> None:
         """No longer count as a hub to wake (see `publish` in scripts.py)."""
@@ -144,10 +149,11 @@ class RedisBackend(Backend):
             await self._client.srem(self._prefix + "hubs", self._origin)
 
     async def _close_clients(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        with contextlib.suppress(*CLOSE_ERRORS, TimeoutError):
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await self._wake_client.aclose()
-                await self._client.aclose()
+                await asyncio.gather(
+                    self._wake_client.aclose(), self._client.aclose(), return_exceptions=True
+                )
 
     async def _subscribe(self) -> aioredis.client.PubSub:
         """A pub/sub connection subscribed to the wake channel, confirmed by the server."""

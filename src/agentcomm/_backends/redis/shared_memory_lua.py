@@ -55,7 +55,7 @@ local function append(kind, key, version, data, dk, by)
     redis.call('XTRIM', S .. 'log', 'MAXLEN', clog)
     redis.call('HSET', META, 'floor', seq - clog)
   end
-  touch('kv:' .. SP)
+  touch('kv:' .. SP)  -- the space's `Space.channel`
 end
 
 -- the reference a past version `version` of `key` holds, or nil
