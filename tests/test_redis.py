@@ -183,6 +183,25 @@ async def test_a_quiet_wake_connection_is_pinged_and_still_wakes(
         assert msg is not None and msg.data == "late"
 
 
+async def test_dead_letter_reasons_are_the_texts_every_backend_uses(
+    store: Callable[..., str],
+) -> None:
+    # the Lua builds these texts itself, from templates made of the shared functions
+    from agentcomm._backends.common import final_nack_reason, lease_expired_reason
+
+    async with agentcomm.connect(store()) as hub:
+        me = await hub.agent("me")
+        await me.send("me", "expires", max_attempts=1)
+        assert await me.receive(timeout=WAIT, lease=0.05) is not None
+        assert await me.receive(timeout=0.3) is None  # the lease ends: dead
+        await me.send("me", "nacked", max_attempts=1)
+        msg = await me.receive(timeout=WAIT)
+        assert msg is not None
+        await msg.nack()
+        reasons = {d.data: d.reason for d in await hub.dead_letters("me")}
+    assert reasons == {"expires": lease_expired_reason(1, 1), "nacked": final_nack_reason(1)}
+
+
 # --- isolation and configuration ------------------------------------------------------------
 
 

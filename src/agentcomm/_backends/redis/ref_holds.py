@@ -3,7 +3,7 @@
 A payload stored by reference has `data_kind & REF_FLAG` set and the ref id (ASCII) as its
 data. A script that stores such a payload calls `ref_hold(id)` in the same call; one that
 removes it calls `ref_drop(id)`. Both expect `P` (the key prefix) and `now` in scope, as the
-`_COMMON` prelude of `scripts.py` defines them.
+`COMMON` prelude of `scripts.py` defines them.
 
 Redis does not roll a script back when it fails, so a script takes its holds before any
 other write: when `ref_hold` returns false it calls `ref_not_found(id)` (which aborts the
@@ -11,7 +11,7 @@ script with an error the backend raises as `agentcomm.RefNotFound`), after `ref_
 the holds it already took. `ref_unhold` also undoes a hold whose row was not stored after
 all (a version conflict, a deduplicated message): it never evicts.
 
-Reference keys (P = prefix), owned by `references.py`:
+Reference keys (P = prefix), owned by `references_lua.py`:
   P ref:<id>        HASH: refcount, size, stored_size, compression, content_type,
                     created_at, expires_at ("" for none), chunks (count)
   P ref:<id>:c      HASH: chunk number -> chunk bytes

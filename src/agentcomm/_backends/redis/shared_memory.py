@@ -1,11 +1,11 @@
-"""Shared memory on Redis: a mixin of `RedisBackend`; each operation is one call of the `KV`
-script (see `scripts.py` for the keys of a space), so a version check and the write it guards
+"""Shared memory on Redis: each operation is one call of the `KV` script (see
+`shared_memory_lua.py` for the keys of a space), so a version check and the write it guards
 are atomic across every hub on the server."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..._kv_records import (
     KVChangeRecord,
@@ -17,11 +17,10 @@ from ..._kv_records import (
     KVWrite,
     Space,
 )
-from .errors import redis_errors, text
-
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-    from redis.commands.core import AsyncScript
+from ..contracts import SharedMemoryStore
+from .errors import text
+from .scripts import Scripts
+from .shared_memory_lua import KV
 
 
 def _space_id(space: Space) -> str:
@@ -52,21 +51,15 @@ def _opt(value: object) -> Any:
     return "" if value is None else value
 
 
-class RedisSharedMemory:
-    """The shared-memory part of the backend contract on Redis."""
+class RedisSharedMemory(SharedMemoryStore):
+    """Shared memory on Redis."""
 
-    if TYPE_CHECKING:
-        _client: aioredis.Redis
-        _kv: AsyncScript
-        _prefix: str
-        _where: str
-
-        async def _run(
-            self, script: AsyncScript, op: str, now: float, args: Sequence[Any]
-        ) -> Any: ...
+    def __init__(self, scripts: Scripts) -> None:
+        self._scripts = scripts
+        self._script = scripts.register(KV)
 
     async def _kv_op(self, op: str, space: Space, now: float, *args: Any) -> Any:
-        return await self._run(self._kv, op, now, (_space_id(space), *args))
+        return await self._scripts.run(self._script, op, now, (_space_id(space), *args))
 
     async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
         v = await self._kv_op("get", space, now, key)
@@ -115,10 +108,10 @@ class RedisSharedMemory:
         keys, size, writes, conflicts = await self._kv_op("counts", space, now)
         return KVCounts(int(keys), int(size), int(writes), int(conflicts))
 
-    async def _kv_prune(self, now: float) -> None:
+    async def prune(self, now: float) -> None:
         """Record due expiries in every space and drop tombstones older than TOMBSTONE_KEEP."""
-        with redis_errors(self._where):
-            members = await self._client.smembers(self._prefix + "kvspaces")
+        scripts = self._scripts
+        members = await scripts.command(scripts.client.smembers(scripts.prefix + "kvspaces"))
         for member in members:
             owner, _, namespace = text(member).partition("/")
             await self._kv_op("prune", Space(owner, namespace), now)

@@ -1,0 +1,334 @@
+"""Mailboxes on Redis: agents, messages, request / reply slots and schedules, each operation
+one call of the `MAILBOX` script (`mailbox_lua.py`, which lists the keys).
+
+A message is stored as a hash: the fields the script reads, and one msgpack blob (`Body`) of
+everything it never looks into. Replies travel to the waiting hub by pub/sub (the backend's
+listener hands them to `deliver_reply`), so a requester usually needs no round trip to fetch
+its reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..._codec import decode_metadata, decode_payload
+from ..._errors import BackendError, UnknownAgent
+from ..._models import AgentInfo, DeadLetter, MailboxStats, PendingInfo, ScheduleInfo
+from ..._records import (
+    PENDING_STATE_NAMES,
+    Claimed,
+    NewMessage,
+    ScheduleSpec,
+    Settle,
+    SettleKind,
+    State,
+    StoredMessage,
+    StoredReply,
+)
+from ..._ref_records import ref_id_in
+from ..._scheduling import next_occurrence, scheduled_message
+from ..._settings import Retention
+from ..common import REPLY_GRACE, mail_channel, reply_channel
+from ..contracts import MailboxStore
+from .mailbox_lua import MAILBOX
+from .scripts import Scripts, num, opt_float
+
+_PRUNE_BATCH = 10_000
+
+_reply_encoder = msgspec.msgpack.Encoder()
+_reply_decoder = msgspec.msgpack.Decoder(StoredReply)
+_spec_decoder = msgspec.msgpack.Decoder(ScheduleSpec)
+
+
+def _opt_num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+class Body(msgspec.Struct, array_like=True):
+    """What a stored message keeps in one blob: everything the scripts never look into."""
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    priority: int
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    enqueued_at: float
+    expires_at: float | None
+    max_attempts: int
+    correlation_id: str | None
+    reply_to: str | None
+
+
+_body_encoder = msgspec.msgpack.Encoder()
+_body_decoder = msgspec.msgpack.Decoder(Body)
+
+
+def _message_args(m: NewMessage) -> tuple[str, bytes]:
+    """The header (the fields the scripts read, NUL-separated: the reference the payload holds,
+    if any, and the idempotency key last, as it may hold any character) and the body of one
+    message."""
+    header = "\0".join(
+        (
+            m.id, m.sender, m.recipient, str(int(m.priority)), num(m.visible_at),
+            _opt_num(m.expires_at), str(int(m.max_attempts)), _opt_num(m.dedupe_until),
+            m.correlation_id or "", _opt_num(m.request_deadline),
+            ref_id_in(m.data, m.data_kind) or "", m.idempotency_key or "",
+        )
+    )  # fmt: skip
+    body = Body(
+        m.id, m.sender, m.recipient, m.type, int(m.priority), m.data, int(m.data_kind),
+        m.metadata, m.enqueued_at, m.expires_at, int(m.max_attempts), m.correlation_id,
+        m.reply_to,
+    )  # fmt: skip
+    return header, _body_encoder.encode(body)
+
+
+def _stored(sid: bytes, attempt: int, blob: bytes, lease_until: float) -> StoredMessage:
+    """A claimed message from the claim script's sid, attempt and body."""
+    b = _body_decoder.decode(blob)
+    return StoredMessage(
+        int(sid), b.id, b.sender, b.recipient, b.type, b.priority, b.data, b.data_kind,
+        b.metadata, int(attempt), b.max_attempts, b.enqueued_at, lease_until, b.correlation_id,
+        b.reply_to,
+    )  # fmt: skip
+
+
+def _pending(r: list[Any]) -> PendingInfo:
+    """From the pending script's sid, state, attempt, visible_at, body and the original size
+    of the blob the payload refers to (if it does)."""
+    b = _body_decoder.decode(r[4])
+    size = len(b.data) if r[5] is None else int(r[5])
+    return PendingInfo(
+        id=b.id, sender=b.sender, recipient=b.recipient, type=b.type, priority=b.priority,
+        state=PENDING_STATE_NAMES[State(int(r[1]))], attempt=int(r[2]), enqueued_at=b.enqueued_at,
+        visible_at=float(r[3]), expires_at=b.expires_at, size=size,
+    )  # fmt: skip
+
+
+def _dead_letter(r: list[Any]) -> DeadLetter:
+    """From the dead script's reason, attempts, finish time and body."""
+    b = _body_decoder.decode(r[3])
+    return DeadLetter(
+        id=b.id, sender=b.sender, recipient=b.recipient, type=b.type,
+        reason=(r[0] or b"").decode(), attempts=int(r[1]), enqueued_at=b.enqueued_at,
+        dead_at=float(r[2]), data=decode_payload(b.data, b.data_kind),
+        metadata=decode_metadata(b.metadata),
+    )  # fmt: skip
+
+
+def _settle_arg(op: Settle) -> str:
+    return f"{int(op.kind)}\0{op.seq:016d}\0{int(op.attempt)}\0{op.until!r}\0{op.reason}"
+
+
+class RedisMailboxes(MailboxStore):
+    """Agents, mailboxes, replies and schedules on Redis."""
+
+    def __init__(self, scripts: Scripts, retention: Retention) -> None:
+        self._scripts = scripts
+        self._script = scripts.register(MAILBOX)
+        self._retention = retention
+        self._notify = scripts.notifier.notify
+        # requests of this hub waiting for a reply, and replies that came by pub/sub
+        self._awaiting: dict[str, float] = {}  # correlation id -> request deadline
+        self._inbox: dict[str, bytes] = {}
+        self._cleanup: set[asyncio.Task[Any]] = set()
+
+    async def _mail(self, op: str, now: float, *args: Any) -> Any:
+        return await self._scripts.run(self._script, op, now, args)
+
+    async def _bare(self, op: str, now: float, *args: Any) -> Any:
+        """A hot op: its result alone; the caller notifies this hub's waiters."""
+        return await self._scripts.call(self._script, op, now, args)
+
+    def deliver_reply(self, correlation_id: str, reply: bytes) -> None:
+        """A reply that came by pub/sub: kept for `take_reply` if this hub awaits it."""
+        if correlation_id in self._awaiting:
+            self._inbox[correlation_id] = reply
+            self._notify((reply_channel(correlation_id),))
+
+    def pending_cleanup(self) -> set[asyncio.Task[Any]]:
+        """The reply slots still being dropped (a prune pass drops those never finished)."""
+        return set(self._cleanup)
+
+    # --- agents --------------------------------------------------------------------------------
+
+    async def register_agent(self, name: str, now: float) -> AgentInfo:
+        created = await self._mail("register", now, name)
+        return AgentInfo(name, float(created), now)
+
+    async def list_agents(self) -> list[AgentInfo]:
+        s = self._scripts
+        async with s.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(s.prefix + "agents")
+            pipe.hgetall(s.prefix + "seen")
+            created, seen = await s.command(pipe.execute())
+        return sorted(
+            (
+                AgentInfo(name.decode(), float(at), float(seen.get(name, at)))
+                for name, at in created.items()
+            ),
+            key=lambda a: a.name,
+        )
+
+    # --- mailboxes -----------------------------------------------------------------------------
+
+    async def enqueue(
+        self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
+    ) -> list[str]:
+        args: list[Any] = [1 if auto_register else 0]
+        for m in messages:
+            args += _message_args(m)
+        for m in messages:
+            if m.request_deadline is not None and m.correlation_id is not None:
+                self._awaiting[m.correlation_id] = m.request_deadline
+        result = await self._bare("enqueue", now, *args)
+        if isinstance(result, bytes):
+            raise UnknownAgent(result.decode())
+        self._notify({mail_channel(m.recipient) for m in messages})
+        ids = [m.id for m in messages]
+        for i in range(0, len(result), 2):  # the deduplicated ones: position, first id
+            ids[int(result[i]) - 1] = result[i + 1].decode()
+        return ids
+
+    async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
+        lease_until = now + lease
+        flat = await self._bare("claim", now, agent, num(lease_until), max_messages)
+        messages = [
+            _stored(flat[i], flat[i + 1], flat[i + 2], lease_until) for i in range(1, len(flat), 3)
+        ]
+        return Claimed(messages, opt_float(flat[0]))
+
+    async def settle(self, op: Settle, *, now: float) -> bool:
+        return (await self.settle_many((op,), now=now))[0]
+
+    async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        keep = 1 if self._retention.acked > 0 else 0
+        results = await self._bare("settle", now, keep, *(_settle_arg(op) for op in ops))
+        nacked = {mail_channel(op.recipient) for op in ops if op.kind == SettleKind.NACK}
+        if nacked:  # a waiter may need to re-arm its timer for the retry
+            self._notify(nacked)
+        return [bool(r) for r in results]
+
+    async def mailbox_stats(self, agent: str) -> MailboxStats:
+        ready, delayed, in_flight, dead = await self._mail("box_stats", 0.0, agent)
+        return MailboxStats(agent, ready, delayed, in_flight, dead)
+
+    async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
+        rows = await self._mail("pending", 0.0, agent, limit)
+        ranked = sorted(((_pending(r), r[0]) for r in rows), key=lambda p: (-p[0].priority, p[1]))
+        return [info for info, _ in ranked[:limit]]
+
+    async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
+        rows = await self._mail("dead", 0.0, agent, limit)
+        return [_dead_letter(r) for r in rows]
+
+    async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
+        selection = ["0"] if ids is None else ["1", *ids]
+        count: int = await self._mail("requeue", now, agent, *selection)
+        return count
+
+    # --- request / reply -----------------------------------------------------------------------
+
+    async def post_reply(
+        self, correlation_id: str, reply: StoredReply, ack: Settle | None, *, now: float
+    ) -> bool:
+        keep = 1 if self._retention.acked > 0 else 0
+        ref = ref_id_in(reply.data, reply.data_kind) or ""
+        args = [keep, correlation_id, _reply_encoder.encode(reply), ref]
+        if ack is not None:
+            args.append(_settle_arg(ack))
+        delivered = bool(await self._bare("reply", now, *args))
+        if delivered:
+            self._notify((reply_channel(correlation_id),))
+        return delivered
+
+    async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
+        blob = self._inbox.pop(correlation_id, None)
+        if blob is not None:
+            # it came by pub/sub: the slot is removed off the requester's path (and by a
+            # prune pass if this fails)
+            self._awaiting.pop(correlation_id, None)
+            task = asyncio.get_running_loop().create_task(self._drop_slot(correlation_id))
+            self._cleanup.add(task)
+            task.add_done_callback(self._cleanup.discard)
+            return _reply_decoder.decode(blob)
+        blob = await self._bare("take", 0.0, correlation_id, 1 if abandon else 0)
+        if blob is not None or abandon:
+            self._awaiting.pop(correlation_id, None)
+            self._inbox.pop(correlation_id, None)
+        return None if blob is None else _reply_decoder.decode(blob)
+
+    async def _drop_slot(self, correlation_id: str) -> None:
+        with contextlib.suppress(BackendError):
+            await self._bare("take", 0.0, correlation_id, 1)
+
+    # --- schedules -----------------------------------------------------------------------------
+
+    async def add_schedule(self, spec: ScheduleSpec, *, auto_register: bool) -> None:
+        unknown = await self._mail(
+            "sched_add", spec.created_at, 1 if auto_register else 0, spec.id,
+            msgspec.msgpack.encode(spec), num(spec.next_run), spec.recipient,
+            ref_id_in(spec.data, spec.data_kind) or "",
+        )  # fmt: skip
+        if unknown is not None:
+            raise UnknownAgent(unknown.decode())
+
+    async def cancel_schedule(self, schedule_id: str) -> bool:
+        return bool(await self._mail("sched_cancel", 0.0, schedule_id))
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        out = []
+        for blob, next_run, runs in await self._mail("sched_list", 0.0):
+            if blob is None:
+                continue
+            s = _spec_decoder.decode(blob)
+            out.append(
+                ScheduleInfo(
+                    s.id,
+                    s.sender,
+                    s.recipient,
+                    s.type,
+                    s.cron,
+                    s.every,
+                    float(next_run),
+                    int(runs or 0),
+                )
+            )
+        return out
+
+    async def fire_due(self, now: float) -> float | None:
+        due, first = await self._mail("sched_due", now)
+        if not due:
+            return opt_float(first)
+        args: list[Any] = []
+        for sched_id, next_run, blob in due:
+            if blob is None:
+                continue
+            spec = _spec_decoder.decode(blob)
+            upcoming = next_occurrence(spec.cron, spec.every, float(next_run), now)
+            args += [sched_id, next_run, num(upcoming)]
+            args += _message_args(scheduled_message(spec, now))
+        return opt_float(await self._mail("sched_fire", now, *args))
+
+    # --- housekeeping --------------------------------------------------------------------------
+
+    async def prune(self, now: float) -> tuple[int, int, int, int, int]:
+        """One retention pass: (expired, dead, pruned, dedupe keys, reply slots)."""
+        r = self._retention
+        report = await self._mail(
+            "prune", now, num(r.acked), num(r.expired), num(r.dead), _PRUNE_BATCH
+        )
+        # requests abandoned without a last look (their task was cancelled)
+        for cid in [c for c, deadline in self._awaiting.items() if deadline + REPLY_GRACE <= now]:
+            del self._awaiting[cid]
+            self._inbox.pop(cid, None)
+        expired, dead, pruned, dedupe, requests = (int(x) for x in report)
+        return expired, dead, pruned, dedupe, requests
