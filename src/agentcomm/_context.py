@@ -50,6 +50,8 @@ class Context:
         self.now = clock
         self.state: Literal["new", "open", "closed"] = "new"
         self.tasks = TaskRegistry()
+        #: Per-namespace counters this hub keeps for `SharedMemory.stats()` (reads, watchers).
+        self.kv_local: dict[Any, Any] = {}
 
     @property
     def notifier(self) -> Notifier:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import inspect
 import re
-import weakref
 from collections.abc import AsyncGenerator, Callable
 from fnmatch import fnmatchcase
 from typing import Any, Literal, TypeAlias
@@ -96,9 +95,6 @@ class _Local:
     def __init__(self) -> None:
         self.reads = 0
         self.watchers = 0
-
-
-_local: weakref.WeakKeyDictionary[Context, dict[Space, _Local]] = weakref.WeakKeyDictionary()
 
 
 def check_key(key: object) -> str:
@@ -222,10 +218,9 @@ class SharedMemory:
         return self._ctx
 
     def _counters(self, backend: Context) -> _Local:
-        spaces = _local.setdefault(backend, {})
-        local = spaces.get(self._space)
+        local: _Local | None = backend.kv_local.get(self._space)
         if local is None:
-            local = spaces[self._space] = _Local()
+            local = backend.kv_local[self._space] = _Local()
         return local
 
     # --- reads and writes ------------------------------------------------------------------------
