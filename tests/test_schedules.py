@@ -10,7 +10,6 @@ import pytest
 import agentcomm
 from agentcomm import Hub
 
-
 #: Schedules shorter than the default minimum period (1 s) keep these tests fast.
 FAST = agentcomm.Limits(min_schedule_period=0.01)
 
