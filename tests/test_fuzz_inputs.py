@@ -89,6 +89,16 @@ async def _subscribe(e: Env, pattern: Any, **kwargs: Any) -> None:
     await sub.aclose()
 
 
+async def _watch(kv: agentcomm.SharedMemory, *args: Any, **kwargs: Any) -> None:
+    watcher = kv.watch(*args, include_initial=True, **kwargs)
+    try:
+        await asyncio.wait_for(anext(watcher), 0.05)  # a valid watch may wait for a change
+    except TimeoutError:
+        pass
+    finally:
+        await watcher.aclose()
+
+
 def _kv(e: Env) -> agentcomm.SharedMemory:
     return e.hub.memory(NAMESPACE)
 
@@ -126,6 +136,12 @@ CALLS: dict[str, Call] = {
     "subscribe.start": lambda e, v: _subscribe(e, "t.>", durable="fz", start=v),
     "subscribe.buffer": lambda e, v: _subscribe(e, "t.>", buffer=v),
     "subscribe.senders": lambda e, v: _subscribe(e, "t.>", senders=v),
+    "subscribe.metadata": lambda e, v: _subscribe(e, "t.>", metadata=v),
+    "subscribe.durable.metadata": lambda e, v: _subscribe(e, "t.>", durable="fm", metadata=v),
+    "kv.update.value": lambda e, v: _kv(e).update("k", lambda _: v),
+    "kv.update.retries": lambda e, v: _kv(e).update("k", lambda _: 1, retries=v),
+    "kv.watch.since": lambda e, v: _watch(_kv(e), since=v),
+    "kv.watch.pattern": lambda e, v: _watch(_kv(e), v),
     "kv.put.key": lambda e, v: _kv(e).put(v, 1),
     "kv.put.value": lambda e, v: _kv(e).put("k", v),
     "kv.put.ttl": lambda e, v: _kv(e).put("k", 1, ttl=v),
