@@ -10,7 +10,6 @@ not strings, values nested deeper than `Limits.max_depth` and values that contai
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -29,6 +28,8 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)  # a tuple: a union object is rebui
 _ENCODE_ERRORS = (
     TypeError, ValueError, OverflowError, BufferError, RecursionError, msgspec.EncodeError,
 )  # fmt: skip
+_LEAVES = frozenset([str, int, bool, type(None), bytes, bytearray])
+_CONTAINERS = frozenset([dict, list, tuple])
 #: The nesting allowed when no hub's limits apply (see `Limits.max_depth`).
 DEFAULT_MAX_DEPTH = 64
 
@@ -39,43 +40,51 @@ def _refuse(what: str, why: str) -> EncodeError:
 
 def check_value(what: str, value: Any, max_depth: int) -> None:
     """Raise EncodeError if `value` holds NaN or an infinity, a dict key that is not a str,
-    or lists / dicts nested deeper than `max_depth` (a value that contains itself is)."""
+    or lists / dicts nested deeper than `max_depth` (a value that contains itself is).
+
+    Depth first, so a value that contains itself reaches `max_depth` after that many steps.
+    """
     stack: list[tuple[Any, int]] = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    leaves, containers = _LEAVES, _CONTAINERS
     while stack:
-        v, depth = stack.pop()
+        v, depth = pop()
         t = type(v)
-        if t is dict:
-            if depth >= max_depth:
-                raise _refuse(what, f"it nests deeper than {max_depth} levels (or contains itself)")
-            for k, x in v.items():
-                if type(k) is not str:
-                    raise _refuse(
-                        what, f"dict keys must be str, not {type(k).__name__} ({k!r:.40})"
-                    )
-                tx = type(x)
-                if tx is str or tx is int or tx is bool or x is None:
-                    continue
-                stack.append((x, depth + 1))
-        elif t is list or t is tuple:
-            if depth >= max_depth:
-                raise _refuse(what, f"it nests deeper than {max_depth} levels (or contains itself)")
-            for x in v:
-                tx = type(x)
-                if tx is str or tx is int or tx is bool or x is None:
-                    continue
-                stack.append((x, depth + 1))
-        elif t is float:
-            if not math.isfinite(v):
-                raise _refuse(what, f"{v!r} is not a JSON number (send it as a string or None)")
-        elif t is str or t is int or t is bool or v is None or isinstance(v, bytes | bytearray):
-            continue
-        else:  # a Struct, dataclass, set, datetime, subclass of a builtin...: as msgspec sees it
-            try:
-                plain = msgspec.to_builtins(v, str_keys=False)
+        if t not in containers:
+            if t is float:
+                if v - v != 0.0:  # NaN or an infinity
+                    raise _refuse(what, f"{v!r} is not a JSON number (send a string or None)")
+                continue
+            if t in leaves:
+                continue
+            try:  # a Struct, dataclass, set, datetime, builtin subclass...: as msgspec sees it
+                v = msgspec.to_builtins(v, str_keys=False)
             except _ENCODE_ERRORS as exc:
-                raise _refuse(what, f"{type(v).__name__} is not supported ({exc})") from None
-            if type(plain) is not t:
-                stack.append((plain, depth))
+                raise _refuse(what, f"{t.__name__} is not supported ({exc})") from None
+            t = type(v)
+            if t not in containers:
+                if t is float:
+                    push((v, depth))
+                continue
+        if depth >= max_depth:
+            raise _refuse(what, f"it nests deeper than {max_depth} levels (or contains itself)")
+        if t is dict:
+            for k in v:
+                if type(k) is not str:
+                    raise _refuse(what, f"dict keys must be str, not {type(k).__name__} {k!r:.40}")
+            items = v.values()
+        else:
+            items = v
+        depth += 1
+        for x in items:
+            tx = type(x)
+            if tx in leaves:
+                continue
+            if tx is float:
+                if x - x != 0.0:
+                    raise _refuse(what, f"{x!r} is not a JSON number (send a string or None)")
+                continue
+            push((x, depth))
 
 
 def encode_payload(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[bytes, int]:
