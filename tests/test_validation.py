@@ -348,3 +348,27 @@ async def test_accepted_values_come_back_as_documented(url: str, value: Any, bac
         entry = await hub.memory("ns").put("k", value)
         got = await hub.memory("ns").get("k")
         assert got is not None and got.value == back and entry.version == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("at", lambda e: e.a.send("b", 1, at="soon")),
+        ("delay", lambda e: e.a.send("b", 1, delay=NAN)),
+        ("ttl", lambda e: e.a.send("b", 1, ttl=True)),
+        ("max_attempts", lambda e: e.a.send("b", 1, max_attempts=2**63)),
+        ("max_messages", lambda e: e.b.receive_many(2**63, timeout=0)),
+        ("every", lambda e: e.a.schedule("b", 1, every=0.5)),
+        ("limit", lambda e: e.hub.pending("b", limit=2**63)),
+        ("metadata", lambda e: e.a.send("b", 1, metadata={"m": "x" * 600})),
+        ("Limits.max_payload", lambda e: e.a.send("b", "x" * 3000, type=INLINE)),
+        ("Limits.max_depth", lambda e: e.a.send("b", _nested(LIMITS.max_depth + 1))),
+        ("expected_version", lambda e: e.hub.memory(NAMESPACE).put("k", 1, expected_version=-1)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)  # fmt: skip
+async def test_error_names_the_argument(url: str, name: str, call: Call) -> None:
+    async with connect(url) as hub:
+        env = await populate(hub)
+        with pytest.raises(ValidationError, match=name.replace(".", r"\.")):
+            await call(env)

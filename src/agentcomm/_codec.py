@@ -67,7 +67,11 @@ def check_value(what: str, value: Any, max_depth: int) -> None:
                     push((v, depth))
                 continue
         if depth >= max_depth:
-            raise _refuse(what, f"it nests deeper than {max_depth} levels (or contains itself)")
+            raise _refuse(
+                what,
+                f"it nests lists and dicts deeper than {max_depth} levels "
+                "(Limits.max_depth) or contains itself",
+            )
         if t is dict:
             for k in v:
                 if type(k) is not str:
