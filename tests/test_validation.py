@@ -9,6 +9,7 @@ Each row of the table is one bad call; the test asserts the error type and that 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -372,3 +373,29 @@ async def test_error_names_the_argument(url: str, name: str, call: Call) -> None
         env = await populate(hub)
         with pytest.raises(ValidationError, match=name.replace(".", r"\.")):
             await call(env)
+
+
+async def test_bad_reply_changes_nothing(url: str) -> None:
+    async with connect(url) as hub:
+        env = await populate(hub)
+        asking = asyncio.ensure_future(env.a.request("b", "q?", timeout=30))
+        request = None
+        while request is None or request.correlation_id is None:
+            request = await env.b.receive(timeout=5)
+            assert request is not None
+        before = await snapshot(hub)
+        bad_replies: list[Callable[[], Awaitable[Any]]] = [
+            lambda: request.reply(NAN),
+            lambda: request.reply({1: "a"}),
+            lambda: request.reply(_nested(LIMITS.max_depth + 1)),
+            lambda: request.reply("x" * 3000, type=INLINE),
+            lambda: request.reply(1, metadata={"m": "x" * 600}),
+            lambda: request.reply(1, type=""),
+            lambda: request.reply(1, ack="yes"),
+        ]
+        for bad in bad_replies:
+            with pytest.raises(ValidationError):
+                await bad()
+            assert await snapshot(hub) == before
+        assert await request.reply("fine")
+        assert (await asking).data == "fine"
