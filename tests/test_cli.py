@@ -132,7 +132,8 @@ def test_demo_refuses_an_existing_store(tmp_path: Path) -> None:
 
 async def populate(url: str) -> float:
     """A store with ready, delayed, in-flight and dead messages and a due schedule."""
-    async with agentcomm.connect(url, background=False) as hub:
+    fast = agentcomm.Limits(min_schedule_period=0.01)
+    async with agentcomm.connect(url, background=False, limits=fast) as hub:
         lead = await hub.agent("lead")
         await hub.agent("team.b:1")
         await lead.send("team.b:1", {"n": 1}, type="job")

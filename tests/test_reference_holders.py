@@ -319,7 +319,8 @@ async def test_late_reply_by_reference_is_not_kept(make_hub: Callable[..., agent
 
 
 async def test_schedule_by_reference(make_hub: Callable[..., agentcomm.Hub]) -> None:
-    async with make_hub(default_policy="reference") as hub:
+    fast = agentcomm.Limits(min_schedule_period=0.01)
+    async with make_hub(default_policy="reference", limits=fast) as hub:
         a, b = await hub.agent("a"), await hub.agent("b")
         sched = await a.schedule("b", {"tick": True}, every=0.05)
         assert [r.refcount for r in await hub.refs.list_refs()] == [1]  # the schedule holds it

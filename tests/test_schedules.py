@@ -10,8 +10,16 @@ import pytest
 import agentcomm
 from agentcomm import Hub
 
+#: Schedules shorter than the default minimum period (1 s) keep these tests fast.
+FAST = agentcomm.Limits(min_schedule_period=0.01)
 
-async def test_every_delivers_one_message_per_occurrence(hub: Hub) -> None:
+
+async def test_every_delivers_one_message_per_occurrence(make_hub: Callable[..., Hub]) -> None:
+    async with make_hub(limits=FAST) as hub:
+        await _every_delivers_one_message_per_occurrence(hub)
+
+
+async def _every_delivers_one_message_per_occurrence(hub: Hub) -> None:
     planner = await hub.agent("planner")
     coder = await hub.agent("coder")
     sched_id = await planner.schedule("coder", {"report": True}, type="tick", every=0.1)
@@ -64,7 +72,7 @@ async def test_schedule_to_unknown_agent(hub: Hub) -> None:
 
 async def test_two_hubs_never_fork_a_series(make_hub: Callable[..., Hub]) -> None:
     """Both hubs run the scheduler; each occurrence is still enqueued exactly once."""
-    async with make_hub() as first, make_hub() as second:
+    async with make_hub(limits=FAST) as first, make_hub(limits=FAST) as second:
         planner = await first.agent("planner")
         coder = await second.agent("coder")
         await planner.schedule("coder", "tick", every=0.05)

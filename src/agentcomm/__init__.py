@@ -39,7 +39,7 @@ from ._models import (
     TopicStats,
 )
 from ._references import AutoPromote, Ref, RefConfig, RefStats, RefStore
-from ._settings import Backoff, Retention
+from ._settings import Backoff, Limits, Retention
 from ._shared_memory import Change, Entry, KVStats, SharedMemory
 from ._subscription import Subscription
 from ._topic_message import TopicMessage
@@ -68,6 +68,7 @@ __all__ = [
     "InvalidTopic",
     "KVStats",
     "LeaseLost",
+    "Limits",
     "MailboxStats",
     "Message",
     "NotFound",

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from ._backends.common import mail_channel, reply_channel
-from ._codec import encode_metadata, encode_payload
+from ._codec import check_size, encode_for, encode_metadata, encode_payload
 from ._context import Context
 from ._errors import AgentCommError, HubClosed, LeaseLost, RequestTimeout, ValidationError
 from ._ids import new_id
@@ -21,20 +21,26 @@ from ._mailbox import Message, Reply
 from ._models import PublishResult
 from ._records import NewMessage, ScheduleSpec, StoredReply
 from ._ref_records import REF_FLAG
-from ._scheduling import first_occurrence, validate_recurrence
+from ._scheduling import check_recurrence
 from ._shared_memory import SharedMemory
 from ._subscription import DEFAULT_BUFFER, Start, Subscribing
 from ._validation import (
     check_attempts,
+    check_int,
     check_name,
     check_non_negative,
     check_positive,
     check_priority,
+    check_seconds,
+    check_text,
+    check_timestamp,
 )
 
 __all__ = ["Agent", "Outgoing"]
 
 _TOUCH_EVERY = 5.0  # seconds between last_seen updates of an active agent
+#: The most messages one `receive_many` leases at once.
+MAX_RECEIVE = 10_000
 
 
 class Outgoing(msgspec.Struct, kw_only=True):
@@ -64,6 +70,11 @@ async def _take(ctx: Context, cid: str, abandon: bool) -> StoredReply | None:
         finally:
             await ctx.refs.release(ref_id)
     return reply
+
+
+def _schedule_ttl(ttl: object) -> float | None:
+    seconds = check_seconds("ttl", ttl, positive=True, allow_inf=True)
+    return None if math.isinf(seconds) else seconds  # None: the messages never expire
 
 
 class Agent:
@@ -96,44 +107,60 @@ class Agent:
     def _build(
         self, out: Outgoing, now: float, memo: dict[int, tuple[Any, bytes, int]] | None = None
     ) -> NewMessage:
+        if not isinstance(out, Outgoing):
+            raise ValidationError(f"send_many() takes Outgoing messages, not {type(out).__name__}.")
         settings = self._ctx.settings
+        limits = settings.limits
         check_name("recipient", out.to)
         check_name("type", out.type)
-        ttl = settings.default_ttl if out.ttl is None else check_positive("ttl", out.ttl)
+        ttl = (
+            settings.default_ttl if out.ttl is None
+            else check_seconds("ttl", out.ttl, positive=True, allow_inf=True)
+        )  # fmt: skip
         if out.delay is not None and out.at is not None:
             raise ValidationError("Give delay= or at=, not both.")
         visible_at = now
         if out.delay is not None:
-            visible_at = now + check_non_negative("delay", out.delay)
+            visible_at = now + check_non_negative("delay", out.delay, limits.max_delay)
         elif out.at is not None:
-            visible_at = out.at.timestamp() if isinstance(out.at, datetime) else float(out.at)
+            # an `at` in the past is delivered at once (its TTL counts from now)
+            visible_at = max(now, check_timestamp("at", out.at))
+            if visible_at - now > limits.max_delay:
+                raise ValidationError(
+                    f"at= is {visible_at - now:.0f} s ahead, beyond the {limits.max_delay:g} s "
+                    "a message may be held back (Limits.max_delay)."
+                )
         key = out.idempotency_key
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-            raise ValidationError("idempotency_key must be a non-empty string of <= 256 chars.")
+        if key is not None:
+            check_text("idempotency_key", key, longest=256, empty=False)
+        priority = check_priority(out.priority)
+        max_attempts = check_attempts(
+            settings.max_attempts if out.max_attempts is None else out.max_attempts
+        )
+        metadata = encode_metadata(out.metadata, settings)
         if memo is None:
-            data, kind = encode_payload(out.data)
+            data, kind = encode_payload(out.data, limits.max_depth)
         else:  # one value sent to many recipients is encoded (and stored by reference) once
             got = memo.get(id(out.data))
             if got is None:
                 # the value itself is kept in the memo, so its id cannot be reused meanwhile
-                got = memo[id(out.data)] = (out.data, *encode_payload(out.data))
+                got = memo[id(out.data)] = (out.data, *encode_payload(out.data, limits.max_depth))
             _, data, kind = got
+        check_size(settings, out.type, data)
         return NewMessage(
             id=new_id(),
             sender=self._name,
             recipient=out.to,
             type=out.type,
-            priority=check_priority(out.priority),
+            priority=priority,
             data=data,
             data_kind=kind,
-            metadata=encode_metadata(out.metadata),
+            metadata=metadata,
             enqueued_at=now,
             visible_at=visible_at,
             # TTL counts from when the message becomes deliverable
             expires_at=None if math.isinf(ttl) else visible_at + ttl,
-            max_attempts=check_attempts(
-                settings.max_attempts if out.max_attempts is None else out.max_attempts
-            ),
+            max_attempts=max_attempts,
             idempotency_key=key,
             dedupe_until=None if key is None else now + settings.retention.dedupe_window,
         )
@@ -172,7 +199,11 @@ class Agent:
         ctx.check_open()
         now = ctx.now()
         memo: dict[int, tuple[Any, bytes, int]] = {}
-        built = [self._build(out, now, memo) for out in messages]
+        try:
+            batch = list(messages)
+        except TypeError:
+            raise ValidationError("send_many() takes an iterable of Outgoing messages.") from None
+        built = [self._build(out, now, memo) for out in batch]
         if not built:
             return []
         ids = await self._enqueue(built, now)
@@ -211,9 +242,11 @@ class Agent:
         """
         ctx = self._ctx
         ctx.check_open()
-        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-            raise ValidationError("max_messages must be an int >= 1.")
-        lease = ctx.settings.lease if lease is None else check_positive("lease", lease)
+        check_int("max_messages", max_messages, 1, MAX_RECEIVE)
+        if lease is not None:
+            lease = check_positive("lease", lease, ctx.settings.limits.max_delay)
+        else:
+            lease = ctx.settings.lease
         if timeout is not None:
             check_non_negative("timeout", timeout)
         with ctx.wakeups(mail_channel(self._name), timeout=timeout) as wakeups:
@@ -241,7 +274,12 @@ class Agent:
 
         Raises LeaseLost naming the messages whose lease was lost; the others are acked.
         """
-        batch = list(messages)
+        try:
+            batch = list(messages)
+        except TypeError:
+            raise ValidationError("ack_many() takes an iterable of received messages.") from None
+        if not all(isinstance(m, Message) for m in batch):
+            raise ValidationError("ack_many() takes messages returned by receive().")
         ops = [m._ack_op() for m in batch]
         if not ops:
             return
@@ -286,7 +324,7 @@ class Agent:
         the recipient's mailbox with the timeout. Raises RequestTimeout after `timeout` seconds;
         a reply arriving later is discarded and counted.
         """
-        timeout = check_positive("timeout", timeout)
+        timeout = check_positive("timeout", timeout, self._ctx.settings.limits.max_delay)
         ctx = self._ctx
         ctx.check_open()
         now = ctx.now()
@@ -354,32 +392,32 @@ class Agent:
         Returns the schedule id for `hub.cancel_schedule`. Each occurrence enqueues exactly one
         message; occurrences missed while no hub ran are coalesced into one.
         """
-        validate_recurrence(cron, every)
         ctx = self._ctx
         ctx.check_open()
         settings = ctx.settings
+        now = ctx.now()
+        cron, every, next_run = check_recurrence(cron, every, now, settings.limits)
         check_name("recipient", to)
         check_name("type", type)
-        payload, kind = encode_payload(data)
-        now = ctx.now()
         spec = ScheduleSpec(
             id=new_id(),
             sender=self._name,
             recipient=to,
             type=type,
             priority=check_priority(priority),
-            data=payload,
-            data_kind=kind,
-            metadata=encode_metadata(metadata),
-            ttl=settings.default_ttl if ttl is None else check_positive("ttl", ttl),
+            data=b"",
+            data_kind=0,
+            metadata=encode_metadata(metadata, settings),
+            ttl=_schedule_ttl(settings.default_ttl if ttl is None else ttl),
             max_attempts=check_attempts(
                 settings.max_attempts if max_attempts is None else max_attempts
             ),
             cron=cron,
             every=every,
-            next_run=first_occurrence(cron, every, now),
+            next_run=next_run,
             created_at=now,
         )
+        spec.data, spec.data_kind = encode_for(settings, type, data)
         # the schedule holds its own reference, and so does each message it sends
         async with ctx.refs.hold() as hold:
             spec.data, spec.data_kind = await hold.promote(type, spec.data, spec.data_kind)

@@ -6,9 +6,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -18,7 +18,7 @@ from ._backends.common import SCHEDULES_CHANNEL
 from ._backends.contracts import Backend
 from ._codec import StoredRef, decode_payload
 from ._context import Clock, Context
-from ._errors import AgentCommError, HubClosed, ValidationError
+from ._errors import AgentCommError, ConfigurationError, HubClosed, ValidationError
 from ._holds import RefHolder
 from ._models import (
     AgentInfo,
@@ -32,11 +32,19 @@ from ._models import (
 )
 from ._ref_records import REF_FLAG
 from ._references import Policy, PolicyTable, RefConfig, RefStore
-from ._settings import Backoff, HubSettings, Retention
+from ._settings import Backoff, HubSettings, Limits, Retention
 from ._shared_memory import SharedMemory
 from ._subjects import parse_topic
 from ._topic_bus import TopicBus
-from ._validation import check_attempts, check_name, check_positive
+from ._validation import (
+    check_attempts,
+    check_bool,
+    check_int,
+    check_name,
+    check_positive,
+    check_seconds,
+    check_text,
+)
 
 __all__ = ["Hub", "connect"]
 
@@ -46,6 +54,9 @@ logger = logging.getLogger("agentcomm")
 #: cancelling the rest) for them to acknowledge the cancel.
 CLOSE_GRACE = 2.0
 CANCEL_GRACE = 1.0
+#: The most entries one `pending()` or `dead_letters()` call lists.
+MAX_LISTING = 10_000
+_U = TypeVar("_U")
 
 
 def connect(
@@ -63,6 +74,7 @@ def connect(
     refs: RefConfig | None = None,
     prefix: str | None = None,
     clock: Clock = time.time,
+    limits: Limits | None = None,
 ) -> Hub:
     """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
 
@@ -80,23 +92,61 @@ def connect(
     `clock` (default `time.time`) is the wall clock the hub reads, in epoch seconds: TTLs,
     delays, leases and timestamps all come from it, so a test can advance a fake clock
     instead of sleeping. Every hub of a store should see the same time.
+
+    `limits` (`Limits`) bounds payload and metadata sizes, nesting, schedule periods and
+    delays. Every argument is checked here: a bad URL raises ConfigurationError, a bad value
+    ValidationError.
     """
-    url = url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
+    if url is None or url == "":
+        url = os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"url must be a string such as 'sqlite:///agentcomm.db', not {url!r}."
+        )
     if prefix is not None:
-        url = with_prefix(url, prefix)
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigurationError(f"prefix must be a non-empty string, not {prefix!r}.")
+        base = url
+        url = _parsing(base, lambda: with_prefix(base, prefix))
+    limits = _setting("limits", limits, Limits)
+    lease = check_positive("lease", lease, limits.max_delay)
     return Hub(
         url,
-        auto_register=auto_register,
-        default_ttl=check_positive("default_ttl", default_ttl),
+        auto_register=check_bool("auto_register", auto_register),
+        default_ttl=check_seconds("default_ttl", default_ttl, positive=True, allow_inf=True),
         max_attempts=check_attempts(max_attempts),
-        lease=check_positive("lease", lease),
-        retention=retention or Retention(),
-        backoff=backoff or Backoff(),
-        background=background,
-        refs=refs or RefConfig(),
+        lease=lease,
+        retention=_setting("retention", retention, Retention),
+        backoff=_setting("backoff", backoff, Backoff),
+        background=check_bool("background", background),
+        refs=_setting("refs", refs, RefConfig),
         policies=PolicyTable(policies, default_policy),
         clock=clock,
+        limits=limits,
     )
+
+
+_T = TypeVar("_T", Retention, Backoff, RefConfig, Limits)
+
+
+def _setting(what: str, value: object, cls: type[_T]) -> _T:
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        raise ConfigurationError(
+            f"{what}= takes an agentcomm.{cls.__name__}(...), not {type(value).__name__}."
+        )
+    return value
+
+
+def _parsing(url: str, build: Callable[[], _U]) -> _U:
+    """Run `build`, turning what the URL parser raises into ConfigurationError."""
+    try:
+        return build()
+    except AgentCommError:
+        raise
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise ConfigurationError(f"Cannot parse the URL {url!r}: {exc}.") from None
 
 
 class Hub:
@@ -116,6 +166,7 @@ class Hub:
         refs: RefConfig | None = None,
         policies: PolicyTable | None = None,
         clock: Clock = time.time,
+        limits: Limits | None = None,
     ) -> None:
         if not callable(clock):
             raise ValidationError(
@@ -123,13 +174,13 @@ class Hub:
             )
         self.url = url
         self._background = background
-        self._backend: Backend = open_backend(url, retention)
+        self._backend: Backend = _parsing(url, lambda: open_backend(url, retention))
         config = refs or RefConfig()
         self._backend.ref_gc_strategy = config.gc
         settings = HubSettings(
             default_ttl=default_ttl, max_attempts=max_attempts, lease=lease,
             retention=retention, backoff=backoff, auto_register=auto_register,
-            policies=policies or PolicyTable(None, None),
+            policies=policies or PolicyTable(None, None), limits=limits or Limits(),
         )  # fmt: skip
         self._ctx = ctx = Context(self._backend, url, settings, clock)
         #: The reference store: large payloads stored once, by content (see `RefStore`).
@@ -157,6 +208,11 @@ class Hub:
     def lease(self) -> float:
         """The lease of a delivery received without `lease=` (seconds)."""
         return self._ctx.settings.lease
+
+    @property
+    def limits(self) -> Limits:
+        """The bounds this hub enforces on what it is given (see `Limits`)."""
+        return self._ctx.settings.limits
 
     @property
     def retention(self) -> Retention:
@@ -281,14 +337,16 @@ class Hub:
 
     async def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
         """Messages waiting for or leased by `agent`, best first, without payloads."""
-        return await self._require_backend().mailboxes.pending(
-            check_name("agent name", agent), limit=limit
-        )
+        check_name("agent name", agent)
+        check_int("limit", limit, 1, MAX_LISTING)
+        return await self._require_backend().mailboxes.pending(agent, limit=limit)
 
     async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
         """Dead-lettered messages of `agent`, with reason and attempts, oldest first."""
+        check_name("agent name", agent)
+        check_int("limit", limit, 1, MAX_LISTING)
         backend = self._require_backend()
-        letters = await backend.mailboxes.dead_letters(check_name("agent name", agent), limit=limit)
+        letters = await backend.mailboxes.dead_letters(agent, limit=limit)
         out = []
         for letter in letters:
             if isinstance(letter.data, StoredRef):  # a dead letter still holds its payload
@@ -300,10 +358,16 @@ class Hub:
 
     async def requeue_dead_letters(self, agent: str, ids: list[str] | None = None) -> int:
         """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts."""
+        check_name("agent name", agent)
+        if ids is not None:
+            if isinstance(ids, str):
+                raise ValidationError("ids= takes a list of message ids, not one string.")
+            try:
+                ids = [check_text("message id", i, longest=64, empty=False) for i in ids]
+            except TypeError:
+                raise ValidationError(f"ids= takes a list of message ids, not {ids!r}.") from None
         backend = self._require_backend()
-        return await backend.mailboxes.requeue_dead(
-            check_name("agent name", agent), ids, now=self._ctx.now()
-        )
+        return await backend.mailboxes.requeue_dead(agent, ids, now=self._ctx.now())
 
     # --- schedules -----------------------------------------------------------------------------
 
@@ -313,6 +377,7 @@ class Hub:
 
     async def cancel_schedule(self, schedule_id: str) -> bool:
         """Stop a schedule; False if no schedule had that id."""
+        check_text("schedule_id", schedule_id, longest=64, empty=False)
         return await self._require_backend().mailboxes.cancel_schedule(schedule_id)
 
     # --- topics ------------------------------------------------------------------------------

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._codec import decode_metadata, decode_payload, encode_metadata, encode_payload
+from ._codec import decode_metadata, decode_payload, encode_for, encode_metadata
 from ._context import Context
 from ._errors import AlreadySettled, LeaseLost, ValidationError
 from ._ids import new_id
 from ._records import Settle, SettleKind, StoredMessage, StoredReply
 from ._ref_records import Ref
-from ._validation import check_name, check_positive
+from ._validation import check_bool, check_name, check_non_negative, check_positive, check_text
 
 __all__ = ["Message", "Reply"]
 
@@ -153,17 +153,18 @@ class Message:
         """
         if delay is None:
             delay = self._ctx.settings.backoff.delay(self.attempt)
-        elif delay < 0:
-            raise ValidationError("nack delay must be >= 0 seconds.")
+        else:
+            delay = check_non_negative("delay", delay, self._ctx.settings.limits.max_delay)
         await self._settle(self._op(SettleKind.NACK, until=self._ctx.now() + delay), "nack")
 
     async def dead_letter(self, reason: str) -> None:
         """Give up on the message: it moves to dead letters with `reason`."""
-        await self._settle(self._op(SettleKind.DEAD, reason=str(reason)), "dead-letter")
+        reason = check_text("reason", reason)
+        await self._settle(self._op(SettleKind.DEAD, reason=reason), "dead-letter")
 
     async def extend(self, lease: float) -> None:
         """Keep the lease for `lease` more seconds from now."""
-        check_positive("lease", lease)
+        lease = check_positive("lease", lease, self._ctx.settings.limits.max_delay)
         until = self._ctx.now() + lease
         await self._settle(self._op(SettleKind.EXTEND, until=until), "extend")
         self._lease_until = until
@@ -188,14 +189,17 @@ class Message:
                 "send a new message to its sender instead."
             )
         check_name("type", type)
-        payload, kind = encode_payload(data)
+        check_bool("ack", ack)
+        settings = self._ctx.settings
+        meta = encode_metadata(metadata, settings)
+        payload, kind = encode_for(settings, type, data)
         reply = StoredReply(
             id=new_id(),
             sender=self.recipient,
             type=type,
             data=payload,
             data_kind=kind,
-            metadata=encode_metadata(metadata),
+            metadata=meta,
             sent_at=self._ctx.now(),
         )
         settle = self._op(SettleKind.ACK) if ack and not self._settled else None

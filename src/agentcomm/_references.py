@@ -18,6 +18,8 @@ import contextlib
 import hashlib
 import math
 import os
+import re
+import stat
 import threading
 import uuid
 import zlib
@@ -38,6 +40,7 @@ from ._ref_records import (
     RefMeta,
     RefStats,
 )
+from ._validation import check_bool, check_path, check_seconds, check_text
 
 __all__ = ["AutoPromote", "Policy", "Ref", "RefConfig", "RefStats", "RefStore"]
 
@@ -53,6 +56,7 @@ _READ_BATCH = 16  # chunks per backend read
 _ZSTD_LEVEL = 1  # here as small as level 3 on JSON, at twice the speed
 _SAMPLE = 64 * 1024  # a larger blob is first sampled: noise is not worth compressing whole
 _GZIP_LEVEL = 6
+_REF_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class AutoPromote(msgspec.Struct, frozen=True):
@@ -69,6 +73,7 @@ class AutoPromote(msgspec.Struct, frozen=True):
             raise ValidationError(f"AutoPromote threshold must be an int, not {self.threshold!r}.")
         if self.threshold < 0:
             raise ValidationError("AutoPromote threshold must be >= 0 bytes.")
+        check_bool("AutoPromote.enabled", self.enabled)
 
 
 #: A tier: always `"value"`, always `"reference"`, or `AutoPromote(...)` above a size.
@@ -98,8 +103,8 @@ class RefConfig(msgspec.Struct, frozen=True):
                 f"Unknown reference GC strategy {self.gc!r}; use one of: "
                 + ", ".join(GC_STRATEGIES) + "."
             )  # fmt: skip
-        if self.default_ttl is not None and not self.default_ttl > 0:
-            raise ValidationError("RefConfig.default_ttl must be > 0 seconds or None.")
+        if self.default_ttl is not None:
+            check_seconds("RefConfig.default_ttl", self.default_ttl, positive=True)
         threshold = self.compress_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
             raise ValidationError("RefConfig.compress_threshold must be an int >= 0.")
@@ -140,8 +145,8 @@ class PolicyTable:
 def ref_id_of(ref: Ref | str) -> str:
     """The id of a Ref or id string, validated."""
     ref_id = ref.id if isinstance(ref, Ref) else ref
-    if not isinstance(ref_id, str) or not ref_id.startswith(_PREFIX) or len(ref_id) != 71:
-        raise ValidationError(f"{ref!r} is not a reference id ('sha256:' + 64 hex digits).")
+    if not isinstance(ref_id, str) or _REF_ID.fullmatch(ref_id) is None:
+        raise ValidationError(f"{ref!r:.100} is not a reference id ('sha256:' + 64 hex digits).")
     return ref_id
 
 
@@ -314,8 +319,7 @@ class RefStore:
 
     def _expiry(self, ttl: float | None, now: float) -> float | None:
         if ttl is not None:
-            if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
-                raise ValidationError(f"ttl must be a positive number of seconds, not {ttl!r}.")
+            ttl = check_seconds("ttl", ttl, positive=True, allow_inf=True)
             return None if math.isinf(ttl) else now + ttl
         if self.config.gc == "ttl" and self.config.default_ttl is not None:
             return now + self.config.default_ttl
@@ -340,9 +344,11 @@ class RefStore:
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ValidationError(f"store() takes bytes, not {type(data).__name__}.")
-        if not isinstance(content_type, str):
-            raise ValidationError("content_type must be a string.")
-        blob = bytes(data)
+        check_text("content_type", content_type, longest=255)
+        try:
+            blob = bytes(data)
+        except (BufferError, TypeError, ValueError) as exc:
+            raise ValidationError(f"store() cannot read the buffer given ({exc}).") from None
         now = self._ctx.now()
         expires_at = self._expiry(ttl, now)
         algo = _choose(compression, len(blob), content_type, self.config.compress_threshold)
@@ -369,11 +375,16 @@ class RefStore:
         Whether compression saves space is judged on the first chunk and checked at the end
         (if the whole did not shrink, the file is stored again uncompressed).
         """
+        path = check_path("path", path)
+        check_text("content_type", content_type, longest=255)
         backend = self._backend()
         now = self._ctx.now()
         expires_at = self._expiry(ttl, now)
         try:
-            size = os.stat(path).st_size  # to choose; the size stored is the size read
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):  # e.g. /dev/zero would never end
+                raise ValidationError(f"store_file() reads regular files only, not {path!r}.")
+            size = info.st_size  # to choose; the size stored is the size read
             algo = _choose(compression, size, content_type, self.config.compress_threshold)
             ref_id, algo, stored, upload, size = await self._stage_file(backend, path, algo)
             if algo != "none" and stored >= size:
@@ -451,7 +462,7 @@ class RefStore:
         left at `path`. Returns the blob's record.
         """
         ref_id = ref_id_of(ref)
-        target = os.fspath(path)
+        target = check_path("path", path)
         part = f"{target}.{uuid.uuid4().hex[:8]}.part"
         found: list[Ref] = []
         try:

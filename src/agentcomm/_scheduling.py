@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from croniter import croniter
 
 from ._errors import ValidationError
 from ._ids import new_id
 from ._records import NewMessage, ScheduleSpec
+from ._validation import check_seconds, check_text
+
+if TYPE_CHECKING:
+    from ._settings import Limits
 
 
-def validate_recurrence(cron: str | None, every: float | None) -> None:
-    """Raise ValidationError unless exactly one valid rule is given."""
+def check_recurrence(
+    cron: object, every: object, now: float, limits: Limits
+) -> tuple[str | None, float | None, float]:
+    """Validate a rule (exactly one of `cron` and `every`, within `limits`) and return
+    `(cron, every, first occurrence)`; raises ValidationError."""
     if (cron is None) == (every is None):
         raise ValidationError("Give exactly one of cron= (a cron expression) or every= (seconds).")
-    if cron is not None and not croniter.is_valid(cron):
-        raise ValidationError(f"{cron!r} is not a valid cron expression, e.g. '*/5 * * * *'.")
-    if every is not None and not every > 0:
-        raise ValidationError("every= must be a positive number of seconds.")
+    if cron is not None:
+        text = check_text("cron", cron, longest=256, empty=False)
+        try:
+            valid = croniter.is_valid(text)
+            first = first_occurrence(text, None, now) if valid else 0.0
+        except Exception as exc:  # croniter raises its own errors for dates that never come
+            raise ValidationError(f"cron {text!r} has no next occurrence ({exc}).") from None
+        if not valid:
+            raise ValidationError(f"{text!r} is not a valid cron expression, e.g. '*/5 * * * *'.")
+        return text, None, first
+    period = check_seconds("every", every, positive=True, maximum=limits.max_delay)
+    if period < limits.min_schedule_period:
+        raise ValidationError(
+            f"every= must be at least {limits.min_schedule_period:g} s "
+            f"(Limits.min_schedule_period), not {every!r}."
+        )
+    return None, period, first_occurrence(None, period, now)
 
 
 def next_occurrence(cron: str | None, every: float | None, previous: float, now: float) -> float:

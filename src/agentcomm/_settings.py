@@ -9,11 +9,18 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ._errors import ValidationError
+from ._validation import MAX_SEQUENCE, check_int, check_seconds
 
 if TYPE_CHECKING:
     from ._references import PolicyTable
 
-__all__ = ["Backoff", "HubSettings", "Retention"]
+__all__ = ["Backoff", "HubSettings", "Limits", "Retention"]
+
+#: The deepest nesting `Limits.max_depth` may allow: far enough below Python's recursion
+#: limit (1000) that decoding, which needs a level more than encoding, always succeeds.
+MAX_DEPTH = 256
+#: The longest duration any setting accepts: 100 years, in seconds.
+MAX_SETTING_SECONDS = 100 * 365.25 * 86400.0
 
 
 class Retention(msgspec.Struct, frozen=True):
@@ -34,13 +41,12 @@ class Retention(msgspec.Struct, frozen=True):
     topic_max_count: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("acked", "expired", "dead", "dedupe_window"):
-            if getattr(self, name) < 0:
-                raise ValidationError(f"Retention.{name} must be >= 0 seconds.")
-        if self.interval <= 0:
-            raise ValidationError("Retention.interval must be > 0 seconds.")
-        if self.topic_max_age < 0 or self.topic_max_count < 0:
-            raise ValidationError("Retention.topic_max_age and topic_max_count must be >= 0.")
+        for name in ("acked", "expired", "dead", "dedupe_window", "topic_max_age"):
+            check_seconds(f"Retention.{name}", getattr(self, name), maximum=MAX_SETTING_SECONDS)
+        check_seconds(
+            "Retention.interval", self.interval, positive=True, maximum=MAX_SETTING_SECONDS
+        )
+        check_int("Retention.topic_max_count", self.topic_max_count, 0, MAX_SEQUENCE)
 
 
 class Backoff(msgspec.Struct, frozen=True):
@@ -54,13 +60,51 @@ class Backoff(msgspec.Struct, frozen=True):
     max: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.base < 0 or self.factor < 1 or self.max < 0:
-            raise ValidationError("Backoff needs base >= 0, factor >= 1 and max >= 0.")
+        check_seconds("Backoff.base", self.base, maximum=MAX_SETTING_SECONDS)
+        check_seconds("Backoff.max", self.max, maximum=MAX_SETTING_SECONDS)
+        factor = check_seconds("Backoff.factor", self.factor, maximum=1000.0)
+        if factor < 1:
+            raise ValidationError(f"Backoff.factor must be >= 1, not {self.factor!r}.")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after the `attempt`-th delivery failed."""
         exponent = min(max(attempt - 1, 0), 64)
-        return float(min(self.base * self.factor**exponent, self.max))
+        try:
+            return float(min(self.base * self.factor**exponent, self.max))
+        except OverflowError:
+            return float(self.max)
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Bounds a hub enforces on what it is given, checked before anything is stored
+    (`connect(limits=agentcomm.Limits(...))`); a call beyond them raises ValidationError.
+
+    - `max_payload` (default 4 MiB): the largest encoded payload stored inline (by value).
+      A larger one is fine when the type's tier policy stores it by reference (the default
+      policy does so above 10 KiB); otherwise it is refused.
+    - `max_metadata` (default 64 KiB): the largest encoded metadata of one message.
+    - `max_depth` (default 64, at most 256): how deeply lists and dicts may nest in a payload
+      or metadata; the margin to Python's recursion limit means whatever is accepted can be
+      decoded again.
+    - `min_schedule_period` (default 1 s): the shortest `schedule(every=...)`.
+    - `max_delay` (default 366 days): the furthest `delay=`, `at=`, `nack(delay=)`,
+      `every=`, lease or `extend()` may reach into the future.
+    """
+
+    max_payload: int = 4 * 1024 * 1024
+    max_metadata: int = 64 * 1024
+    max_depth: int = 64
+    min_schedule_period: float = 1.0
+    max_delay: float = 366 * 86400.0
+
+    def __post_init__(self) -> None:
+        check_int("Limits.max_payload", self.max_payload, 1, 512 * 1024 * 1024)
+        check_int("Limits.max_metadata", self.max_metadata, 1, 512 * 1024 * 1024)
+        check_int("Limits.max_depth", self.max_depth, 1, MAX_DEPTH)
+        check_seconds("Limits.max_delay", self.max_delay, positive=True,
+                      maximum=MAX_SETTING_SECONDS)  # fmt: skip
+        check_seconds("Limits.min_schedule_period", self.min_schedule_period, positive=True,
+                      maximum=self.max_delay)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +118,4 @@ class HubSettings:
     backoff: Backoff
     auto_register: bool
     policies: PolicyTable
+    limits: Limits

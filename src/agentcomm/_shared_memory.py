@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import re
 from collections.abc import AsyncGenerator, Callable
 from fnmatch import fnmatchcase
@@ -18,12 +19,19 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
-from ._codec import decode_payload, encode_payload
+from ._codec import decode_payload, encode_for
 from ._context import Context
-from ._errors import HubClosed, RefNotFound, ValidationError, VersionConflict
+from ._errors import HubClosed, InvalidName, RefNotFound, ValidationError, VersionConflict
 from ._kv_records import ChangeKind, KVChangeRecord, KVRecord, KVWrite, Space
 from ._ref_records import REF_FLAG, Ref
-from ._validation import check_name, check_positive
+from ._validation import (
+    MAX_COUNT,
+    MAX_SEQUENCE,
+    check_bool,
+    check_int,
+    check_name,
+    check_seconds,
+)
 
 __all__ = ["Change", "Entry", "KVStats", "SharedMemory"]
 
@@ -122,21 +130,19 @@ def _literal_prefix(pattern: str) -> str:
     return pattern
 
 
-def _check_setting(what: str, value: int | None, most: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{what} must be an int >= 1, not {value!r}.")
-    if most is not None and value > most:
-        raise ValidationError(f"{what} must be at most {most}.")
-    return value
+def _check_setting(what: str, value: int | None, most: int) -> int | None:
+    return None if value is None else check_int(what, value, 1, most)
 
 
 def _check_expected(version: int | None) -> None:
-    if version is not None and (
-        isinstance(version, bool) or not isinstance(version, int) or version < 0
-    ):
-        raise ValidationError(f"expected_version must be an int >= 0, not {version!r}.")
+    if version is not None:
+        check_int("expected_version", version, 0, MAX_SEQUENCE)
+
+
+def _expiry(ctx: Context, ttl: object) -> float | None:
+    """When a key written now with `ttl` expires; None: never (`math.inf` means so too)."""
+    seconds = check_seconds("ttl", ttl, positive=True, allow_inf=True)
+    return None if math.isinf(seconds) else ctx.now() + seconds
 
 
 async def _value(ctx: Context, data: bytes, kind: int) -> tuple[Any, Ref | None]:
@@ -179,7 +185,7 @@ class SharedMemory:
         self._space = space
         self._by = by
         self._history = _check_setting("history", history, _MAX_HISTORY)
-        self._change_log = _check_setting("change_log", change_log, None)
+        self._change_log = _check_setting("change_log", change_log, MAX_COUNT)
 
     @classmethod
     def _open(
@@ -192,7 +198,8 @@ class SharedMemory:
         change_log: int | None,
     ) -> SharedMemory:
         if namespace is None:
-            assert agent is not None
+            if agent is None:
+                raise InvalidName("hub.memory() needs a namespace name, e.g. hub.memory('plan').")
             space = Space(agent, "")
         else:
             space = Space("", check_name("namespace", namespace))
@@ -257,7 +264,7 @@ class SharedMemory:
         With `expected_version`, write only if the key is at that version (0: only if absent),
         else raise VersionConflict. `ttl` seconds make the key expire; None keeps it forever.
         """
-        expires_at = None if ttl is None else self._ctx.now() + check_positive("ttl", ttl)
+        expires_at = None if ttl is None else _expiry(self._ctx, ttl)
         return await self._put(key, value, expected_version, expires_at)
 
     async def _put(
@@ -266,7 +273,7 @@ class SharedMemory:
         check_key(key)
         _check_expected(expected_version)
         backend = self._backend()
-        data, kind = encode_payload(value)
+        data, kind = encode_for(backend.settings, None, value)
         # the entry holds its own reference after the put (unless it conflicted)
         async with backend.refs.hold() as hold:
             data, kind = await hold.promote(None, data, kind)
@@ -313,8 +320,11 @@ class SharedMemory:
         `fn` may be a coroutine function; it can run more than once. Without `ttl` the key
         keeps its current expiry. Raises VersionConflict after `retries` lost races.
         """
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
-            raise ValidationError(f"retries must be an int >= 1, not {retries!r}.")
+        check_int("retries", retries, 1, MAX_COUNT)
+        if not callable(fn):
+            raise ValidationError(f"fn must be a callable, not {type(fn).__name__}.")
+        if ttl is not None:
+            _expiry(self._ctx, ttl)  # checked before anything is read or written
         conflict: VersionConflict | None = None
         for _ in range(retries):
             current = await self.get(key)
@@ -322,7 +332,7 @@ class SharedMemory:
             if inspect.isawaitable(new):
                 new = await new
             if ttl is not None:
-                expires_at: float | None = self._ctx.now() + check_positive("ttl", ttl)
+                expires_at: float | None = _expiry(self._ctx, ttl)
             else:
                 expires_at = None if current is None else current.expires_at
             expected = 0 if current is None else current.version
@@ -347,7 +357,7 @@ class SharedMemory:
         (default 1, the current one). After a delete, the values it had before."""
         check_key(key)
         if limit is not None:
-            _check_setting("limit", limit, None)
+            _check_setting("limit", limit, _MAX_HISTORY)
         backend = self._backend()
         for attempt in range(_REF_RETRIES):
             records = await backend.shared_memory.kv_history(
@@ -383,8 +393,9 @@ class SharedMemory:
         a `"resync"` change (see `Change`) and is never silently dropped.
         """
         _check_pattern(pattern)
-        if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
-            raise ValidationError(f"since must be a change sequence (int), not {since!r}.")
+        check_bool("include_initial", include_initial)
+        if since is not None:
+            check_int("since", since, 0, MAX_SEQUENCE)
         try:
             backend = self._backend()
         except HubClosed:

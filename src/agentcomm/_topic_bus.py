@@ -18,7 +18,7 @@ from uuid import uuid4
 
 import msgspec
 
-from ._codec import decode_metadata, encode_metadata, encode_payload
+from ._codec import decode_metadata, encode_for, encode_metadata
 from ._context import Context
 from ._errors import AgentCommError, HubClosed, ValidationError
 from ._models import PublishResult, TopicStats
@@ -27,13 +27,15 @@ from ._ref_records import REF_FLAG
 from ._subjects import TOPICS_CHANNEL, SubjectTree, TopicFilter, parse_topic
 from ._subscription import Start, Subscription, wake_one
 from ._topic_message import TopicMessage, resolve_record
-from ._validation import check_name
+from ._validation import MAX_SEQUENCE, check_int, check_name, check_timestamp
 
 __all__ = ["TopicBus"]
 
 _READ_LIMIT = 1000  # log records read per step by the cross-process reader
 _COUNTS_DELAY = 0.5  # seconds live delivery counts wait before being added to topic stats
 _UNSET: Any = object()
+#: The largest live buffer or durable lease batch of one subscription.
+MAX_BUFFER = 100_000
 
 
 class TopicBus:
@@ -60,9 +62,9 @@ class TopicBus:
         tokens = parse_topic(topic)
         if type != "event":
             check_name("type", type)
-        payload, kind = encode_payload(data)
-        meta = encode_metadata(_as_dict("metadata", metadata)) if metadata else None
         ctx = self.ctx
+        meta = encode_metadata(_as_dict("metadata", metadata), ctx.settings) if metadata else None
+        payload, kind = encode_for(ctx.settings, type, data)
         now = ctx.now()
         # the tier policy: a large payload is stored once and the log record refers to it (and
         # holds its own reference until it is pruned)
@@ -160,8 +162,7 @@ class TopicBus:
         type_list = _names("types", "type", types)
         meta = dict(sorted(_as_dict("metadata", metadata).items())) if metadata else None
         filt = TopicFilter(pattern, sender_list, type_list, meta)
-        if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
-            raise ValidationError(f"buffer must be an int >= 1, not {buffer!r}.")
+        check_int("buffer", buffer, 1, MAX_BUFFER)
         if durable is None:
             if start is not None:
                 raise ValidationError(
@@ -177,7 +178,7 @@ class TopicBus:
         check_name("durable name", durable)
         spec = ConsumerSpec(
             durable, filt.pattern, sender_list, type_list,
-            encode_metadata(meta) if meta else None,
+            encode_metadata(meta, self.ctx.settings) if meta else None,
         )  # fmt: skip
         _set_start(spec, start)
         await self.ctx.topics.open_consumer(spec, now=self.ctx.now())
@@ -278,7 +279,7 @@ class TopicBus:
 
 def _as_dict(what: str, value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ValidationError(f"{what} must be a mapping with string keys, not {value!r}.")
+        raise ValidationError(f"{what} must be a mapping with string keys, not {value!r:.80}.")
     return dict(value)
 
 
@@ -303,10 +304,11 @@ def _set_start(spec: ConsumerSpec, start: Start | None) -> None:
     if start in ("all", "new"):
         spec.start = str(start)
     elif isinstance(start, datetime):
-        spec.start, spec.start_time = "time", start.timestamp()
-    elif isinstance(start, int) and not isinstance(start, bool) and start >= 0:
+        spec.start, spec.start_time = "time", check_timestamp("start", start)
+    elif isinstance(start, int) and not isinstance(start, bool) and 0 <= start <= MAX_SEQUENCE:
         spec.start, spec.start_seq = "seq", start
     else:
         raise ValidationError(
-            f"start must be 'all', 'new', a sequence number >= 0 or a datetime, not {start!r}."
+            f"start must be 'all', 'new', a sequence number from 0 to {MAX_SEQUENCE} or a "
+            f"datetime, not {start!r}."
         )
