@@ -15,27 +15,9 @@ import pytest
 import agentcomm
 from agentcomm import AutoPromote, ValidationError
 
-COMPRESSIBLE = b"the same sentence, over and over. " * 4000  # ~136 KB
-
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def sqlite_only(backend_name: str) -> None:
-    if backend_name != "sqlite":
-        pytest.skip("this checks what the SQLite file holds")
-
-
-@pytest.fixture
-def not_memory(backend_name: str) -> None:
-    if backend_name == "memory":
-        pytest.skip("a memory store holds every blob in memory")
-
-
-def db_path(url: str) -> str:
-    return url.removeprefix("sqlite:///")
 
 
 # --- lifetime: holders release -------------------------------------------------------------------
