@@ -16,6 +16,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "sqlite_layout_1.sql"
 # what the fixture's store holds (see the comment at the top of the file)
 BIG = ("layout one " * 2000).encode()
 FEATURES = {"mailboxes", "shared_memory", "topics", "references"}
+# the versions this code writes: references 2 adds per-holder references
+CURRENT = {"mailboxes": 1, "shared_memory": 1, "topics": 1, "references": 2}
 
 
 def previous_layout(path: Path) -> str:
@@ -85,7 +87,36 @@ async def test_a_store_of_the_previous_layout_opens_with_all_its_data(tmp_path: 
         await alice.send("bob", "fourth")
         assert (await hub.stats()).sent == 4
         assert (await alice.publish("news.sports", {"score": 2})).sequence == 4
-    assert versions(path) == (schema.LAYOUT_VERSION, dict.fromkeys(FEATURES, 1))
+    assert versions(path) == (schema.LAYOUT_VERSION, CURRENT)
+
+
+async def test_explicit_references_of_the_previous_layout_go_to_the_legacy_holder(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    url = previous_layout(path)
+    async with agentcomm.connect(url, background=False) as hub:
+        [explicit] = [r for r in await hub.refs.list_refs() if r.content_type == "text/plain"]
+        [held_by_rows] = [r for r in await hub.refs.list_refs() if r.id != explicit.id]
+        assert held_by_rows.refcount == 2  # a message and a key: no explicit reference
+        with pytest.raises(agentcomm.RefNotHeld):
+            await hub.refs.release(explicit)  # a hub of its own holds nothing there
+        with pytest.raises(agentcomm.RefNotHeld):
+            await hub.refs.release(held_by_rows)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT ref_id, holder, count FROM ref_holders").fetchall() == [
+        (explicit.id, "legacy", 1)
+    ]
+    conn.close()
+    legacy = agentcomm.RefConfig(holder="legacy")
+    async with agentcomm.connect(url, background=False, refs=legacy) as hub:
+        with pytest.raises(agentcomm.RefNotHeld):
+            await hub.refs.release(held_by_rows)  # the rows' references are not legacy's
+        assert await hub.refs.release(explicit) == 0
+        assert [r.id for r in await hub.refs.list_refs()] == [held_by_rows.id]
+        bob = await hub.agent("bob")
+        first = (await bob.receive_many(10, timeout=0))[0]
+        assert first.data == BIG  # the message's reference was kept
 
 
 def test_a_migration_runs_on_a_store_of_the_previous_layout(tmp_path: Path) -> None:
@@ -146,7 +177,7 @@ async def test_a_store_from_a_newer_agentcomm_is_refused(
     url = f"sqlite:///{tmp_path / 'new.db'}"
     async with agentcomm.connect(url) as hub:
         await hub.agent("a")
-    assert versions(tmp_path / "new.db") == (schema.LAYOUT_VERSION, dict.fromkeys(FEATURES, 1))
+    assert versions(tmp_path / "new.db") == (schema.LAYOUT_VERSION, CURRENT)
     conn = sqlite3.connect(tmp_path / "new.db", isolation_level=None)
     conn.execute(newer)
     conn.close()

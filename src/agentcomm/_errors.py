@@ -7,7 +7,8 @@
     ├── ValidationError (ValueError) an argument is out of range or malformed
     │   ├── InvalidName              agent name does not follow the naming rules
     │   ├── InvalidTopic             topic name or pattern is malformed
-    │   └── EncodeError              payload or metadata cannot be encoded
+    │   ├── EncodeError              payload or metadata cannot be encoded
+    │   └── RefNotHeld               release of a reference this hub's holder does not hold
     ├── NotFound (LookupError)
     │   ├── UnknownAgent             recipient was never registered
     │   └── RefNotFound              no stored blob has that reference id
@@ -37,6 +38,7 @@ __all__ = [
     "LeaseLost",
     "NotFound",
     "RefNotFound",
+    "RefNotHeld",
     "RequestTimeout",
     "UnknownAgent",
     "ValidationError",
@@ -66,6 +68,28 @@ class InvalidTopic(ValidationError):
 
 class EncodeError(ValidationError):
     """A payload or metadata value cannot be encoded; nothing was stored."""
+
+
+class RefNotHeld(ValidationError):
+    """A release named a blob this hub's reference holder holds no reference to; nothing changed.
+
+    References are counted per holder (`RefConfig.holder`): a release only drops one that the
+    same holder took with `store`, `store_file` or `retain`. A received message's payload is
+    held by the message itself and needs no release.
+    """
+
+    def __init__(self, ref_id: str, holder: str) -> None:
+        super().__init__(
+            f"Cannot release {ref_id}: holder {holder!r} holds no reference to it, so nothing "
+            "was changed. Release only what this holder took with refs.store(), "
+            "refs.store_file() or refs.retain(); a received message's payload_ref needs no "
+            "release (the message holds it until it is acked)."
+        )
+        self.ref_id = ref_id
+        self.holder = holder
+
+    def __reduce__(self) -> tuple[type[RefNotHeld], tuple[str, str]]:
+        return (RefNotHeld, (self.ref_id, self.holder))
 
 
 class NotFound(AgentCommError, LookupError):

@@ -3,7 +3,9 @@
 A payload that travels by reference is stored first, with one reference held for the caller,
 and replaced by the blob's id; the backend row that stores the id takes a reference of its
 own. `RefHolder.hold()` is the one place that pairs the two: the caller's hold is released
-after the backend call, whatever its outcome.
+after the backend call, whatever its outcome. These transient holds belong to a holder of the
+hub's own (`RefHolder.holder`, under the reserved `agentcomm:` prefix), so no user's
+`release` can drop them.
 
     async with ctx.refs.hold() as hold:
         data, kind = await hold.promote(type, data, kind)
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 from ._context import Context
 from ._errors import AgentCommError
-from ._ref_records import REF_FLAG, Ref
+from ._ref_records import INTERNAL_HOLDER, REF_FLAG, Ref
 from ._references import RefStore, read_blob
 
 __all__ = ["Hold", "RefHolder"]
@@ -51,7 +54,7 @@ class Hold:
         seen = self._held.get(id(data))
         if seen is None:
             holder = self._holder
-            storing = asyncio.ensure_future(holder.store.store(data))
+            storing = asyncio.ensure_future(holder.store._store_as(holder.holder, data))
             try:
                 # shielded: a cancel must not lose the reference the store takes for us
                 ref = await asyncio.shield(storing)
@@ -65,7 +68,7 @@ class Hold:
         ctx = self._holder.ctx
         ctx.check_open()
         for _, ref_id in self._held.values():
-            await ctx.references.ref_adjust(ref_id, -1, now=ctx.now())
+            await ctx.references.ref_adjust(ref_id, -1, holder=self._holder.holder, now=ctx.now())
 
 
 class RefHolder:
@@ -74,6 +77,8 @@ class RefHolder:
     def __init__(self, ctx: Context, store: RefStore) -> None:
         self.ctx = ctx
         self.store = store
+        #: The holder of this hub's transient holds (not a name `RefConfig.holder` accepts).
+        self.holder = f"{INTERNAL_HOLDER}hold-{uuid.uuid4().hex}"
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[Hold]:
@@ -92,7 +97,10 @@ class RefHolder:
         ref_id = storing.result().id
         with contextlib.suppress(AgentCommError):
             self.ctx.check_open()
-            self.ctx.spawn(self.ctx.references.ref_adjust(ref_id, -1, now=self.ctx.now()))
+            release = self.ctx.references.ref_adjust(
+                ref_id, -1, holder=self.holder, now=self.ctx.now()
+            )
+            self.ctx.spawn(release)
 
     async def load(self, data: bytes, kind: int) -> tuple[bytes, int, Ref | None]:
         """The payload a stored one stands for: (original bytes, kind, Ref or None)."""
@@ -103,6 +111,6 @@ class RefHolder:
         return original, kind & ~REF_FLAG, ref
 
     async def release(self, ref_id: str) -> None:
-        """Release one reference the caller holds (e.g. a taken reply's slot's)."""
+        """Drop the reference a removed row handed over (a taken reply slot's)."""
         self.ctx.check_open()
-        await self.ctx.references.ref_adjust(ref_id, -1, now=self.ctx.now())
+        await self.ctx.references.ref_adjust(ref_id, -1, holder=None, now=self.ctx.now())

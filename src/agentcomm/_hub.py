@@ -18,7 +18,14 @@ from ._backends.common import SCHEDULES_CHANNEL
 from ._backends.contracts import Backend
 from ._codec import StoredRef, decode_payload
 from ._context import Clock, Context
-from ._errors import AgentCommError, ConfigurationError, HubClosed, ValidationError
+from ._errors import (
+    AgentCommError,
+    ConfigurationError,
+    HubClosed,
+    IntegrityError,
+    RefNotFound,
+    ValidationError,
+)
 from ._holds import RefHolder
 from ._models import (
     AgentInfo,
@@ -342,7 +349,11 @@ class Hub:
         return await self._require_backend().mailboxes.pending(agent, limit=limit)
 
     async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
-        """Dead-lettered messages of `agent`, with reason and attempts, oldest first."""
+        """Dead-lettered messages of `agent`, with reason and attempts, oldest first.
+
+        A letter whose payload cannot be read (its blob is gone or damaged) is listed with
+        the error (`RefNotFound` or `IntegrityError`) as its `data`; the others list as usual.
+        """
         check_name("agent name", agent)
         check_int("limit", limit, 1, MAX_LISTING)
         backend = self._require_backend()
@@ -351,8 +362,15 @@ class Hub:
         for letter in letters:
             if isinstance(letter.data, StoredRef):  # a dead letter still holds its payload
                 ref = letter.data
-                data, kind, _ = await backend.refs.load(ref.id.encode("ascii"), ref.kind | REF_FLAG)
-                letter = msgspec.structs.replace(letter, data=decode_payload(data, kind))
+                value: Any
+                try:
+                    data, kind, _ = await backend.refs.load(
+                        ref.id.encode("ascii"), ref.kind | REF_FLAG
+                    )
+                    value = decode_payload(data, kind)
+                except (RefNotFound, IntegrityError) as exc:
+                    value = exc
+                letter = msgspec.structs.replace(letter, data=value)
             out.append(letter)
         return out
 

@@ -12,6 +12,14 @@ __all__ = ["Compression", "GCStrategy", "Ref", "RefStats"]
 #: payload's own kind (`DataKind`) is in the other bits. Stored on disk: do not change.
 REF_FLAG = 2
 
+#: The holder of the explicit references a SQLite store recorded before references were counted
+#: per holder (they are migrated to it): a hub opened with `RefConfig(holder="legacy")` can
+#: release them.
+LEGACY_HOLDER = "legacy"
+#: Holder names starting with this belong to the feature layer (its transient holds while a
+#: payload is promoted); `RefConfig.holder` refuses them, so users can never release those.
+INTERNAL_HOLDER = "agentcomm:"
+
 #: A garbage-collection strategy of a hub's reference store (see `RefConfig`).
 GCStrategy: TypeAlias = Literal["ref_counting", "ttl", "manual"]
 GC_STRATEGIES: tuple[GCStrategy, ...] = get_args(GCStrategy)
@@ -25,8 +33,9 @@ class Ref(msgspec.Struct, frozen=True):
     """A stored blob, addressed by the SHA-256 of its original bytes.
 
     `size` is the original length, `stored_size` what the store holds after compression
-    (`compression` is `"zstd"`, `"gzip"` or `"none"`). `refcount` counts the holders (messages,
-    shared-memory entries, explicit `retain`s) when the record was read. `expires_at` is when the
+    (`compression` is `"zstd"`, `"gzip"` or `"none"`). `refcount` counts every reference when the
+    record was read: those rows hold (messages, shared-memory entries, ...) plus the explicit
+    ones of every holder (`store`, `retain`). `expires_at` is when the
     `ttl` GC strategy may evict it once unreferenced (None: never by age).
     """
 

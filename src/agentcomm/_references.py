@@ -34,6 +34,7 @@ from ._errors import IntegrityError, RefNotFound, ValidationError
 from ._ref_records import (
     COMPRESSIONS,
     GC_STRATEGIES,
+    INTERNAL_HOLDER,
     Compression,
     GCStrategy,
     Ref,
@@ -91,11 +92,18 @@ class RefConfig(msgspec.Struct, frozen=True):
     blobs stored without `ttl=`; `"manual"` only when `gc()` is called.
     `compress_threshold`: blobs smaller than this many bytes are never compressed. Use the
     same strategy on every hub of a store.
+
+    `holder` names the holder of the references this hub takes with `store`, `store_file`
+    and `retain`: `release` drops only those. None (default): a name made for this hub alone
+    (`"hub-<hex>"`); give a stable name to release, after a restart, what an earlier process
+    of the same name took. `"legacy"` holds the explicit references of a SQLite store
+    written before references were counted per holder.
     """
 
     gc: GCStrategy = "ref_counting"
     default_ttl: float | None = 3600.0
     compress_threshold: int = 1024
+    holder: str | None = None
 
     def __post_init__(self) -> None:
         if self.gc not in GC_STRATEGIES:
@@ -108,6 +116,13 @@ class RefConfig(msgspec.Struct, frozen=True):
         threshold = self.compress_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
             raise ValidationError("RefConfig.compress_threshold must be an int >= 0.")
+        if self.holder is not None:
+            check_text("RefConfig.holder", self.holder, longest=255, empty=False)
+            if self.holder.startswith(INTERNAL_HOLDER):
+                raise ValidationError(
+                    f"RefConfig.holder must not start with {INTERNAL_HOLDER!r} (agentcomm's own "
+                    f"holders use it); choose another name than {self.holder!r}."
+                )
 
 
 def check_policy(what: str, policy: object) -> Policy:
@@ -304,6 +319,8 @@ class RefStore:
     def __init__(self, ctx: Context, config: RefConfig) -> None:
         self._ctx = ctx
         self.config = config
+        #: The holder of the references this hub takes and releases (see `RefConfig.holder`).
+        self.holder = config.holder or f"hub-{uuid.uuid4().hex}"
 
     @property
     def policies(self) -> PolicyTable:
@@ -311,7 +328,7 @@ class RefStore:
         return self._ctx.settings.policies
 
     def __repr__(self) -> str:
-        return f"<RefStore gc={self.config.gc!r}>"
+        return f"<RefStore gc={self.config.gc!r} holder={self.holder!r}>"
 
     def _backend(self) -> Context:
         self._ctx.check_open()
@@ -342,6 +359,20 @@ class RefStore:
         `ttl` seconds set `expires_at`: the blob is kept at least that long, even when
         unreferenced (see `RefConfig`).
         """
+        return await self._store_as(
+            self.holder, data, content_type=content_type, ttl=ttl, compression=compression
+        )
+
+    async def _store_as(
+        self,
+        holder: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        content_type: str = _DEFAULT_TYPE,
+        ttl: float | None = None,
+        compression: Compression = "auto",
+    ) -> Ref:
+        """`store`, with the reference held by `holder` (for the feature layer's own holds)."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ValidationError(f"store() takes bytes, not {type(data).__name__}.")
         check_text("content_type", content_type, longest=255)
@@ -359,7 +390,7 @@ class RefStore:
         else:
             ref_id, (algo, chunks) = _digest(blob), _pack(blob, algo)
         meta = RefMeta(ref_id, len(blob), sum(map(len, chunks)), algo, content_type, expires_at)
-        return await self._backend().references.ref_put(meta, chunks, now=now)
+        return await self._backend().references.ref_put(meta, chunks, holder=holder, now=now)
 
     async def store_file(
         self,
@@ -393,7 +424,7 @@ class RefStore:
         except OSError as exc:
             raise ValidationError(f"Cannot read {os.fspath(path)!r}: {exc}.") from exc
         meta = RefMeta(ref_id, size, stored, algo, content_type, expires_at)
-        return await backend.references.ref_commit(upload, meta, now=now)
+        return await backend.references.ref_commit(upload, meta, holder=self.holder, now=now)
 
     async def _stage_file(
         self, backend: Context, path: str | os.PathLike[str], algo: str
@@ -479,18 +510,28 @@ class RefStore:
         return found[0]
 
     async def retain(self, ref: Ref | str) -> Ref:
-        """Add a reference to a stored blob; returns its record. Raises RefNotFound."""
+        """Add a reference to a stored blob for this hub's holder; returns its record (the
+        total refcount). Raises RefNotFound."""
         ref_id = ref_id_of(ref)
-        found = await self._backend().references.ref_adjust(ref_id, 1, now=self._ctx.now())
+        found = await self._backend().references.ref_adjust(
+            ref_id, 1, holder=self.holder, now=self._ctx.now()
+        )
         if found is None:
             raise RefNotFound(f"Cannot retain {ref_id}: no such blob is stored.")
         return found
 
     async def release(self, ref: Ref | str) -> int:
-        """Drop a reference taken by `store`, `store_file` or `retain`; returns the refcount
-        left. At zero, `ref_counting` evicts the blob at once. Raises RefNotFound."""
+        """Drop one reference this hub's holder took by `store`, `store_file` or `retain`;
+        returns the total refcount left. At zero, `ref_counting` evicts the blob at once.
+
+        Raises RefNotHeld (changing nothing) if this holder holds no reference to it, e.g.
+        for a received message's `payload_ref`, which the message holds itself; RefNotFound
+        if it is not stored.
+        """
         ref_id = ref_id_of(ref)
-        found = await self._backend().references.ref_adjust(ref_id, -1, now=self._ctx.now())
+        found = await self._backend().references.ref_adjust(
+            ref_id, -1, holder=self.holder, now=self._ctx.now()
+        )
         if found is None:
             raise RefNotFound(f"Cannot release {ref_id}: no such blob is stored.")
         return found.refcount

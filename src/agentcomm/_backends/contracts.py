@@ -271,19 +271,26 @@ class ReferenceStore(abc.ABC):
     # (a minimum lifetime) is None or passed; under the `ref_counting` strategy a drop that
     # makes it evictable evicts it in that same transaction.
 
+    # Explicit references (`store`, `retain`, and the feature layer's transient holds) are
+    # counted per holder, a name (`RefConfig.holder`, or the feature layer's own): `refcount`
+    # is the total of the row references and every holder's, and a holder can drop only what
+    # it holds. Eviction removes a blob's holder records with it.
+
     @abc.abstractmethod
-    async def ref_put(self, meta: RefMeta, chunks: Sequence[bytes], *, now: float) -> Ref:
-        """Store a blob with one reference; if `meta.id` is stored already, add a reference
-        (keeping the longer expiry) and store nothing."""
+    async def ref_put(
+        self, meta: RefMeta, chunks: Sequence[bytes], *, holder: str, now: float
+    ) -> Ref:
+        """Store a blob with one reference held by `holder`; if `meta.id` is stored already,
+        add one for `holder` (keeping the longer expiry) and store nothing."""
 
     @abc.abstractmethod
     async def ref_stage(self, upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
         """Store chunk `n` of a streamed upload (None: start a new one); returns the upload."""
 
     @abc.abstractmethod
-    async def ref_commit(self, upload: int, meta: RefMeta, *, now: float) -> Ref:
-        """Turn a staged upload into the blob `meta.id` with one reference, as `ref_put`
-        (the staged chunks are dropped if the id is stored already)."""
+    async def ref_commit(self, upload: int, meta: RefMeta, *, holder: str, now: float) -> Ref:
+        """Turn a staged upload into the blob `meta.id` with one reference held by `holder`,
+        as `ref_put` (the staged chunks are dropped if the id is stored already)."""
 
     @abc.abstractmethod
     async def ref_abort(self, upload: int) -> None:
@@ -295,9 +302,14 @@ class ReferenceStore(abc.ABC):
         (None, []) if it is not stored."""
 
     @abc.abstractmethod
-    async def ref_adjust(self, ref_id: str, delta: int, *, now: float) -> Ref | None:
-        """Add (+1) or drop (-1) an explicit reference; None if the blob is not stored. A drop
-        never goes below zero; the record returned is the one after the change."""
+    async def ref_adjust(
+        self, ref_id: str, delta: int, *, holder: str | None, now: float
+    ) -> Ref | None:
+        """Add (+1) or drop (-1) a reference of `holder`; None if the blob is not stored. A
+        drop by a holder that holds none raises `RefNotHeld` and changes nothing. `holder`
+        None drops a reference a row handed over when it was removed (a taken reply's),
+        without a holder record; it never goes below zero. The record returned is the one
+        after the change."""
 
     @abc.abstractmethod
     async def ref_list(self) -> list[Ref]:

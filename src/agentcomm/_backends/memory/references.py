@@ -1,7 +1,8 @@
 """References in memory: the blob table of a store, the holds rows take on it, and the feature.
 
 Blobs live in one table per store (every hub of a named `memory://` store shares it); all of it
-runs under the store's lock, so refcount changes are atomic like a SQLite transaction.
+runs under the store's lock, so refcount changes are atomic like a SQLite transaction. Explicit
+references are counted per holder in `RefTable.holders` (blob id -> holder -> count).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from ..._errors import RefNotFound
+from ..._errors import RefNotFound, RefNotHeld
 from ..._ref_records import Ref, RefMeta, RefStats, merge_expiry, ref_id_in
 from ..contracts import ReferenceStore
 from .transactions import Transactions
@@ -34,6 +35,8 @@ class RefTable:
     def __init__(self) -> None:
         self.blobs: dict[str, _Blob] = {}
         self.uploads: dict[int, tuple[float, dict[int, bytes]]] = {}
+        #: blob id -> holder -> the explicit references that holder has on it (all > 0)
+        self.holders: dict[str, dict[str, int]] = {}
         self.next_upload = 0
         self.counters = dict.fromkeys(("total_refs", "total_bytes", "gc_runs", "evictions",
                                        "dedupe_hits"), 0)  # fmt: skip
@@ -44,11 +47,26 @@ class RefTable:
         blob.ref = msgspec.structs.replace(blob.ref, **changes)
         return blob.ref
 
-    def adjust(self, ref_id: str, delta: int) -> Ref | None:
-        """Change a refcount (never below zero); returns the record after the change."""
+    def adjust(self, ref_id: str, delta: int, holder: str | None = None) -> Ref | None:
+        """Change a refcount (never below zero), `holder`'s count with it (None: a row's
+        reference); returns the record after the change. RefNotHeld, changing nothing, for a
+        drop by a holder that holds none."""
         blob = self.blobs.get(ref_id)
         if blob is None:
             return None
+        if holder is not None:
+            held = self.holders.setdefault(ref_id, {})
+            count = held.get(holder, 0) + delta
+            if count < 0:
+                if not held:
+                    del self.holders[ref_id]
+                raise RefNotHeld(ref_id, holder)
+            if count:
+                held[holder] = count
+            else:
+                del held[holder]
+                if not held:
+                    del self.holders[ref_id]
         ref = self._set(blob, refcount=max(blob.ref.refcount + delta, 0))
         if delta < 0 and self.strategy == "ref_counting" and evictable(ref, time.time()):
             self.evict(ref_id)
@@ -64,11 +82,14 @@ class RefTable:
     def evict(self, ref_id: str) -> Ref:
         """Remove a blob and count the eviction."""
         blob = self.blobs.pop(ref_id)
+        self.holders.pop(ref_id, None)
         self.counters["evictions"] += 1
         return blob.ref
 
-    def put(self, meta: RefMeta, chunks: list[bytes], now: float) -> Ref:
-        """Store a blob with one reference, or add one to the stored copy."""
+    def put(self, meta: RefMeta, chunks: list[bytes], now: float, holder: str) -> Ref:
+        """Store a blob with one reference of `holder`, or add one to the stored copy."""
+        held = self.holders.setdefault(meta.id, {})
+        held[holder] = held.get(holder, 0) + 1
         blob = self.blobs.get(meta.id)
         if blob is not None:
             self.counters["dedupe_hits"] += 1
@@ -134,8 +155,10 @@ class MemoryReferences(ReferenceStore):
         table.strategy = self._strategy
         return table
 
-    async def ref_put(self, meta: RefMeta, chunks: Sequence[bytes], *, now: float) -> Ref:
-        return self._txn.run(lambda touched: self._refs().put(meta, list(chunks), now))
+    async def ref_put(
+        self, meta: RefMeta, chunks: Sequence[bytes], *, holder: str, now: float
+    ) -> Ref:
+        return self._txn.run(lambda touched: self._refs().put(meta, list(chunks), now, holder))
 
     async def ref_stage(self, upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
         def op(touched: set[str]) -> int:
@@ -150,11 +173,11 @@ class MemoryReferences(ReferenceStore):
 
         return self._txn.run(op)
 
-    async def ref_commit(self, upload: int, meta: RefMeta, *, now: float) -> Ref:
+    async def ref_commit(self, upload: int, meta: RefMeta, *, holder: str, now: float) -> Ref:
         def op(touched: set[str]) -> Ref:
             table = self._refs()
             _, staged = table.uploads.pop(upload, (now, {}))
-            return table.put(meta, [staged[n] for n in sorted(staged)], now)
+            return table.put(meta, [staged[n] for n in sorted(staged)], now, holder)
 
         return self._txn.run(op)
 
@@ -170,8 +193,10 @@ class MemoryReferences(ReferenceStore):
 
         return self._txn.run(op)
 
-    async def ref_adjust(self, ref_id: str, delta: int, *, now: float) -> Ref | None:
-        return self._txn.run(lambda touched: self._refs().adjust(ref_id, delta))
+    async def ref_adjust(
+        self, ref_id: str, delta: int, *, holder: str | None, now: float
+    ) -> Ref | None:
+        return self._txn.run(lambda touched: self._refs().adjust(ref_id, delta, holder))
 
     async def ref_list(self) -> list[Ref]:
         return self._txn.run(lambda touched: [b.ref for _, b in sorted(self._refs().blobs.items())])

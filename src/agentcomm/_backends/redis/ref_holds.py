@@ -15,6 +15,7 @@ Reference keys (P = prefix), owned by `references_lua.py`:
   P ref:<id>        HASH: refcount, size, stored_size, compression, content_type,
                     created_at, expires_at ("" for none), chunks (count)
   P ref:<id>:c      HASH: chunk number -> chunk bytes
+  P ref:<id>:h      HASH: holder -> the explicit references it has on the blob (> 0)
   P refs            ZSET: every stored ref id, score created_at
   P refs:free       ZSET: the stored refs nobody holds, score expires_at (0 for none): the
                     evictable ones are those scored up to now
@@ -47,7 +48,7 @@ end
 local function ref_evict(id)
   local key = P .. 'ref:' .. id
   local v = redis.call('HMGET', key, 'size', 'stored_size')
-  redis.call('DEL', key, key .. ':c')
+  redis.call('DEL', key, key .. ':c', key .. ':h')
   redis.call('ZREM', P .. 'refs', id)
   redis.call('ZREM', P .. 'refs:free', id)
   local st = P .. 'refs:stats'

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..._errors import RefNotHeld
 from ..._ref_records import Ref, RefMeta, RefStats
 from ..contracts import ReferenceStore
 from .references_lua import REFS
@@ -63,11 +64,14 @@ class RedisReferences(ReferenceStore):
     async def _ref_op(self, op: str, now: float, *args: Any) -> Any:
         return await self._scripts.call(self._script, op, now, args)
 
-    async def ref_put(self, meta: RefMeta, chunks: Sequence[bytes], *, now: float) -> Ref:
+    async def ref_put(
+        self, meta: RefMeta, chunks: Sequence[bytes], *, holder: str, now: float
+    ) -> Ref:
         strategy = self.ref_gc_strategy
         if sum(map(len, chunks)) <= _PUT_AT_ONCE:
-            return _ref(await self._ref_op("put", now, strategy, *_meta_args(meta), *chunks))
-        found = await self._ref_op("dedupe", now, strategy, meta.id, _expiry(meta))
+            args = (strategy, holder, *_meta_args(meta), *chunks)
+            return _ref(await self._ref_op("put", now, *args))
+        found = await self._ref_op("dedupe", now, strategy, holder, meta.id, _expiry(meta))
         if found:
             return _ref(found)
         upload: int | None = None
@@ -82,13 +86,13 @@ class RedisReferences(ReferenceStore):
                 await self.ref_abort(upload)
             raise
         assert upload is not None  # more than _PUT_AT_ONCE bytes: at least one chunk
-        return await self.ref_commit(upload, meta, now=now)
+        return await self.ref_commit(upload, meta, holder=holder, now=now)
 
     async def ref_stage(self, upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
         return int(await self._ref_op("stage", now, _opt_upload(upload), n, chunk))
 
-    async def ref_commit(self, upload: int, meta: RefMeta, *, now: float) -> Ref:
-        args = (self.ref_gc_strategy, upload, *_meta_args(meta))
+    async def ref_commit(self, upload: int, meta: RefMeta, *, holder: str, now: float) -> Ref:
+        args = (self.ref_gc_strategy, holder, upload, *_meta_args(meta))
         return _ref(await self._ref_op("commit", now, *args))
 
     async def ref_abort(self, upload: int) -> None:
@@ -100,8 +104,14 @@ class RedisReferences(ReferenceStore):
             return None, []
         return _ref(got[0]), list(got[1])
 
-    async def ref_adjust(self, ref_id: str, delta: int, *, now: float) -> Ref | None:
-        return _opt_ref(await self._ref_op("adjust", now, self.ref_gc_strategy, ref_id, delta))
+    async def ref_adjust(
+        self, ref_id: str, delta: int, *, holder: str | None, now: float
+    ) -> Ref | None:
+        args = (self.ref_gc_strategy, ref_id, delta, holder or "")
+        got = await self._ref_op("adjust", now, *args)
+        if got == b"NOTHELD":
+            raise RefNotHeld(ref_id, holder or "")
+        return _opt_ref(got)
 
     async def ref_list(self) -> list[Ref]:
         refs = [_ref(r) for r in await self._ref_op("list", 0.0)]

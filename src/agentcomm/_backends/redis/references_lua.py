@@ -1,5 +1,6 @@
 """The references script: content-addressed blobs and their counts (keys in `ref_holds.py`;
-see `scripts.py` for the calling convention)."""
+see `scripts.py` for the calling convention). Explicit references are counted per holder in
+`P ref:<id>:h` (holder -> count), changed in the same call as the blob's `refcount`."""
 
 from __future__ import annotations
 
@@ -64,22 +65,42 @@ local function drop_upload(upload)
   redis.call('ZREM', P .. 'refs:uploads', upload)
 end
 
+-- change `holder`'s count on `id` by `delta`; false (nothing changed) below zero
+local function holder_add(id, holder, delta)
+  local hk = P .. 'ref:' .. id .. ':h'
+  if delta > 0 then
+    redis.call('HINCRBY', hk, holder, delta)
+    return true
+  end
+  local n = tonumber(redis.call('HGET', hk, holder)) or 0
+  if n + delta < 0 then return false end
+  if n + delta == 0 then
+    redis.call('HDEL', hk, holder)
+  elseif delta ~= 0 then
+    redis.call('HINCRBY', hk, holder, delta)
+  end
+  return true
+end
+
 local result = false
 if OP == 'put' then
-  -- strategy, id, size, stored_size, compression, content_type, expires_at, chunks...
+  -- strategy, holder, id, size, stored_size, compression, content_type, expires_at, chunks...
   set_strategy(ARGV[5])
-  local id = ARGV[6]
-  result = existing(id, ARGV[11])
+  local id = ARGV[7]
+  result = existing(id, ARGV[12])
   if not result then
     local ck = P .. 'ref:' .. id .. ':c'
-    redis.call('DEL', ck)
-    for i = 12, #ARGV do redis.call('HSET', ck, i - 12, ARGV[i]) end
-    result = insert(id, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], #ARGV - 11)
+    redis.call('DEL', ck, P .. 'ref:' .. id .. ':h')
+    for i = 13, #ARGV do redis.call('HSET', ck, i - 13, ARGV[i]) end
+    result = insert(id, ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], #ARGV - 12)
   end
+  holder_add(id, ARGV[6], 1)
 
 elseif OP == 'dedupe' then
+  -- strategy, holder, id, expires_at
   set_strategy(ARGV[5])
-  result = existing(ARGV[6], ARGV[7])
+  result = existing(ARGV[7], ARGV[8])
+  if result then holder_add(ARGV[7], ARGV[6], 1) end
 
 elseif OP == 'stage' then
   -- upload ('' for a new one), then chunk number and chunk pairs
@@ -93,20 +114,21 @@ elseif OP == 'stage' then
   result = tonumber(upload)
 
 elseif OP == 'commit' then
-  -- strategy, upload, id, size, stored_size, compression, content_type, expires_at
+  -- strategy, holder, upload, id, size, stored_size, compression, content_type, expires_at
   set_strategy(ARGV[5])
-  local upload, id = ARGV[6], ARGV[7]
-  result = existing(id, ARGV[12])
+  local upload, id = ARGV[7], ARGV[8]
+  result = existing(id, ARGV[13])
   if result then
     drop_upload(upload)
   else
     local uk, ck = P .. 'refs:up:' .. upload, P .. 'ref:' .. id .. ':c'
     local chunks = redis.call('HLEN', uk)
-    redis.call('DEL', ck)
+    redis.call('DEL', ck, P .. 'ref:' .. id .. ':h')
     if chunks > 0 then redis.call('RENAME', uk, ck) end
     drop_upload(upload)
-    result = insert(id, ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], chunks)
+    result = insert(id, ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], chunks)
   end
+  holder_add(id, ARGV[6], 1)
 
 elseif OP == 'abort' then
   drop_upload(ARGV[5])
@@ -127,11 +149,14 @@ elseif OP == 'read' then
   end
 
 elseif OP == 'adjust' then
+  -- strategy, id, delta, holder ('' for a row's reference handed over)
   set_strategy(ARGV[5])
-  local id, delta = ARGV[6], tonumber(ARGV[7])
+  local id, delta, holder = ARGV[6], tonumber(ARGV[7]), ARGV[8]
   local key = P .. 'ref:' .. id
   local n = tonumber(redis.call('HGET', key, 'refcount'))
-  if n then
+  if n and holder ~= '' and not holder_add(id, holder, delta) then
+    result = 'NOTHELD'
+  elseif n then
     local after = math.max(n + delta, 0)
     if after ~= n then redis.call('HSET', key, 'refcount', after) end
     if n == 0 and after > 0 then redis.call('ZREM', P .. 'refs:free', id) end

@@ -3,9 +3,11 @@
 Tables: `refs` holds one row per stored blob (its metadata and refcount), `ref_chunks` the
 blob's stored chunks keyed by `blob << 24 | n` (so a blob's chunks are one rowid range and a
 1 GiB blob is never one value in memory), `ref_blobs` the chunk sets, committed or still being
-uploaded, and `ref_counters` the store's counters. Refcount changes run inside the writer's
-`BEGIN IMMEDIATE` transaction, so a store racing a release of the same content in another
-process either finds the blob (and holds it) or stores it anew, never half of each.
+uploaded, `ref_counters` the store's counters, and `ref_holders` (since version 2) the
+explicit references each holder has on a blob (`refs.refcount` is the total). Refcount
+changes run inside the writer's `BEGIN IMMEDIATE` transaction, so a store racing a release
+of the same content in another process either finds the blob (and holds it) or stores it
+anew, never half of each.
 
 A stored payload that refers to a blob holds one reference; every feature takes and gives
 back such references through `hold_ref`, `drop_ref` and `drop_refs`, inside the transaction
@@ -14,14 +16,27 @@ that stores or removes the row.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from ..._errors import RefNotFound
-from ..._ref_records import REF_FLAG, Ref, RefMeta, RefStats, merge_expiry, ref_id_in
+import msgspec
+
+from ..._errors import RefNotFound, RefNotHeld
+from ..._records import ScheduleSpec, StoredReply
+from ..._ref_records import (
+    LEGACY_HOLDER,
+    REF_FLAG,
+    Ref,
+    RefMeta,
+    RefStats,
+    merge_expiry,
+    ref_id_in,
+)
 from ..contracts import ReferenceStore
 from .access import Access
-from .schema import FeatureSchema
+from .schema import DEAD, DELAYED, IN_FLIGHT, READY, FeatureSchema
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS refs (
@@ -55,8 +70,61 @@ CREATE TABLE IF NOT EXISTS ref_counters (
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+_HOLDERS_DDL = """
+CREATE TABLE IF NOT EXISTS ref_holders (
+    ref_id  TEXT NOT NULL,
+    holder  TEXT NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (ref_id, holder)
+) WITHOUT ROWID
+"""
+# The rows that hold a reference, by table, as versions 1 and 2 store them; the reply slots'
+# and schedules' payloads are inside encoded records.
+_ROW_HOLDS = {
+    "messages": f"SELECT data FROM messages WHERE data_kind & {REF_FLAG}"
+    f" AND state IN ({READY}, {IN_FLIGHT}, {DELAYED}, {DEAD})",
+    "kv": f"SELECT data FROM kv WHERE data_kind & {REF_FLAG} AND data IS NOT NULL",
+    "kv_history": f"SELECT data FROM kv_history WHERE data_kind & {REF_FLAG}",
+    "topic_log": f"SELECT data FROM topic_log WHERE data_kind & {REF_FLAG}",
+    "requests": "SELECT reply FROM requests WHERE reply IS NOT NULL",
+    "schedules": "SELECT spec FROM schedules",
+}
+_RECORDS: dict[str, type[StoredReply] | type[ScheduleSpec]] = {
+    "requests": StoredReply,
+    "schedules": ScheduleSpec,
+}
+
+
+def _count_holders(conn: sqlite3.Connection) -> None:
+    """Version 2: record explicit references per holder. Those of a store written before (its
+    refcount less the references its rows hold) go to `LEGACY_HOLDER`; a row that cannot be
+    decoded counts as explicit, so in doubt a blob is kept, never lost."""
+    conn.execute(_HOLDERS_DDL)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    held: Counter[str] = Counter()
+    for table, query in _ROW_HOLDS.items():
+        if table not in tables:
+            continue
+        record = _RECORDS.get(table)
+        for (data,) in conn.execute(query):
+            if record is not None:
+                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                    got = msgspec.msgpack.decode(data, type=record)
+                    data = got.data if got.data_kind & REF_FLAG else None
+            if isinstance(data, bytes):
+                held[data.decode("ascii", "replace")] += 1
+    conn.executemany(
+        "INSERT INTO ref_holders (ref_id, holder, count) VALUES (?, ?, ?)",
+        [
+            (ref_id, LEGACY_HOLDER, refcount - held[ref_id])
+            for ref_id, refcount in conn.execute("SELECT id, refcount FROM refs").fetchall()
+            if refcount > held[ref_id]
+        ],
+    )
+
+
 #: The reference tables and their versions.
-SCHEMA = FeatureSchema("references", _DDL)
+SCHEMA = FeatureSchema("references", _DDL, migrations=(_count_holders,))
 
 #: SQL true for a row (with `data_kind`) whose payload refers to a blob.
 HOLDS_REF = f"data_kind & {REF_FLAG}"
@@ -107,6 +175,7 @@ def _evict(conn: sqlite3.Connection, ref_id: str, where: str = "") -> Ref | None
         return None
     conn.execute("DELETE FROM ref_chunks WHERE key BETWEEN ? AND ?", _span(row[0]))
     conn.execute("DELETE FROM ref_blobs WHERE blob = ?", (row[0],))
+    conn.execute("DELETE FROM ref_holders WHERE ref_id = ?", (ref_id,))
     _bump(conn, "evictions")
     return Ref(*row[1:])
 
@@ -147,6 +216,28 @@ def drop_ref(conn: sqlite3.Connection, data: bytes | None, kind: int) -> None:
         drop_refs(conn, (data,))
 
 
+def _hold(conn: sqlite3.Connection, ref_id: str, holder: str, delta: int) -> bool:
+    """Change `holder`'s count on `ref_id` by `delta`; False (nothing changed) if that would
+    take it below zero."""
+    if delta > 0:
+        conn.execute(
+            "INSERT INTO ref_holders (ref_id, holder, count) VALUES (?, ?, ?)"
+            " ON CONFLICT (ref_id, holder) DO UPDATE SET count = count + excluded.count",
+            (ref_id, holder, delta),
+        )
+        return True
+    row = conn.execute(
+        "UPDATE ref_holders SET count = count + ? WHERE ref_id = ? AND holder = ?"
+        " AND count + ? >= 0 RETURNING count",
+        (delta, ref_id, holder, delta),
+    ).fetchone()
+    if row is None:
+        return delta == 0
+    if row[0] == 0:
+        conn.execute("DELETE FROM ref_holders WHERE ref_id = ? AND holder = ?", (ref_id, holder))
+    return True
+
+
 def _existing(conn: sqlite3.Connection, meta: RefMeta) -> Ref | None:
     row = conn.execute("SELECT expires_at FROM refs WHERE id = ?", (meta.id,)).fetchone()
     if row is None:
@@ -185,8 +276,11 @@ class SQLiteReferences(ReferenceStore):
     def __init__(self, db: Access) -> None:
         self._db = db
 
-    async def ref_put(self, meta: RefMeta, chunks: Sequence[bytes], *, now: float) -> Ref:
+    async def ref_put(
+        self, meta: RefMeta, chunks: Sequence[bytes], *, holder: str, now: float
+    ) -> Ref:
         def op(conn: sqlite3.Connection, touched: set[str]) -> Ref:
+            _hold(conn, meta.id, holder, 1)
             found = _existing(conn, meta)
             if found is not None:
                 return found
@@ -213,8 +307,9 @@ class SQLiteReferences(ReferenceStore):
         result: int = await self._db.do(op)
         return result
 
-    async def ref_commit(self, upload: int, meta: RefMeta, *, now: float) -> Ref:
+    async def ref_commit(self, upload: int, meta: RefMeta, *, holder: str, now: float) -> Ref:
         def op(conn: sqlite3.Connection, touched: set[str]) -> Ref:
+            _hold(conn, meta.id, holder, 1)
             found = _existing(conn, meta)
             lo, hi = _span(upload)
             if found is not None:
@@ -260,8 +355,14 @@ class SQLiteReferences(ReferenceStore):
         result: tuple[Ref | None, list[bytes]] = await self._db.do(op)
         return result
 
-    async def ref_adjust(self, ref_id: str, delta: int, *, now: float) -> Ref | None:
+    async def ref_adjust(
+        self, ref_id: str, delta: int, *, holder: str | None, now: float
+    ) -> Ref | None:
         def op(conn: sqlite3.Connection, touched: set[str]) -> Ref | None:
+            if conn.execute("SELECT 1 FROM refs WHERE id = ?", (ref_id,)).fetchone() is None:
+                return None
+            if holder is not None and not _hold(conn, ref_id, holder, delta):
+                raise RefNotHeld(ref_id, holder)
             row = conn.execute(
                 f"UPDATE refs SET refcount = max(refcount + ?, 0) WHERE id = ? RETURNING {_COLS}",
                 (delta, ref_id),
