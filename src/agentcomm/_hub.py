@@ -23,6 +23,7 @@ from ._holds import RefHolder
 from ._models import (
     AgentInfo,
     DeadLetter,
+    CheckReport,
     HubStats,
     MailboxStats,
     PendingInfo,
@@ -351,6 +352,11 @@ class Hub:
     async def prune(self) -> PruneReport:
         """Run a retention pass now (the hub also runs one every `retention.interval`)."""
         return await self._require_backend().backend.prune(self._ctx.now())
+
+    async def check(self) -> CheckReport:
+        """Check the store for damage (SQLite: `PRAGMA integrity_check` and stored records that
+        cannot be decoded) and report what is wrong; `agentcomm check URL` prints this."""
+        return await self._require_backend().backend.check()
 
     async def stats(self) -> HubStats:
         """Counters: sent, deduplicated, expired, dead-lettered, late replies, scheduled runs."""

@@ -8,6 +8,7 @@ import msgspec
 
 __all__ = [
     "AgentInfo",
+    "CheckReport",
     "DeadLetter",
     "HubStats",
     "MailboxStats",
@@ -84,6 +85,20 @@ class ScheduleInfo(msgspec.Struct, frozen=True):
     every: float | None
     next_run: float
     runs: int
+
+
+class CheckReport(msgspec.Struct, frozen=True):
+    """What `Hub.check()` found: `ok` when nothing is wrong, else each problem in `problems`."""
+
+    backend: str
+    #: What was checked, e.g. "PRAGMA integrity_check" (or "nothing to check").
+    checked: str
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the check found nothing wrong."""
+        return not self.problems
 
 
 class HubStats(msgspec.Struct, frozen=True):

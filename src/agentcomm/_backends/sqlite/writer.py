@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..._errors import AgentCommError, BackendError, BackendUnavailable, HubClosed
+from .files import REMEDY, is_damaged
 
 T = TypeVar("T")
 
@@ -51,9 +52,14 @@ def map_sqlite_error(exc: BaseException) -> BaseException:
             f"The SQLite database stayed locked past the busy timeout ({exc}). "
             "Another process holds a long write transaction; raise busy_timeout in the URL."
         )
-    elif isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+    elif is_damaged(exc):
+        mapped = BackendError(f"SQLite reports the file is damaged or not a database ({exc}). {REMEDY}")
+    elif isinstance(exc, sqlite3.OperationalError) and (
+        "readonly" in str(exc) or "unable to open" in str(exc)
+    ):
         mapped = BackendError(
-            f"The file is not an agentcomm SQLite database ({exc}). Check the path in the URL."
+            f"SQLite cannot write to the store ({exc}): the file or its directory became "
+            "read-only or was removed. Make it writable again, or open the hub on another file."
         )
     elif isinstance(exc, sqlite3.Error):
         mapped = BackendError(f"SQLite failed: {exc}")
