@@ -22,8 +22,8 @@ from ._errors import AgentCommError, HubClosed, ValidationError
 from ._holds import RefHolder
 from ._models import (
     AgentInfo,
-    DeadLetter,
     CheckReport,
+    DeadLetter,
     HubStats,
     MailboxStats,
     PendingInfo,

@@ -60,12 +60,14 @@ def _sqlite(path: str, query: dict[str, str], retention: Retention) -> Backend:
     busy = query.get("busy_timeout", "10000")
     if not (busy.isascii() and busy.isdigit()) or int(busy) > _MAX_BUSY_TIMEOUT_MS:
         raise ConfigurationError(
-            f"busy_timeout must be a whole number of milliseconds from 0 to "
+            f"Bad sqlite URL option: busy_timeout must be a whole number of milliseconds from 0 to "
             f"{_MAX_BUSY_TIMEOUT_MS}, not {busy!r}."
         )
     create = query.get("create", "0").lower()
     if create not in _FLAGS:
-        raise ConfigurationError(f"create must be 1 or 0 (true or false), not {create!r}.")
+        raise ConfigurationError(
+            f"Bad sqlite URL option: create must be 1 or 0 (true or false), not {create!r}."
+        )
     return SQLiteBackend(
         path,
         retention,
@@ -84,7 +86,7 @@ def _recheck(text: str) -> float:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise ConfigurationError(
-            f"recheck must be a finite number of seconds > 0 (e.g. recheck=2), not {text!r}."
+            f"Bad sqlite URL option: recheck must be a finite number of seconds > 0 (e.g. 2), not {text!r}."
         )
     return value
 

@@ -364,7 +364,9 @@ class Backend(abc.ABC):
 
     async def check(self) -> CheckReport:
         """Check the stored state for damage; the default: a store with nothing to check."""
-        return CheckReport(type(self).__name__.removesuffix("Backend").lower(), "nothing to check", [])
+        return CheckReport(
+            type(self).__name__.removesuffix("Backend").lower(), "nothing to check", []
+        )
 
     @property
     def capabilities(self) -> frozenset[str]:

@@ -79,13 +79,13 @@ class SQLiteBackend(Backend):
                 self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
             )
         except sqlite3.Error as exc:
-            raise files.open_error(self.path, exc) or exc
+            raise _on_open(self.path, exc) from exc
         try:
             schema.migrate(conn, SCHEMAS)
             references.install(conn, lambda: self.ref_gc_strategy)
         except sqlite3.Error as exc:
             conn.close()
-            raise files.open_error(self.path, exc) or exc
+            raise _on_open(self.path, exc) from exc
         except BaseException:
             conn.close()
             raise
@@ -169,6 +169,10 @@ class SQLiteBackend(Backend):
 
         counters: dict[str, int] = await self._db.read(op)
         return HubStats(**{f: counters.get(f, 0) for f in HubStats.__struct_fields__})
+
+
+def _on_open(path: str, exc: sqlite3.Error) -> BaseException:
+    return files.open_error(path, exc) or map_sqlite_error(exc)
 
 
 def _no_op(_channels: set[str]) -> None:

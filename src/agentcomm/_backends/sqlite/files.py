@@ -111,6 +111,11 @@ def open_error(path: str, exc: sqlite3.Error) -> BackendError | ConfigurationErr
             f"Cannot open the SQLite store {path!r} for writing ({text}): the file or its "
             "directory is read-only, or the directory is gone. Use a writable location."
         )
+    if "not a database" in text:
+        return BackendError(
+            f"The file is not an agentcomm SQLite database ({text}): check the path in the URL "
+            f"({path!r}). If it is your store, it is damaged. {REMEDY}"
+        )
     if is_damaged(exc):
         return BackendError(f"Cannot open the SQLite store {path!r} ({text}). {REMEDY}")
     return None

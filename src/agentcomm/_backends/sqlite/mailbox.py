@@ -34,7 +34,6 @@ from ..._records import (
     StoredMessage,
     StoredReply,
 )
-from ..._scheduling import next_occurrence, scheduled_message
 from ..._settings import Retention
 from ..common import (
     REPLY_GRACE,
@@ -45,6 +44,7 @@ from ..common import (
     reply_channel,
 )
 from ..contracts import MailboxStore
+from . import schedules
 from .access import Access
 from .references import HOLDS_REF, PAYLOAD_SIZE, REF_COL, drop_ref, drop_refs, hold_ref
 from .schema import (
@@ -100,7 +100,6 @@ _PRUNE_BATCH = 10_000
 
 _reply_encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(StoredReply)
-_spec_decoder = msgspec.msgpack.Decoder(ScheduleSpec)
 
 
 def _bump(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
@@ -110,6 +109,10 @@ def _bump(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
             " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             (name, n),
         )
+
+
+def _insert(conn: sqlite3.Connection, m: NewMessage, now: float) -> None:
+    conn.execute(_INSERT, _row_tuple(m, now))
 
 
 def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
@@ -359,21 +362,7 @@ class SQLiteMailboxes(MailboxStore):
             ).fetchall()
 
         rows: list[tuple[Any, ...]] = await self._db.read(op)
-        return [
-            DeadLetter(
-                id=r[0],
-                sender=r[1],
-                recipient=r[2],
-                type=r[3],
-                reason=r[4] or "",
-                attempts=r[5],
-                enqueued_at=r[6],
-                dead_at=r[7],
-                data=decode_payload(r[8], r[9]),
-                metadata=decode_metadata(r[10]),
-            )
-            for r in rows
-        ]
+        return [_dead_letter(r) for r in rows]
 
     async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
         def op(conn: sqlite3.Connection, touched: set[str]) -> int:
@@ -453,53 +442,29 @@ class SQLiteMailboxes(MailboxStore):
 
     async def cancel_schedule(self, schedule_id: str) -> bool:
         def op(conn: sqlite3.Connection, touched: set[str]) -> bool:
-            gone = conn.execute(
-                "DELETE FROM schedules WHERE id = ? RETURNING spec", (schedule_id,)
-            ).fetchone()
-            if gone is not None:
-                spec = _spec_decoder.decode(gone[0])
-                drop_ref(conn, spec.data, spec.data_kind)
+            gone = schedules.cancel_in(conn, schedule_id)
+            if gone:
                 touched.add(SCHEDULES_CHANNEL)
-            return gone is not None
+            return gone
 
         result: bool = await self._db.do(op)
         return result
 
     async def list_schedules(self) -> list[ScheduleInfo]:
-        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[bytes, float, int]]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[Any]:
             return conn.execute(
-                "SELECT spec, next_run, runs FROM schedules ORDER BY next_run"
+                "SELECT id, spec, next_run, runs FROM schedules ORDER BY next_run"
             ).fetchall()
 
-        rows: list[tuple[bytes, float, int]] = await self._db.read(op)
-        out = []
-        for blob, next_run, runs in rows:
-            s = _spec_decoder.decode(blob)
-            out.append(
-                ScheduleInfo(s.id, s.sender, s.recipient, s.type, s.cron, s.every, next_run, runs)
-            )
-        return out
+        return schedules.infos(await self._db.read(op))
+
+    def undecodable_in(self, conn: sqlite3.Connection) -> list[str]:
+        """One line per stored record that cannot be decoded (for `Backend.check`)."""
+        return schedules.undecodable_in(conn)
 
     async def fire_due(self, now: float) -> float | None:
         def op(conn: sqlite3.Connection, touched: set[str]) -> float | None:
-            due = conn.execute(
-                "SELECT spec, next_run FROM schedules WHERE next_run <= ? ORDER BY next_run"
-                " LIMIT 256",
-                (now,),
-            ).fetchall()
-            for blob, next_run in due:
-                spec = _spec_decoder.decode(blob)
-                conn.execute(_INSERT, _row_tuple(scheduled_message(spec, now), now))
-                hold_ref(conn, spec.data, spec.data_kind)
-                upcoming = next_occurrence(spec.cron, spec.every, next_run, now)
-                conn.execute(
-                    "UPDATE schedules SET next_run = ?, runs = runs + 1 WHERE id = ?",
-                    (upcoming, spec.id),
-                )
-                touched.add(mail_channel(spec.recipient))
-            _bump(conn, "scheduled_runs", len(due))
-            nxt: float | None = conn.execute("SELECT MIN(next_run) FROM schedules").fetchone()[0]
-            return nxt
+            return schedules.fire_due_in(conn, now, touched, _insert, _bump)
 
         result: float | None = await self._db.do(op)
         return result
@@ -551,6 +516,26 @@ class SQLiteMailboxes(MailboxStore):
                 stored = _reply_decoder.decode(blob)
                 drop_ref(conn, stored.data, stored.data_kind)
         return PruneReport(expired, len(dead_rows), pruned, keys, len(stale))
+
+
+def _dead_letter(r: tuple[Any, ...]) -> DeadLetter:
+    try:
+        data, metadata, error = decode_payload(r[8], r[9]), decode_metadata(r[10]), None
+    except Exception as exc:  # one bad row must not fail the listing
+        data, metadata, error = None, {}, f"cannot be decoded: {type(exc).__name__}: {exc}"
+    return DeadLetter(
+        id=r[0],
+        sender=r[1],
+        recipient=r[2],
+        type=r[3],
+        reason=r[4] or "",
+        attempts=r[5],
+        enqueued_at=r[6],
+        dead_at=r[7],
+        data=data,
+        metadata=metadata,
+        error=error,
+    )
 
 
 def _fire_timers(conn: sqlite3.Connection, agent: str, now: float) -> None:

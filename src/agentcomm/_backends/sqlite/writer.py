@@ -53,7 +53,9 @@ def map_sqlite_error(exc: BaseException) -> BaseException:
             "Another process holds a long write transaction; raise busy_timeout in the URL."
         )
     elif is_damaged(exc):
-        mapped = BackendError(f"SQLite reports the file is damaged or not a database ({exc}). {REMEDY}")
+        mapped = BackendError(
+            f"SQLite reports the file is damaged or not a database ({exc}). {REMEDY}"
+        )
     elif isinstance(exc, sqlite3.OperationalError) and (
         "readonly" in str(exc) or "unable to open" in str(exc)
     ):
