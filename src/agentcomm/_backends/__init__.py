@@ -86,7 +86,8 @@ def _recheck(text: str) -> float:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise ConfigurationError(
-            f"Bad sqlite URL option: recheck must be a finite number of seconds > 0 (e.g. 2), not {text!r}."
+            "Bad sqlite URL option: recheck must be a finite number of seconds > 0 (e.g. 2), "
+            f"not {text!r}."
         )
     return value
 
