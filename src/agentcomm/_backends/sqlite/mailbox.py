@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from ..._codec import decode_metadata, decode_payload
-from ..._errors import UnknownAgent
+from ..._deadline import CALL_DEADLINE
+from ..._errors import BackendUnavailable, UnknownAgent
 from ..._models import (
     AgentInfo,
     DeadLetter,
@@ -97,6 +98,10 @@ _MAX_ATTEMPTS = f"SELECT max_attempts FROM messages WHERE {_LIVE}"
 _RETRY = f"UPDATE messages SET state = ?, visible_at = ? WHERE {_LIVE}"
 _DEAD_LETTER = f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE {_LIVE}"
 _PRUNE_BATCH = 10_000
+_LOCKED = (
+    "The SQLite database stayed locked past the call's timeout, so nothing was sent: another "
+    "process holds a long write transaction. Retry, or find the process that holds the lock."
+)
 
 _reply_encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(StoredReply)
@@ -220,7 +225,10 @@ class SQLiteMailboxes(MailboxStore):
             _bump(conn, "deduplicated", deduplicated)
             return ids
 
-        result: list[str] = await self._db.do(op)
+        if CALL_DEADLINE.get() is None:
+            result: list[str] = await self._db.do(op)
+        else:  # a request's send: give up, storing nothing, if the file stays locked
+            result = await self._db.do_by_deadline(op, BackendUnavailable(_LOCKED))
         return result
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
@@ -232,7 +240,8 @@ class SQLiteMailboxes(MailboxStore):
             next_wake = conn.execute(_NEXT_WAKE, (agent,)).fetchone()[0]
             return rows, next_wake
 
-        rows, next_wake = await self._db.do(op)
+        # past the caller's deadline with the file locked: nothing claimed, nothing changed
+        rows, next_wake = await self._db.do_by_deadline(op, ([], None))
         messages = [StoredMessage(*r) for r in rows]
         if len(messages) > 1:  # RETURNING gives no order guarantee
             messages.sort(key=lambda m: (-m.priority, m.seq))
@@ -421,7 +430,7 @@ class SQLiteMailboxes(MailboxStore):
             blob: bytes | None = row[0]
             return blob
 
-        blob: bytes | None = await self._db.do(op)
+        blob: bytes | None = await self._db.do_by_deadline(op, None)
         return None if blob is None else _reply_decoder.decode(blob)
 
     # --- schedules -----------------------------------------------------------------------------
