@@ -77,7 +77,7 @@ async def test_another_programs_database_is_refused(tmp_path: Path) -> None:
 
 async def test_a_missing_directory_is_refused_not_created(tmp_path: Path) -> None:
     path = tmp_path / "no" / "such" / "x.db"
-    with pytest.raises(agentcomm.ConfigurationError, match="does not exist.*Create it first"):
+    with pytest.raises(agentcomm.ConfigurationError, match=r"does not exist.*Create it first"):
         await agentcomm.connect(url_of(path)).open()
     assert not (tmp_path / "no").exists()
 
@@ -96,15 +96,15 @@ async def test_a_read_only_directory_or_file_says_so(
     await fill(path, 1)
     real_access = os.access
 
-    def access(target: object, mode: int, **kwargs: object) -> bool:
+    def access(target: str, mode: int, **kwargs: object) -> bool:
         return False if mode & os.W_OK and str(target) == denied else real_access(target, mode)
 
     monkeypatch.setattr(os, "access", access)
     denied = str(tmp_path)
-    with pytest.raises(agentcomm.ConfigurationError, match="directory .* is read-only"):
+    with pytest.raises(agentcomm.ConfigurationError, match=r"directory .* is read-only"):
         await agentcomm.connect(url_of(path)).open()
     denied = str(path)
-    with pytest.raises(agentcomm.ConfigurationError, match="file .* is read-only"):
+    with pytest.raises(agentcomm.ConfigurationError, match=r"file .* is read-only"):
         await agentcomm.connect(url_of(path)).open()
 
 
@@ -157,12 +157,13 @@ async def test_a_damaged_store_names_the_remedy_and_check_reports_it(tmp_path: P
                 for _ in range(3):  # reading the damaged pages fails, with the remedy
                     await agent.receive_many(1000, timeout=0)
                     await hub.pending("a", limit=5000)
+            message = str(caught.value)
             report = await hub.check()
             assert not report.ok and report.backend == "sqlite"
             assert any("backup" in p for p in report.problems)
     except agentcomm.BackendError as exc:  # or the damage shows already when opening
-        caught = pytest.ExceptionInfo.from_exc_info((type(exc), exc, exc.__traceback__))
-    assert "agentcomm check URL" in str(caught.value) and "backup" in str(caught.value)
+        message = str(exc)
+    assert "agentcomm check URL" in message and "backup" in message
     code, out = await asyncio.to_thread(check_cli, url_of(path))
     assert code == 1 and "problem(s) found" in out
 
