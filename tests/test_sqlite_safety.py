@@ -226,3 +226,24 @@ async def test_receive_and_request_keep_their_timeout_while_the_file_is_locked(
         assert msg is not None and msg.data == "waiting" and msg.attempt == 1
         await msg.ack()
         assert await hub.pending("b") == []  # the request given up was never stored
+
+
+async def test_a_durable_next_keeps_its_timeout_while_the_file_is_locked(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with agentcomm.connect(url_of(path)) as hub:
+        a = await hub.agent("a")
+        sub = await a.subscribe("jobs.>", durable="workers")
+        await a.publish("jobs.one", 1)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(agentcomm.BackendUnavailable, match="locked past the call"):
+                await sub.next(timeout=1)
+            assert time.monotonic() - started < 3
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        msg = await sub.next(timeout=5)  # nothing was claimed meanwhile
+        assert msg is not None and msg.data == 1 and msg.attempt == 1
+        await sub.aclose()
