@@ -6,6 +6,7 @@ The bad state is made behind agentcomm's back: raw SQL on SQLite, poking the sto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import sqlite3
@@ -14,9 +15,11 @@ from urllib.parse import urlsplit
 
 import msgspec
 import pytest
+from typer.testing import CliRunner
 
 import agentcomm
 from agentcomm._backends.memory import MemoryBackend
+from agentcomm._cli import app
 
 BACKENDS = ["memory", "sqlite"]
 HOUR = 3600.0
@@ -179,3 +182,30 @@ async def test_a_message_that_cannot_be_decoded_can_be_received_and_dead_lettere
         assert nxt is not None and nxt.data == "fine"
         [letter] = await hub.dead_letters("a")
         assert letter.id == bad and letter.data is None and letter.error is not None
+
+
+def test_inspect_shows_a_parked_schedule(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+
+    async def make() -> str:
+        async with agentcomm.connect(url, background=False) as hub:
+            boss = await hub.agent("boss")
+            return await boss.schedule("boss", "x", every=HOUR)
+
+    bad = asyncio.run(make())
+    path = sqlite_path(url)
+    assert path is not None
+    spoil_schedule_sql(path, bad, "garbage")
+
+    async def fire() -> None:  # opening with background tasks fires what is due once
+        async with agentcomm.connect(url) as hub:
+            for _ in range(50):
+                if (await hub.stats()).undecodable:
+                    return
+                await asyncio.sleep(0.05)
+
+    asyncio.run(fire())
+    env = {"COLUMNS": "250", "NO_COLOR": "1", "AGENTCOMM_URL": None}
+    result = CliRunner().invoke(app, ["inspect", url], env=env)
+    assert result.exit_code == 0, result.output
+    assert "never (parked)" in result.output and bad in result.output

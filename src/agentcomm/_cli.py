@@ -285,6 +285,10 @@ def _schedules_table(schedules: list[ScheduleInfo]) -> Table:
         table.add_column(name)
     table.add_column("runs", justify="right")
     for s in schedules:
+        if s.error is not None:  # parked: shown with its error, cancel it to remove it
+            table.add_row(s.id, s.sender, s.recipient, s.type, Text(s.error, style="red"),
+                          "never (parked)", str(s.runs))  # fmt: skip
+            continue
         rule = f"cron {s.cron}" if s.cron is not None else f"every {s.every:g} s"
         table.add_row(s.id, s.sender, s.recipient, s.type, rule, _when(s.next_run), str(s.runs))
     if not schedules:

@@ -56,12 +56,16 @@ class Wakeups:
         """Whether the deadline passed."""
         return self._deadline is not None and self._deadline <= self._loop.time()
 
-    async def bounded(self, look: Awaitable[T]) -> T:
-        """Await a look in storage with this call's deadline known to the backend, which then
-        gives up on a wait for a lock shortly after it (see `agentcomm._deadline`)."""
+    def bounded(self, look: Awaitable[T]) -> Awaitable[T]:
+        """`look` (a look in storage) with this call's deadline known to the backend, which
+        then gives up on a wait for a lock shortly after it (see `agentcomm._deadline`)."""
         if self._deadline is None:
-            return await look
-        token = CALL_DEADLINE.set(self._deadline)
+            return look  # nothing to bound: no extra frame
+        return self._bounded(look, self._deadline)
+
+    @staticmethod
+    async def _bounded(look: Awaitable[T], deadline: float) -> T:
+        token = CALL_DEADLINE.set(deadline)
         try:
             return await look
         finally:
