@@ -6,8 +6,7 @@ from typing import Any
 
 import msgspec
 
-from . import _errors
-from ._errors import EncodeError
+from ._errors import BackendError, EncodeError
 from ._records import DataKind
 from ._ref_records import REF_FLAG
 
@@ -73,10 +72,10 @@ def decode_metadata(data: bytes | None) -> dict[str, Any]:
     return result
 
 
-def undecodable(what: str, exc: BaseException) -> _errors.BackendError:
+def undecodable(what: str, exc: BaseException) -> BackendError:
     """The error for a stored value that cannot be decoded (not written by agentcomm, or
     damaged)."""
-    return _errors.BackendError(
+    return BackendError(
         f"A stored {what} cannot be decoded ({type(exc).__name__}: {exc}): it was not written "
         "by agentcomm, or the store is damaged. Remove the entry (dead-letter the message, "
         "delete the key) and run `agentcomm check URL`."
