@@ -30,6 +30,7 @@ from ._hub import Hub, connect
 from ._mailbox import Message, Reply
 from ._models import (
     AgentInfo,
+    CheckReport,
     DeadLetter,
     HubStats,
     MailboxStats,
@@ -57,6 +58,7 @@ __all__ = [
     "BackendUnavailable",
     "Backoff",
     "Change",
+    "CheckReport",
     "ConfigurationError",
     "DeadLetter",
     "EncodeError",

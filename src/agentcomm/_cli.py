@@ -1,9 +1,10 @@
-"""The `agentcomm` command: `agentcomm demo` runs a scenario, `agentcomm inspect` shows a store."""
+"""The `agentcomm` command: `demo` runs a scenario, `inspect` shows a store, `check` checks it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -12,16 +13,18 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._backends import DEFAULT_URL
 from ._backends.sqlite.wake import wake_dir_for
 from ._demo import DemoEvent, DemoResult, StoreSnapshot, run_demo, snapshot
 from ._errors import AgentCommError, NotFound
-from ._hub import connect
-from ._models import AgentInfo, DeadLetter, HubStats, MailboxStats, ScheduleInfo
+from ._hub import Hub, connect
+from ._models import AgentInfo, CheckReport, DeadLetter, HubStats, MailboxStats, ScheduleInfo
 
 __all__ = ["app", "main"]
 
@@ -144,13 +147,54 @@ def inspect(
 
 
 async def _snapshot(url: str | None) -> StoreSnapshot:
-    hub = connect(url, background=False)  # no schedule firing, no pruning: look only
+    async with _existing(url) as hub:
+        return await snapshot(hub)
+
+
+def _existing(url: str | None) -> Hub:
+    """A hub on the store at `url` that does nothing by itself (no schedules fired, no pruning);
+    NotFound if it is a SQLite file that does not exist (opening would create it)."""
+    hub = connect(url, background=False)
     path = _sqlite_path(hub.url)
     if path is not None and not path.is_file():
-        # opening would create an empty store, which is never what inspecting means
         raise NotFound(f"No agentcomm store at {path} ({hub.url}); check the path or the URL.")
-    async with hub:
-        return await snapshot(hub)
+    return hub
+
+
+@app.command()
+def check(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="Store URL. [default: $AGENTCOMM_URL, else sqlite:///agentcomm.db]"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check a store for damage (SQLite: PRAGMA integrity_check); exit 1 if anything is wrong."""
+    try:
+        shown, report = asyncio.run(_check(url))
+    except AgentCommError as exc:  # a store that cannot even be opened is the problem found
+        shown = url or os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
+        scheme = urlsplit(shown).scheme.lower() or "?"
+        report = CheckReport(scheme, "opening the store", [str(exc)])
+    if as_json:
+        typer.echo(json.dumps({"url": shown, "ok": report.ok, **msgspec.to_builtins(report)}))
+    else:
+        console = Console(highlight=False)
+        if report.ok:
+            console.print(f"{shown}: ok ({report.checked})")
+        else:
+            console.print(
+                Text(f"{shown}: {len(report.problems)} problem(s) found", style="bold red")
+            )
+            for problem in report.problems:
+                console.print(f"  - {problem}", soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+async def _check(url: str | None) -> tuple[str, CheckReport]:
+    async with _existing(url) as hub:
+        return hub.url, await hub.check()
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -241,6 +285,10 @@ def _schedules_table(schedules: list[ScheduleInfo]) -> Table:
         table.add_column(name)
     table.add_column("runs", justify="right")
     for s in schedules:
+        if s.error is not None:  # parked: shown with its error, cancel it to remove it
+            table.add_row(s.id, s.sender, s.recipient, s.type, Text(s.error, style="red"),
+                          "never (parked)", str(s.runs))  # fmt: skip
+            continue
         rule = f"cron {s.cron}" if s.cron is not None else f"every {s.every:g} s"
         table.add_row(s.id, s.sender, s.recipient, s.type, rule, _when(s.next_run), str(s.runs))
     if not schedules:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._errors import EncodeError, ValidationError
+from ._errors import BackendError, EncodeError, ValidationError
 from ._records import DataKind
 from ._ref_records import REF_FLAG
 from ._validation import check_metadata
@@ -136,11 +136,14 @@ class StoredRef(msgspec.Struct, frozen=True):
 
 def decode_payload(data: bytes, kind: int) -> Any:
     """Decode what `encode_payload` produced; a payload held by reference stays a StoredRef."""
-    if kind & REF_FLAG:
-        return StoredRef(data.decode("ascii"), kind & ~REF_FLAG)
-    if kind == DataKind.BYTES:
-        return data
-    return _decoder.decode(data)
+    try:
+        if kind & REF_FLAG:
+            return StoredRef(data.decode("ascii"), kind & ~REF_FLAG)
+        if kind == DataKind.BYTES:
+            return data
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, AttributeError) as exc:
+        raise undecodable("payload", exc) from exc
 
 
 def encode_metadata(
@@ -170,5 +173,20 @@ def decode_metadata(data: bytes | None) -> dict[str, Any]:
     """Decode what `encode_metadata` produced."""
     if data is None:
         return {}
-    result: dict[str, Any] = _decoder.decode(data)
+    try:
+        result = _decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise undecodable("metadata", exc) from exc
+    if not isinstance(result, dict):
+        raise undecodable("metadata", TypeError(f"a {type(result).__name__}, not a mapping"))
     return result
+
+
+def undecodable(what: str, exc: BaseException) -> BackendError:
+    """The error for a stored value that cannot be decoded (not written by agentcomm, or
+    damaged)."""
+    return BackendError(
+        f"A stored {what} cannot be decoded ({type(exc).__name__}: {exc}): it was not written "
+        "by agentcomm, or the store is damaged. Remove the entry (dead-letter the message, "
+        "delete the key) and run `agentcomm check URL`."
+    )

@@ -20,6 +20,7 @@ from ._codec import StoredRef, decode_payload
 from ._context import Clock, Context
 from ._errors import (
     AgentCommError,
+    BackendError,
     ConfigurationError,
     HubClosed,
     IntegrityError,
@@ -29,6 +30,7 @@ from ._errors import (
 from ._holds import RefHolder
 from ._models import (
     AgentInfo,
+    CheckReport,
     DeadLetter,
     HubStats,
     MailboxStats,
@@ -351,8 +353,8 @@ class Hub:
     async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
         """Dead-lettered messages of `agent`, with reason and attempts, oldest first.
 
-        A letter whose payload cannot be read (its blob is gone or damaged) is listed with
-        the error (`RefNotFound` or `IntegrityError`) as its `data`; the others list as usual.
+        A letter whose payload cannot be read (its blob is gone or damaged, or it cannot be
+        decoded) is listed with `data=None` and the reason in `error`; the others list as usual.
         """
         check_name("agent name", agent)
         check_int("limit", limit, 1, MAX_LISTING)
@@ -362,15 +364,13 @@ class Hub:
         for letter in letters:
             if isinstance(letter.data, StoredRef):  # a dead letter still holds its payload
                 ref = letter.data
-                value: Any
                 try:
                     data, kind, _ = await backend.refs.load(
                         ref.id.encode("ascii"), ref.kind | REF_FLAG
                     )
-                    value = decode_payload(data, kind)
-                except (RefNotFound, IntegrityError) as exc:
-                    value = exc
-                letter = msgspec.structs.replace(letter, data=value)
+                    letter = msgspec.structs.replace(letter, data=decode_payload(data, kind))
+                except (RefNotFound, IntegrityError, BackendError) as exc:
+                    letter = msgspec.structs.replace(letter, data=None, error=str(exc))
             out.append(letter)
         return out
 
@@ -434,6 +434,11 @@ class Hub:
     async def prune(self) -> PruneReport:
         """Run a retention pass now (the hub also runs one every `retention.interval`)."""
         return await self._require_backend().backend.prune(self._ctx.now())
+
+    async def check(self) -> CheckReport:
+        """Check the store for damage (SQLite: `PRAGMA integrity_check` and stored records that
+        cannot be decoded) and report what is wrong; `agentcomm check URL` prints this."""
+        return await self._require_backend().backend.check()
 
     async def stats(self) -> HubStats:
         """Counters: sent, deduplicated, expired, dead-lettered, late replies, scheduled runs."""

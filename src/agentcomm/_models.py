@@ -8,6 +8,7 @@ import msgspec
 
 __all__ = [
     "AgentInfo",
+    "CheckReport",
     "DeadLetter",
     "HubStats",
     "MailboxStats",
@@ -71,6 +72,8 @@ class DeadLetter(msgspec.Struct, frozen=True):
     dead_at: float
     data: Any
     metadata: dict[str, Any]
+    #: Set when the stored payload or metadata cannot be decoded (`data` is then None).
+    error: str | None = None
 
 
 class ScheduleInfo(msgspec.Struct, frozen=True):
@@ -84,6 +87,23 @@ class ScheduleInfo(msgspec.Struct, frozen=True):
     every: float | None
     next_run: float
     runs: int
+    #: Set when the stored schedule cannot be decoded or fired: it is parked (never due, its
+    #: other fields may be empty) until cancelled with `hub.cancel_schedule(id)`.
+    error: str | None = None
+
+
+class CheckReport(msgspec.Struct, frozen=True):
+    """What `Hub.check()` found: `ok` when nothing is wrong, else each problem in `problems`."""
+
+    backend: str
+    #: What was checked, e.g. "PRAGMA integrity_check" (or "nothing to check").
+    checked: str
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the check found nothing wrong."""
+        return not self.problems
 
 
 class HubStats(msgspec.Struct, frozen=True):
@@ -95,6 +115,8 @@ class HubStats(msgspec.Struct, frozen=True):
     dead_lettered: int
     late_replies: int
     scheduled_runs: int
+    #: Stored records found that could not be decoded (each is reported once, then skipped).
+    undecodable: int = 0
 
 
 class PruneReport(msgspec.Struct, frozen=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
@@ -13,6 +14,8 @@ __all__ = ["Backend", "DEFAULT_URL", "open_backend", "with_prefix"]
 DEFAULT_URL = "sqlite:///agentcomm.db"
 _SCHEMES = ("sqlite", "memory", "redis", "rediss")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_MAX_BUSY_TIMEOUT_MS = 2**31 - 1  # SQLite takes an int
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def open_backend(url: str, retention: Retention) -> Backend:
@@ -45,29 +48,48 @@ def _sqlite(path: str, query: dict[str, str], retention: Retention) -> Backend:
             "A sqlite:// URL needs a file path, e.g. sqlite:///./agentcomm.db; "
             "for a store in memory use memory://."
         )
-    unknown = set(query) - {"synchronous", "busy_timeout", "recheck"}
+    unknown = set(query) - {"synchronous", "busy_timeout", "recheck", "create"}
     if unknown:
         raise ConfigurationError(
             f"Unknown sqlite URL option(s) {sorted(unknown)}; "
-            "known: synchronous, busy_timeout (ms), recheck (s)."
+            "known: synchronous, busy_timeout (ms), recheck (s), create (0 or 1)."
         )
     synchronous = query.get("synchronous", "NORMAL").upper()
     if synchronous not in _SYNCHRONOUS:
         raise ConfigurationError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}.")
-    try:
-        busy_timeout = int(query.get("busy_timeout", "10000"))
-        recheck = float(query.get("recheck", "2.0"))
-    except ValueError as exc:
-        raise ConfigurationError(f"Bad sqlite URL option: {exc}") from exc
-    if busy_timeout < 0 or recheck <= 0:
-        raise ConfigurationError("busy_timeout must be >= 0 and recheck > 0.")
+    busy = query.get("busy_timeout", "10000")
+    if not (busy.isascii() and busy.isdigit()) or int(busy) > _MAX_BUSY_TIMEOUT_MS:
+        raise ConfigurationError(
+            f"Bad sqlite URL option: busy_timeout must be a whole number of milliseconds from 0 to "
+            f"{_MAX_BUSY_TIMEOUT_MS}, not {busy!r}."
+        )
+    create = query.get("create", "0").lower()
+    if create not in _FLAGS:
+        raise ConfigurationError(
+            f"Bad sqlite URL option: create must be 1 or 0 (true or false), not {create!r}."
+        )
     return SQLiteBackend(
         path,
         retention,
         synchronous=synchronous,
-        busy_timeout_ms=busy_timeout,
-        recheck_interval=recheck,
+        busy_timeout_ms=int(busy),
+        recheck_interval=_recheck(query.get("recheck", "2.0")),
+        create=_FLAGS[create],
     )
+
+
+def _recheck(text: str) -> float:
+    """The `recheck` URL option: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(
+            "Bad sqlite URL option: recheck must be a finite number of seconds > 0 (e.g. 2), "
+            f"not {text!r}."
+        )
+    return value
 
 
 def _redis(url: str, retention: Retention) -> Backend:

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from .._kv_records import KVChanges, KVCounts, KVOutcome, KVRecord, KVSnapshot, KVWrite, Space
 from .._models import (
     AgentInfo,
+    CheckReport,
     DeadLetter,
     HubStats,
     MailboxStats,
@@ -372,6 +373,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def stats(self) -> HubStats:
         """Event counters since the store was created."""
+
+    async def check(self) -> CheckReport:
+        """Check the stored state for damage; the default: a store with nothing to check."""
+        return CheckReport(
+            type(self).__name__.removesuffix("Backend").lower(), "nothing to check", []
+        )
 
     @property
     def capabilities(self) -> frozenset[str]:

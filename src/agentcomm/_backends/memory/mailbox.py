@@ -7,6 +7,8 @@ leases); a heap entry whose row moved on since is skipped when it surfaces.
 from __future__ import annotations
 
 import heapq
+import logging
+import math
 from collections.abc import Sequence
 
 from ..._codec import decode_metadata, decode_payload
@@ -45,6 +47,8 @@ from ..contracts import MailboxStore
 from .references import RefHolds
 from .transactions import Transactions
 
+logger = logging.getLogger("agentcomm")
+
 
 class _Row:
     """One stored message and its delivery state."""
@@ -70,11 +74,12 @@ class _Mailbox:
 
 
 class _Schedule:
-    __slots__ = ("runs", "spec")
+    __slots__ = ("error", "runs", "spec")
 
     def __init__(self, spec: ScheduleSpec) -> None:
         self.spec = spec
         self.runs = 0
+        self.error: str | None = None  # set when it cannot be fired: parked until cancelled
 
 
 class MailboxState:
@@ -408,7 +413,12 @@ class MemoryMailboxes(MailboxStore):
         def op(touched: set[str]) -> bool:
             gone = self._state.schedules.pop(schedule_id, None)
             if gone is not None:
-                self._holds.drop(gone.spec.data, gone.spec.data_kind)
+                try:
+                    held = (gone.spec.data, gone.spec.data_kind)
+                except AttributeError:  # a spec that is not one: what it held is unknown
+                    held = None
+                if held is not None:
+                    self._holds.drop(*held)
                 touched.add(SCHEDULES_CHANNEL)
             return gone is not None
 
@@ -416,42 +426,48 @@ class MemoryMailboxes(MailboxStore):
 
     async def list_schedules(self) -> list[ScheduleInfo]:
         with self._txn.lock:
-            items = [
-                ScheduleInfo(
-                    s.spec.id,
-                    s.spec.sender,
-                    s.spec.recipient,
-                    s.spec.type,
-                    s.spec.cron,
-                    s.spec.every,
-                    s.spec.next_run,
-                    s.runs,
-                )
-                for s in self._state.schedules.values()
-            ]
+            items = [_schedule_info(sid, s) for sid, s in self._state.schedules.items()]
         return sorted(items, key=lambda s: s.next_run)
 
     async def fire_due(self, now: float) -> float | None:
         def op(touched: set[str]) -> float | None:
             st = self._state
-            for sched in list(st.schedules.values()):
-                spec = sched.spec
-                if spec.next_run > now:
+            upcoming = []
+            for sid, sched in list(st.schedules.items()):
+                if sched.error is not None:
                     continue
-                st.seq += 1
-                msg = scheduled_message(spec, now)
-                row = _Row(st.seq, msg, State.READY)
-                st.rows[row.seq] = row
-                self._holds.hold(msg.data, msg.data_kind)
-                self._make_ready(row)
-                spec.next_run = next_occurrence(spec.cron, spec.every, spec.next_run, now)
-                sched.runs += 1
-                st.counters["scheduled_runs"] += 1
-                st.counters["sent"] += 1
-                touched.add(mail_channel(spec.recipient))
-            return min((s.spec.next_run for s in st.schedules.values()), default=None)
+                try:
+                    nxt = self._fire(sched, now, touched)
+                except Exception as exc:  # one bad schedule must not stop the others
+                    _park(sid, sched, exc)
+                    st.counters["undecodable"] += 1
+                    continue
+                upcoming.append(nxt)
+            return min(upcoming, default=None)
 
         return self._txn.run(op)
+
+    def _fire(self, sched: _Schedule, now: float, touched: set[str]) -> float:
+        """Fire `sched` if due; its next run. Raises, changing nothing, if it cannot be fired."""
+        spec = sched.spec
+        if spec.next_run > now:
+            return spec.next_run
+        upcoming = next_occurrence(spec.cron, spec.every, spec.next_run, now)
+        if not math.isfinite(upcoming) or upcoming <= now:
+            raise ValueError(f"its next run would be {upcoming!r}")
+        msg = scheduled_message(spec, now)
+        st = self._state
+        st.seq += 1
+        row = _Row(st.seq, msg, State.READY)
+        st.rows[row.seq] = row
+        self._holds.hold(msg.data, msg.data_kind)
+        self._make_ready(row)
+        spec.next_run = upcoming
+        sched.runs += 1
+        st.counters["scheduled_runs"] += 1
+        st.counters["sent"] += 1
+        touched.add(mail_channel(spec.recipient))
+        return upcoming
 
     # --- housekeeping (called by the core) -----------------------------------------------------
 
@@ -499,6 +515,29 @@ class MemoryMailboxes(MailboxStore):
             return HubStats(**self._state.counters)
 
 
+def _schedule_info(sid: str, s: _Schedule) -> ScheduleInfo:
+    try:
+        sp = s.spec
+        if s.error is None:
+            return ScheduleInfo(sp.id, sp.sender, sp.recipient, sp.type, sp.cron, sp.every,
+                                sp.next_run, s.runs)  # fmt: skip
+        error = s.error
+    except Exception as exc:  # a spec that was never checked: listed, not raised
+        error = f"cannot be decoded or fired: {type(exc).__name__}: {exc}"
+    return ScheduleInfo(sid, "", "", "", None, None, math.inf, s.runs, error)
+
+
+def _park(sid: str, sched: _Schedule, exc: BaseException) -> None:
+    sched.error = f"cannot be decoded or fired: {type(exc).__name__}: {exc}"
+    logger.error(
+        "Schedule %s %s. It is parked (never due again); cancel it with "
+        "hub.cancel_schedule(%r) and create it anew.",
+        sid,
+        sched.error,
+        sid,
+    )
+
+
 def _pending_info(row: _Row, size: int) -> PendingInfo:
     m = row.msg
     return PendingInfo(
@@ -518,6 +557,14 @@ def _pending_info(row: _Row, size: int) -> PendingInfo:
 
 def _dead_letter(row: _Row) -> DeadLetter:
     m = row.msg
+    try:
+        data, metadata, error = (
+            decode_payload(m.data, m.data_kind),
+            decode_metadata(m.metadata),
+            None,
+        )
+    except Exception as exc:  # one bad entry must not fail the listing
+        data, metadata, error = None, {}, f"cannot be decoded: {type(exc).__name__}: {exc}"
     return DeadLetter(
         id=m.id,
         sender=m.sender,
@@ -527,6 +574,7 @@ def _dead_letter(row: _Row) -> DeadLetter:
         attempts=row.attempt,
         enqueued_at=m.enqueued_at,
         dead_at=row.finished_at,
-        data=decode_payload(m.data, m.data_kind),
-        metadata=decode_metadata(m.metadata),
+        data=data,
+        metadata=metadata,
+        error=error,
     )

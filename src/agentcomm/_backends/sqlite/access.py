@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable
 from typing import Any
 
+from ..._deadline import CALL_DEADLINE, DEADLINE_GRACE
 from .writer import INLINE_BUSY, Op, Writer, read_inline
 
 
@@ -25,6 +27,15 @@ class Access:
     def do(self, fn: Op) -> asyncio.Future[Any]:
         """Run `fn` in a write transaction on the writer thread; await the result."""
         return self._writer.submit(fn)
+
+    def do_by_deadline(self, fn: Op, expired: Any) -> Awaitable[Any]:
+        """Like `do`, for the storage look of a blocking call: past the call's deadline (see
+        `agentcomm._deadline`) plus a grace, `fn` is given up if it has not started (the file is
+        locked) and the result is `expired`. Without a deadline, exactly `do`."""
+        deadline = CALL_DEADLINE.get()
+        if deadline is None:
+            return self._writer.submit(fn)
+        return self._writer.run_until(fn, deadline + DEADLINE_GRACE, expired)
 
     def read(self, fn: Op, *, single_statement: bool = False) -> asyncio.Future[Any]:
         """Run a read-only `fn` on the reader connection, beside the writer; await the result."""

@@ -12,23 +12,22 @@ through one shared `Access`.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 
 import msgspec
 
-from ..._models import HubStats, PruneReport
+from ..._models import CheckReport, HubStats, PruneReport
 from ..._notify import Notifier
 from ..._settings import Retention
 from ..contracts import Backend
-from . import references, schema, shared_memory, topics
+from . import files, references, schema, shared_memory, topics
 from .access import Access
 from .mailbox import SQLiteMailboxes
 from .references import SQLiteReferences
 from .shared_memory import SQLiteSharedMemory
 from .topics import SQLiteTopics
 from .wake import WakeBus, wake_dir_for
-from .writer import Writer
+from .writer import Writer, map_sqlite_error
 
 #: Every feature's tables, in the order they are created.
 SCHEMAS = (schema.MAILBOXES, shared_memory.SCHEMA, topics.SCHEMA, references.SCHEMA)
@@ -50,14 +49,17 @@ class SQLiteBackend(Backend):
         synchronous: str = "NORMAL",
         busy_timeout_ms: int = 10_000,
         recheck_interval: float = 2.0,
+        create: bool = False,
     ) -> None:
         self.path = path
+        self._create = create
         self.retention = retention
         self.recheck_interval = recheck_interval
         self.notifier = Notifier()
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
-        self._wake = WakeBus(wake_dir_for(path), self.notifier.notify)
+        self._wake_dir = wake_dir_for(path)
+        self._wake = WakeBus(self._wake_dir, self.notifier.notify)
         self._writer = Writer(
             self._connect,
             self._wake.ping,
@@ -72,12 +74,18 @@ class SQLiteBackend(Backend):
         self.references = SQLiteReferences(self._db)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = schema.connect(
-            self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
-        )
+        try:
+            conn = schema.connect(
+                self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+            )
+        except sqlite3.Error as exc:
+            raise _on_open(self.path, exc) from exc
         try:
             schema.migrate(conn, SCHEMAS)
             references.install(conn, lambda: self.ref_gc_strategy)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _on_open(self.path, exc) from exc
         except BaseException:
             conn.close()
             raise
@@ -98,14 +106,24 @@ class SQLiteBackend(Backend):
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._start, loop)
-        self._wake.start(loop)
+        try:
+            await asyncio.to_thread(self._start, loop)
+            try:
+                self._wake.start(loop)
+            except OSError as exc:
+                raise files.location_error(self._wake_dir, exc) from exc
+        except BaseException:
+            await self.close()
+            raise
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        files.check_location(self.path, create=self._create)
         self._writer.start(loop)  # first: it creates or migrates the schema
         self._reader.start(loop)
-        self._db.inline = self._connect_reader(busy_timeout_ms=0)
+        try:
+            self._db.inline = self._connect_reader(busy_timeout_ms=0)
+        except sqlite3.Error as exc:
+            raise map_sqlite_error(exc) from exc
 
     async def close(self) -> None:
         await self._writer.stop()
@@ -128,6 +146,19 @@ class SQLiteBackend(Backend):
         result: PruneReport = await self._db.do(op)
         return result
 
+    async def check(self) -> CheckReport:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[str]:
+            try:
+                problems = files.integrity_problems(conn)
+                if problems:
+                    return [*problems, files.REMEDY]
+                return self.mailboxes.undecodable_in(conn)
+            except sqlite3.DatabaseError as exc:  # too damaged to be checked
+                return [f"The check itself failed: {exc}. {files.REMEDY}"]
+
+        problems: list[str] = await self._db.read(op)
+        return CheckReport("sqlite", "PRAGMA integrity_check; stored schedules decode", problems)
+
     async def stats(self) -> HubStats:
         def op(conn: sqlite3.Connection, touched: set[str]) -> dict[str, int]:
             counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
@@ -138,6 +169,10 @@ class SQLiteBackend(Backend):
 
         counters: dict[str, int] = await self._db.read(op)
         return HubStats(**{f: counters.get(f, 0) for f in HubStats.__struct_fields__})
+
+
+def _on_open(path: str, exc: sqlite3.Error) -> BaseException:
+    return files.open_error(path, exc) or map_sqlite_error(exc)
 
 
 def _no_op(_channels: set[str]) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from ..._codec import decode_metadata, decode_payload
-from ..._errors import UnknownAgent
+from ..._deadline import CALL_DEADLINE
+from ..._errors import BackendUnavailable, UnknownAgent
 from ..._models import (
     AgentInfo,
     DeadLetter,
@@ -34,7 +35,6 @@ from ..._records import (
     StoredMessage,
     StoredReply,
 )
-from ..._scheduling import next_occurrence, scheduled_message
 from ..._settings import Retention
 from ..common import (
     REPLY_GRACE,
@@ -45,6 +45,7 @@ from ..common import (
     reply_channel,
 )
 from ..contracts import MailboxStore
+from . import schedules
 from .access import Access
 from .references import HOLDS_REF, PAYLOAD_SIZE, REF_COL, drop_ref, drop_refs, hold_ref
 from .schema import (
@@ -97,10 +98,13 @@ _MAX_ATTEMPTS = f"SELECT max_attempts FROM messages WHERE {_LIVE}"
 _RETRY = f"UPDATE messages SET state = ?, visible_at = ? WHERE {_LIVE}"
 _DEAD_LETTER = f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE {_LIVE}"
 _PRUNE_BATCH = 10_000
+_LOCKED = (
+    "The SQLite database stayed locked past the call's timeout, so nothing was sent: another "
+    "process holds a long write transaction. Retry, or find the process that holds the lock."
+)
 
 _reply_encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(StoredReply)
-_spec_decoder = msgspec.msgpack.Decoder(ScheduleSpec)
 
 
 def _bump(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
@@ -110,6 +114,10 @@ def _bump(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
             " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             (name, n),
         )
+
+
+def _insert(conn: sqlite3.Connection, m: NewMessage, now: float) -> None:
+    conn.execute(_INSERT, _row_tuple(m, now))
 
 
 def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
@@ -217,7 +225,10 @@ class SQLiteMailboxes(MailboxStore):
             _bump(conn, "deduplicated", deduplicated)
             return ids
 
-        result: list[str] = await self._db.do(op)
+        if CALL_DEADLINE.get() is None:
+            result: list[str] = await self._db.do(op)
+        else:  # a request's send: give up, storing nothing, if the file stays locked
+            result = await self._db.do_by_deadline(op, BackendUnavailable(_LOCKED))
         return result
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
@@ -229,7 +240,8 @@ class SQLiteMailboxes(MailboxStore):
             next_wake = conn.execute(_NEXT_WAKE, (agent,)).fetchone()[0]
             return rows, next_wake
 
-        rows, next_wake = await self._db.do(op)
+        # past the caller's deadline with the file locked: nothing claimed, nothing changed
+        rows, next_wake = await self._db.do_by_deadline(op, ([], None))
         messages = [StoredMessage(*r) for r in rows]
         if len(messages) > 1:  # RETURNING gives no order guarantee
             messages.sort(key=lambda m: (-m.priority, m.seq))
@@ -359,21 +371,7 @@ class SQLiteMailboxes(MailboxStore):
             ).fetchall()
 
         rows: list[tuple[Any, ...]] = await self._db.read(op)
-        return [
-            DeadLetter(
-                id=r[0],
-                sender=r[1],
-                recipient=r[2],
-                type=r[3],
-                reason=r[4] or "",
-                attempts=r[5],
-                enqueued_at=r[6],
-                dead_at=r[7],
-                data=decode_payload(r[8], r[9]),
-                metadata=decode_metadata(r[10]),
-            )
-            for r in rows
-        ]
+        return [_dead_letter(r) for r in rows]
 
     async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
         def op(conn: sqlite3.Connection, touched: set[str]) -> int:
@@ -432,7 +430,7 @@ class SQLiteMailboxes(MailboxStore):
             blob: bytes | None = row[0]
             return blob
 
-        blob: bytes | None = await self._db.do(op)
+        blob: bytes | None = await self._db.do_by_deadline(op, None)
         return None if blob is None else _reply_decoder.decode(blob)
 
     # --- schedules -----------------------------------------------------------------------------
@@ -453,53 +451,29 @@ class SQLiteMailboxes(MailboxStore):
 
     async def cancel_schedule(self, schedule_id: str) -> bool:
         def op(conn: sqlite3.Connection, touched: set[str]) -> bool:
-            gone = conn.execute(
-                "DELETE FROM schedules WHERE id = ? RETURNING spec", (schedule_id,)
-            ).fetchone()
-            if gone is not None:
-                spec = _spec_decoder.decode(gone[0])
-                drop_ref(conn, spec.data, spec.data_kind)
+            gone = schedules.cancel_in(conn, schedule_id)
+            if gone:
                 touched.add(SCHEDULES_CHANNEL)
-            return gone is not None
+            return gone
 
         result: bool = await self._db.do(op)
         return result
 
     async def list_schedules(self) -> list[ScheduleInfo]:
-        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[bytes, float, int]]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[Any]:
             return conn.execute(
-                "SELECT spec, next_run, runs FROM schedules ORDER BY next_run"
+                "SELECT id, spec, next_run, runs FROM schedules ORDER BY next_run"
             ).fetchall()
 
-        rows: list[tuple[bytes, float, int]] = await self._db.read(op)
-        out = []
-        for blob, next_run, runs in rows:
-            s = _spec_decoder.decode(blob)
-            out.append(
-                ScheduleInfo(s.id, s.sender, s.recipient, s.type, s.cron, s.every, next_run, runs)
-            )
-        return out
+        return schedules.infos(await self._db.read(op))
+
+    def undecodable_in(self, conn: sqlite3.Connection) -> list[str]:
+        """One line per stored record that cannot be decoded (for `Backend.check`)."""
+        return schedules.undecodable_in(conn)
 
     async def fire_due(self, now: float) -> float | None:
         def op(conn: sqlite3.Connection, touched: set[str]) -> float | None:
-            due = conn.execute(
-                "SELECT spec, next_run FROM schedules WHERE next_run <= ? ORDER BY next_run"
-                " LIMIT 256",
-                (now,),
-            ).fetchall()
-            for blob, next_run in due:
-                spec = _spec_decoder.decode(blob)
-                conn.execute(_INSERT, _row_tuple(scheduled_message(spec, now), now))
-                hold_ref(conn, spec.data, spec.data_kind)
-                upcoming = next_occurrence(spec.cron, spec.every, next_run, now)
-                conn.execute(
-                    "UPDATE schedules SET next_run = ?, runs = runs + 1 WHERE id = ?",
-                    (upcoming, spec.id),
-                )
-                touched.add(mail_channel(spec.recipient))
-            _bump(conn, "scheduled_runs", len(due))
-            nxt: float | None = conn.execute("SELECT MIN(next_run) FROM schedules").fetchone()[0]
-            return nxt
+            return schedules.fire_due_in(conn, now, touched, _insert, _bump)
 
         result: float | None = await self._db.do(op)
         return result
@@ -551,6 +525,26 @@ class SQLiteMailboxes(MailboxStore):
                 stored = _reply_decoder.decode(blob)
                 drop_ref(conn, stored.data, stored.data_kind)
         return PruneReport(expired, len(dead_rows), pruned, keys, len(stale))
+
+
+def _dead_letter(r: tuple[Any, ...]) -> DeadLetter:
+    try:
+        data, metadata, error = decode_payload(r[8], r[9]), decode_metadata(r[10]), None
+    except Exception as exc:  # one bad row must not fail the listing
+        data, metadata, error = None, {}, f"cannot be decoded: {type(exc).__name__}: {exc}"
+    return DeadLetter(
+        id=r[0],
+        sender=r[1],
+        recipient=r[2],
+        type=r[3],
+        reason=r[4] or "",
+        attempts=r[5],
+        enqueued_at=r[6],
+        dead_at=r[7],
+        data=data,
+        metadata=metadata,
+        error=error,
+    )
 
 
 def _fire_timers(conn: sqlite3.Connection, agent: str, now: float) -> None:

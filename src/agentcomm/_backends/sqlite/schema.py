@@ -172,6 +172,7 @@ def migrate(conn: sqlite3.Connection, features: Iterable[FeatureSchema]) -> None
                 f"({LAYOUT_VERSION}). Upgrade agentcomm to open it."
             )
         if layout < LAYOUT_VERSION:
+            _refuse_foreign(conn)
             conn.execute(_VERSIONS)
         versions = dict(conn.execute("SELECT feature, version FROM schema_versions").fetchall())
         for feature in features:
@@ -182,6 +183,22 @@ def migrate(conn: sqlite3.Connection, features: Iterable[FeatureSchema]) -> None
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _refuse_foreign(conn: sqlite3.Connection) -> None:
+    """Refuse a database that holds tables but none of agentcomm's (another program's file)."""
+    tables = {
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    }
+    if tables and not {"messages", "schema_versions"} & tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ConfigurationError(
+            f"The SQLite file holds tables that are not agentcomm's ({shown}); it belongs to "
+            "another program. Point the URL at a new file or at an agentcomm store."
+        )
 
 
 def _upgrade(conn: sqlite3.Connection, feature: FeatureSchema, have: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from ..._errors import NotFound
+from ..._errors import BackendUnavailable, NotFound
 from ..._models import TopicStats
 from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
 from ..._settings import Retention
@@ -89,6 +89,10 @@ _COUNT_DELIVERY = (
 _HEAD = "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'topic_log'), 0)"
 _SCAN_CHUNK = 512
 _IN_JSON = "(SELECT value FROM json_each(?))"
+_LOCKED = (
+    "The SQLite database stayed locked past the call's timeout: another process holds a long "
+    "write transaction. Nothing was claimed; call next() again."
+)
 _json = msgspec.json.encode
 _PRUNE_BATCH = 50_000
 
@@ -296,7 +300,8 @@ class SQLiteTopics(TopicStore):
             ).fetchone()[0]
             return TopicClaim(out, until, row[2], next_wake)
 
-        result: TopicClaim = await self._db.do(op)
+        # past a `next(timeout)` deadline with the file locked: raised (the acks are kept)
+        result: TopicClaim = await self._db.do_by_deadline(op, BackendUnavailable(_LOCKED))
         return result
 
     @staticmethod

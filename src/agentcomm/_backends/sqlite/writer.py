@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..._errors import AgentCommError, BackendError, BackendUnavailable, HubClosed
+from .files import REMEDY, is_damaged
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ _IDLE_CHECKPOINT_AFTER = 0.02
 
 
 class _Job:
-    __slots__ = ("error", "fn", "future", "result", "single")
+    __slots__ = ("error", "fn", "future", "result", "single", "state")
 
     def __init__(self, fn: Op, future: asyncio.Future[Any], single: bool) -> None:
         self.fn = fn
@@ -40,6 +41,11 @@ class _Job:
         self.single = single
         self.result: Any = None
         self.error: BaseException | None = None
+        # None: runs whatever happens; else _QUEUED until it _STARTED or was _ABANDONED
+        self.state: int | None = None
+
+
+_QUEUED, _STARTED, _ABANDONED = 0, 1, 2
 
 
 def map_sqlite_error(exc: BaseException) -> BaseException:
@@ -51,9 +57,16 @@ def map_sqlite_error(exc: BaseException) -> BaseException:
             f"The SQLite database stayed locked past the busy timeout ({exc}). "
             "Another process holds a long write transaction; raise busy_timeout in the URL."
         )
-    elif isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+    elif is_damaged(exc):
         mapped = BackendError(
-            f"The file is not an agentcomm SQLite database ({exc}). Check the path in the URL."
+            f"SQLite reports the file is damaged or not a database ({exc}). {REMEDY}"
+        )
+    elif isinstance(exc, sqlite3.OperationalError) and (
+        "readonly" in str(exc) or "unable to open" in str(exc)
+    ):
+        mapped = BackendError(
+            f"SQLite cannot write to the store ({exc}): the file or its directory became "
+            "read-only or was removed. Make it writable again, or open the hub on another file."
         )
     elif isinstance(exc, sqlite3.Error):
         mapped = BackendError(f"SQLite failed: {exc}")
@@ -90,6 +103,7 @@ class Writer:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._dirty = False  # committed since the last checkpoint
+        self._guard = threading.Lock()  # a job's start against its caller giving up on it
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the thread; raises what opening the connection raised."""
@@ -114,6 +128,44 @@ class Writer:
         # pile up and it takes them all for the next one, so batches grow with load.
         self._queue.put(_Job(fn, fut, single_statement))
         return fut
+
+    async def run_until(self, fn: Op, when: float, expired: Any) -> Any:
+        """Like `submit`, awaited; but if `fn` has not started by loop time `when` (the
+        database stayed locked), it never runs and the result is `expired` (raised if an
+        exception)."""
+        loop = self._loop
+        if loop is None or self._stopped:
+            raise HubClosed("The SQLite connection is closed; open a new hub.")
+        job = _Job(fn, loop.create_future(), False)
+        job.state = _QUEUED
+        self._queue.put(job)
+        timer = loop.call_at(when, self._abandon, job, expired)
+        try:
+            return await job.future
+        finally:
+            timer.cancel()
+
+    def _abandon(self, job: _Job, expired: Any) -> None:
+        with self._guard:
+            if job.state != _QUEUED:
+                return  # running or done: its own result comes
+            job.state = _ABANDONED
+        if job.future.done():
+            return
+        if isinstance(expired, BaseException):
+            job.future.set_exception(expired)
+        else:
+            job.future.set_result(expired)
+
+    def _may_start(self, job: _Job) -> bool:
+        """On the writer thread, before running `job`: False if its caller gave up on it."""
+        if job.state is None:
+            return True
+        with self._guard:
+            if job.state == _ABANDONED:
+                return False
+            job.state = _STARTED
+            return True
 
     async def stop(self) -> None:
         """Run what is queued, then stop the thread and close the connection."""
@@ -164,7 +216,8 @@ class Writer:
             if wrap:
                 conn.execute(self._begin)
             for job in jobs:
-                job.result = job.fn(conn, touched)
+                if self._may_start(job):
+                    job.result = job.fn(conn, touched)
             if wrap:
                 conn.execute("COMMIT")
             self._dirty = not self._read_only
@@ -195,6 +248,8 @@ class Writer:
         for job in jobs:
             touched: set[str] = set()
             job.result, job.error = None, None
+            if not self._may_start(job):
+                continue
             try:
                 conn.execute(self._begin)
                 job.result = job.fn(conn, touched)
