@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextvars import ContextVar
 from types import TracebackType
 
 from ._notify import Listener, Notifier
 
-__all__ = ["Wakeups"]
+__all__ = ["Wakeups", "call_deadline"]
+
+#: The loop time by which the blocking call running in this context must end (None: it has
+#: no deadline). Set by `Wakeups`; a backend bounds its round trips by it (Redis does).
+call_deadline: ContextVar[float | None] = ContextVar("agentcomm_call_deadline", default=None)
 
 
 class Wakeups:
@@ -25,7 +30,7 @@ class Wakeups:
     that no notification between the look and the wait is lost.
     """
 
-    __slots__ = ("_clock", "_deadline", "_listener", "_loop", "_recheck")
+    __slots__ = ("_clock", "_deadline", "_listener", "_loop", "_outer", "_recheck")
 
     def __init__(
         self,
@@ -41,6 +46,7 @@ class Wakeups:
         self._loop = asyncio.get_running_loop()
         self._deadline = None if timeout is None else self._loop.time() + timeout
         self._listener: Listener = notifier.listen(*channels)
+        self._outer: float | None = None
 
     @property
     def remaining(self) -> float | None:
@@ -73,6 +79,11 @@ class Wakeups:
         return True
 
     def __enter__(self) -> Wakeups:
+        if self._deadline is not None:
+            # restored by value, not by token: a loop in an async generator may exit in
+            # another context than it entered
+            self._outer = call_deadline.get()
+            call_deadline.set(self._deadline)
         return self
 
     def __exit__(
@@ -82,3 +93,5 @@ class Wakeups:
         tb: TracebackType | None,
     ) -> None:
         self._listener.close()
+        if self._deadline is not None:
+            call_deadline.set(self._outer)

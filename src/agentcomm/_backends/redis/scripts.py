@@ -17,6 +17,7 @@ for it.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -24,10 +25,20 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.commands.core import AsyncScript
 
+from ..._errors import BackendUnavailable, ValidationError
 from ..._notify import Notifier
+from ..._waiting import call_deadline
 from .errors import REDIS_ERRORS, translate
 
 T = TypeVar("T")
+
+#: Seconds a round trip may take beyond the deadline of the blocking call that makes it (a
+#: `receive(timeout=1)` against a frozen server raises BackendUnavailable after at most
+#: 1 + MARGIN s); no round trip takes longer than the URL's `command_timeout` either.
+MARGIN = 0.5
+
+#: The bound of a round trip outside a call with a deadline (`?command_timeout=` in the URL).
+DEFAULT_COMMAND_TIMEOUT = 5.0
 
 COMMON = r"""
 local P, ORIGIN, NOW_S, OP = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -66,8 +77,15 @@ end
 
 
 def num(value: float) -> str:
-    """A float as the scripts take it: Python's exact `repr`."""
-    return repr(float(value))
+    """A float as the scripts take it: Python's exact `repr`.
+
+    NaN is refused here, before any script runs: Redis cannot score it, and a script failing
+    half-way would leave what it wrote (Redis does not roll a script back).
+    """
+    value = float(value)
+    if math.isnan(value):
+        raise ValidationError("A time or number sent to Redis is NaN; pass a finite number.")
+    return repr(value)
 
 
 def opt_float(value: bytes | None) -> float | None:
@@ -83,13 +101,29 @@ class Scripts:
     """
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, origin: str, where: str, notifier: Notifier
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        origin: str,
+        where: str,
+        notifier: Notifier,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.origin = origin
         self.where = where
         self.notifier = notifier
+        self.command_timeout = command_timeout
+
+    def bound(self) -> float:
+        """Seconds the next round trip may take: to the deadline of the blocking call in
+        progress plus `MARGIN`, and never more than `command_timeout`."""
+        deadline = call_deadline.get()
+        if deadline is None:
+            return self.command_timeout
+        left = deadline - asyncio.get_running_loop().time()
+        return min(max(left, 0.0) + MARGIN, self.command_timeout)
 
     def register(self, lua: str) -> AsyncScript:
         """A script object for `lua` (loaded on the server on first use)."""
@@ -97,19 +131,16 @@ class Scripts:
 
     async def call(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
         """The reply of `op` of `script`, with redis-py's errors mapped to ours."""
-        client = self.client
         head = (self.prefix, self.origin, num(now), op)
-        cancels = _cancels()
+        return await self._bounded(self._eval(script, head, args))
+
+    async def _eval(self, script: AsyncScript, head: tuple[str, ...], args: Sequence[Any]) -> Any:
+        client = self.client
         try:
-            try:
-                reply = await client.evalsha(script.sha, 0, *head, *args)
-            except rexc.NoScriptError:  # a restarted or flushed server: load it again
-                script.sha = await client.script_load(script.script)
-                reply = await client.evalsha(script.sha, 0, *head, *args)
-        except REDIS_ERRORS as exc:
-            raise translate(exc, self.where) from exc
-        _raise_swallowed_cancel(cancels)
-        return reply
+            return await client.evalsha(script.sha, 0, *head, *args)
+        except rexc.NoScriptError:  # a restarted or flushed server: load it again
+            script.sha = await client.script_load(script.script)
+            return await client.evalsha(script.sha, 0, *head, *args)
 
     async def run(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
         """Run `op` of `script`; notify this hub's waiters of the channels it touched (the
@@ -121,9 +152,26 @@ class Scripts:
 
     async def command(self, awaitable: Awaitable[T]) -> T:
         """The result of a plain client command (or pipeline), with errors mapped to ours."""
+        return await self._bounded(awaitable)
+
+    async def _bounded(self, awaitable: Awaitable[T]) -> T:
+        """`awaitable`'s result within `bound()` seconds, else BackendUnavailable.
+
+        A round trip cut short closes its connection (redis-py drops a connection whose read
+        was interrupted), so no late answer is ever read as the answer to another command.
+        """
+        bound = self.bound()
         cancels = _cancels()
         try:
-            result = await awaitable
+            # the timer's own cancel never counts as swallowed: leaving the block undoes it
+            async with asyncio.timeout(bound):
+                result = await awaitable
+        except TimeoutError as exc:  # before REDIS_ERRORS: TimeoutError is an OSError
+            raise BackendUnavailable(
+                f"Redis at {self.where} did not answer within {bound:.3g} s. The server may be "
+                "overloaded, paused or unreachable; retry once it answers (the bound for calls "
+                "without a timeout is the URL option command_timeout)."
+            ) from exc
         except REDIS_ERRORS as exc:
             raise translate(exc, self.where) from exc
         _raise_swallowed_cancel(cancels)
