@@ -120,8 +120,15 @@ end
 local function make_ready(sid, rcp, pri, exp)
   redis.call('HSET', mkey(sid), 'st', 0)
   redis.call('ZREM', P .. 't:' .. rcp, sid)
-  redis.call('ZADD', P .. 'r:' .. rcp, -tonumber(pri), sid)
-  if exp then redis.call('ZADD', P .. 'exp', exp, sid) end
+  redis.call('ZADD', P .. 'r:' .. rcp, -(stored_num(pri) or 0), sid)
+  if stored_num(exp) then redis.call('ZADD', P .. 'exp', exp, sid) end
+end
+
+-- a stored message whose fields cannot be read becomes a dead letter saying so (counted as
+-- undecodable), instead of failing every call that meets it
+local function unreadable(sid, rcp, what)
+  finish(sid, rcp, '3', 'undecodable: ' .. what)
+  count('undecodable', 1)
 end
 
 -- due delayed messages become ready; due leases become ready again, or dead when used up
@@ -134,6 +141,9 @@ local function fire_timers(agent, limit)
     if v[1] == '2' then
       make_ready(sid, agent, v[4], v[5])
       ready = ready + 1
+    elseif v[1] == '1' and not (stored_num(v[2]) and stored_num(v[3])) then
+      unreadable(sid, agent, 'attempt or max attempts is not a number')
+      dead = dead + 1
     elseif v[1] == '1' then
       if tonumber(v[2]) >= tonumber(v[3]) then
         finish(sid, agent, '3', string.format(LEASE_EXPIRED, v[2], v[3]))
@@ -202,13 +212,37 @@ local function store(h, body)
   return id, false
 end
 
+-- the numbers of message header `h` (see `store`), checked before the first write
+local function check_header(h)
+  arg_num(h[4], 'priority')
+  arg_num(h[5], 'visible_at')
+  arg_opt_num(h[6], 'expires_at')
+  arg_num(h[7], 'max_attempts')
+  arg_opt_num(h[8], 'dedupe_until')
+  arg_opt_num(h[10], 'request_deadline')
+end
+
+-- the fields of settle op `op` (see `settle`), its numbers checked before the first write
+local function parse_settle(op)
+  local f = split(op, 5)
+  if not f[5] then error({err = 'BADARG settle op is malformed'}) end
+  arg_num(f[1], 'settle kind')
+  arg_num(f[3], 'attempt')
+  arg_num(f[4], 'until')
+  return f
+end
+
 local function save_seq()
   if stored > 1 then redis.call('SET', P .. 'seq', last_seq) end
 end
 
 -- the references of these message headers are stored; raises RefNotFound otherwise
 local function require_refs(headers)
-  for _, h in ipairs(headers) do ref_require({h[11]}, 1) end
+  for _, h in ipairs(headers) do
+    if not h[12] then error({err = 'BADARG message header is malformed'}) end
+    check_header(h)
+    ref_require({h[11]}, 1)
+  end
 end
 
 -- the recipients must be registered agents, or are registered with `auto`; returns the first
@@ -230,8 +264,8 @@ local function ensure_agents(recipients, auto)
 end
 
 -- one settle op "kind NUL sid NUL attempt NUL until NUL reason"; returns 1 or 0
-local function settle(op, keep_acked)
-  local kind, sid, att, until_, reason = unpack(split(op, 5))
+local function settle(f, keep_acked)
+  local kind, sid, att, until_, reason = unpack(f)
   local mk = mkey(sid)
   local v = redis.call('HMGET', mk, 'st', 'att', 'max', 'rcp', 'pri', 'exp', 'ref')
   if not v[1] or v[2] ~= att or (v[1] ~= '0' and v[1] ~= '1') then return 0 end
@@ -255,6 +289,8 @@ local function settle(op, keep_acked)
     redis.call('ZADD', P .. 't:' .. rcp, until_, sid)
   elseif kind == '2' then
     finish(sid, rcp, '3', reason)
+  elseif not stored_num(v[3]) then
+    unreadable(sid, rcp, 'max attempts is not a number')
   else
     touch(MAIL_CHANNEL .. rcp)
     if tonumber(att) >= tonumber(v[3]) then
@@ -309,7 +345,8 @@ elseif OP == 'enqueue' then
   end
 
 elseif OP == 'claim' then
-  local agent, lease_until, want = ARGV[5], ARGV[6], tonumber(ARGV[7])
+  local agent, lease_until, want = ARGV[5], ARGV[6], arg_num(ARGV[7], 'max_messages')
+  arg_num(lease_until, 'lease_until')
   fire_timers(agent, 1000)
   local rk, tk = P .. 'r:' .. agent, P .. 't:' .. agent
   -- flat: the next wake-up (or false), then sid, attempt, body of each message
@@ -322,7 +359,13 @@ elseif OP == 'claim' then
     for _, sid in ipairs(sids) do
       local mk = mkey(sid)
       local v = redis.call('HMGET', mk, 'exp', 'att', 'b', 'ref')
-      if v[1] and tonumber(v[1]) <= now then
+      if not v[3] and not v[2] then
+        -- an index entry without its message: nothing to deliver
+        redis.call('ZREM', tk, sid)
+        redis.call('ZREM', P .. 'exp', sid)
+      elseif not v[3] or not stored_num(v[2]) or (v[1] and not stored_num(v[1])) then
+        unreadable(sid, agent, 'body, attempt or expiry missing or not a number')
+      elseif v[1] and tonumber(v[1]) <= now then
         finish(sid, agent, '4', nil, v[4])
       else
         local att = tonumber(v[2]) + 1
@@ -343,17 +386,19 @@ elseif OP == 'claim' then
 
 elseif OP == 'settle' then
   local keep = ARGV[5] == '1'
-  local out = {}
-  for i = 6, #ARGV do out[#out + 1] = settle(ARGV[i], keep) end
+  local ops, out = {}, {}
+  for i = 6, #ARGV do ops[#ops + 1] = parse_settle(ARGV[i]) end
+  for _, f in ipairs(ops) do out[#out + 1] = settle(f, keep) end
   result = out
 
 elseif OP == 'reply' then
   -- keep, cid, reply, the reference it holds ('' for none), the settle op of the request
   local cid, blob, ref = ARGV[6], ARGV[7], ARGV[8]
+  local ack = ARGV[9] and parse_settle(ARGV[9])
   local waiting = redis.call('HGET', P .. 'req', cid) == ''
   -- the hold first: the ack may release the same content
   if waiting and ref ~= '' and not ref_hold(ref) then ref_not_found(ref) end
-  if ARGV[9] then settle(ARGV[9], ARGV[5] == '1') end
+  if ack then settle(ack, ARGV[5] == '1') end
   if waiting then
     redis.call('HSET', P .. 'req', cid, blob)
     if ref ~= '' then redis.call('HSET', P .. 'req:ref', cid, ref) end
@@ -378,6 +423,7 @@ elseif OP == 'take' then
 
 elseif OP == 'sched_add' then
   local ref = ARGV[10]
+  arg_num(ARGV[8], 'next_run')
   ref_require({ref}, 1)
   local unknown = ensure_agents({ARGV[9]}, ARGV[5] == '1')
   if unknown then
@@ -430,12 +476,16 @@ elseif OP == 'sched_fire' then
   -- per schedule: id, the next_run it was due at, its next occurrence, message header and
   -- body; a schedule another hub fired meanwhile no longer has that next_run and is skipped
   local runs, headers = 0, {}
-  for b = 5, #ARGV, 5 do headers[#headers + 1] = split(ARGV[b + 3], 12) end
+  for b = 5, #ARGV, 5 do
+    arg_num(ARGV[b + 1], 'next_run')
+    arg_num(ARGV[b + 2], 'upcoming')
+    headers[#headers + 1] = split(ARGV[b + 3], 12)
+  end
   require_refs(headers)
   for b = 5, #ARGV, 5 do
     local id = ARGV[b]
     local score = redis.call('ZSCORE', P .. 'sched:next', id)
-    if score and tonumber(score) == tonumber(ARGV[b + 1]) then
+    if score and tonumber(score) == tonumber(ARGV[b + 1]) and ARGV[b + 4] then
       store(headers[(b - 5) / 5 + 1], ARGV[b + 4])
       redis.call('ZADD', P .. 'sched:next', ARGV[b + 2], id)
       redis.call('HINCRBY', P .. 'sched:runs', id, 1)
@@ -458,7 +508,7 @@ elseif OP == 'box_stats' then
     redis.call('ZCARD', P .. 'd:' .. agent)}
 
 elseif OP == 'pending' then
-  local agent, limit = ARGV[5], tonumber(ARGV[6])
+  local agent, limit = ARGV[5], arg_num(ARGV[6], 'limit')
   local out = {}
   for _, zk in ipairs({'r:', 't:'}) do
     for _, sid in ipairs(redis.call('ZRANGE', P .. zk .. agent, 0, limit - 1)) do
@@ -494,7 +544,7 @@ elseif OP == 'requeue' then
       redis.call('HDEL', mk, 'why', 'fin')
       local exp = v[3]
       -- a requeue is an explicit decision to deliver: clear a passed expiry too
-      if exp and tonumber(exp) <= now then
+      if exp and not (stored_num(exp) and stored_num(exp) > now) then
         redis.call('HDEL', mk, 'exp')
         exp = nil
       end
@@ -509,7 +559,8 @@ elseif OP == 'requeue' then
 
 elseif OP == 'prune' then
   local keep = {['5'] = ARGV[5], ['4'] = ARGV[6], ['3'] = ARGV[7]}
-  local batch = tonumber(ARGV[8])
+  for _, seconds in pairs(keep) do arg_num(seconds, 'retention') end
+  local batch = arg_num(ARGV[8], 'batch')
   local dead, expired, pruned = 0, 0, 0
   for _, agent in ipairs(redis.call('HKEYS', P .. 'agents')) do
     local ready, d = fire_timers(agent, batch)

@@ -38,7 +38,7 @@ local function existing(id, expires)
   local merged = ''
   if old ~= '' and expires ~= '' then
     merged = old
-    if tonumber(expires) > tonumber(old) then merged = expires end
+    if tonumber(expires) > (stored_num(old) or 0) then merged = expires end
   end
   redis.call('HSET', key, 'expires_at', merged)
   if redis.call('HINCRBY', key, 'refcount', 1) == 1 then
@@ -65,6 +65,27 @@ local function drop_upload(upload)
 end
 
 local result = false
+-- the numbers of each op, checked before its first write
+if OP == 'put' or OP == 'commit' then
+  local a = 7
+  if OP == 'commit' then a = 8 end
+  arg_num(ARGV[a], 'size')
+  arg_num(ARGV[a + 1], 'stored_size')
+  arg_opt_num(ARGV[a + 4], 'expires_at')
+elseif OP == 'dedupe' then
+  arg_opt_num(ARGV[7], 'expires_at')
+elseif OP == 'stage' then
+  if #ARGV % 2 ~= 1 then error({err = 'BADARG stage takes chunk number, chunk pairs'}) end
+  for i = 6, #ARGV, 2 do arg_num(ARGV[i], 'chunk number') end
+elseif OP == 'read' then
+  arg_num(ARGV[6], 'start')
+  arg_num(ARGV[7], 'limit')
+elseif OP == 'adjust' then
+  arg_num(ARGV[7], 'delta')
+elseif OP == 'gc' then
+  arg_num(ARGV[5], 'abandoned before')
+end
+
 if OP == 'put' then
   -- strategy, id, size, stored_size, compression, content_type, expires_at, chunks...
   set_strategy(ARGV[5])
@@ -130,7 +151,7 @@ elseif OP == 'adjust' then
   set_strategy(ARGV[5])
   local id, delta = ARGV[6], tonumber(ARGV[7])
   local key = P .. 'ref:' .. id
-  local n = tonumber(redis.call('HGET', key, 'refcount'))
+  local n = stored_num(redis.call('HGET', key, 'refcount'))
   if n then
     local after = math.max(n + delta, 0)
     if after ~= n then redis.call('HSET', key, 'refcount', after) end
@@ -151,7 +172,8 @@ elseif OP == 'gc' then
   local out = {}
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'refs:free', '-inf', NOW_S)) do
     local r = record(id)
-    if r and tonumber(r[8]) <= 0 then
+    local held = r and stored_num(r[8])
+    if r and held and held <= 0 then
       ref_evict(id)
       out[#out + 1] = r
     elseif not r then

@@ -63,6 +63,32 @@ local function split(s, n)
   return {string.match(s, pattern)}
 end
 
+-- a script checks its arguments (and the stored values it relies on) before its first write:
+-- Redis does not roll back a script that fails half-way. `arg_num` raises on anything but a
+-- number (NaN included), which the backend reports as a ValidationError, nothing written.
+local function arg_num(value, what)
+  local n = tonumber(value)
+  if n == nil or n ~= n then
+    error({err = 'BADARG ' .. what .. ' is not a number: ' .. tostring(value)})
+  end
+  return n
+end
+
+-- '' (or nil) for none, else as `arg_num`
+local function arg_opt_num(value, what)
+  if value == nil or value == '' then return nil end
+  return arg_num(value, what)
+end
+
+arg_num(NOW_S, 'now')
+
+-- a stored number, or nil when what is stored is missing, not a number or NaN
+local function stored_num(value)
+  local n = tonumber(value)
+  if n ~= n then return nil end
+  return n
+end
+
 -- other hubs are woken only if there are any: a lone hub notified its own waiters already
 local function others()
   return redis.call('SCARD', P .. 'hubs') > 1

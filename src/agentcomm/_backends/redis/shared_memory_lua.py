@@ -69,7 +69,7 @@ local function keep_history(key, old, new_version)
   local hist = settings()
   if hist <= 1 then return end
   local hk = S .. 'h:' .. key
-  if old then
+  if old and tonumber(old[1]) then
     local ref = ref_id_of(old[2], old[3])
     if ref then ref_hold(ref) end
     local f = {'HSET', S .. 'p:' .. key .. ':' .. old[1]}
@@ -90,7 +90,7 @@ end
 
 -- the live row `old` of `key` becomes a tombstone; returns the new version
 local function finish(key, old, kind, by)
-  local version = tonumber(old[1]) + 1
+  local version = (tonumber(old[1]) or 0) + 1
   keep_history(key, old, version)
   local rk = S .. 'r:' .. key
   redis.call('DEL', rk)
@@ -111,9 +111,10 @@ end
 local function current(key)
   local v = row(key)
   if not v[1] then return nil, 0 end
-  if not v[2] then return nil, tonumber(v[1]) end
-  if v[7] and tonumber(v[7]) <= now then return nil, finish(key, v, EXPIRE, nil) end
-  return v, tonumber(v[1])
+  -- a version that is not a number (a damaged row) counts as 0: the next write replaces it
+  if not v[2] then return nil, tonumber(v[1]) or 0 end
+  if v[7] and (tonumber(v[7]) or 0) <= now then return nil, finish(key, v, EXPIRE, nil) end
+  return v, tonumber(v[1]) or 0
 end
 
 local function expire_due()
@@ -140,6 +141,11 @@ elseif OP == 'put' then
   local expires, by, hist, clog = opt(ARGV[10]), opt(ARGV[11]), opt(ARGV[12]), opt(ARGV[13])
   -- the new value's hold first, before any other write (and before an overwrite with the
   -- same content releases the old one)
+  arg_num(dk, 'data_kind')
+  arg_opt_num(expires, 'expires_at')
+  arg_opt_num(hist, 'history')
+  arg_opt_num(clog, 'change_log')
+  arg_opt_num(expected, 'expected_version')
   local ref = ref_id_of(data, dk)
   if ref and not ref_hold(ref) then ref_not_found(ref) end
   if hist then redis.call('HSET', META, 'hist', hist) end
@@ -183,6 +189,7 @@ elseif OP == 'put' then
 
 elseif OP == 'delete' then
   local key, expected, by = ARGV[6], opt(ARGV[7]), opt(ARGV[8])
+  arg_opt_num(expected, 'expected_version')
   local old, version = current(key)
   local actual = 0
   if old then actual = version end
@@ -216,7 +223,7 @@ elseif OP == 'scan' then
   result = {out, seq}
 
 elseif OP == 'changes' then
-  local after, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local after, limit = arg_num(ARGV[6], 'after'), arg_num(ARGV[7], 'limit')
   local next_expiry = expire_due()
   local _, _, seq, floor = settings()
   local out = {}
@@ -226,7 +233,7 @@ elseif OP == 'changes' then
   result = {out, floor, seq, next_expiry}
 
 elseif OP == 'history' then
-  local key, limit = ARGV[6], tonumber(ARGV[7])
+  local key, limit = ARGV[6], arg_num(ARGV[7], 'limit')
   local out = {}
   local v = current(key)
   if v then out[1] = v end
