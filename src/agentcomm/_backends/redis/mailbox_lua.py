@@ -458,7 +458,7 @@ elseif OP == 'sched_list' then
   for i = 1, #ids, 2 do
     local id = ids[i]
     out[#out + 1] = {redis.call('HGET', P .. 'sched', id), ids[i + 1],
-      redis.call('HGET', P .. 'sched:runs', id)}
+      redis.call('HGET', P .. 'sched:runs', id), id}
   end
   result = out
 
@@ -497,6 +497,28 @@ elseif OP == 'sched_fire' then
   local first = redis.call('ZRANGE', P .. 'sched:next', 0, 0, 'WITHSCORES')
   result = first[2] or false
 
+elseif OP == 'bury' then
+  -- agent, then sid, attempt, why of each claimed message whose body could not be decoded:
+  -- each becomes a dead letter saying why, unless its lease was lost meanwhile
+  local agent, n = ARGV[5], 0
+  for i = 6, #ARGV, 3 do
+    local v = redis.call('HMGET', mkey(ARGV[i]), 'st', 'att')
+    if v[1] == '1' and v[2] == ARGV[i + 1] then
+      unreadable(ARGV[i], agent, ARGV[i + 2])
+      n = n + 1
+    end
+  end
+  result = n
+
+elseif OP == 'sched_park' then
+  -- schedules that cannot be decoded or fired: they stay listed and cancellable, due never
+  for i = 5, #ARGV do
+    if redis.call('ZADD', P .. 'sched:next', 'XX', 'CH', 'inf', ARGV[i]) == 1 then
+      count('undecodable', 1)
+    end
+  end
+  touch('schedules')
+
 elseif OP == 'box_stats' then
   local agent = ARGV[5]
   local delayed, in_flight = 0, 0
@@ -512,10 +534,10 @@ elseif OP == 'pending' then
   local out = {}
   for _, zk in ipairs({'r:', 't:'}) do
     for _, sid in ipairs(redis.call('ZRANGE', P .. zk .. agent, 0, limit - 1)) do
-      local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'vis', 'b', 'ref')
+      local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'vis', 'b', 'ref', 'id')
       local size = false
       if v[5] then size = redis.call('HGET', P .. 'ref:' .. v[5], 'size') or 0 end
-      out[#out + 1] = {sid, v[1], v[2], v[3], v[4], size}
+      out[#out + 1] = {sid, v[1], v[2], v[3], v[4], size, v[6]}
     end
   end
   result = out
@@ -524,7 +546,7 @@ elseif OP == 'dead' then
   local agent, limit = ARGV[5], tonumber(ARGV[6])
   local out = {}
   for _, sid in ipairs(redis.call('ZRANGE', P .. 'd:' .. agent, 0, limit - 1)) do
-    out[#out + 1] = redis.call('HMGET', mkey(sid), 'why', 'att', 'fin', 'b')
+    out[#out + 1] = redis.call('HMGET', mkey(sid), 'why', 'att', 'fin', 'b', 'id')
   end
   result = out
 

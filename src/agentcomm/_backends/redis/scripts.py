@@ -17,6 +17,8 @@ for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
@@ -25,12 +27,14 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.commands.core import AsyncScript
 
-from ..._errors import BackendUnavailable, ValidationError
+from ..._errors import AgentCommError, BackendUnavailable, ValidationError
 from ..._notify import Notifier
 from ..._waiting import call_deadline
 from .errors import REDIS_ERRORS, translate
 
 T = TypeVar("T")
+
+logger = logging.getLogger("agentcomm")
 
 #: Seconds a round trip may take beyond the deadline of the blocking call that makes it (a
 #: `receive(timeout=1)` against a frozen server raises BackendUnavailable after at most
@@ -179,6 +183,19 @@ class Scripts:
     async def command(self, awaitable: Awaitable[T]) -> T:
         """The result of a plain client command (or pipeline), with errors mapped to ours."""
         return await self._bounded(awaitable)
+
+    async def report_undecodable(self, what: str, errors: Sequence[str]) -> None:
+        """Log stored records that cannot be decoded (and were skipped) and count them in the
+        store's `undecodable` counter; a failure to count is not the caller's failure."""
+        if not errors:
+            return
+        logger.warning(
+            "agentcomm: skipped %d %s that cannot be decoded: %s", len(errors), what, errors[0]
+        )
+        with contextlib.suppress(AgentCommError):
+            await self.command(
+                self.client.hincrby(self.prefix + "counters", "undecodable", len(errors))
+            )
 
     async def _bounded(self, awaitable: Awaitable[T]) -> T:
         """`awaitable`'s result within `bound()` seconds, else BackendUnavailable.
