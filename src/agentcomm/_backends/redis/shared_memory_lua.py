@@ -113,7 +113,8 @@ local function current(key)
   if not v[1] then return nil, 0 end
   -- a version that is not a number (a damaged row) counts as 0: the next write replaces it
   if not v[2] then return nil, tonumber(v[1]) or 0 end
-  if v[7] and (tonumber(v[7]) or 0) <= now then return nil, finish(key, v, EXPIRE, nil) end
+  local expires = stored_num(v[7])
+  if expires and expires <= now then return nil, finish(key, v, EXPIRE, nil) end
   return v, tonumber(v[1]) or 0
 end
 
@@ -162,7 +163,7 @@ elseif OP == 'put' then
     version = version + 1
     keep_history(key, old, version)
     local created = NOW_S
-    if old then created = old[4] end
+    if old and stored_num(old[4]) then created = old[4] end
     local rk = S .. 'r:' .. key
     redis.call('DEL', rk)
     local f = {'HSET', rk, 'v', version, 'd', data, 'k', dk, 'c', created, 'u', NOW_S}
