@@ -340,3 +340,32 @@ async def test_damaged_reference_counts_do_not_break_gc(
     raw.hset(f"{prefix}:ref:id1", mapping={"refcount": "x", "expires_at": "x"})
     evicted = await s.call(refs._script, "gc", 2000.0, ["0"])
     assert [r[0] for r in evicted] == [b"id2"]
+
+
+async def test_damaged_counters_and_sequences(
+    backend: RedisBackend, raw: redis.Redis, prefix: str
+) -> None:
+    await stored(backend)
+    mb = backend._mailboxes
+    # a damaged sequence number is refused before anything is written: guessing one could
+    # reuse a number and overwrite a message or a change
+    raw.set(f"{prefix}:seq", "x")
+    call = mb.enqueue([message(8)], auto_register=True, now=1000.0)
+    error = await refused_unchanged(raw, prefix, call)
+    assert "sequence number" in str(error)
+    raw.set(f"{prefix}:seq", "3")
+    meta = next(iter(raw.scan_iter(match=f"{prefix}:kv:*meta"))).decode()
+    raw.hset(meta, "seq", "x")
+    write = KVWrite("k", b"\xa1w", 0, None, None, None)
+    await refused_unchanged(
+        raw, prefix, backend._shared_memory.kv_put(Space("o", "n"), write, now=1000.0)
+    )
+    raw.hset(meta, "seq", "1")
+    # a damaged event counter starts again instead of failing the script half-way
+    raw.hset(f"{prefix}:counters", mapping={"dead_lettered": "x", "undecodable": "1.5"})
+    raw.hset(meta, mapping={"writes": "x", "bytes": "y"})
+    ops = [Settle(SettleKind.DEAD, "b", 1, 1, reason="r")]
+    assert await mb.settle_many(ops, now=1000.0) == [True]
+    assert raw.hget(f"{prefix}:counters", "dead_lettered") == b"1"
+    out = await backend._shared_memory.kv_put(Space("o", "n"), write, now=1000.0)
+    assert not out.conflict

@@ -55,7 +55,7 @@ MAILBOX = (
     + r"""
 local function mkey(sid) return P .. 'm:' .. sid end
 local function count(name, n)
-  if n ~= 0 then redis.call('HINCRBY', P .. 'counters', name, n) end
+  if n ~= 0 then hincr(P .. 'counters', name, n) end
 end
 
 local STATE_KEY = {['3'] = 'fin:3', ['4'] = 'fin:4', ['5'] = 'fin:5'}
@@ -238,6 +238,7 @@ end
 
 -- the references of these message headers are stored; raises RefNotFound otherwise
 local function require_refs(headers)
+  check_seq(P .. 'seq')
   for _, h in ipairs(headers) do
     if not h[12] then error({err = 'BADARG message header is malformed'}) end
     check_header(h)
@@ -488,7 +489,7 @@ elseif OP == 'sched_fire' then
     if score and tonumber(score) == tonumber(ARGV[b + 1]) and ARGV[b + 4] then
       store(headers[(b - 5) / 5 + 1], ARGV[b + 4])
       redis.call('ZADD', P .. 'sched:next', ARGV[b + 2], id)
-      redis.call('HINCRBY', P .. 'sched:runs', id, 1)
+      hincr(P .. 'sched:runs', id, 1)
       runs = runs + 1
     end
   end

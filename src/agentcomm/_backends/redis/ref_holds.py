@@ -52,16 +52,16 @@ local function ref_evict(id)
   redis.call('ZREM', P .. 'refs', id)
   redis.call('ZREM', P .. 'refs:free', id)
   local st = P .. 'refs:stats'
-  redis.call('HINCRBY', st, 'evictions', 1)
-  redis.call('HINCRBY', st, 'bytes', -(tonumber(v[1]) or 0))
-  redis.call('HINCRBY', st, 'stored', -(tonumber(v[2]) or 0))
+  hincr(st, 'evictions', 1)
+  hincr(st, 'bytes', -(tonumber(v[1]) or 0))
+  hincr(st, 'stored', -(tonumber(v[2]) or 0))
 end
 
 -- returns false when the ref is not stored (evicted): the caller raises RefNotFound
 local function ref_hold(id)
   local key = P .. 'ref:' .. id
   if redis.call('EXISTS', key) == 0 then return false end
-  if redis.call('HINCRBY', key, 'refcount', 1) == 1 then
+  if hincr(key, 'refcount', 1) == 1 then
     redis.call('ZREM', P .. 'refs:free', id)
   end
   return true
@@ -87,14 +87,14 @@ local function ref_drop(id)
   local key = P .. 'ref:' .. id
   local n = stored_num(redis.call('HGET', key, 'refcount'))
   if not n or n <= 0 then return end
-  if redis.call('HINCRBY', key, 'refcount', -1) == 0 then ref_unheld(id, nil) end
+  if hincr(key, 'refcount', -1) == 0 then ref_unheld(id, nil) end
 end
 
 -- undo a hold this script took: the count goes back to what it was, nothing is evicted
 local function ref_unhold(id)
   local key = P .. 'ref:' .. id
   if redis.call('EXISTS', key) == 0 then return end
-  if redis.call('HINCRBY', key, 'refcount', -1) == 0 then
+  if hincr(key, 'refcount', -1) == 0 then
     local exp = stored_num(redis.call('HGET', key, 'expires_at')) or 0
     redis.call('ZADD', P .. 'refs:free', exp, id)
   end

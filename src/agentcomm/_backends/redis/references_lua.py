@@ -11,7 +11,7 @@ REFS = (
     + REF_HOLDS
     + r"""
 local function stat(name, n)
-  if n ~= 0 then redis.call('HINCRBY', P .. 'refs:stats', name, n) end
+  if n ~= 0 then hincr(P .. 'refs:stats', name, n) end
 end
 
 -- id, size, stored_size, compression, content_type, created_at, expires_at, refcount
@@ -41,7 +41,7 @@ local function existing(id, expires)
     if tonumber(expires) > (stored_num(old) or 0) then merged = expires end
   end
   redis.call('HSET', key, 'expires_at', merged)
-  if redis.call('HINCRBY', key, 'refcount', 1) == 1 then
+  if hincr(key, 'refcount', 1) == 1 then
     redis.call('ZREM', P .. 'refs:free', id)
   end
   return record(id)

@@ -93,6 +93,27 @@ local function stored_num(value)
   return n
 end
 
+-- HINCRBY that never fails on a damaged counter (it starts again from `n`), so a script does
+-- not fail after its first write because of one
+local function hincr(key, field, n)
+  local cur = redis.call('HGET', key, field)
+  if cur and not string.match(cur, '^%-?%d+$') then
+    redis.call('HSET', key, field, n)
+    return tonumber(n)
+  end
+  return redis.call('HINCRBY', key, field, n)
+end
+
+-- a sequence counter must be an integer (or absent) before a script INCRs it: one that is
+-- damaged is refused rather than guessed, as a reused number would overwrite a record
+local function check_seq(key)
+  local cur = redis.call('GET', key)
+  if cur and not string.match(cur, '^%d+$') then
+    error({err = 'DAMAGED ' .. key .. ' is not a sequence number (' .. cur .. '): restore it '
+      .. 'to the highest number in use'})
+  end
+end
+
 -- other hubs are woken only if there are any: a lone hub notified its own waiters already
 local function others()
   return redis.call('SCARD', P .. 'hubs') > 1

@@ -38,14 +38,14 @@ end
 
 local function settings()
   local v = redis.call('HMGET', META, 'hist', 'clog', 'seq', 'floor')
-  return tonumber(v[1]) or DEFAULT_HISTORY, tonumber(v[2]) or DEFAULT_CHANGE_LOG,
-    tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  return stored_num(v[1]) or DEFAULT_HISTORY, stored_num(v[2]) or DEFAULT_CHANGE_LOG,
+    stored_num(v[3]) or 0, stored_num(v[4]) or 0
 end
 
 local function append(kind, key, version, data, dk, by)
   local _, clog, _, floor = settings()
-  local seq = redis.call('HINCRBY', META, 'seq', 1)
-  redis.call('HINCRBY', META, 'writes', 1)
+  local seq = hincr(META, 'seq', 1)
+  hincr(META, 'writes', 1)
   local f = {'XADD', S .. 'log', seq .. '-0', 'k', kind, 'key', key, 'v', version, 'dk', dk,
     'at', NOW_S}
   if data then f[#f + 1] = 'd'; f[#f + 1] = data end
@@ -100,7 +100,7 @@ local function finish(key, old, kind, by)
   redis.call('ZREM', S .. 'live', key)
   redis.call('ZREM', S .. 'exp', key)
   redis.call('ZADD', S .. 'tomb', NOW_S, key)
-  redis.call('HINCRBY', META, 'bytes', -#old[2])
+  hincr(META, 'bytes', -#old[2])
   local ref = ref_id_of(old[2], old[3])
   if ref then ref_drop(ref) end
   append(kind, key, version, nil, 0, by)
@@ -132,6 +132,12 @@ local function opt(value)
   return value
 end
 
+-- every op but `counts` may write (an expiry is a change): the change-log sequence first
+local seq_now = redis.call('HGET', META, 'seq')
+if seq_now and not string.match(seq_now, '^%d+$') then
+  error({err = 'DAMAGED ' .. META .. ' seq is not a sequence number (' .. seq_now .. ')'})
+end
+
 local result = false
 if OP == 'get' then
   local v = current(ARGV[6])
@@ -157,7 +163,7 @@ elseif OP == 'put' then
   if old then actual = version end
   if expected and tonumber(expected) ~= actual then
     if ref then ref_unhold(ref) end
-    redis.call('HINCRBY', META, 'conflicts', 1)
+    hincr(META, 'conflicts', 1)
     result = {1, actual}
   else
     version = version + 1
@@ -183,7 +189,7 @@ elseif OP == 'put' then
       local old_ref = ref_id_of(old[2], old[3])
       if old_ref then ref_drop(old_ref) end
     end
-    redis.call('HINCRBY', META, 'bytes', delta)
+    hincr(META, 'bytes', delta)
     append(PUT, key, version, data, dk, by)
     result = {0, version, created}
   end
@@ -195,7 +201,7 @@ elseif OP == 'delete' then
   local actual = 0
   if old then actual = version end
   if expected and tonumber(expected) ~= actual then
-    redis.call('HINCRBY', META, 'conflicts', 1)
+    hincr(META, 'conflicts', 1)
     result = {1, actual}
   elseif not old then
     result = {0, 0}

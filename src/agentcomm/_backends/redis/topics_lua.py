@@ -46,7 +46,7 @@ end
 local function count_delivered(counts)
   for topic, n in pairs(counts) do
     local sk = skey(topic)
-    if redis.call('EXISTS', sk) == 1 then redis.call('HINCRBY', sk, 'dl', n) end
+    if redis.call('EXISTS', sk) == 1 then hincr(sk, 'dl', n) end
   end
 end
 
@@ -59,6 +59,7 @@ local result = false
 if OP == 'publish' then
   local topic, snd, typ, data, kind = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
   local rid = ref_id_of(data, kind)
+  check_seq(P .. 'tp:seq')
   if not rid or ref_hold(rid) then
     local seq = redis.call('INCR', P .. 'tp:seq')
     local f = {'XADD', LOG, eid(seq), 't', topic, 's', snd, 'y', typ, 'd', data, 'k', kind,
@@ -66,8 +67,8 @@ if OP == 'publish' then
     if ARGV[10] == '1' then f[#f + 1] = 'm'; f[#f + 1] = ARGV[11] end
     redis.call(unpack(f))
     local sk = skey(topic)
-    redis.call('HINCRBY', sk, 'pub', 1)
-    redis.call('HINCRBY', sk, 'kept', 1)
+    hincr(sk, 'pub', 1)
+    hincr(sk, 'kept', 1)
     redis.call('HSET', sk, 'at', ARGV[12], 'last', int(seq))
     redis.call('ZADD', NAMES, 0, topic)
     touch(TOPICS_CHANNEL)
@@ -91,8 +92,8 @@ elseif OP == 'count' then
   end
   for i = 5, #ARGV, 3 do
     local sk = skey(ARGV[i])
-    redis.call('HINCRBY', sk, 'dl', ARGV[i + 1])
-    redis.call('HINCRBY', sk, 'dr', ARGV[i + 2])
+    hincr(sk, 'dl', ARGV[i + 1])
+    hincr(sk, 'dr', ARGV[i + 2])
     redis.call('ZADD', NAMES, 0, ARGV[i])
   end
 
@@ -178,7 +179,7 @@ elseif OP == 'claim' then
       if #out >= 2 * want then break end
       local e = redis.call('XRANGE', LOG, seq .. '-0', seq .. '-0')[1]
       if e then
-        out[#out + 1] = redis.call('HINCRBY', ak, seq, 1)
+        out[#out + 1] = hincr(ak, seq, 1)
         out[#out + 1] = e
         redis.call('ZADD', pk, lease_until, seq)
         local topic = fields(e).t
@@ -281,7 +282,7 @@ elseif OP == 'prune' then
         end
         redis.call('HSET', ck, 'pos', int(through))
       end
-      if lost > 0 then redis.call('HINCRBY', ck, 'lost', lost) end
+      if lost > 0 then hincr(ck, 'lost', lost) end
     end
     while true do
       local rows = redis.call('XRANGE', LOG, '-', eid(through), 'COUNT', 1000)
@@ -290,7 +291,7 @@ elseif OP == 'prune' then
       for _, e in ipairs(rows) do
         local f = fields(e)
         ids[#ids + 1] = e[1]
-        if f.t then redis.call('HINCRBY', skey(f.t), 'kept', -1) end
+        if f.t then hincr(skey(f.t), 'kept', -1) end
         local rid = ref_id_of(f.d, f.k)
         if rid then ref_drop(rid) end
       end
