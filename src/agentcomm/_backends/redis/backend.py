@@ -73,12 +73,9 @@ class RedisBackend(Backend):
         self._origin = new_id()
         self._where = _redact(url)
         try:
-            # every round trip is bounded by `Scripts.bound`; the socket timeout is a backstop
-            self._client = _connect(
-                url,
-                Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3),
-                socket_timeout=command_timeout,
-            )
+            # every round trip is bounded by `Scripts.bound` (one timer per call); no socket
+            # timeout by default: redis-py would arm another timer for every read
+            self._client = _connect(url, Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
             # the wake-up connection has a client of its own that never retries by itself: the
             # listener reconnects (with its own backoff), and a read ends when `close()` closes
             # the connection instead of being retried on a new one
@@ -263,13 +260,12 @@ class RedisBackend(Backend):
         return HubStats(**{f: values.get(f, 0) for f in HubStats.__struct_fields__})
 
 
-def _connect(url: str, retry: Retry, socket_timeout: float | None = None) -> aioredis.Redis:
+def _connect(url: str, retry: Retry) -> aioredis.Redis:
     """A client for `url` (connections are made on first use)."""
     return aioredis.Redis.from_url(
         url,
         retry=retry,
         socket_connect_timeout=5.0,
-        socket_timeout=socket_timeout,
         # RESP2 unless the URL asks otherwise: its pure-Python parser is the faster one
         protocol=2,
         socket_keepalive=True,
