@@ -22,7 +22,7 @@ from redis_server import BINARY, RedisServer
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
 
-SLACK = 1.5  # seconds of scheduling noise allowed on top of a bound: not a benchmark
+SLACK = 1.0  # seconds of scheduling noise allowed on top of a bound: not a benchmark
 GUARD = 30.0  # fails a hung call fast
 
 

@@ -2,9 +2,9 @@
 
 Every state change of the Redis backend is one script call, so it is atomic against every
 other hub on the same server and costs one round trip. Each feature has one script beside it
-(`mailbox_lua.py`, `topics_lua.py`, `shared_memory_lua.py`, `references_lua.py`), dispatching
-on an operation name; each starts with `COMMON` and, when its rows carry payloads, the
-reference holds of `ref_holds.py`.
+(`mailbox_lua.py`, whose functions are in `mailbox_lua_functions.py`, `topics_lua.py`,
+`shared_memory_lua.py`, `references_lua.py`), dispatching on an operation name; each starts
+with `COMMON` and, when its rows carry payloads, the reference holds of `ref_holds.py`.
 
 ARGV is always `prefix, origin, now, op, ...`. Timestamps travel as the strings Python wrote
 (`repr` of a float) and are stored as such, so no float ever goes through Lua's 14-digit
@@ -39,7 +39,7 @@ logger = logging.getLogger("agentcomm")
 #: Seconds a round trip may take beyond the deadline of the blocking call that makes it (a
 #: `receive(timeout=1)` against a frozen server raises BackendUnavailable after at most
 #: 1 + MARGIN s); no round trip takes longer than the URL's `command_timeout` either.
-MARGIN = 0.5
+MARGIN = 1.0
 
 #: The bound of a round trip outside a call with a deadline (`?command_timeout=` in the URL).
 DEFAULT_COMMAND_TIMEOUT = 5.0
