@@ -1,8 +1,9 @@
 """The deadline of the blocking call in progress, for backends that can bound their waits.
 
-A blocking call (`receive`, `request`) sets it, in event-loop time, around each look in
-storage (`Wakeups.bounded`); a backend whose operation may wait on a lock (a SQLite file
-another process holds) gives up shortly after it instead of after its own, longer timeout.
+A blocking call with a timeout (`receive`, `request`, a durable `next`) sets it, in event-loop
+time, for as long as it runs (`Wakeups`) and around each look in storage (`Wakeups.bounded`).
+A backend bounds its waits by it: SQLite gives up on an operation still waiting for a lock
+another process holds shortly after it, and Redis bounds each round trip by it.
 """
 
 from __future__ import annotations

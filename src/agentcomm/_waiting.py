@@ -29,7 +29,7 @@ class Wakeups:
     that no notification between the look and the wait is lost.
     """
 
-    __slots__ = ("_clock", "_deadline", "_listener", "_loop", "_recheck")
+    __slots__ = ("_clock", "_deadline", "_listener", "_loop", "_outer", "_recheck")
 
     def __init__(
         self,
@@ -45,6 +45,7 @@ class Wakeups:
         self._loop = asyncio.get_running_loop()
         self._deadline = None if timeout is None else self._loop.time() + timeout
         self._listener: Listener = notifier.listen(*channels)
+        self._outer: float | None = None
 
     @property
     def remaining(self) -> float | None:
@@ -92,6 +93,11 @@ class Wakeups:
         return True
 
     def __enter__(self) -> Wakeups:
+        if self._deadline is not None:
+            # restored by value, not by token: a loop in an async generator may exit in
+            # another context than it entered
+            self._outer = CALL_DEADLINE.get()
+            CALL_DEADLINE.set(self._deadline)
         return self
 
     def __exit__(
@@ -101,3 +107,5 @@ class Wakeups:
         tb: TracebackType | None,
     ) -> None:
         self._listener.close()
+        if self._deadline is not None:
+            CALL_DEADLINE.set(self._outer)

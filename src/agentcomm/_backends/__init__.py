@@ -101,23 +101,33 @@ def _redis(url: str, retention: Retention) -> Backend:
         ) from exc
     from .redis import RedisBackend
 
-    # `prefix` and `recheck` are ours; every other option goes to redis-py (e.g. socket_timeout)
+    # `prefix`, `recheck` and `command_timeout` are ours; every other option goes to redis-py
     parts = urlsplit(url)
     pairs = [(k, v) for k, vs in parse_qs(parts.query).items() for v in vs]
-    ours = {k: v for k, v in pairs if k in ("prefix", "recheck")}
+    ours = {k: v for k, v in pairs if k in ("prefix", "recheck", "command_timeout")}
     rest = urlencode([(k, v) for k, v in pairs if k not in ours])
-    try:
-        recheck = float(ours.get("recheck", "1.0"))
-    except ValueError as exc:
-        raise ConfigurationError(f"Bad redis URL option: {exc}") from exc
-    if not recheck > 0:
-        raise ConfigurationError("recheck must be > 0 seconds.")
+    recheck = _seconds(ours, "recheck", 1.0)
+    command_timeout = _seconds(ours, "command_timeout", 5.0)
     return RedisBackend(
         urlunsplit(parts._replace(query=rest)),
         retention,
         prefix=ours.get("prefix", "agentcomm"),
         recheck_interval=recheck,
+        command_timeout=command_timeout,
     )
+
+
+def _seconds(options: dict[str, str], name: str, default: float) -> float:
+    """The URL option `name`: a finite number of seconds > 0."""
+    try:
+        value = float(options.get(name, default))
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ConfigurationError(
+            f"Bad redis URL option {name}={options[name]!r}: use a finite number of seconds > 0."
+        )
+    return value
 
 
 def with_prefix(url: str, prefix: str) -> str:

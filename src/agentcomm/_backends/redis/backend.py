@@ -32,7 +32,7 @@ from ..contracts import Backend
 from .errors import CLOSE_ERRORS, redis_errors, text
 from .mailbox import RedisMailboxes
 from .references import RedisReferences
-from .scripts import Scripts
+from .scripts import DEFAULT_COMMAND_TIMEOUT, Scripts
 from .shared_memory import RedisSharedMemory
 from .topics import RedisTopics
 
@@ -64,6 +64,7 @@ class RedisBackend(Backend):
         *,
         prefix: str = "agentcomm",
         recheck_interval: float = 1.0,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         self.retention = retention
         self.recheck_interval = recheck_interval
@@ -72,6 +73,8 @@ class RedisBackend(Backend):
         self._origin = new_id()
         self._where = _redact(url)
         try:
+            # every round trip is bounded by `Scripts.bound` (one timer per call); no socket
+            # timeout by default: redis-py would arm another timer for every read
             self._client = _connect(url, Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
             # the wake-up connection has a client of its own that never retries by itself: the
             # listener reconnects (with its own backoff), and a read ends when `close()` closes
@@ -80,11 +83,9 @@ class RedisBackend(Backend):
         except ValueError as exc:
             raise ConfigurationError(f"Bad Redis URL {self._where}: {exc}") from exc
         self._scripts = Scripts(
-            self._client, self._prefix, self._origin, self._where, self.notifier
-        )
-        self._scripts = Scripts(
-            self._client, self._prefix, self._origin, self._where, self.notifier
-        )
+            self._client, self._prefix, self._origin, self._where, self.notifier,
+            command_timeout,
+        )  # fmt: skip
         self._mailboxes = RedisMailboxes(self._scripts, retention)
         self._topics = RedisTopics(self._scripts, retention)
         self._shared_memory = RedisSharedMemory(self._scripts)
@@ -103,8 +104,7 @@ class RedisBackend(Backend):
 
     async def open(self) -> None:
         try:
-            with redis_errors(self._where):
-                await self._client.ping()
+            await self._scripts.command(self._client.ping())
             await self._subscribe()
         except BaseException:
             await self._close_clients()

@@ -7,8 +7,17 @@ from collections.abc import Iterator
 
 from redis import exceptions as rexc
 
-from ..._errors import AgentCommError, BackendError, BackendUnavailable, RefNotFound
+from ..._errors import (
+    AgentCommError,
+    BackendError,
+    BackendUnavailable,
+    RefNotFound,
+    ValidationError,
+)
 from .ref_holds import REF_NOT_FOUND
+
+#: The error a script raises for an argument it refuses before writing anything.
+BAD_ARG = "BADARG"
 
 #: What closing a connection that is already broken may raise; ignored on cleanup.
 CLOSE_ERRORS = (rexc.RedisError, OSError)
@@ -20,10 +29,15 @@ REDIS_ERRORS = (rexc.RedisError, OSError)
 
 def translate(exc: BaseException, where: str) -> AgentCommError:
     """Our error for a redis-py exception: BackendUnavailable when the connection failed,
-    RefNotFound when a script found a payload's reference missing."""
+    RefNotFound when a script found a payload's reference missing, ValidationError when a
+    script refused an argument (before its first write)."""
     if isinstance(exc, rexc.ResponseError) and str(exc).startswith(REF_NOT_FOUND):
         ref_id = (str(exc).removeprefix(REF_NOT_FOUND).split() or ["a blob"])[0]
         return RefNotFound(f"The payload refers to {ref_id}, which is not stored (evicted?).")
+    if isinstance(exc, rexc.ResponseError) and str(exc).startswith(BAD_ARG):
+        return ValidationError(
+            f"Redis refused the call before storing anything: {str(exc).removeprefix(BAD_ARG)}."
+        )
     if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | rexc.ReadOnlyError | OSError):
         return BackendUnavailable(
             f"Redis at {where} cannot be reached ({type(exc).__name__}: {exc}). The hub "

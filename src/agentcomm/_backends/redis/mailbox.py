@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from ..._codec import decode_metadata, decode_payload
-from ..._errors import BackendError, UnknownAgent
+from ..._errors import BackendError, UnknownAgent, ValidationError
 from ..._models import AgentInfo, DeadLetter, MailboxStats, PendingInfo, ScheduleInfo
 from ..._records import (
     PENDING_STATE_NAMES,
@@ -39,6 +41,11 @@ from .mailbox_lua import MAILBOX
 from .scripts import Scripts, num, opt_float
 
 _PRUNE_BATCH = 10_000
+
+logger = logging.getLogger("agentcomm")
+
+#: What a stored value that cannot be decoded may raise while it is turned into a record.
+_UNDECODABLE = (msgspec.DecodeError, ValueError, TypeError, KeyError, IndexError, OverflowError)
 
 _reply_encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(StoredReply)
@@ -101,9 +108,33 @@ def _stored(sid: bytes, attempt: int, blob: bytes, lease_until: float) -> Stored
     )  # fmt: skip
 
 
-def _pending(r: list[Any]) -> PendingInfo:
-    """From the pending script's sid, state, attempt, visible_at, body and the original size
-    of the blob the payload refers to (if it does)."""
+def _why(exc: BaseException) -> str:
+    return f"undecodable: {type(exc).__name__}: {exc}"
+
+
+def _number(value: bytes | None, default: float = 0.0) -> float:
+    """A stored number, or `default` when it is missing or damaged."""
+    try:
+        return default if value is None else float(value)
+    except ValueError:
+        return default
+
+
+def _pending(r: list[Any], agent: str) -> PendingInfo:
+    """From the pending script's sid, state, attempt, visible_at, body, the original size of
+    the blob the payload refers to (if it does) and id; an entry that cannot be decoded is
+    listed with its error as its type."""
+    try:
+        return _decoded_pending(r)
+    except _UNDECODABLE as exc:
+        return PendingInfo(
+            id=(r[6] or r[0]).decode(errors="replace"), sender="", recipient=agent,
+            type=_why(exc), priority=0, state="undecodable", attempt=int(_number(r[2])),
+            enqueued_at=0.0, visible_at=_number(r[3]), expires_at=None, size=0,
+        )  # fmt: skip
+
+
+def _decoded_pending(r: list[Any]) -> PendingInfo:
     b = _body_decoder.decode(r[4])
     size = len(b.data) if r[5] is None else int(r[5])
     return PendingInfo(
@@ -113,8 +144,22 @@ def _pending(r: list[Any]) -> PendingInfo:
     )  # fmt: skip
 
 
-def _dead_letter(r: list[Any]) -> DeadLetter:
-    """From the dead script's reason, attempts, finish time and body."""
+def _dead_letter(r: list[Any], agent: str) -> DeadLetter:
+    """From the dead script's reason, attempts, finish time, body and id; one that cannot be
+    decoded is listed with its error in its reason and no data."""
+    try:
+        return _decoded_dead_letter(r)
+    except _UNDECODABLE as exc:
+        reason = (r[0] or b"").decode(errors="replace")
+        return DeadLetter(
+            id=(r[4] or b"?").decode(errors="replace"), sender="", recipient=agent, type="",
+            reason=f"{reason} ({_why(exc)})" if reason else _why(exc),
+            attempts=int(_number(r[1])), enqueued_at=0.0, dead_at=_number(r[2]), data=None,
+            metadata={},
+        )  # fmt: skip
+
+
+def _decoded_dead_letter(r: list[Any]) -> DeadLetter:
     b = _body_decoder.decode(r[3])
     return DeadLetter(
         id=b.id, sender=b.sender, recipient=b.recipient, type=b.type,
@@ -199,11 +244,22 @@ class RedisMailboxes(MailboxStore):
         return ids
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
+        if not 0 < lease < math.inf:
+            raise ValidationError("lease must be a finite number of seconds > 0.")
         lease_until = now + lease
         flat = await self._bare("claim", now, agent, num(lease_until), max_messages)
-        messages = [
-            _stored(flat[i], flat[i + 1], flat[i + 2], lease_until) for i in range(1, len(flat), 3)
-        ]
+        messages, buried = [], []
+        for i in range(1, len(flat), 3):
+            try:
+                messages.append(_stored(flat[i], flat[i + 1], flat[i + 2], lease_until))
+            except _UNDECODABLE as exc:  # never delivered: a dead letter saying why
+                buried += [flat[i], flat[i + 1], _why(exc)]
+        if buried:
+            logger.warning(
+                "agentcomm: %d message(s) for %r cannot be decoded; moved to its dead letters",
+                len(buried) // 3, agent,
+            )  # fmt: skip
+            await self._mail("bury", now, agent, *buried)
         return Claimed(messages, opt_float(flat[0]))
 
     async def settle(self, op: Settle, *, now: float) -> bool:
@@ -223,12 +279,13 @@ class RedisMailboxes(MailboxStore):
 
     async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
         rows = await self._mail("pending", 0.0, agent, limit)
-        ranked = sorted(((_pending(r), r[0]) for r in rows), key=lambda p: (-p[0].priority, p[1]))
+        infos = ((_pending(r, agent), r[0]) for r in rows)
+        ranked = sorted(infos, key=lambda p: (-p[0].priority, p[1]))
         return [info for info, _ in ranked[:limit]]
 
     async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
         rows = await self._mail("dead", 0.0, agent, limit)
-        return [_dead_letter(r) for r in rows]
+        return [_dead_letter(r, agent) for r in rows]
 
     async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
         selection = ["0"] if ids is None else ["1", *ids]
@@ -286,22 +343,21 @@ class RedisMailboxes(MailboxStore):
 
     async def list_schedules(self) -> list[ScheduleInfo]:
         out = []
-        for blob, next_run, runs in await self._mail("sched_list", 0.0):
+        for blob, next_run, runs, sched_id in await self._mail("sched_list", 0.0):
             if blob is None:
                 continue
-            s = _spec_decoder.decode(blob)
-            out.append(
-                ScheduleInfo(
-                    s.id,
-                    s.sender,
-                    s.recipient,
-                    s.type,
-                    s.cron,
-                    s.every,
-                    float(next_run),
+            try:
+                s = _spec_decoder.decode(blob)
+                info = ScheduleInfo(
+                    s.id, s.sender, s.recipient, s.type, s.cron, s.every, float(next_run),
                     int(runs or 0),
-                )
-            )
+                )  # fmt: skip
+            except _UNDECODABLE as exc:  # listed with its error, and cancellable by its id
+                info = ScheduleInfo(
+                    sched_id.decode(errors="replace"), "", "", _why(exc), None, None,
+                    _number(next_run, math.inf), int(_number(runs)),
+                )  # fmt: skip
+            out.append(info)
         return out
 
     async def fire_due(self, now: float) -> float | None:
@@ -309,13 +365,26 @@ class RedisMailboxes(MailboxStore):
         if not due:
             return opt_float(first)
         args: list[Any] = []
+        bad: list[bytes] = []
         for sched_id, next_run, blob in due:
             if blob is None:
                 continue
-            spec = _spec_decoder.decode(blob)
-            upcoming = next_occurrence(spec.cron, spec.every, float(next_run), now)
-            args += [sched_id, next_run, num(upcoming)]
-            args += _message_args(scheduled_message(spec, now))
+            try:
+                spec = _spec_decoder.decode(blob)
+                upcoming = next_occurrence(spec.cron, spec.every, float(next_run), now)
+                fire = [sched_id, next_run, num(upcoming)]
+                fire += _message_args(scheduled_message(spec, now))
+            except (*_UNDECODABLE, ValidationError) as exc:  # one bad schedule stops no other
+                logger.warning(
+                    "agentcomm: schedule %s cannot be decoded or fired (%s); it stays listed "
+                    "and cancellable but never fires",
+                    sched_id.decode(errors="replace"), exc,
+                )  # fmt: skip
+                bad.append(sched_id)
+                continue
+            args += fire
+        if bad:
+            await self._mail("sched_park", now, *bad)
         return opt_float(await self._mail("sched_fire", now, *args))
 
     # --- housekeeping --------------------------------------------------------------------------

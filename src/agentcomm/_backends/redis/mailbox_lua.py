@@ -26,252 +26,16 @@ Mailbox keys (P = prefix):
 
 from __future__ import annotations
 
-from ..common import REPLY_GRACE, final_nack_reason, lease_expired_reason, mail_channel
+from .mailbox_lua_functions import FUNCTIONS, fill
 from .ref_holds import REF_HOLDS
 from .scripts import COMMON
-
-# Message hash fields: b (the body, msgpack: see `Body` in mailbox.py), id, rcp, pri, vis
-# (visible at / lease until), exp, max (attempts), att (attempt), st (state), fin, why (reason),
-# ref (the reference the payload holds, if it does).
-# States as in `_records.State`: 0 ready, 1 in flight, 2 delayed, 3 dead, 4 expired, 5 acked.
-
-
-def _template(text: str, *marks: int) -> str:
-    """`text` as a quoted Lua `string.format` template, each of `marks` replaced by `%s`."""
-    text = text.replace("%", "%%")
-    for mark in marks:
-        text = text.replace(str(mark), "%s")
-    return "'" + text + "'"
-
-
-# The dead-letter reasons the script writes: the texts of `common.lease_expired_reason` and
-# `common.final_nack_reason`, which the other backends use, so every backend words them alike.
-_LEASE_EXPIRED = _template(lease_expired_reason(1001, 1002), 1001, 1002)
-_FINAL_NACK = _template(final_nack_reason(1001), 1001)
 
 MAILBOX = (
     COMMON
     + REF_HOLDS
-    + r"""
-local function mkey(sid) return P .. 'm:' .. sid end
-local function count(name, n)
-  if n ~= 0 then redis.call('HINCRBY', P .. 'counters', name, n) end
-end
-
-local STATE_KEY = {['3'] = 'fin:3', ['4'] = 'fin:4', ['5'] = 'fin:5'}
-local BARE = {enqueue = true, claim = true, settle = true, reply = true, take = true}
-
--- sorted-set writes of a batch, sent as one command per key at the end (see `flush`); used
--- only where nothing reads the key in between and no member is both added and removed
-local zadds, zrems = {}, {}
-local function zadd_later(key, score, member)
-  local l = zadds[key]
-  if not l then l = {}; zadds[key] = l end
-  l[#l + 1] = score
-  l[#l + 1] = member
-end
-local function zrem_later(key, member)
-  local l = zrems[key]
-  if not l then l = {}; zrems[key] = l end
-  l[#l + 1] = member
-end
-local function flush()
-  for key, l in pairs(zadds) do
-    -- newest first: a small sorted set is a listpack, which scans from its head for the
-    -- place of each insert, and our members mostly arrive in ascending order
-    local r = {}
-    for i = #l - 1, 1, -2 do
-      r[#r + 1] = l[i]
-      r[#r + 1] = l[i + 1]
-    end
-    for i = 1, #r, 4000 do redis.call('ZADD', key, unpack(r, i, math.min(i + 3999, #r))) end
-  end
-  for key, l in pairs(zrems) do
-    for i = 1, #l, 4000 do redis.call('ZREM', key, unpack(l, i, math.min(i + 3999, #l))) end
-  end
-  zadds, zrems = {}, {}
-end
-
-local function unindex(sid, rcp)
-  redis.call('ZREM', P .. 'r:' .. rcp, sid)
-  redis.call('ZREM', P .. 't:' .. rcp, sid)
-  redis.call('ZREM', P .. 'exp', sid)
-end
-
--- `ref`: the reference the message's payload holds (or nil), released unless it becomes a
--- dead letter, which can be requeued
-local function finish(sid, rcp, state, reason, ref)
-  unindex(sid, rcp)
-  if ref and state ~= '3' then ref_drop(ref) end
-  local f = {'HSET', mkey(sid), 'st', state, 'fin', NOW_S}
-  if reason then f[#f + 1] = 'why'; f[#f + 1] = reason end
-  redis.call(unpack(f))
-  redis.call('ZADD', P .. STATE_KEY[state], NOW_S, sid)
-  if state == '3' then
-    redis.call('ZADD', P .. 'd:' .. rcp, tonumber(sid), sid)
-    count('dead_lettered', 1)
-  elseif state == '4' then
-    count('expired', 1)
-  end
-end
-
--- `exp` (the expiry index) holds undelivered messages; in-flight ones may linger there until
--- a prune pass drops them, so a message becoming undelivered again is (re-)added
-local function make_ready(sid, rcp, pri, exp)
-  redis.call('HSET', mkey(sid), 'st', 0)
-  redis.call('ZREM', P .. 't:' .. rcp, sid)
-  redis.call('ZADD', P .. 'r:' .. rcp, -tonumber(pri), sid)
-  if exp then redis.call('ZADD', P .. 'exp', exp, sid) end
-end
-
--- due delayed messages become ready; due leases become ready again, or dead when used up
-local function fire_timers(agent, limit)
-  local tk = P .. 't:' .. agent
-  local due = redis.call('ZRANGEBYSCORE', tk, '-inf', NOW_S, 'LIMIT', 0, limit)
-  local ready, dead = 0, 0
-  for _, sid in ipairs(due) do
-    local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'max', 'pri', 'exp')
-    if v[1] == '2' then
-      make_ready(sid, agent, v[4], v[5])
-      ready = ready + 1
-    elseif v[1] == '1' then
-      if tonumber(v[2]) >= tonumber(v[3]) then
-        finish(sid, agent, '3', string.format(LEASE_EXPIRED, v[2], v[3]))
-        dead = dead + 1
-      else
-        make_ready(sid, agent, v[4], v[5])
-        ready = ready + 1
-      end
-    else
-      redis.call('ZREM', tk, sid)
-    end
-  end
-  return ready, dead
-end
-
--- the sequence number of the last stored message: the first store of a script INCRs it,
--- later ones count in this local, written back by `save_seq`
-local last_seq, stored = nil, 0
-
--- store one message of enqueue or a schedule from its header fields `h` (see `_message_args` in
--- mailbox.py) and its body; returns its id, and whether that is the id of an earlier message
--- because the idempotency key was seen within its window
-local function store(h, body)
-  local id, snd, rcp, pri, vis, exp, maxa, window, cid, deadline, ref, ikey = unpack(h)
-  if ikey ~= '' then
-    local field = snd .. '/' .. rcp .. '/' .. ikey
-    local seen = redis.call('HGET', P .. 'dd', field)
-    if seen then
-      local until_ = tonumber(redis.call('ZSCORE', P .. 'dd:until', field))
-      if until_ and until_ > now then
-        count('deduplicated', 1)
-        return seen, true
-      end
-    end
-    if window == '' then window = NOW_S end
-    redis.call('HSET', P .. 'dd', field, id)
-    redis.call('ZADD', P .. 'dd:until', window, field)
-  end
-  if last_seq then last_seq = last_seq + 1 else last_seq = redis.call('INCR', P .. 'seq') end
-  stored = stored + 1
-  local sid = string.format('%016d', last_seq)
-  local state = 0
-  if tonumber(vis) > now then state = 2 end
-  local f = {'HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
-    'max', maxa, 'att', 0, 'st', state}
-  if exp ~= '' then
-    f[#f + 1] = 'exp'; f[#f + 1] = exp
-    zadd_later(P .. 'exp', exp, sid)
-  end
-  if ref ~= '' then
-    -- checked by the caller (`ref_require`) before its first write
-    ref_hold(ref)
-    f[#f + 1] = 'ref'; f[#f + 1] = ref
-  end
-  redis.call(unpack(f))
-  if state == 2 then
-    zadd_later(P .. 't:' .. rcp, vis, sid)
-  else
-    zadd_later(P .. 'r:' .. rcp, -tonumber(pri), sid)
-  end
-  if deadline ~= '' and cid ~= '' then
-    redis.call('HSET', P .. 'req', cid, '')
-    redis.call('ZADD', P .. 'req:dl', deadline, cid)
-  end
-  touch(MAIL_CHANNEL .. rcp)
-  return id, false
-end
-
-local function save_seq()
-  if stored > 1 then redis.call('SET', P .. 'seq', last_seq) end
-end
-
--- the references of these message headers are stored; raises RefNotFound otherwise
-local function require_refs(headers)
-  for _, h in ipairs(headers) do ref_require({h[11]}, 1) end
-end
-
--- the recipients must be registered agents, or are registered with `auto`; returns the first
--- unknown one, or nil
-local function ensure_agents(recipients, auto)
-  local agents = P .. 'agents'
-  if not auto then
-    for _, rcp in ipairs(recipients) do
-      if redis.call('HEXISTS', agents, rcp) == 0 then return rcp end
-    end
-    return nil
-  end
-  for _, rcp in ipairs(recipients) do
-    if redis.call('HSETNX', agents, rcp, NOW_S) == 1 then
-      redis.call('HSET', P .. 'seen', rcp, NOW_S)
-    end
-  end
-  return nil
-end
-
--- one settle op "kind NUL sid NUL attempt NUL until NUL reason"; returns 1 or 0
-local function settle(op, keep_acked)
-  local kind, sid, att, until_, reason = unpack(split(op, 5))
-  local mk = mkey(sid)
-  local v = redis.call('HMGET', mk, 'st', 'att', 'max', 'rcp', 'pri', 'exp', 'ref')
-  if not v[1] or v[2] ~= att or (v[1] ~= '0' and v[1] ~= '1') then return 0 end
-  local rcp = v[4]
-  if kind == '0' then
-    if keep_acked then
-      finish(sid, rcp, '5', nil, v[7])
-    else
-      redis.call('DEL', mk)
-      if v[7] then ref_drop(v[7]) end
-      if v[1] == '1' then
-        zrem_later(P .. 't:' .. rcp, sid)
-      else
-        zrem_later(P .. 'r:' .. rcp, sid)
-      end
-      if v[6] then zrem_later(P .. 'exp', sid) end
-    end
-  elseif kind == '3' then
-    if v[1] ~= '1' then return 0 end
-    redis.call('HSET', mk, 'vis', until_)
-    redis.call('ZADD', P .. 't:' .. rcp, until_, sid)
-  elseif kind == '2' then
-    finish(sid, rcp, '3', reason)
-  else
-    touch(MAIL_CHANNEL .. rcp)
-    if tonumber(att) >= tonumber(v[3]) then
-      if reason == '' then reason = string.format(FINAL_NACK, att) end
-      finish(sid, rcp, '3', reason)
-    elseif tonumber(until_) > now then
-      redis.call('HSET', mk, 'st', 2, 'vis', until_)
-      redis.call('ZREM', P .. 'r:' .. rcp, sid)
-      redis.call('ZADD', P .. 't:' .. rcp, until_, sid)
-      if v[6] then redis.call('ZADD', P .. 'exp', v[6], sid) end
-    else
-      make_ready(sid, rcp, v[5], v[6])
-    end
-  end
-  return 1
-end
-
+    + FUNCTIONS
+    + fill(
+        r"""
 local result = false
 if OP == 'register' then
   local name = ARGV[5]
@@ -309,7 +73,8 @@ elseif OP == 'enqueue' then
   end
 
 elseif OP == 'claim' then
-  local agent, lease_until, want = ARGV[5], ARGV[6], tonumber(ARGV[7])
+  local agent, lease_until, want = ARGV[5], ARGV[6], arg_num(ARGV[7], 'max_messages')
+  arg_num(lease_until, 'lease_until')
   fire_timers(agent, 1000)
   local rk, tk = P .. 'r:' .. agent, P .. 't:' .. agent
   -- flat: the next wake-up (or false), then sid, attempt, body of each message
@@ -322,7 +87,13 @@ elseif OP == 'claim' then
     for _, sid in ipairs(sids) do
       local mk = mkey(sid)
       local v = redis.call('HMGET', mk, 'exp', 'att', 'b', 'ref')
-      if v[1] and tonumber(v[1]) <= now then
+      if not v[3] and not v[2] then
+        -- an index entry without its message: nothing to deliver
+        redis.call('ZREM', tk, sid)
+        redis.call('ZREM', P .. 'exp', sid)
+      elseif not v[3] or not stored_num(v[2]) or (v[1] and not stored_num(v[1])) then
+        unreadable(sid, agent, 'body, attempt or expiry missing or not a number')
+      elseif v[1] and tonumber(v[1]) <= now then
         finish(sid, agent, '4', nil, v[4])
       else
         local att = tonumber(v[2]) + 1
@@ -343,17 +114,19 @@ elseif OP == 'claim' then
 
 elseif OP == 'settle' then
   local keep = ARGV[5] == '1'
-  local out = {}
-  for i = 6, #ARGV do out[#out + 1] = settle(ARGV[i], keep) end
+  local ops, out = {}, {}
+  for i = 6, #ARGV do ops[#ops + 1] = parse_settle(ARGV[i]) end
+  for _, f in ipairs(ops) do out[#out + 1] = settle(f, keep) end
   result = out
 
 elseif OP == 'reply' then
   -- keep, cid, reply, the reference it holds ('' for none), the settle op of the request
   local cid, blob, ref = ARGV[6], ARGV[7], ARGV[8]
+  local ack = ARGV[9] and parse_settle(ARGV[9])
   local waiting = redis.call('HGET', P .. 'req', cid) == ''
   -- the hold first: the ack may release the same content
   if waiting and ref ~= '' and not ref_hold(ref) then ref_not_found(ref) end
-  if ARGV[9] then settle(ARGV[9], ARGV[5] == '1') end
+  if ack then settle(ack, ARGV[5] == '1') end
   if waiting then
     redis.call('HSET', P .. 'req', cid, blob)
     if ref ~= '' then redis.call('HSET', P .. 'req:ref', cid, ref) end
@@ -378,6 +151,7 @@ elseif OP == 'take' then
 
 elseif OP == 'sched_add' then
   local ref = ARGV[10]
+  arg_num(ARGV[8], 'next_run')
   ref_require({ref}, 1)
   local unknown = ensure_agents({ARGV[9]}, ARGV[5] == '1')
   if unknown then
@@ -412,7 +186,7 @@ elseif OP == 'sched_list' then
   for i = 1, #ids, 2 do
     local id = ids[i]
     out[#out + 1] = {redis.call('HGET', P .. 'sched', id), ids[i + 1],
-      redis.call('HGET', P .. 'sched:runs', id)}
+      redis.call('HGET', P .. 'sched:runs', id), id}
   end
   result = out
 
@@ -430,15 +204,19 @@ elseif OP == 'sched_fire' then
   -- per schedule: id, the next_run it was due at, its next occurrence, message header and
   -- body; a schedule another hub fired meanwhile no longer has that next_run and is skipped
   local runs, headers = 0, {}
-  for b = 5, #ARGV, 5 do headers[#headers + 1] = split(ARGV[b + 3], 12) end
+  for b = 5, #ARGV, 5 do
+    arg_num(ARGV[b + 1], 'next_run')
+    arg_num(ARGV[b + 2], 'upcoming')
+    headers[#headers + 1] = split(ARGV[b + 3], 12)
+  end
   require_refs(headers)
   for b = 5, #ARGV, 5 do
     local id = ARGV[b]
     local score = redis.call('ZSCORE', P .. 'sched:next', id)
-    if score and tonumber(score) == tonumber(ARGV[b + 1]) then
+    if score and tonumber(score) == tonumber(ARGV[b + 1]) and ARGV[b + 4] then
       store(headers[(b - 5) / 5 + 1], ARGV[b + 4])
       redis.call('ZADD', P .. 'sched:next', ARGV[b + 2], id)
-      redis.call('HINCRBY', P .. 'sched:runs', id, 1)
+      hincr(P .. 'sched:runs', id, 1)
       runs = runs + 1
     end
   end
@@ -446,6 +224,28 @@ elseif OP == 'sched_fire' then
   count('scheduled_runs', runs)
   local first = redis.call('ZRANGE', P .. 'sched:next', 0, 0, 'WITHSCORES')
   result = first[2] or false
+
+elseif OP == 'bury' then
+  -- agent, then sid, attempt, why of each claimed message whose body could not be decoded:
+  -- each becomes a dead letter saying why, unless its lease was lost meanwhile
+  local agent, n = ARGV[5], 0
+  for i = 6, #ARGV, 3 do
+    local v = redis.call('HMGET', mkey(ARGV[i]), 'st', 'att')
+    if v[1] == '1' and v[2] == ARGV[i + 1] then
+      unreadable(ARGV[i], agent, ARGV[i + 2])
+      n = n + 1
+    end
+  end
+  result = n
+
+elseif OP == 'sched_park' then
+  -- schedules that cannot be decoded or fired: they stay listed and cancellable, due never
+  for i = 5, #ARGV do
+    if redis.call('ZADD', P .. 'sched:next', 'XX', 'CH', 'inf', ARGV[i]) == 1 then
+      count('undecodable', 1)
+    end
+  end
+  touch('schedules')
 
 elseif OP == 'box_stats' then
   local agent = ARGV[5]
@@ -458,14 +258,14 @@ elseif OP == 'box_stats' then
     redis.call('ZCARD', P .. 'd:' .. agent)}
 
 elseif OP == 'pending' then
-  local agent, limit = ARGV[5], tonumber(ARGV[6])
+  local agent, limit = ARGV[5], arg_num(ARGV[6], 'limit')
   local out = {}
   for _, zk in ipairs({'r:', 't:'}) do
     for _, sid in ipairs(redis.call('ZRANGE', P .. zk .. agent, 0, limit - 1)) do
-      local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'vis', 'b', 'ref')
+      local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'vis', 'b', 'ref', 'id')
       local size = false
       if v[5] then size = redis.call('HGET', P .. 'ref:' .. v[5], 'size') or 0 end
-      out[#out + 1] = {sid, v[1], v[2], v[3], v[4], size}
+      out[#out + 1] = {sid, v[1], v[2], v[3], v[4], size, v[6]}
     end
   end
   result = out
@@ -474,7 +274,7 @@ elseif OP == 'dead' then
   local agent, limit = ARGV[5], tonumber(ARGV[6])
   local out = {}
   for _, sid in ipairs(redis.call('ZRANGE', P .. 'd:' .. agent, 0, limit - 1)) do
-    out[#out + 1] = redis.call('HMGET', mkey(sid), 'why', 'att', 'fin', 'b')
+    out[#out + 1] = redis.call('HMGET', mkey(sid), 'why', 'att', 'fin', 'b', 'id')
   end
   result = out
 
@@ -494,7 +294,7 @@ elseif OP == 'requeue' then
       redis.call('HDEL', mk, 'why', 'fin')
       local exp = v[3]
       -- a requeue is an explicit decision to deliver: clear a passed expiry too
-      if exp and tonumber(exp) <= now then
+      if exp and not (stored_num(exp) and stored_num(exp) > now) then
         redis.call('HDEL', mk, 'exp')
         exp = nil
       end
@@ -509,7 +309,8 @@ elseif OP == 'requeue' then
 
 elseif OP == 'prune' then
   local keep = {['5'] = ARGV[5], ['4'] = ARGV[6], ['3'] = ARGV[7]}
-  local batch = tonumber(ARGV[8])
+  for _, seconds in pairs(keep) do arg_num(seconds, 'retention') end
+  local batch = arg_num(ARGV[8], 'batch')
   local dead, expired, pruned = 0, 0, 0
   for _, agent in ipairs(redis.call('HKEYS', P .. 'agents')) do
     local ready, d = fire_timers(agent, batch)
@@ -569,8 +370,6 @@ publish()
 -- the hot paths return their result alone: the caller knows which of its waiters to wake
 if BARE[OP] then return result end
 return {result, touched_list}
-""".replace("REPLY_GRACE", repr(REPLY_GRACE))
-    .replace("LEASE_EXPIRED", _LEASE_EXPIRED)
-    .replace("FINAL_NACK", _FINAL_NACK)
-    .replace("MAIL_CHANNEL", repr(mail_channel("")))
+"""
+    )
 )

@@ -37,7 +37,8 @@ REF_HOLDS = rf"""
 local REF_FLAG = {REF_FLAG}
 
 local function ref_id_of(data, kind)
-  if data and kind and bit.band(tonumber(kind), REF_FLAG) ~= 0 then return data end
+  local k = stored_num(kind)
+  if data and k and k == math.floor(k) and bit.band(k, REF_FLAG) ~= 0 then return data end
   return nil
 end
 
@@ -52,16 +53,16 @@ local function ref_evict(id)
   redis.call('ZREM', P .. 'refs', id)
   redis.call('ZREM', P .. 'refs:free', id)
   local st = P .. 'refs:stats'
-  redis.call('HINCRBY', st, 'evictions', 1)
-  redis.call('HINCRBY', st, 'bytes', -(tonumber(v[1]) or 0))
-  redis.call('HINCRBY', st, 'stored', -(tonumber(v[2]) or 0))
+  hincr(st, 'evictions', 1)
+  hincr(st, 'bytes', -(tonumber(v[1]) or 0))
+  hincr(st, 'stored', -(tonumber(v[2]) or 0))
 end
 
 -- returns false when the ref is not stored (evicted): the caller raises RefNotFound
 local function ref_hold(id)
   local key = P .. 'ref:' .. id
   if redis.call('EXISTS', key) == 0 then return false end
-  if redis.call('HINCRBY', key, 'refcount', 1) == 1 then
+  if hincr(key, 'refcount', 1) == 1 then
     redis.call('ZREM', P .. 'refs:free', id)
   end
   return true
@@ -71,33 +72,31 @@ end
 -- ref_counting unless a TTL still runs; otherwise it waits in refs:free for a GC pass
 local function ref_unheld(id, strategy)
   local key = P .. 'ref:' .. id
-  local exp = redis.call('HGET', key, 'expires_at')
-  local free = not exp or exp == '' or tonumber(exp) <= now
+  local exp = stored_num(redis.call('HGET', key, 'expires_at'))
+  local free = not exp or exp <= now
   strategy = strategy or redis.call('GET', P .. 'refs:gc')
   if free and strategy == 'ref_counting' then
     ref_evict(id)
     return true
   end
-  if not exp or exp == '' then exp = 0 end
-  redis.call('ZADD', P .. 'refs:free', exp, id)
+  redis.call('ZADD', P .. 'refs:free', exp or 0, id)
   return false
 end
 
 -- under ref_counting, the release that drops the count to zero evicts, unless a TTL still runs
 local function ref_drop(id)
   local key = P .. 'ref:' .. id
-  local n = tonumber(redis.call('HGET', key, 'refcount'))
+  local n = stored_num(redis.call('HGET', key, 'refcount'))
   if not n or n <= 0 then return end
-  if redis.call('HINCRBY', key, 'refcount', -1) == 0 then ref_unheld(id, nil) end
+  if hincr(key, 'refcount', -1) == 0 then ref_unheld(id, nil) end
 end
 
 -- undo a hold this script took: the count goes back to what it was, nothing is evicted
 local function ref_unhold(id)
   local key = P .. 'ref:' .. id
   if redis.call('EXISTS', key) == 0 then return end
-  if redis.call('HINCRBY', key, 'refcount', -1) == 0 then
-    local exp = redis.call('HGET', key, 'expires_at')
-    if not exp or exp == '' then exp = 0 end
+  if hincr(key, 'refcount', -1) == 0 then
+    local exp = stored_num(redis.call('HGET', key, 'expires_at')) or 0
     redis.call('ZADD', P .. 'refs:free', exp, id)
   end
 end

@@ -12,7 +12,7 @@ REFS = (
     + REF_HOLDS
     + r"""
 local function stat(name, n)
-  if n ~= 0 then redis.call('HINCRBY', P .. 'refs:stats', name, n) end
+  if n ~= 0 then hincr(P .. 'refs:stats', name, n) end
 end
 
 -- id, size, stored_size, compression, content_type, created_at, expires_at, refcount
@@ -39,10 +39,10 @@ local function existing(id, expires)
   local merged = ''
   if old ~= '' and expires ~= '' then
     merged = old
-    if tonumber(expires) > tonumber(old) then merged = expires end
+    if tonumber(expires) > (stored_num(old) or 0) then merged = expires end
   end
   redis.call('HSET', key, 'expires_at', merged)
-  if redis.call('HINCRBY', key, 'refcount', 1) == 1 then
+  if hincr(key, 'refcount', 1) == 1 then
     redis.call('ZREM', P .. 'refs:free', id)
   end
   return record(id)
@@ -83,6 +83,27 @@ local function holder_add(id, holder, delta)
 end
 
 local result = false
+-- the numbers of each op, checked before its first write
+if OP == 'put' or OP == 'commit' then
+  local a = 7
+  if OP == 'commit' then a = 8 end
+  arg_num(ARGV[a], 'size')
+  arg_num(ARGV[a + 1], 'stored_size')
+  arg_opt_num(ARGV[a + 4], 'expires_at')
+elseif OP == 'dedupe' then
+  arg_opt_num(ARGV[7], 'expires_at')
+elseif OP == 'stage' then
+  if #ARGV % 2 ~= 1 then error({err = 'BADARG stage takes chunk number, chunk pairs'}) end
+  for i = 6, #ARGV, 2 do arg_num(ARGV[i], 'chunk number') end
+elseif OP == 'read' then
+  arg_num(ARGV[6], 'start')
+  arg_num(ARGV[7], 'limit')
+elseif OP == 'adjust' then
+  arg_num(ARGV[7], 'delta')
+elseif OP == 'gc' then
+  arg_num(ARGV[5], 'abandoned before')
+end
+
 if OP == 'put' then
   -- strategy, holder, id, size, stored_size, compression, content_type, expires_at, chunks...
   set_strategy(ARGV[5])
@@ -153,7 +174,7 @@ elseif OP == 'adjust' then
   set_strategy(ARGV[5])
   local id, delta, holder = ARGV[6], tonumber(ARGV[7]), ARGV[8]
   local key = P .. 'ref:' .. id
-  local n = tonumber(redis.call('HGET', key, 'refcount'))
+  local n = stored_num(redis.call('HGET', key, 'refcount'))
   if n and holder ~= '' and not holder_add(id, holder, delta) then
     result = 'NOTHELD'
   elseif n then
@@ -176,7 +197,8 @@ elseif OP == 'gc' then
   local out = {}
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'refs:free', '-inf', NOW_S)) do
     local r = record(id)
-    if r and tonumber(r[8]) <= 0 then
+    local held = r and stored_num(r[8])
+    if r and held and held <= 0 then
       ref_evict(id)
       out[#out + 1] = r
     elseif not r then

@@ -2,9 +2,9 @@
 
 Every state change of the Redis backend is one script call, so it is atomic against every
 other hub on the same server and costs one round trip. Each feature has one script beside it
-(`mailbox_lua.py`, `topics_lua.py`, `shared_memory_lua.py`, `references_lua.py`), dispatching
-on an operation name; each starts with `COMMON` and, when its rows carry payloads, the
-reference holds of `ref_holds.py`.
+(`mailbox_lua.py`, whose functions are in `mailbox_lua_functions.py`, `topics_lua.py`,
+`shared_memory_lua.py`, `references_lua.py`), dispatching on an operation name; each starts
+with `COMMON` and, when its rows carry payloads, the reference holds of `ref_holds.py`.
 
 ARGV is always `prefix, origin, now, op, ...`. Timestamps travel as the strings Python wrote
 (`repr` of a float) and are stored as such, so no float ever goes through Lua's 14-digit
@@ -17,6 +17,9 @@ for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -24,10 +27,22 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.commands.core import AsyncScript
 
+from ..._deadline import CALL_DEADLINE
+from ..._errors import AgentCommError, BackendUnavailable, ValidationError
 from ..._notify import Notifier
 from .errors import REDIS_ERRORS, translate
 
 T = TypeVar("T")
+
+logger = logging.getLogger("agentcomm")
+
+#: Seconds a round trip may take beyond the deadline of the blocking call that makes it (a
+#: `receive(timeout=1)` against a frozen server raises BackendUnavailable after at most
+#: 1 + MARGIN s); no round trip takes longer than the URL's `command_timeout` either.
+MARGIN = 1.0
+
+#: The bound of a round trip outside a call with a deadline (`?command_timeout=` in the URL).
+DEFAULT_COMMAND_TIMEOUT = 5.0
 
 COMMON = r"""
 local P, ORIGIN, NOW_S, OP = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -52,6 +67,53 @@ local function split(s, n)
   return {string.match(s, pattern)}
 end
 
+-- a script checks its arguments (and the stored values it relies on) before its first write:
+-- Redis does not roll back a script that fails half-way. `arg_num` raises on anything but a
+-- number (NaN included), which the backend reports as a ValidationError, nothing written.
+local function arg_num(value, what)
+  local n = tonumber(value)
+  if n == nil or n ~= n then
+    error({err = 'BADARG ' .. what .. ' is not a number: ' .. tostring(value)})
+  end
+  return n
+end
+
+-- '' (or nil) for none, else as `arg_num`
+local function arg_opt_num(value, what)
+  if value == nil or value == '' then return nil end
+  return arg_num(value, what)
+end
+
+arg_num(NOW_S, 'now')
+
+-- a stored number, or nil when what is stored is missing, not a number or NaN
+local function stored_num(value)
+  local n = tonumber(value)
+  if n ~= n then return nil end
+  return n
+end
+
+-- HINCRBY that never fails on a damaged counter (it starts again from `n`), so a script does
+-- not fail after its first write because of one
+local function hincr(key, field, n)
+  local cur = redis.call('HGET', key, field)
+  if cur and not string.match(cur, '^%-?%d+$') then
+    redis.call('HSET', key, field, n)
+    return tonumber(n)
+  end
+  return redis.call('HINCRBY', key, field, n)
+end
+
+-- a sequence counter must be an integer (or absent) before a script INCRs it: one that is
+-- damaged is refused rather than guessed, as a reused number would overwrite a record
+local function check_seq(key)
+  local cur = redis.call('GET', key)
+  if cur and not string.match(cur, '^%d+$') then
+    error({err = 'DAMAGED ' .. key .. ' is not a sequence number (' .. cur .. '): restore it '
+      .. 'to the highest number in use'})
+  end
+end
+
 -- other hubs are woken only if there are any: a lone hub notified its own waiters already
 local function others()
   return redis.call('SCARD', P .. 'hubs') > 1
@@ -66,8 +128,15 @@ end
 
 
 def num(value: float) -> str:
-    """A float as the scripts take it: Python's exact `repr`."""
-    return repr(float(value))
+    """A float as the scripts take it: Python's exact `repr`.
+
+    NaN is refused here, before any script runs: Redis cannot score it, and a script failing
+    half-way would leave what it wrote (Redis does not roll a script back).
+    """
+    value = float(value)
+    if math.isnan(value):
+        raise ValidationError("A time or number sent to Redis is NaN; pass a finite number.")
+    return repr(value)
 
 
 def opt_float(value: bytes | None) -> float | None:
@@ -83,13 +152,29 @@ class Scripts:
     """
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, origin: str, where: str, notifier: Notifier
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        origin: str,
+        where: str,
+        notifier: Notifier,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.origin = origin
         self.where = where
         self.notifier = notifier
+        self.command_timeout = command_timeout
+
+    def bound(self) -> float:
+        """Seconds the next round trip may take: to the deadline of the blocking call in
+        progress plus `MARGIN`, and never more than `command_timeout`."""
+        deadline = CALL_DEADLINE.get()
+        if deadline is None:
+            return self.command_timeout
+        left = deadline - asyncio.get_running_loop().time()
+        return min(max(left, 0.0) + MARGIN, self.command_timeout)
 
     def register(self, lua: str) -> AsyncScript:
         """A script object for `lua` (loaded on the server on first use)."""
@@ -97,19 +182,16 @@ class Scripts:
 
     async def call(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
         """The reply of `op` of `script`, with redis-py's errors mapped to ours."""
-        client = self.client
         head = (self.prefix, self.origin, num(now), op)
-        cancels = _cancels()
+        return await self._bounded(self._eval(script, head, args))
+
+    async def _eval(self, script: AsyncScript, head: tuple[str, ...], args: Sequence[Any]) -> Any:
+        client = self.client
         try:
-            try:
-                reply = await client.evalsha(script.sha, 0, *head, *args)
-            except rexc.NoScriptError:  # a restarted or flushed server: load it again
-                script.sha = await client.script_load(script.script)
-                reply = await client.evalsha(script.sha, 0, *head, *args)
-        except REDIS_ERRORS as exc:
-            raise translate(exc, self.where) from exc
-        _raise_swallowed_cancel(cancels)
-        return reply
+            return await client.evalsha(script.sha, 0, *head, *args)
+        except rexc.NoScriptError:  # a restarted or flushed server: load it again
+            script.sha = await client.script_load(script.script)
+            return await client.evalsha(script.sha, 0, *head, *args)
 
     async def run(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
         """Run `op` of `script`; notify this hub's waiters of the channels it touched (the
@@ -121,9 +203,39 @@ class Scripts:
 
     async def command(self, awaitable: Awaitable[T]) -> T:
         """The result of a plain client command (or pipeline), with errors mapped to ours."""
+        return await self._bounded(awaitable)
+
+    async def report_undecodable(self, what: str, errors: Sequence[str]) -> None:
+        """Log stored records that cannot be decoded (and were skipped) and count them in the
+        store's `undecodable` counter; a failure to count is not the caller's failure."""
+        if not errors:
+            return
+        logger.warning(
+            "agentcomm: skipped %d %s that cannot be decoded: %s", len(errors), what, errors[0]
+        )
+        with contextlib.suppress(AgentCommError):
+            await self.command(
+                self.client.hincrby(self.prefix + "counters", "undecodable", len(errors))
+            )
+
+    async def _bounded(self, awaitable: Awaitable[T]) -> T:
+        """`awaitable`'s result within `bound()` seconds, else BackendUnavailable.
+
+        A round trip cut short closes its connection (redis-py drops a connection whose read
+        was interrupted), so no late answer is ever read as the answer to another command.
+        """
+        bound = self.bound()
         cancels = _cancels()
         try:
-            result = await awaitable
+            # the timer's own cancel never counts as swallowed: leaving the block undoes it
+            async with asyncio.timeout(bound):
+                result = await awaitable
+        except TimeoutError as exc:  # before REDIS_ERRORS: TimeoutError is an OSError
+            raise BackendUnavailable(
+                f"Redis at {self.where} did not answer within {bound:.3g} s. The server may be "
+                "overloaded, paused or unreachable; retry once it answers (the bound for calls "
+                "without a timeout is the URL option command_timeout)."
+            ) from exc
         except REDIS_ERRORS as exc:
             raise translate(exc, self.where) from exc
         _raise_swallowed_cancel(cancels)

@@ -47,6 +47,10 @@ def _change(entry: Sequence[Any]) -> KVChangeRecord:
     )  # fmt: skip
 
 
+#: What a damaged stored record may raise while it is decoded.
+_UNDECODABLE = (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError)
+
+
 def _opt(value: object) -> Any:
     return "" if value is None else value
 
@@ -61,9 +65,24 @@ class RedisSharedMemory(SharedMemoryStore):
     async def _kv_op(self, op: str, space: Space, now: float, *args: Any) -> Any:
         return await self._scripts.run(self._script, op, now, (_space_id(space), *args))
 
+    async def _decoded(self, rows: Sequence[Any], decode: Any, what: str) -> list[Any]:
+        """`decode` of each row; rows that cannot be decoded are skipped and reported."""
+        out, errors = [], []
+        for row in rows:
+            try:
+                out.append(decode(row))
+            except _UNDECODABLE as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        await self._scripts.report_undecodable(what, errors)
+        return out
+
     async def kv_get(self, space: Space, key: str, *, now: float) -> KVRecord | None:
         v = await self._kv_op("get", space, now, key)
-        return None if v is None else _record(key, v)
+        if v is None:
+            return None
+        # a damaged record reads as absent (and the next write replaces it)
+        got = await self._decoded([v], lambda r: _record(key, r), "shared-memory record")
+        return got[0] if got else None
 
     async def kv_put(self, space: Space, write: KVWrite, *, now: float) -> KVOutcome:
         w = write
@@ -91,18 +110,21 @@ class RedisSharedMemory(SharedMemoryStore):
     async def kv_scan(self, space: Space, prefix: str | None, *, now: float) -> KVSnapshot:
         args = ("0", "") if prefix is None else ("1", prefix)
         rows, seq = await self._kv_op("scan", space, now, *args)
-        return KVSnapshot([_record(r[0].decode(), r[1:]) for r in rows], int(seq))
+        records = await self._decoded(
+            rows, lambda r: _record(r[0].decode(), r[1:]), "shared-memory records"
+        )
+        return KVSnapshot(records, int(seq))
 
     async def kv_changes(self, space: Space, after: int, *, limit: int, now: float) -> KVChanges:
         entries, floor, seq, nxt = await self._kv_op("changes", space, now, after, limit)
+        changes = await self._decoded(entries, _change, "shared-memory changes")
         return KVChanges(
-            [_change(e) for e in entries], int(floor), int(seq),
-            None if nxt is None else float(nxt),
+            changes, int(floor), int(seq), None if nxt is None else float(nxt)
         )  # fmt: skip
 
     async def kv_history(self, space: Space, key: str, *, limit: int, now: float) -> list[KVRecord]:
         rows = await self._kv_op("history", space, now, key, limit)
-        return [_record(key, r) for r in rows]
+        return await self._decoded(rows, lambda r: _record(key, r), "shared-memory versions")
 
     async def kv_counts(self, space: Space, *, now: float) -> KVCounts:
         keys, size, writes, conflicts = await self._kv_op("counts", space, now)

@@ -38,14 +38,14 @@ end
 
 local function settings()
   local v = redis.call('HMGET', META, 'hist', 'clog', 'seq', 'floor')
-  return tonumber(v[1]) or DEFAULT_HISTORY, tonumber(v[2]) or DEFAULT_CHANGE_LOG,
-    tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  return stored_num(v[1]) or DEFAULT_HISTORY, stored_num(v[2]) or DEFAULT_CHANGE_LOG,
+    stored_num(v[3]) or 0, stored_num(v[4]) or 0
 end
 
 local function append(kind, key, version, data, dk, by)
   local _, clog, _, floor = settings()
-  local seq = redis.call('HINCRBY', META, 'seq', 1)
-  redis.call('HINCRBY', META, 'writes', 1)
+  local seq = hincr(META, 'seq', 1)
+  hincr(META, 'writes', 1)
   local f = {'XADD', S .. 'log', seq .. '-0', 'k', kind, 'key', key, 'v', version, 'dk', dk,
     'at', NOW_S}
   if data then f[#f + 1] = 'd'; f[#f + 1] = data end
@@ -69,7 +69,7 @@ local function keep_history(key, old, new_version)
   local hist = settings()
   if hist <= 1 then return end
   local hk = S .. 'h:' .. key
-  if old then
+  if old and tonumber(old[1]) then
     local ref = ref_id_of(old[2], old[3])
     if ref then ref_hold(ref) end
     local f = {'HSET', S .. 'p:' .. key .. ':' .. old[1]}
@@ -90,7 +90,7 @@ end
 
 -- the live row `old` of `key` becomes a tombstone; returns the new version
 local function finish(key, old, kind, by)
-  local version = tonumber(old[1]) + 1
+  local version = (tonumber(old[1]) or 0) + 1
   keep_history(key, old, version)
   local rk = S .. 'r:' .. key
   redis.call('DEL', rk)
@@ -100,7 +100,7 @@ local function finish(key, old, kind, by)
   redis.call('ZREM', S .. 'live', key)
   redis.call('ZREM', S .. 'exp', key)
   redis.call('ZADD', S .. 'tomb', NOW_S, key)
-  redis.call('HINCRBY', META, 'bytes', -#old[2])
+  hincr(META, 'bytes', -#old[2])
   local ref = ref_id_of(old[2], old[3])
   if ref then ref_drop(ref) end
   append(kind, key, version, nil, 0, by)
@@ -111,9 +111,11 @@ end
 local function current(key)
   local v = row(key)
   if not v[1] then return nil, 0 end
-  if not v[2] then return nil, tonumber(v[1]) end
-  if v[7] and tonumber(v[7]) <= now then return nil, finish(key, v, EXPIRE, nil) end
-  return v, tonumber(v[1])
+  -- a version that is not a number (a damaged row) counts as 0: the next write replaces it
+  if not v[2] then return nil, tonumber(v[1]) or 0 end
+  local expires = stored_num(v[7])
+  if expires and expires <= now then return nil, finish(key, v, EXPIRE, nil) end
+  return v, tonumber(v[1]) or 0
 end
 
 local function expire_due()
@@ -130,6 +132,12 @@ local function opt(value)
   return value
 end
 
+-- every op but `counts` may write (an expiry is a change): the change-log sequence first
+local seq_now = redis.call('HGET', META, 'seq')
+if seq_now and not string.match(seq_now, '^%d+$') then
+  error({err = 'DAMAGED ' .. META .. ' seq is not a sequence number (' .. seq_now .. ')'})
+end
+
 local result = false
 if OP == 'get' then
   local v = current(ARGV[6])
@@ -140,6 +148,11 @@ elseif OP == 'put' then
   local expires, by, hist, clog = opt(ARGV[10]), opt(ARGV[11]), opt(ARGV[12]), opt(ARGV[13])
   -- the new value's hold first, before any other write (and before an overwrite with the
   -- same content releases the old one)
+  arg_num(dk, 'data_kind')
+  arg_opt_num(expires, 'expires_at')
+  arg_opt_num(hist, 'history')
+  arg_opt_num(clog, 'change_log')
+  arg_opt_num(expected, 'expected_version')
   local ref = ref_id_of(data, dk)
   if ref and not ref_hold(ref) then ref_not_found(ref) end
   if hist then redis.call('HSET', META, 'hist', hist) end
@@ -150,13 +163,13 @@ elseif OP == 'put' then
   if old then actual = version end
   if expected and tonumber(expected) ~= actual then
     if ref then ref_unhold(ref) end
-    redis.call('HINCRBY', META, 'conflicts', 1)
+    hincr(META, 'conflicts', 1)
     result = {1, actual}
   else
     version = version + 1
     keep_history(key, old, version)
     local created = NOW_S
-    if old then created = old[4] end
+    if old and stored_num(old[4]) then created = old[4] end
     local rk = S .. 'r:' .. key
     redis.call('DEL', rk)
     local f = {'HSET', rk, 'v', version, 'd', data, 'k', dk, 'c', created, 'u', NOW_S}
@@ -176,18 +189,19 @@ elseif OP == 'put' then
       local old_ref = ref_id_of(old[2], old[3])
       if old_ref then ref_drop(old_ref) end
     end
-    redis.call('HINCRBY', META, 'bytes', delta)
+    hincr(META, 'bytes', delta)
     append(PUT, key, version, data, dk, by)
     result = {0, version, created}
   end
 
 elseif OP == 'delete' then
   local key, expected, by = ARGV[6], opt(ARGV[7]), opt(ARGV[8])
+  arg_opt_num(expected, 'expected_version')
   local old, version = current(key)
   local actual = 0
   if old then actual = version end
   if expected and tonumber(expected) ~= actual then
-    redis.call('HINCRBY', META, 'conflicts', 1)
+    hincr(META, 'conflicts', 1)
     result = {1, actual}
   elseif not old then
     result = {0, 0}
@@ -216,7 +230,7 @@ elseif OP == 'scan' then
   result = {out, seq}
 
 elseif OP == 'changes' then
-  local after, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local after, limit = arg_num(ARGV[6], 'after'), arg_num(ARGV[7], 'limit')
   local next_expiry = expire_due()
   local _, _, seq, floor = settings()
   local out = {}
@@ -226,7 +240,7 @@ elseif OP == 'changes' then
   result = {out, floor, seq, next_expiry}
 
 elseif OP == 'history' then
-  local key, limit = ARGV[6], tonumber(ARGV[7])
+  local key, limit = ARGV[6], arg_num(ARGV[7], 'limit')
   local out = {}
   local v = current(key)
   if v then out[1] = v end

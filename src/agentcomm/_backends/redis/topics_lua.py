@@ -31,7 +31,7 @@ TOPICS = (
 local LOG, NAMES, CONS = P .. 'tp:log', P .. 'tp:names', P .. 'tp:cons'
 local function skey(topic) return P .. 'tp:s:' .. topic end
 local function ckey(name) return P .. 'tp:c:' .. name end
-local function head() return tonumber(redis.call('GET', P .. 'tp:seq') or '0') end
+local function head() return stored_num(redis.call('GET', P .. 'tp:seq')) or 0 end
 local function eid(seq) return string.format('%d-0', seq) end
 -- numbers are stored through this: Redis would write a Lua number with only 14 digits
 local function int(n) return string.format('%d', n) end
@@ -46,7 +46,7 @@ end
 local function count_delivered(counts)
   for topic, n in pairs(counts) do
     local sk = skey(topic)
-    if redis.call('EXISTS', sk) == 1 then redis.call('HINCRBY', sk, 'dl', n) end
+    if redis.call('EXISTS', sk) == 1 then hincr(sk, 'dl', n) end
   end
 end
 
@@ -59,6 +59,7 @@ local result = false
 if OP == 'publish' then
   local topic, snd, typ, data, kind = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
   local rid = ref_id_of(data, kind)
+  check_seq(P .. 'tp:seq')
   if not rid or ref_hold(rid) then
     local seq = redis.call('INCR', P .. 'tp:seq')
     local f = {'XADD', LOG, eid(seq), 't', topic, 's', snd, 'y', typ, 'd', data, 'k', kind,
@@ -66,8 +67,8 @@ if OP == 'publish' then
     if ARGV[10] == '1' then f[#f + 1] = 'm'; f[#f + 1] = ARGV[11] end
     redis.call(unpack(f))
     local sk = skey(topic)
-    redis.call('HINCRBY', sk, 'pub', 1)
-    redis.call('HINCRBY', sk, 'kept', 1)
+    hincr(sk, 'pub', 1)
+    hincr(sk, 'kept', 1)
     redis.call('HSET', sk, 'at', ARGV[12], 'last', int(seq))
     redis.call('ZADD', NAMES, 0, topic)
     touch(TOPICS_CHANNEL)
@@ -80,14 +81,19 @@ elseif OP == 'head' then
 
 elseif OP == 'read' then
   -- the log after ARGV[5] (at most ARGV[6] records) and the head, in one snapshot
-  local rows = redis.call('XRANGE', LOG, eid(tonumber(ARGV[5]) + 1), '+', 'COUNT', ARGV[6])
+  local rows = redis.call('XRANGE', LOG, eid(arg_num(ARGV[5], 'after') + 1), '+', 'COUNT',
+    arg_num(ARGV[6], 'limit'))
   result = {rows, head()}
 
 elseif OP == 'count' then
   for i = 5, #ARGV, 3 do
+    arg_num(ARGV[i + 1], 'delivered')
+    arg_num(ARGV[i + 2], 'dropped')
+  end
+  for i = 5, #ARGV, 3 do
     local sk = skey(ARGV[i])
-    redis.call('HINCRBY', sk, 'dl', ARGV[i + 1])
-    redis.call('HINCRBY', sk, 'dr', ARGV[i + 2])
+    hincr(sk, 'dl', ARGV[i + 1])
+    hincr(sk, 'dr', ARGV[i + 2])
     redis.call('ZADD', NAMES, 0, ARGV[i])
   end
 
@@ -106,6 +112,9 @@ elseif OP == 'open' then
   local name, def, start, kind, sseq, stime = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
     ARGV[10]
   local ck = ckey(name)
+  if kind == 'seq' then arg_num(sseq, 'start sequence') end
+  if kind == 'time' then arg_num(stime, 'start time') end
+  -- read before any write (the script may fail on nothing after its first write)
   local function position()
     if kind == 'all' then return 0 end
     if kind == 'seq' then return math.max(tonumber(sseq) - 1, 0) end
@@ -115,7 +124,7 @@ elseif OP == 'open' then
         local rows = redis.call('XRANGE', LOG, from, '+', 'COUNT', 1000)
         if #rows == 0 then break end
         for _, e in ipairs(rows) do
-          if tonumber(fields(e).at) >= t then return seq_of(e[1]) - 1 end
+          if (stored_num(fields(e).at) or 0) >= t then return seq_of(e[1]) - 1 end
         end
         from = eid(seq_of(rows[#rows][1]) + 1)
       end
@@ -127,8 +136,9 @@ elseif OP == 'open' then
     if cur[1] ~= def then
       result = cur[1]
     elseif start ~= '' and start ~= cur[2] then
+      local pos = int(position())
       redis.call('DEL', ck .. ':p', ck .. ':a')
-      redis.call('HSET', ck, 'start', start, 'pos', int(position()), 'lost', 0)
+      redis.call('HSET', ck, 'start', start, 'pos', pos, 'lost', 0)
       touch(CONSUMER_CHANNEL .. name)
     end
   else
@@ -138,10 +148,12 @@ elseif OP == 'open' then
 
 elseif OP == 'claim' then
   -- ARGV: name, lease_until, max, chunk, number of acks, acks and releases as seq, attempt
-  local name, lease_until, want, chunk = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+  local name, lease_until, want, chunk = ARGV[5], ARGV[6], arg_num(ARGV[7], 'want'), ARGV[8]
+  arg_num(lease_until, 'lease_until')
+  arg_num(chunk, 'chunk')
   local ck = ckey(name)
   local pk, ak = ck .. ':p', ck .. ':a'
-  local last_ack = 9 + 2 * tonumber(ARGV[9])
+  local last_ack = 9 + 2 * arg_num(ARGV[9], 'acks')
   for i = 10, #ARGV, 2 do
     local seq, att = ARGV[i], ARGV[i + 1]
     if redis.call('HGET', ak, seq) == att then
@@ -167,11 +179,11 @@ elseif OP == 'claim' then
       if #out >= 2 * want then break end
       local e = redis.call('XRANGE', LOG, seq .. '-0', seq .. '-0')[1]
       if e then
-        out[#out + 1] = redis.call('HINCRBY', ak, seq, 1)
+        out[#out + 1] = hincr(ak, seq, 1)
         out[#out + 1] = e
         redis.call('ZADD', pk, lease_until, seq)
         local topic = fields(e).t
-        counts[topic] = (counts[topic] or 0) + 1
+        if topic then counts[topic] = (counts[topic] or 0) + 1 end
       else  -- pruned by a pass that found its lease running: it was delivered
         redis.call('ZREM', pk, seq)
         redis.call('HDEL', ak, seq)
@@ -180,7 +192,8 @@ elseif OP == 'claim' then
     count_delivered(counts)
     local lost = tonumber(c[3]) or 0
     if lost ~= 0 then redis.call('HSET', ck, 'lost', 0) end
-    local pos = tonumber(c[2])
+    -- a damaged position restarts at the head: what is in the log is not redelivered
+    local pos = stored_num(c[2]) or head()
     local rows = {}
     if #out < 2 * want then
       rows = redis.call('XRANGE', LOG, eid(pos + 1), '+', 'COUNT', chunk)
@@ -189,13 +202,18 @@ elseif OP == 'claim' then
   end
 
 elseif OP == 'scan' then
-  local rows = redis.call('XRANGE', LOG, eid(tonumber(ARGV[5]) + 1), '+', 'COUNT', ARGV[6])
+  local rows = redis.call('XRANGE', LOG, eid(arg_num(ARGV[5], 'after') + 1), '+', 'COUNT',
+    arg_num(ARGV[6], 'limit'))
   result = {rows, head()}
 
 elseif OP == 'take' then
   -- ARGV: name, the position read, the new position, lease_until, number of topics, then
   -- topic, count pairs, then the sequences to lease
   local name, from, to, lease_until = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+  arg_num(to, 'to')
+  arg_num(lease_until, 'lease_until')
+  local first = 10 + 2 * arg_num(ARGV[9], 'topics')
+  for i = 10, first - 1, 2 do arg_num(ARGV[i + 1], 'delivered') end
   local ck = ckey(name)
   local pk, ak = ck .. ':p', ck .. ':a'
   local pos = redis.call('HGET', ck, 'pos')
@@ -205,7 +223,6 @@ elseif OP == 'take' then
     result = {0, false}
   else
     redis.call('HSET', ck, 'pos', to)
-    local first = 10 + 2 * tonumber(ARGV[9])
     local counts = {}
     for i = 10, first - 1, 2 do counts[ARGV[i]] = tonumber(ARGV[i + 1]) end
     count_delivered(counts)
@@ -219,15 +236,15 @@ elseif OP == 'take' then
 elseif OP == 'prune_scan' then
   -- the records beyond retention, oldest first (at most ARGV[7]), as seq, topic, sender,
   -- type, metadata; and every durable consumer's name and definition
-  local excess = redis.call('XLEN', LOG) - tonumber(ARGV[5])
-  local cutoff, batch = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local excess = redis.call('XLEN', LOG) - arg_num(ARGV[5], 'max_count')
+  local cutoff, batch = arg_num(ARGV[6], 'cutoff'), arg_num(ARGV[7], 'batch')
   local out, from, done = {}, '-', false
   while not done and #out < batch do
     local rows = redis.call('XRANGE', LOG, from, '+', 'COUNT', math.min(1000, batch - #out))
     if #rows == 0 then break end
     for _, e in ipairs(rows) do
       local f = fields(e)
-      if #out >= excess and tonumber(f.at) > cutoff then
+      if #out >= excess and (stored_num(f.at) or 0) > cutoff then
         done = true
         break
       end
@@ -240,7 +257,7 @@ elseif OP == 'prune_scan' then
 elseif OP == 'prune' then
   -- ARGV: the last sequence to delete, the age cutoff, then per consumer its name and the
   -- doomed sequences that match it (comma-separated)
-  local through, cutoff = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local through, cutoff = arg_num(ARGV[5], 'through'), arg_num(ARGV[6], 'cutoff')
   local matched = {}
   for i = 7, #ARGV, 2 do matched[ARGV[i]] = ARGV[i + 1] end
   local pruned = 0
@@ -265,7 +282,7 @@ elseif OP == 'prune' then
         end
         redis.call('HSET', ck, 'pos', int(through))
       end
-      if lost > 0 then redis.call('HINCRBY', ck, 'lost', lost) end
+      if lost > 0 then hincr(ck, 'lost', lost) end
     end
     while true do
       local rows = redis.call('XRANGE', LOG, '-', eid(through), 'COUNT', 1000)
@@ -274,7 +291,7 @@ elseif OP == 'prune' then
       for _, e in ipairs(rows) do
         local f = fields(e)
         ids[#ids + 1] = e[1]
-        redis.call('HINCRBY', skey(f.t), 'kept', -1)
+        if f.t then hincr(skey(f.t), 'kept', -1) end
         local rid = ref_id_of(f.d, f.k)
         if rid then ref_drop(rid) end
       end
@@ -284,7 +301,7 @@ elseif OP == 'prune' then
   end
   for _, name in ipairs(redis.call('ZRANGE', NAMES, 0, -1)) do
     local v = redis.call('HMGET', skey(name), 'at', 'kept')
-    if (not v[1] or tonumber(v[1]) <= cutoff) and (tonumber(v[2]) or 0) <= 0 then
+    if (not stored_num(v[1]) or stored_num(v[1]) <= cutoff) and (stored_num(v[2]) or 0) <= 0 then
       redis.call('DEL', skey(name))
       redis.call('ZREM', NAMES, name)
     end

@@ -1,0 +1,296 @@
+"""The functions of the mailbox script (`mailbox_lua.py`): storing, finishing and settling
+messages, their timers, and the checks each operation makes before its first write."""
+
+from __future__ import annotations
+
+from ..common import REPLY_GRACE, final_nack_reason, lease_expired_reason, mail_channel
+
+# Message hash fields: b (the body, msgpack: see `Body` in mailbox.py), id, rcp, pri, vis
+# (visible at / lease until), exp, max (attempts), att (attempt), st (state), fin, why (reason),
+# ref (the reference the payload holds, if it does).
+# States as in `_records.State`: 0 ready, 1 in flight, 2 delayed, 3 dead, 4 expired, 5 acked.
+
+
+def _template(text: str, *marks: int) -> str:
+    """`text` as a quoted Lua `string.format` template, each of `marks` replaced by `%s`."""
+    text = text.replace("%", "%%")
+    for mark in marks:
+        text = text.replace(str(mark), "%s")
+    return "'" + text + "'"
+
+
+# The dead-letter reasons the script writes: the texts of `common.lease_expired_reason` and
+# `common.final_nack_reason`, which the other backends use, so every backend words them alike.
+_LEASE_EXPIRED = _template(lease_expired_reason(1001, 1002), 1001, 1002)
+_FINAL_NACK = _template(final_nack_reason(1001), 1001)
+
+
+def fill(lua: str) -> str:
+    """`lua` with the constants it names filled in."""
+    return (
+        lua.replace("REPLY_GRACE", repr(REPLY_GRACE))
+        .replace("LEASE_EXPIRED", _LEASE_EXPIRED)
+        .replace("FINAL_NACK", _FINAL_NACK)
+        .replace("MAIL_CHANNEL", repr(mail_channel("")))
+    )
+
+
+FUNCTIONS = fill(
+    r"""
+local function mkey(sid) return P .. 'm:' .. sid end
+local function count(name, n)
+  if n ~= 0 then hincr(P .. 'counters', name, n) end
+end
+
+local STATE_KEY = {['3'] = 'fin:3', ['4'] = 'fin:4', ['5'] = 'fin:5'}
+local BARE = {enqueue = true, claim = true, settle = true, reply = true, take = true}
+
+-- sorted-set writes of a batch, sent as one command per key at the end (see `flush`); used
+-- only where nothing reads the key in between and no member is both added and removed
+local zadds, zrems = {}, {}
+local function zadd_later(key, score, member)
+  local l = zadds[key]
+  if not l then l = {}; zadds[key] = l end
+  l[#l + 1] = score
+  l[#l + 1] = member
+end
+local function zrem_later(key, member)
+  local l = zrems[key]
+  if not l then l = {}; zrems[key] = l end
+  l[#l + 1] = member
+end
+local function flush()
+  for key, l in pairs(zadds) do
+    -- newest first: a small sorted set is a listpack, which scans from its head for the
+    -- place of each insert, and our members mostly arrive in ascending order
+    local r = {}
+    for i = #l - 1, 1, -2 do
+      r[#r + 1] = l[i]
+      r[#r + 1] = l[i + 1]
+    end
+    for i = 1, #r, 4000 do redis.call('ZADD', key, unpack(r, i, math.min(i + 3999, #r))) end
+  end
+  for key, l in pairs(zrems) do
+    for i = 1, #l, 4000 do redis.call('ZREM', key, unpack(l, i, math.min(i + 3999, #l))) end
+  end
+  zadds, zrems = {}, {}
+end
+
+local function unindex(sid, rcp)
+  redis.call('ZREM', P .. 'r:' .. rcp, sid)
+  redis.call('ZREM', P .. 't:' .. rcp, sid)
+  redis.call('ZREM', P .. 'exp', sid)
+end
+
+-- `ref`: the reference the message's payload holds (or nil), released unless it becomes a
+-- dead letter, which can be requeued
+local function finish(sid, rcp, state, reason, ref)
+  unindex(sid, rcp)
+  if ref and state ~= '3' then ref_drop(ref) end
+  local f = {'HSET', mkey(sid), 'st', state, 'fin', NOW_S}
+  if reason then f[#f + 1] = 'why'; f[#f + 1] = reason end
+  redis.call(unpack(f))
+  redis.call('ZADD', P .. STATE_KEY[state], NOW_S, sid)
+  if state == '3' then
+    redis.call('ZADD', P .. 'd:' .. rcp, tonumber(sid), sid)
+    count('dead_lettered', 1)
+  elseif state == '4' then
+    count('expired', 1)
+  end
+end
+
+-- `exp` (the expiry index) holds undelivered messages; in-flight ones may linger there until
+-- a prune pass drops them, so a message becoming undelivered again is (re-)added
+local function make_ready(sid, rcp, pri, exp)
+  redis.call('HSET', mkey(sid), 'st', 0)
+  redis.call('ZREM', P .. 't:' .. rcp, sid)
+  redis.call('ZADD', P .. 'r:' .. rcp, -(stored_num(pri) or 0), sid)
+  if stored_num(exp) then redis.call('ZADD', P .. 'exp', exp, sid) end
+end
+
+-- a stored message whose fields cannot be read becomes a dead letter saying so (counted as
+-- undecodable), instead of failing every call that meets it
+local function unreadable(sid, rcp, what)
+  finish(sid, rcp, '3', 'undecodable: ' .. what)
+  count('undecodable', 1)
+end
+
+-- due delayed messages become ready; due leases become ready again, or dead when used up
+local function fire_timers(agent, limit)
+  local tk = P .. 't:' .. agent
+  local due = redis.call('ZRANGEBYSCORE', tk, '-inf', NOW_S, 'LIMIT', 0, limit)
+  local ready, dead = 0, 0
+  for _, sid in ipairs(due) do
+    local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'max', 'pri', 'exp')
+    if v[1] == '2' then
+      make_ready(sid, agent, v[4], v[5])
+      ready = ready + 1
+    elseif v[1] == '1' and not (stored_num(v[2]) and stored_num(v[3])) then
+      unreadable(sid, agent, 'attempt or max attempts is not a number')
+      dead = dead + 1
+    elseif v[1] == '1' then
+      if tonumber(v[2]) >= tonumber(v[3]) then
+        finish(sid, agent, '3', string.format(LEASE_EXPIRED, v[2], v[3]))
+        dead = dead + 1
+      else
+        make_ready(sid, agent, v[4], v[5])
+        ready = ready + 1
+      end
+    else
+      redis.call('ZREM', tk, sid)
+    end
+  end
+  return ready, dead
+end
+
+-- the sequence number of the last stored message: the first store of a script INCRs it,
+-- later ones count in this local, written back by `save_seq`
+local last_seq, stored = nil, 0
+
+-- store one message of enqueue or a schedule from its header fields `h` (see `_message_args` in
+-- mailbox.py) and its body; returns its id, and whether that is the id of an earlier message
+-- because the idempotency key was seen within its window
+local function store(h, body)
+  local id, snd, rcp, pri, vis, exp, maxa, window, cid, deadline, ref, ikey = unpack(h)
+  if ikey ~= '' then
+    local field = snd .. '/' .. rcp .. '/' .. ikey
+    local seen = redis.call('HGET', P .. 'dd', field)
+    if seen then
+      local until_ = tonumber(redis.call('ZSCORE', P .. 'dd:until', field))
+      if until_ and until_ > now then
+        count('deduplicated', 1)
+        return seen, true
+      end
+    end
+    if window == '' then window = NOW_S end
+    redis.call('HSET', P .. 'dd', field, id)
+    redis.call('ZADD', P .. 'dd:until', window, field)
+  end
+  if last_seq then last_seq = last_seq + 1 else last_seq = redis.call('INCR', P .. 'seq') end
+  stored = stored + 1
+  local sid = string.format('%016d', last_seq)
+  local state = 0
+  if tonumber(vis) > now then state = 2 end
+  local f = {'HSET', mkey(sid), 'b', body, 'id', id, 'rcp', rcp, 'pri', pri, 'vis', vis,
+    'max', maxa, 'att', 0, 'st', state}
+  if exp ~= '' then
+    f[#f + 1] = 'exp'; f[#f + 1] = exp
+    zadd_later(P .. 'exp', exp, sid)
+  end
+  if ref ~= '' then
+    -- checked by the caller (`ref_require`) before its first write
+    ref_hold(ref)
+    f[#f + 1] = 'ref'; f[#f + 1] = ref
+  end
+  redis.call(unpack(f))
+  if state == 2 then
+    zadd_later(P .. 't:' .. rcp, vis, sid)
+  else
+    zadd_later(P .. 'r:' .. rcp, -tonumber(pri), sid)
+  end
+  if deadline ~= '' and cid ~= '' then
+    redis.call('HSET', P .. 'req', cid, '')
+    redis.call('ZADD', P .. 'req:dl', deadline, cid)
+  end
+  touch(MAIL_CHANNEL .. rcp)
+  return id, false
+end
+
+-- the numbers of message header `h` (see `store`), checked before the first write
+local function check_header(h)
+  arg_num(h[4], 'priority')
+  arg_num(h[5], 'visible_at')
+  arg_opt_num(h[6], 'expires_at')
+  arg_num(h[7], 'max_attempts')
+  arg_opt_num(h[8], 'dedupe_until')
+  arg_opt_num(h[10], 'request_deadline')
+end
+
+-- the fields of settle op `op` (see `settle`), its numbers checked before the first write
+local function parse_settle(op)
+  local f = split(op, 5)
+  if not f[5] then error({err = 'BADARG settle op is malformed'}) end
+  arg_num(f[1], 'settle kind')
+  arg_num(f[3], 'attempt')
+  arg_num(f[4], 'until')
+  return f
+end
+
+local function save_seq()
+  if stored > 1 then redis.call('SET', P .. 'seq', last_seq) end
+end
+
+-- the references of these message headers are stored; raises RefNotFound otherwise
+local function require_refs(headers)
+  check_seq(P .. 'seq')
+  for _, h in ipairs(headers) do
+    if not h[12] then error({err = 'BADARG message header is malformed'}) end
+    check_header(h)
+    ref_require({h[11]}, 1)
+  end
+end
+
+-- the recipients must be registered agents, or are registered with `auto`; returns the first
+-- unknown one, or nil
+local function ensure_agents(recipients, auto)
+  local agents = P .. 'agents'
+  if not auto then
+    for _, rcp in ipairs(recipients) do
+      if redis.call('HEXISTS', agents, rcp) == 0 then return rcp end
+    end
+    return nil
+  end
+  for _, rcp in ipairs(recipients) do
+    if redis.call('HSETNX', agents, rcp, NOW_S) == 1 then
+      redis.call('HSET', P .. 'seen', rcp, NOW_S)
+    end
+  end
+  return nil
+end
+
+-- one settle op "kind NUL sid NUL attempt NUL until NUL reason"; returns 1 or 0
+local function settle(f, keep_acked)
+  local kind, sid, att, until_, reason = unpack(f)
+  local mk = mkey(sid)
+  local v = redis.call('HMGET', mk, 'st', 'att', 'max', 'rcp', 'pri', 'exp', 'ref')
+  if not v[1] or v[2] ~= att or (v[1] ~= '0' and v[1] ~= '1') then return 0 end
+  local rcp = v[4]
+  if kind == '0' then
+    if keep_acked then
+      finish(sid, rcp, '5', nil, v[7])
+    else
+      redis.call('DEL', mk)
+      if v[7] then ref_drop(v[7]) end
+      if v[1] == '1' then
+        zrem_later(P .. 't:' .. rcp, sid)
+      else
+        zrem_later(P .. 'r:' .. rcp, sid)
+      end
+      if v[6] then zrem_later(P .. 'exp', sid) end
+    end
+  elseif kind == '3' then
+    if v[1] ~= '1' then return 0 end
+    redis.call('HSET', mk, 'vis', until_)
+    redis.call('ZADD', P .. 't:' .. rcp, until_, sid)
+  elseif kind == '2' then
+    finish(sid, rcp, '3', reason)
+  elseif not stored_num(v[3]) then
+    unreadable(sid, rcp, 'max attempts is not a number')
+  else
+    touch(MAIL_CHANNEL .. rcp)
+    if tonumber(att) >= tonumber(v[3]) then
+      if reason == '' then reason = string.format(FINAL_NACK, att) end
+      finish(sid, rcp, '3', reason)
+    elseif tonumber(until_) > now then
+      redis.call('HSET', mk, 'st', 2, 'vis', until_)
+      redis.call('ZREM', P .. 'r:' .. rcp, sid)
+      redis.call('ZADD', P .. 't:' .. rcp, until_, sid)
+      if v[6] then redis.call('ZADD', P .. 'exp', v[6], sid) end
+    else
+      make_ready(sid, rcp, v[5], v[6])
+    end
+  end
+  return 1
+end
+"""
+)
