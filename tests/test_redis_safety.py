@@ -224,7 +224,7 @@ async def test_topic_and_reference_scripts_refuse_before_writing(
         (topics._script, "take", ["c", "0", "1", "later", "0", "5"]),
         (topics._script, "open", ["c", "def", "s", "seq", "x", ""]),
         (topics._script, "prune", ["x", "0"]),
-        (refs._script, "put", ["ref_counting", "id1", "x", "1", "none", "t", "", b"c"]),
+        (refs._script, "put", ["ref_counting", "h", "id1", "x", "1", "none", "t", "", b"c"]),
         (refs._script, "adjust", ["ref_counting", "id1", "x"]),
         (refs._script, "stage", ["", "0"]),
         (refs._script, "gc", ["x"]),
@@ -290,7 +290,9 @@ async def test_listings_show_a_damaged_message_with_its_error(
 async def test_a_damaged_schedule_stops_no_other(
     redis_url: str, prefix: str, raw: redis.Redis
 ) -> None:
-    async with agentcomm.connect(f"{redis_url}?prefix={prefix}", auto_register=True) as hub:
+    fast = agentcomm.Limits(min_schedule_period=0.1)
+    url = f"{redis_url}?prefix={prefix}"
+    async with agentcomm.connect(url, auto_register=True, limits=fast) as hub:
         a = await hub.agent("a")
         b = await hub.agent("b")
         bad = await a.schedule("b", "bad", every=60.0)
@@ -302,7 +304,8 @@ async def test_a_damaged_schedule_stops_no_other(
         assert msg is not None and msg.data == "good"
         listed = {s.id: s for s in await hub.schedules()}
         assert set(listed) == {bad, good}
-        assert "undecodable" in listed[bad].type
+        error = listed[bad].error
+        assert error is not None and "undecodable" in error
         assert await hub.cancel_schedule(bad)
         assert [s.id for s in await hub.schedules()] == [good]
         assert int(raw.hget(f"{prefix}:counters", "undecodable") or 0) == 1
@@ -334,9 +337,9 @@ async def test_damaged_reference_counts_do_not_break_gc(
     s = backend._scripts
     for i in (1, 2):
         await s.call(
-            refs._script, "put", 1000.0, ["manual", f"id{i}", "1", "1", "n", "t", "", b"c"]
+            refs._script, "put", 1000.0, ["manual", "h", f"id{i}", "1", "1", "n", "t", "", b"c"]
         )
-        await s.call(refs._script, "adjust", 1000.0, ["manual", f"id{i}", "-1"])
+        await s.call(refs._script, "adjust", 1000.0, ["manual", f"id{i}", "-1", "h"])
     raw.hset(f"{prefix}:ref:id1", mapping={"refcount": "x", "expires_at": "x"})
     evicted = await s.call(refs._script, "gc", 2000.0, ["0"])
     assert [r[0] for r in evicted] == [b"id2"]

@@ -45,7 +45,15 @@ _PRUNE_BATCH = 10_000
 logger = logging.getLogger("agentcomm")
 
 #: What a stored value that cannot be decoded may raise while it is turned into a record.
-_UNDECODABLE = (msgspec.DecodeError, ValueError, TypeError, KeyError, IndexError, OverflowError)
+_UNDECODABLE = (
+    msgspec.DecodeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    BackendError,
+)
 
 _reply_encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(StoredReply)
@@ -155,7 +163,7 @@ def _dead_letter(r: list[Any], agent: str) -> DeadLetter:
             id=(r[4] or b"?").decode(errors="replace"), sender="", recipient=agent, type="",
             reason=f"{reason} ({_why(exc)})" if reason else _why(exc),
             attempts=int(_number(r[1])), enqueued_at=0.0, dead_at=_number(r[2]), data=None,
-            metadata={},
+            metadata={}, error=_why(exc),
         )  # fmt: skip
 
 
@@ -354,8 +362,8 @@ class RedisMailboxes(MailboxStore):
                 )  # fmt: skip
             except _UNDECODABLE as exc:  # listed with its error, and cancellable by its id
                 info = ScheduleInfo(
-                    sched_id.decode(errors="replace"), "", "", _why(exc), None, None,
-                    _number(next_run, math.inf), int(_number(runs)),
+                    sched_id.decode(errors="replace"), "", "", "", None, None,
+                    _number(next_run, math.inf), int(_number(runs)), error=_why(exc),
                 )  # fmt: skip
             out.append(info)
         return out

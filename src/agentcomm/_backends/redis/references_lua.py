@@ -85,13 +85,15 @@ end
 local result = false
 -- the numbers of each op, checked before its first write
 if OP == 'put' or OP == 'commit' then
-  local a = 7
-  if OP == 'commit' then a = 8 end
+  -- put: strategy, holder, id, size, ...; commit: strategy, holder, upload, id, size, ...
+  local a = 8
+  if OP == 'commit' then a = 9 end
   arg_num(ARGV[a], 'size')
   arg_num(ARGV[a + 1], 'stored_size')
   arg_opt_num(ARGV[a + 4], 'expires_at')
 elseif OP == 'dedupe' then
-  arg_opt_num(ARGV[7], 'expires_at')
+  -- strategy, holder, id, expires_at
+  arg_opt_num(ARGV[8], 'expires_at')
 elseif OP == 'stage' then
   if #ARGV % 2 ~= 1 then error({err = 'BADARG stage takes chunk number, chunk pairs'}) end
   for i = 6, #ARGV, 2 do arg_num(ARGV[i], 'chunk number') end

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..._errors import BackendError
 from ..._kv_records import (
     KVChangeRecord,
     KVChanges,
@@ -48,7 +49,15 @@ def _change(entry: Sequence[Any]) -> KVChangeRecord:
 
 
 #: What a damaged stored record may raise while it is decoded.
-_UNDECODABLE = (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError)
+_UNDECODABLE = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    UnicodeDecodeError,
+    BackendError,
+)
 
 
 def _opt(value: object) -> Any:
