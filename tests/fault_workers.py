@@ -4,10 +4,10 @@ Run as `python fault_workers.py ROLE URL LOG NAME [options]`. Each child appends
 event to its own LOG, with one `os.write` per event, so a kill -9 leaves whole lines only:
 
     ready                       the hub is open; from now on the child may be killed
-    S <id>                      `send` returned this id (or `send_many` returned it, see B)
+    S <id>                      `send` (or the `send_many` of the last B line) returned <id>
     B <tag> <n>                 a `send_many` of n messages tagged <tag> is about to be called
-    R <id> <t0> <attempt> <tag> `receive_many` (called at monotonic time t0) delivered <id>,
-                                the <tag>-th message of batch <tag> ("-" for a single send)
+    R <id> <t0> <attempt> <pos> `receive_many` (called at monotonic time t0) delivered <id>;
+                                <pos> is `<tag>/<k>`, its place in a batch ("-": a single send)
     a <id>                      `ack` of <id> is about to be called
     A <id> <t1>                 the ack of <id> returned at monotonic time t1
     L <id>                      the ack raised LeaseLost
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -72,7 +73,8 @@ class Worker:
 
     async def call(self, what: str, make: Callable[[], Awaitable[T]]) -> T:
         """`await make()`; with --retry, BackendUnavailable is logged and the call made again
-        (a Redis outage); without it, it escapes and the child dies (a SQLite failure)."""
+        (a Redis outage; with --idempotent a send is retried with the same key); without it,
+        it escapes and the child dies (a SQLite failure)."""
         while True:
             try:
                 return await make()
@@ -84,9 +86,10 @@ class Worker:
 
     async def throttle(self) -> None:
         """Keep the consumer's backlog bounded, so a long soak drains in bounded time."""
-        while await self.call("queue_depth", lambda: self.hub.queue_depth(CONSUMER)) > (
-            self.args.max_backlog
-        ):
+        while True:
+            depth = await self.call("queue_depth", lambda: self.hub.queue_depth(CONSUMER))
+            if depth <= self.args.max_backlog:
+                return
             await asyncio.sleep(0.05)
 
     async def produce(self) -> None:
@@ -94,9 +97,11 @@ class Worker:
             if i % 50 == 0:
                 await self.throttle()
             data = payload(self.me.name, i)
-            sent = await self.call(
-                "send", lambda d=data: self.me.send(CONSUMER, d, max_attempts=1000)  # type: ignore[misc]
+            key = f"{self.me.name}.{os.getpid()}.{i}" if self.args.idempotent else None
+            send = functools.partial(
+                self.me.send, CONSUMER, data, max_attempts=1000, idempotency_key=key
             )
+            sent = await self.call("send", send)
             self.log.write(f"S {sent}")
 
     async def produce_batches(self) -> None:
@@ -105,11 +110,16 @@ class Worker:
             n = random.randint(1, self.args.batch)
             tag = f"{self.me.name}.{os.getpid()}.{b}"
             batch = [
-                agentcomm.Outgoing(to=CONSUMER, data=payload(self.me.name, b, tag, k), max_attempts=1000)
+                agentcomm.Outgoing(
+                    to=CONSUMER,
+                    data=payload(self.me.name, b, tag, k),
+                    max_attempts=1000,
+                    idempotency_key=f"{tag}/{k}" if self.args.idempotent else None,
+                )
                 for k in range(n)
             ]
             self.log.write(f"B {tag} {n}")
-            ids = await self.call("send_many", lambda: self.me.send_many(batch))
+            ids = await self.call("send_many", functools.partial(self.me.send_many, batch))
             self.log.write(*(f"S {i}" for i in ids))
 
     async def consume(self) -> None:
@@ -124,7 +134,7 @@ class Worker:
                 # LeaseLost from ack_many names up to 10 ids: chunks of 10 keep the log exact
                 for i in range(0, len(msgs), 10):
                     chunk = msgs[i : i + 10]
-                    await self.ack(chunk, lambda c=chunk: self.me.ack_many(c))  # type: ignore[misc]
+                    await self.ack(chunk, functools.partial(self.me.ack_many, chunk))
             else:
                 for m in msgs:
                     await self.ack([m], m.ack)
@@ -142,9 +152,7 @@ class Worker:
                 lost = [i for i in ids if i in str(exc)] if len(ids) > 1 else ids
                 done = time.monotonic()
                 mark = "U" if unavailable else "L"
-                self.log.write(
-                    *(f"{mark} {i}" if i in lost else f"A {i} {done!r}" for i in ids)
-                )
+                self.log.write(*(f"{mark} {i}" if i in lost else f"A {i} {done!r}" for i in ids))
                 return
             except agentcomm.BackendUnavailable:
                 if not self.args.retry:
@@ -165,6 +173,7 @@ async def main() -> None:
     parser.add_argument("log")
     parser.add_argument("name")
     parser.add_argument("--retry", action="store_true", help="retry on BackendUnavailable")
+    parser.add_argument("--idempotent", action="store_true", help="send with idempotency keys")
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--lease", type=float, default=5.0)
     parser.add_argument("--max-backlog", type=int, default=3000)

@@ -38,9 +38,13 @@ async def _campaign(tmp_path: Path, scenario: str, cast: Callable[[Campaign], No
         assert "locked" not in text and "Traceback" not in text, text
     figures.assert_nothing_lost()
     figures.assert_nothing_after_ack()
-    for path in tmp_path.iterdir():  # a long soak leaves a big file; kept when a check fails
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _remove_contents(tmp_path)  # a long soak leaves a big file; kept when a check fails
     return figures
+
+
+def _remove_contents(directory: Path) -> None:
+    for path in directory.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 async def test_kill_9_of_producers(tmp_path: Path) -> None:
