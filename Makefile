@@ -32,9 +32,9 @@ test: $(VENV)/.installed-test
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-# the crash-and-fault campaign of the suite run long: SOAK_SECONDS of faults in each of its five
+# the crash-and-fault campaign of the suite run long: SOAK_SECONDS of faults in each of its six
 # scenarios (kill -9 of SQLite producers, consumers, send_many commits; of redis-server; dropped
-# Redis connections); -s prints each scenario's figures
+# Redis connections, with and without idempotency keys); -s prints each scenario's figures
 SOAK_SECONDS ?= 120
 soak: $(VENV)/.installed-test
 	AGENTCOMM_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -s -m faults tests/test_faults_sqlite.py tests/test_faults_redis.py

@@ -37,7 +37,7 @@ class Child:
     name: str
     args: list[str]
     killable: bool
-    kill_during: bytes = b""  # kill only while the log's last line starts with this (if it can)
+    kill_during: tuple[bytes, ...] = ()  # kill while the log's last line starts with one
     proc: subprocess.Popen[bytes] | None = None
     incarnation: int = 0
     log: Path = Path()
@@ -124,10 +124,15 @@ class Campaign:
         self.kills = 0
 
     def add(
-        self, role: str, name: str, *args: str, killable: bool = False, kill_during: bytes = b""
+        self,
+        role: str,
+        name: str,
+        *args: str,
+        killable: bool = False,
+        kill_during: tuple[bytes, ...] = (),
     ) -> None:
         """A child in `role`; `killable` ones are killed and restarted in a loop, and with
-        `kill_during` preferably while their log ends in a line starting with it."""
+        `kill_during` preferably while their log ends in a line starting with one of these."""
         extra = [*args, "--retry"] if self.retry else list(args)
         self.children.append(Child(role, name, extra, killable, kill_during))
 
@@ -152,8 +157,8 @@ class Campaign:
             raise AssertionError(f"{child.name} was not ready within {START_TIMEOUT} s")
 
     def _busy(self, child: Child) -> bool:
-        """Whether the child's last log line starts with `kill_during` (say, `B `: it is in
-        a send_many), or it has been waiting for that too long (it may be throttled)."""
+        """Whether the child's last log line starts with one of `kill_during` (say, `B `: it
+        is in a send_many), or it has been waiting for that too long (it may be throttled)."""
         assert child.kill_at is not None
         if not child.kill_during or time.monotonic() > child.kill_at + 2:
             return True

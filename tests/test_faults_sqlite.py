@@ -59,8 +59,9 @@ async def test_kill_9_of_producers(tmp_path: Path) -> None:
 async def test_kill_9_of_consumers(tmp_path: Path) -> None:
     def cast(c: Campaign) -> None:
         c.add("producer", "p1")
-        c.add("consumer", "c1", killable=True)
-        c.add("consumer", "c2", killable=True)
+        # killed while holding leased messages: received, or in the middle of an ack
+        c.add("consumer", "c1", killable=True, kill_during=(b"R ", b"a "))
+        c.add("consumer", "c2", killable=True, kill_during=(b"R ", b"a "))
 
     figures = await _campaign(tmp_path, "sqlite consumers killed", cast)
     assert figures.deliveries > figures.acks_confirmed  # kills left leased messages behind
@@ -68,8 +69,8 @@ async def test_kill_9_of_consumers(tmp_path: Path) -> None:
 
 async def test_kill_9_in_the_middle_of_send_many_commits(tmp_path: Path) -> None:
     def cast(c: Campaign) -> None:
-        c.add("batcher", "b1", "--batch", "200", killable=True, kill_during=b"B ")
-        c.add("batcher", "b2", "--batch", "200", killable=True, kill_during=b"B ")
+        c.add("batcher", "b1", "--batch", "200", killable=True, kill_during=(b"B ",))
+        c.add("batcher", "b2", "--batch", "200", killable=True, kill_during=(b"B ",))
         c.add("consumer", "c1", "--batch", "50")
 
     figures = await _campaign(tmp_path, "sqlite send_many killed mid-commit", cast)
