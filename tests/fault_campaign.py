@@ -43,6 +43,7 @@ class Child:
     log: Path = Path()
     err: Path = Path()
     started: float = 0.0
+    ready: bool = False  # this incarnation wrote `ready`
     kill_at: float | None = None
 
 
@@ -140,20 +141,20 @@ class Campaign:
         child.incarnation += 1
         stem = f"{child.name}.{child.incarnation}"
         child.log, child.err = self.directory / f"{stem}.log", self.directory / f"{stem}.err"
-        child.started, child.kill_at = time.monotonic(), None
+        child.started, child.ready, child.kill_at = time.monotonic(), False, None
         child.proc = run_file(
             WORKERS, child.role, self.url, str(child.log), child.name, *child.args, stderr=child.err
         )
 
     def _check(self, child: Child) -> None:
-        """Fail if the child exited by itself or never got ready."""
+        """Fail if the child exited by itself or did not get ready in time."""
         assert child.proc is not None
         if child.proc.poll() is not None:
             raise AssertionError(
                 f"{child.name} (incarnation {child.incarnation}) exited with "
                 f"{child.proc.returncode}:\n{child.err.read_text(errors='replace')[-3000:]}"
             )
-        if child.kill_at is None and time.monotonic() - child.started > START_TIMEOUT:
+        if not self._ready(child) and time.monotonic() - child.started > START_TIMEOUT:
             raise AssertionError(f"{child.name} was not ready within {START_TIMEOUT} s")
 
     def _busy(self, child: Child) -> bool:
@@ -168,11 +169,13 @@ class Campaign:
         return len(tail) > 1 and tail[-2].startswith(child.kill_during)
 
     def _ready(self, child: Child) -> bool:
-        try:
-            with child.log.open("rb") as f:
-                return f.read(6) == b"ready\n"
-        except FileNotFoundError:
-            return False
+        if not child.ready:
+            try:
+                with child.log.open("rb") as f:
+                    child.ready = f.read(6) == b"ready\n"
+            except FileNotFoundError:
+                pass
+        return child.ready
 
     async def run(
         self,
