@@ -2,7 +2,8 @@
 kill -9 them (or the server) for a time budget, drain the store and account for every message id.
 
 The budget of each scenario is `$AGENTCOMM_SOAK_SECONDS` seconds of faults (default 12, so the
-whole campaign stays near a minute and a half in `make test`); `make soak` sets it higher.
+whole campaign of six scenarios takes about 2 minutes in `make test`); `make soak` sets it
+higher.
 """
 
 from __future__ import annotations

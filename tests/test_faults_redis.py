@@ -107,7 +107,8 @@ async def _campaign(
     print(figures.summary())
     for text in campaign.stderr_texts():  # a child that died of an exception
         assert "Traceback" not in text, text
-    shutil.rmtree(tmp_path / "redis")  # the AOF of a long soak; the logs are small
+    if not figures.lost and not figures.partial_batches:  # else kept for a look
+        shutil.rmtree(tmp_path)  # the AOF and logs of a long soak are big
     return figures
 
 
