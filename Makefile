@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test soak lint bench clean
 
 $(VENV)/.venv-created:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# the crash-and-fault campaign of the suite run long: SOAK_SECONDS of faults in each of its six
+# scenarios (kill -9 of SQLite producers, consumers, send_many commits; of redis-server; dropped
+# Redis connections, with and without idempotency keys); -s prints each scenario's figures
+SOAK_SECONDS ?= 120
+soak: $(VENV)/.installed-test
+	AGENTCOMM_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -s -m faults tests/test_faults_sqlite.py tests/test_faults_redis.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks

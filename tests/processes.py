@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def spawn(code: str, *args: str) -> subprocess.Popen[str]:
@@ -30,3 +32,23 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
         raise AssertionError(f"child process hung for {timeout} s; stderr:\n{err}") from None
     assert proc.returncode == 0, err
     return out
+
+
+def run_file(path: Path, *args: str, stderr: Path) -> subprocess.Popen[bytes]:
+    """Run the script at `path` in a fresh interpreter, its stderr to the file `stderr` (a
+    pipe nobody reads could fill up and stall a long-running child)."""
+    with stderr.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, str(path), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
+def kill(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """kill -9 `proc` unless it already exited, and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    proc.wait(timeout)

@@ -33,7 +33,8 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def start(self, timeout: float = 10) -> RedisServer:
+        """Start the server and wait until it answers PING (after loading its AOF, if any)."""
         assert BINARY is not None
         args = [BINARY, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--dir", str(self.directory), "--daemonize", "no"]
@@ -42,7 +43,7 @@ class RedisServer:
         else:
             args += ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
@@ -54,9 +55,11 @@ class RedisServer:
             except OSError:
                 pass
             time.sleep(0.02)
-        raise RuntimeError("redis-server did not start within 10 s")
+        self.stop(kill=True)
+        raise RuntimeError(f"redis-server did not start within {timeout} s")
 
     def stop(self, *, kill: bool = False) -> None:
+        """Stop the server: SIGTERM (it finishes writing its files), or SIGKILL with `kill`."""
         if self.proc is None:
             return
         if kill:
