@@ -60,7 +60,10 @@ async def _fanout(config: Config, recipients: int, policy: Policy) -> tuple[floa
     payload = os.urandom(FANOUT_BYTES)
     with fresh_dir(config, "fanout") as d:
         path = d / "fanout.db"
-        async with agentcomm.connect(sqlite_url(str(path)), default_policy=policy) as hub:
+        # by value, the 10 MB payload is above the default Limits.max_payload (4 MiB)
+        limits = agentcomm.Limits(max_payload=2 * FANOUT_BYTES)
+        url = sqlite_url(str(path))
+        async with agentcomm.connect(url, default_policy=policy, limits=limits) as hub:
             sender = await hub.agent("sender")
             names = [f"r{i}" for i in range(recipients)]
             for name in names:

@@ -99,14 +99,32 @@ def encode_payload(value: Any, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[byte
             return bytes(value), DataKind.BYTES
         except (BufferError, TypeError, ValueError) as exc:
             raise _refuse("The payload", f"its buffer cannot be read ({exc})") from None
-    check_value("The payload", value, max_depth)
     try:
-        return _encoder.encode(value), DataKind.JSON
+        data = _encoder.encode(value)
     except _ENCODE_ERRORS as exc:
+        check_value("The payload", value, max_depth)  # the precise reason, where it has one
         raise EncodeError(
             f"Payload of type {type(value).__name__} cannot be encoded ({exc}). "
             "Send JSON-compatible values, msgspec Structs, dataclasses or bytes."
         ) from None
+    if not _round_trips(data, value, max_depth):
+        check_value("The payload", value, max_depth)
+    return data, DataKind.JSON
+
+
+def _round_trips(data: bytes, value: Any, max_depth: int) -> bool:
+    """The fast check: True when `data` certainly decodes back to `value` within `max_depth`.
+
+    Nesting is at most the number of brackets, and a decoded value equal to the original had
+    no NaN, infinity, non-str key or converted type. False only means "look closer"
+    (`check_value` then refuses or accepts, e.g. a tuple, which is documented to become a list).
+    """
+    if data.count(b"[") + data.count(b"{") > max_depth:
+        return False
+    try:
+        return bool(_decoder.decode(data) == value)
+    except (msgspec.DecodeError, RecursionError):
+        return False
 
 
 def encode_for(settings: HubSettings, type: str | None, value: Any) -> tuple[bytes, int]:

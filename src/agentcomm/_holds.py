@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from types import TracebackType
 
 from ._context import Context
 from ._errors import AgentCommError
@@ -28,7 +28,9 @@ __all__ = ["Hold", "RefHolder"]
 
 
 class Hold:
-    """The references stored for one backend call, held until it is done."""
+    """The references stored for one backend call, held until it is done: an async context
+    manager that releases them when the block ends (by then the rows that need them hold
+    their own)."""
 
     __slots__ = ("_held", "_holder")
 
@@ -64,6 +66,18 @@ class Hold:
             seen = self._held[id(data)] = (data, ref.id)
         return seen[1].encode("ascii"), kind | REF_FLAG
 
+    async def __aenter__(self) -> Hold:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._held:
+            await self._release()
+
     async def _release(self) -> None:
         ctx = self._holder.ctx
         ctx.check_open()
@@ -80,16 +94,10 @@ class RefHolder:
         #: The holder of this hub's transient holds (not a name `RefConfig.holder` accepts).
         self.holder = f"{INTERNAL_HOLDER}hold-{uuid.uuid4().hex}"
 
-    @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[Hold]:
-        """A `Hold` for one backend call; its references are released when the block ends
-        (by then the rows that need them hold their own)."""
-        hold = Hold(self)
-        try:
-            yield hold
-        finally:
-            if hold._held:
-                await hold._release()
+    def hold(self) -> Hold:
+        """A `Hold` for one backend call (`async with`); its references are released when the
+        block ends (by then the rows that need them hold their own)."""
+        return Hold(self)
 
     def _release_when_stored(self, storing: asyncio.Future[Ref]) -> None:
         if storing.cancelled() or storing.exception() is not None:
