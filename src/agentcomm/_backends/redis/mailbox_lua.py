@@ -368,8 +368,8 @@ end
 flush()
 publish()
 -- the hot paths return their result alone: the caller knows which of its waiters to wake
-if BARE[OP] then return result end
-return {result, touched_list}
+if BARE[OP] then return once_done(result) end
+return once_done({result, touched_list})
 """
     )
 )
