@@ -22,6 +22,7 @@ Mailbox keys (P = prefix):
   P sched:ref             HASH: schedule id -> the reference its payload holds
   P counters              HASH: event counters
   P hubs                  SET: the open hubs (their origin ids), subscribed to P wake
+  P once:<token>          STRING: the answer of a call with a token, for a rerun (scripts.py)
 """
 
 from __future__ import annotations

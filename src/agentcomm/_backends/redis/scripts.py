@@ -6,12 +6,13 @@ other hub on the same server and costs one round trip. Each feature has one scri
 `shared_memory_lua.py`, `references_lua.py`), dispatching on an operation name; each starts
 with `COMMON` and, when its rows carry payloads, the reference holds of `ref_holds.py`.
 
-ARGV is always `prefix, origin, now, op, ...`. Timestamps travel as the strings Python wrote
-(`repr` of a float) and are stored as such, so no float ever goes through Lua's 14-digit
-`tostring`. After a change a script PUBLISHes `origin \\n channel \\n channel ...` on
-`<prefix>wake`; each hub skips its own messages (it notified its waiters already) and wakes
-the rest. A reply is published whole, as `\\1 correlation-id \\n reply`, for the hub waiting
-for it.
+ARGV is always `prefix, origin, now, op, ...`; `op` may carry a token (`op NUL token`) for a
+call that must not apply twice when redis-py runs it again after a dropped connection.
+Timestamps travel as the strings Python wrote (`repr` of a float) and are stored as such, so
+no float ever goes through Lua's 14-digit `tostring`. After a change a script PUBLISHes
+`origin \\n channel \\n channel ...` on `<prefix>wake`; each hub skips its own messages (it
+notified its waiters already) and wakes the rest. A reply is published whole, as
+`\\1 correlation-id \\n reply`, for the hub waiting for it.
 """
 
 from __future__ import annotations
