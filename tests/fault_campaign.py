@@ -284,7 +284,7 @@ async def drain(url: str, *, deadline: float = 180.0) -> tuple[Drained, set[str]
             if left.ready + left.delayed + left.in_flight == 0:
                 break
             assert time.monotonic() < give_up, f"the drain is stuck at {left}"
-        dead = {d.id for d in await hub.dead_letters(CONSUMER, limit=100_000)}
+        dead = {d.id for d in await hub.dead_letters(CONSUMER, limit=10_000)}
     return got, dead
 
 

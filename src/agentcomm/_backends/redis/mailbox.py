@@ -20,6 +20,7 @@ import msgspec
 
 from ..._codec import decode_metadata, decode_payload
 from ..._errors import BackendError, UnknownAgent, ValidationError
+from ..._ids import new_id
 from ..._models import AgentInfo, DeadLetter, MailboxStats, PendingInfo, ScheduleInfo
 from ..._records import (
     PENDING_STATE_NAMES,
@@ -194,12 +195,12 @@ class RedisMailboxes(MailboxStore):
         self._inbox: dict[str, bytes] = {}
         self._cleanup: set[asyncio.Task[Any]] = set()
 
-    async def _mail(self, op: str, now: float, *args: Any) -> Any:
-        return await self._scripts.run(self._script, op, now, args)
+    async def _mail(self, op: str, now: float, *args: Any, token: str | None = None) -> Any:
+        return await self._scripts.run(self._script, op, now, args, token)
 
-    async def _bare(self, op: str, now: float, *args: Any) -> Any:
+    async def _bare(self, op: str, now: float, *args: Any, token: str | None = None) -> Any:
         """A hot op: its result alone; the caller notifies this hub's waiters."""
-        return await self._scripts.call(self._script, op, now, args)
+        return await self._scripts.call(self._script, op, now, args, token)
 
     def deliver_reply(self, correlation_id: str, reply: bytes) -> None:
         """A reply that came by pub/sub: kept for `take_reply` if this hub awaits it."""
@@ -242,7 +243,8 @@ class RedisMailboxes(MailboxStore):
         for m in messages:
             if m.request_deadline is not None and m.correlation_id is not None:
                 self._awaiting[m.correlation_id] = m.request_deadline
-        result = await self._bare("enqueue", now, *args)
+        # the token: the first message's id, new for every call (see `Scripts.call`)
+        result = await self._bare("enqueue", now, *args, token=messages[0].id)
         if isinstance(result, bytes):
             raise UnknownAgent(result.decode())
         self._notify({mail_channel(m.recipient) for m in messages})
@@ -297,7 +299,7 @@ class RedisMailboxes(MailboxStore):
 
     async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
         selection = ["0"] if ids is None else ["1", *ids]
-        count: int = await self._mail("requeue", now, agent, *selection)
+        count: int = await self._mail("requeue", now, agent, *selection, token=new_id())
         return count
 
     # --- request / reply -----------------------------------------------------------------------
@@ -310,7 +312,7 @@ class RedisMailboxes(MailboxStore):
         args = [keep, correlation_id, _reply_encoder.encode(reply), ref]
         if ack is not None:
             args.append(_settle_arg(ack))
-        delivered = bool(await self._bare("reply", now, *args))
+        delivered = bool(await self._bare("reply", now, *args, token=new_id()))
         if delivered:
             self._notify((reply_channel(correlation_id),))
         return delivered
@@ -325,7 +327,7 @@ class RedisMailboxes(MailboxStore):
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
             return _reply_decoder.decode(blob)
-        blob = await self._bare("take", 0.0, correlation_id, 1 if abandon else 0)
+        blob = await self._bare("take", 0.0, correlation_id, 1 if abandon else 0, token=new_id())
         if blob is not None or abandon:
             self._awaiting.pop(correlation_id, None)
             self._inbox.pop(correlation_id, None)
@@ -341,13 +343,13 @@ class RedisMailboxes(MailboxStore):
         unknown = await self._mail(
             "sched_add", spec.created_at, 1 if auto_register else 0, spec.id,
             msgspec.msgpack.encode(spec), num(spec.next_run), spec.recipient,
-            ref_id_in(spec.data, spec.data_kind) or "",
+            ref_id_in(spec.data, spec.data_kind) or "", token=spec.id,
         )  # fmt: skip
         if unknown is not None:
             raise UnknownAgent(unknown.decode())
 
     async def cancel_schedule(self, schedule_id: str) -> bool:
-        return bool(await self._mail("sched_cancel", 0.0, schedule_id))
+        return bool(await self._mail("sched_cancel", 0.0, schedule_id, token=new_id()))
 
     async def list_schedules(self) -> list[ScheduleInfo]:
         out = []

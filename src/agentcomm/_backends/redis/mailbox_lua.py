@@ -22,6 +22,7 @@ Mailbox keys (P = prefix):
   P sched:ref             HASH: schedule id -> the reference its payload holds
   P counters              HASH: event counters
   P hubs                  SET: the open hubs (their origin ids), subscribed to P wake
+  P once:<token>          STRING: the answer of a call with a token, for a rerun (scripts.py)
 """
 
 from __future__ import annotations
@@ -368,8 +369,8 @@ end
 flush()
 publish()
 -- the hot paths return their result alone: the caller knows which of its waiters to wake
-if BARE[OP] then return result end
-return {result, touched_list}
+if BARE[OP] then return once_done(result) end
+return once_done({result, touched_list})
 """
     )
 )

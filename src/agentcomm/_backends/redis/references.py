@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..._errors import RefNotHeld
+from ..._ids import new_id
 from ..._ref_records import Ref, RefMeta, RefStats
 from ..contracts import ReferenceStore
 from .references_lua import REFS
@@ -61,8 +62,8 @@ class RedisReferences(ReferenceStore):
         """The hub's reference GC strategy."""
         return self._strategy()
 
-    async def _ref_op(self, op: str, now: float, *args: Any) -> Any:
-        return await self._scripts.call(self._script, op, now, args)
+    async def _ref_op(self, op: str, now: float, *args: Any, token: str | None = None) -> Any:
+        return await self._scripts.call(self._script, op, now, args, token)
 
     async def ref_put(
         self, meta: RefMeta, chunks: Sequence[bytes], *, holder: str, now: float
@@ -70,8 +71,10 @@ class RedisReferences(ReferenceStore):
         strategy = self.ref_gc_strategy
         if sum(map(len, chunks)) <= _PUT_AT_ONCE:
             args = (strategy, holder, *_meta_args(meta), *chunks)
-            return _ref(await self._ref_op("put", now, *args))
-        found = await self._ref_op("dedupe", now, strategy, holder, meta.id, _expiry(meta))
+            return _ref(await self._ref_op("put", now, *args, token=new_id()))
+        found = await self._ref_op(
+            "dedupe", now, strategy, holder, meta.id, _expiry(meta), token=new_id()
+        )
         if found:
             return _ref(found)
         upload: int | None = None
@@ -93,7 +96,7 @@ class RedisReferences(ReferenceStore):
 
     async def ref_commit(self, upload: int, meta: RefMeta, *, holder: str, now: float) -> Ref:
         args = (self.ref_gc_strategy, holder, upload, *_meta_args(meta))
-        return _ref(await self._ref_op("commit", now, *args))
+        return _ref(await self._ref_op("commit", now, *args, token=new_id()))
 
     async def ref_abort(self, upload: int) -> None:
         await self._ref_op("abort", 0.0, upload)
@@ -108,7 +111,7 @@ class RedisReferences(ReferenceStore):
         self, ref_id: str, delta: int, *, holder: str | None, now: float
     ) -> Ref | None:
         args = (self.ref_gc_strategy, ref_id, delta, holder or "")
-        got = await self._ref_op("adjust", now, *args)
+        got = await self._ref_op("adjust", now, *args, token=new_id())
         if got == b"NOTHELD":
             raise RefNotHeld(ref_id, holder or "")
         return _opt_ref(got)

@@ -219,6 +219,6 @@ elseif OP == 'stats' then
     redis.call('ZCARD', P .. 'refs:free')}
 end
 
-return result
+return once_done(result)
 """
 )

@@ -6,12 +6,13 @@ other hub on the same server and costs one round trip. Each feature has one scri
 `shared_memory_lua.py`, `references_lua.py`), dispatching on an operation name; each starts
 with `COMMON` and, when its rows carry payloads, the reference holds of `ref_holds.py`.
 
-ARGV is always `prefix, origin, now, op, ...`. Timestamps travel as the strings Python wrote
-(`repr` of a float) and are stored as such, so no float ever goes through Lua's 14-digit
-`tostring`. After a change a script PUBLISHes `origin \\n channel \\n channel ...` on
-`<prefix>wake`; each hub skips its own messages (it notified its waiters already) and wakes
-the rest. A reply is published whole, as `\\1 correlation-id \\n reply`, for the hub waiting
-for it.
+ARGV is always `prefix, origin, now, op, ...`; `op` may carry a token (`op NUL token`) for a
+call that must not apply twice when redis-py runs it again after a dropped connection.
+Timestamps travel as the strings Python wrote (`repr` of a float) and are stored as such, so
+no float ever goes through Lua's 14-digit `tostring`. After a change a script PUBLISHes
+`origin \\n channel \\n channel ...` on `<prefix>wake`; each hub skips its own messages (it
+notified its waiters already) and wakes the rest. A reply is published whole, as
+`\\1 correlation-id \\n reply`, for the hub waiting for it.
 """
 
 from __future__ import annotations
@@ -44,9 +45,34 @@ MARGIN = 1.0
 #: The bound of a round trip outside a call with a deadline (`?command_timeout=` in the URL).
 DEFAULT_COMMAND_TIMEOUT = 5.0
 
+#: Seconds a call's token outlives `command_timeout` (see `Scripts.once_ms`).
+ONCE_MARGIN = 30.0
+
 COMMON = r"""
 local P, ORIGIN, NOW_S, OP = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = tonumber(NOW_S)
+
+-- "op NUL token": a call that must not apply twice. redis-py runs a script again on a new
+-- connection when the old one drops, also after the server ran it; the first run records its
+-- reply under the token for ONCE_MS ms (longer than any retry of the call can come: see
+-- `Scripts.once_ms`) and a rerun returns that reply and changes nothing
+local ONCE = false
+do
+  local nul = string.find(OP, '\0', 1, true)
+  if nul then
+    ONCE = P .. 'once:' .. string.sub(OP, nul + 1)
+    OP = string.sub(OP, 1, nul - 1)
+    local done = redis.call('GET', ONCE)
+    if done then return cmsgpack.unpack(done) end
+  end
+end
+
+-- the script's reply, recorded for a rerun when the call has a token (a `false` reply, which
+-- only the calls that changed nothing give, is not)
+local function once_done(reply)
+  if ONCE and reply then redis.call('SET', ONCE, cmsgpack.pack(reply), 'PX', ONCE_MS) end
+  return reply
+end
 local touched, touched_list = {}, {}
 
 local function touch(channel)
@@ -176,13 +202,35 @@ class Scripts:
         left = deadline - asyncio.get_running_loop().time()
         return min(max(left, 0.0) + MARGIN, self.command_timeout)
 
+    @property
+    def once_ms(self) -> int:
+        """Milliseconds a call's token is kept on the server (see `COMMON`).
+
+        redis-py retries a command only within `_bounded`, which ends every round trip,
+        retries included, within `command_timeout`; so a rerun reaches the server within
+        `command_timeout` of the first run, unless the server sat on a command it had received
+        (frozen) for longer than `ONCE_MARGIN`.
+        """
+        return int((self.command_timeout + ONCE_MARGIN) * 1000)
+
     def register(self, lua: str) -> AsyncScript:
         """A script object for `lua` (loaded on the server on first use)."""
-        return self.client.register_script(lua)
+        return self.client.register_script(lua.replace("ONCE_MS", str(self.once_ms)))
 
-    async def call(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
-        """The reply of `op` of `script`, with redis-py's errors mapped to ours."""
-        head = (self.prefix, self.origin, num(now), op)
+    async def call(
+        self,
+        script: AsyncScript,
+        op: str,
+        now: float,
+        args: Sequence[Any],
+        token: str | None = None,
+    ) -> Any:
+        """The reply of `op` of `script`, with redis-py's errors mapped to ours.
+
+        With a `token` (unique to this call: a new message id, or `new_id()`), a rerun of the
+        call changes nothing and returns the first run's reply.
+        """
+        head = (self.prefix, self.origin, num(now), op if token is None else f"{op}\0{token}")
         return await self._bounded(self._eval(script, head, args))
 
     async def _eval(self, script: AsyncScript, head: tuple[str, ...], args: Sequence[Any]) -> Any:
@@ -193,10 +241,17 @@ class Scripts:
             script.sha = await client.script_load(script.script)
             return await client.evalsha(script.sha, 0, *head, *args)
 
-    async def run(self, script: AsyncScript, op: str, now: float, args: Sequence[Any]) -> Any:
+    async def run(
+        self,
+        script: AsyncScript,
+        op: str,
+        now: float,
+        args: Sequence[Any],
+        token: str | None = None,
+    ) -> Any:
         """Run `op` of `script`; notify this hub's waiters of the channels it touched (the
         script returns `{result, touched}`)."""
-        result, touched = await self.call(script, op, now, args)
+        result, touched = await self.call(script, op, now, args, token)
         if touched:
             self.notifier.notify([c.decode() for c in touched])
         return result

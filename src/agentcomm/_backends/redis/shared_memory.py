@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..._errors import BackendError
+from ..._ids import new_id
 from ..._kv_records import (
     KVChangeRecord,
     KVChanges,
@@ -71,8 +72,10 @@ class RedisSharedMemory(SharedMemoryStore):
         self._scripts = scripts
         self._script = scripts.register(KV)
 
-    async def _kv_op(self, op: str, space: Space, now: float, *args: Any) -> Any:
-        return await self._scripts.run(self._script, op, now, (_space_id(space), *args))
+    async def _kv_op(
+        self, op: str, space: Space, now: float, *args: Any, token: str | None = None
+    ) -> Any:
+        return await self._scripts.run(self._script, op, now, (_space_id(space), *args), token)
 
     async def _decoded(self, rows: Sequence[Any], decode: Any, what: str) -> list[Any]:
         """`decode` of each row; rows that cannot be decoded are skipped and reported."""
@@ -98,7 +101,7 @@ class RedisSharedMemory(SharedMemoryStore):
         expires = "" if w.expires_at is None else repr(float(w.expires_at))
         result = await self._kv_op(
             "put", space, now, w.key, _opt(w.expected_version), w.data, int(w.data_kind), expires,
-            _opt(w.by), _opt(w.history), _opt(w.change_log),
+            _opt(w.by), _opt(w.history), _opt(w.change_log), token=new_id(),
         )  # fmt: skip
         if result[0]:
             return KVOutcome(True, int(result[1]))
@@ -112,7 +115,7 @@ class RedisSharedMemory(SharedMemoryStore):
         self, space: Space, key: str, *, expected_version: int | None, by: str | None, now: float
     ) -> KVOutcome:
         conflict, version = await self._kv_op(
-            "delete", space, now, key, _opt(expected_version), _opt(by)
+            "delete", space, now, key, _opt(expected_version), _opt(by), token=new_id()
         )
         return KVOutcome(bool(conflict), int(version))
 

@@ -282,7 +282,7 @@ elseif OP == 'prune' then
 end
 
 publish()
-return {result, touched_list}
+return once_done({result, touched_list})
 """.replace("DEFAULT_HISTORY", str(DEFAULT_HISTORY))
     .replace("DEFAULT_CHANGE_LOG", str(DEFAULT_CHANGE_LOG))
     .replace("TOMBSTONE_KEEP", repr(TOMBSTONE_KEEP))

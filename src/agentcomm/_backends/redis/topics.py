@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from ..._errors import NotFound, RefNotFound
+from ..._ids import new_id
 from ..._models import TopicStats
 from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
 from ..._settings import Retention
@@ -76,8 +77,8 @@ class RedisTopics(TopicStore):
         # by name, of the consumers this hub opened
         self._consumer_filters: dict[str, TopicFilter] = {}
 
-    async def _topic_op(self, op: str, now: float, *args: Any) -> Any:
-        return await self._scripts.run(self._script, op, now, args)
+    async def _topic_op(self, op: str, now: float, *args: Any, token: str | None = None) -> Any:
+        return await self._scripts.run(self._script, op, now, args, token)
 
     def _filter_of(self, definition: bytes) -> TopicFilter:
         """The filter a stored consumer definition describes (cached: definitions never
@@ -99,6 +100,7 @@ class RedisTopics(TopicStore):
             (r.topic, r.sender, r.type, r.data, int(r.data_kind),
              "0" if r.metadata is None else "1", r.metadata or b"", num(r.published_at),
              r.origin),
+            new_id(),
         )  # fmt: skip
         if seq is None:
             raise RefNotFound(
@@ -125,7 +127,7 @@ class RedisTopics(TopicStore):
         args: list[Any] = []
         for topic, (delivered, dropped) in counts.items():
             args += [topic, int(delivered), int(dropped)]
-        await self._topic_op("count", 0.0, *args)
+        await self._topic_op("count", 0.0, *args, token=new_id())
 
     async def topic_stats(self, name: str | None) -> list[TopicStats]:
         args = ("0",) if name is None else ("1", name)
@@ -189,7 +191,7 @@ class RedisTopics(TopicStore):
             for topic, n in per_topic.items():
                 args += [topic, n]
             args += [r.seq for r in matched]
-            taken = await self._topic_op("take", now, *args)
+            taken = await self._topic_op("take", now, *args, token=new_id())
             if taken is None:
                 raise _no_consumer(consumer)
             if taken[0]:

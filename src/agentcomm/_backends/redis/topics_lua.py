@@ -310,8 +310,8 @@ elseif OP == 'prune' then
 end
 
 publish()
-if OP == 'publish' then return result end
-return {result, touched_list}
+if OP == 'publish' then return once_done(result) end
+return once_done({result, touched_list})
 """.replace("CONSUMER_CHANNEL", repr(consumer_channel(""))).replace(
         "TOPICS_CHANNEL", repr(TOPICS_CHANNEL)
     )
