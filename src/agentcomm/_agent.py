@@ -213,7 +213,12 @@ class Agent:
     async def _enqueue(self, messages: list[NewMessage], now: float) -> list[str]:
         """Store messages, the tier policy applied (the stored rows hold their own references)."""
         ctx = self._ctx
-        async with ctx.refs.hold() as hold:
+        refs = ctx.refs
+        if all(refs.by_value(m.type, m.data, m.data_kind) for m in messages):  # the hot path
+            return await ctx.mailboxes.enqueue(
+                messages, auto_register=ctx.settings.auto_register, now=now
+            )
+        async with refs.hold() as hold:
             for m in messages:
                 m.data, m.data_kind = await hold.promote(m.type, m.data, m.data_kind)
             return await ctx.mailboxes.enqueue(

@@ -94,6 +94,11 @@ class RefHolder:
         #: The holder of this hub's transient holds (not a name `RefConfig.holder` accepts).
         self.holder = f"{INTERNAL_HOLDER}hold-{uuid.uuid4().hex}"
 
+    def by_value(self, type: str | None, data: bytes, kind: int) -> bool:
+        """Whether the tier policy leaves this encoded payload inline: then a hot path may
+        call the backend directly, without a `Hold` (nothing would be held)."""
+        return bool(kind & REF_FLAG) or not self.ctx.settings.policies.by_reference(type, len(data))
+
     def hold(self) -> Hold:
         """A `Hold` for one backend call (`async with`); its references are released when the
         block ends (by then the rows that need them hold their own)."""

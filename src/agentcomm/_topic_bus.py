@@ -68,13 +68,23 @@ class TopicBus:
         now = ctx.now()
         # the tier policy: a large payload is stored once and the log record refers to it (and
         # holds its own reference until it is pruned)
-        async with ctx.refs.hold() as hold:
-            stored, stored_kind = await hold.promote(type, payload, kind)
+        promoted = False
+        if ctx.refs.by_value(type, payload, kind):  # the hot path: nothing to hold
             record = await ctx.topics.publish(
-                NewTopicRecord(topic, sender, type, stored, stored_kind, meta, now, self.origin),
+                NewTopicRecord(topic, sender, type, payload, kind, meta, now, self.origin),
                 now=now,
             )
-        if hold.promoted:  # this hub's live subscribers get the payload itself (a copy: the
+        else:
+            async with ctx.refs.hold() as hold:
+                stored, stored_kind = await hold.promote(type, payload, kind)
+                record = await ctx.topics.publish(
+                    NewTopicRecord(
+                        topic, sender, type, stored, stored_kind, meta, now, self.origin
+                    ),
+                    now=now,
+                )
+            promoted = hold.promoted
+        if promoted:  # this hub's live subscribers get the payload itself (a copy: the
             # memory backend's log holds the record object returned)
             record = msgspec.structs.replace(record, data=payload, data_kind=kind)
         seq = record.seq
