@@ -259,8 +259,8 @@ class Agent:
                 ctx.check_open()  # raises HubClosed once the hub closes
                 wakeups.rearm()
                 now = ctx.now()
-                claimed = await wakeups.bounded(
-                    ctx.mailboxes.claim(self._name, max_messages=max_messages, lease=lease, now=now)
+                claimed = await ctx.mailboxes.claim(
+                    self._name, max_messages=max_messages, lease=lease, now=now
                 )
                 if claimed.messages:
                     await self._touch(now)
@@ -343,7 +343,7 @@ class Agent:
         msg.reply_to = self._name
         msg.request_deadline = now + timeout
         with ctx.wakeups(reply_channel(cid), timeout=timeout) as wakeups:
-            await wakeups.bounded(self._enqueue([msg], now))
+            await self._enqueue([msg], now)
             taking: asyncio.Future[StoredReply | None] | None = None
             try:
                 while True:
@@ -354,7 +354,7 @@ class Agent:
                         expired = wakeups.expired
                     # shielded: a cancel while the reply is being taken must not lose it (and
                     # the reference it holds); `_abandon` waits for it
-                    taking = asyncio.ensure_future(wakeups.bounded(_take(ctx, cid, expired)))
+                    taking = asyncio.ensure_future(_take(ctx, cid, expired))
                     reply = await asyncio.shield(taking)
                     if reply is not None:
                         return Reply(cid, reply)

@@ -1,7 +1,7 @@
 """The deadline of the blocking call in progress, for backends that can bound their waits.
 
 A blocking call with a timeout (`receive`, `request`, a durable `next`) sets it, in event-loop
-time, for as long as it runs (`Wakeups`) and around each look in storage (`Wakeups.bounded`).
+time, for as long as it runs (`Wakeups`, used as a context manager around the call's loop).
 A backend bounds its waits by it: SQLite gives up on an operation still waiting for a lock
 another process holds shortly after it, and Redis bounds each round trip by it.
 """

@@ -172,7 +172,7 @@ class Subscription:
                     await asyncio.shield(prefetch)
                     next_wake = self._next_wake
                 else:
-                    next_wake = await wakeups.bounded(self._claim())
+                    next_wake = await self._claim()
                 if self._closed:
                     return None
                 msg = self._pop_leased()

@@ -10,14 +10,11 @@ whichever is first. Closing the hub wakes every waiter, so each loop sees the cl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
-from typing import TypeVar
 
 from ._deadline import CALL_DEADLINE
 from ._notify import Listener, Notifier
-
-T = TypeVar("T")
 
 __all__ = ["Wakeups"]
 
@@ -56,21 +53,6 @@ class Wakeups:
     def expired(self) -> bool:
         """Whether the deadline passed."""
         return self._deadline is not None and self._deadline <= self._loop.time()
-
-    def bounded(self, look: Awaitable[T]) -> Awaitable[T]:
-        """`look` (a look in storage) with this call's deadline known to the backend, which
-        then gives up on a wait for a lock shortly after it (see `agentcomm._deadline`)."""
-        if self._deadline is None:
-            return look  # nothing to bound: no extra frame
-        return self._bounded(look, self._deadline)
-
-    @staticmethod
-    async def _bounded(look: Awaitable[T], deadline: float) -> T:
-        token = CALL_DEADLINE.set(deadline)
-        try:
-            return await look
-        finally:
-            CALL_DEADLINE.reset(token)
 
     def rearm(self) -> None:
         """Forget earlier notifications; call before each look in storage."""
