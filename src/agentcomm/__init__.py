@@ -9,6 +9,7 @@ from ._agent import Agent, Outgoing
 from ._errors import (
     AgentCommError,
     AlreadySettled,
+    AsyncMisuse,
     BackendError,
     BackendUnavailable,
     ConfigurationError,
@@ -25,6 +26,7 @@ from ._errors import (
     UnknownAgent,
     ValidationError,
     VersionConflict,
+    WrongEventLoop,
 )
 from ._hub import Hub, connect
 from ._mailbox import Message, Reply
@@ -53,6 +55,7 @@ __all__ = [
     "AgentCommError",
     "AgentInfo",
     "AlreadySettled",
+    "AsyncMisuse",
     "AutoPromote",
     "BackendError",
     "BackendUnavailable",
@@ -96,8 +99,12 @@ __all__ = [
     "UnknownAgent",
     "ValidationError",
     "VersionConflict",
+    "WrongEventLoop",
     "connect",
+    "sync",
 ]
+
+from . import sync  # it wraps the classes above
 
 for _name in __all__:
     _obj = globals()[_name]

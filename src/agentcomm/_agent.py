@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ._awaiting import awaitable
 from ._backends.common import mail_channel, reply_channel
 from ._codec import check_size, encode_for, encode_metadata, encode_payload
 from ._context import Context
@@ -227,6 +228,7 @@ class Agent:
 
     # --- receiving ---------------------------------------------------------------------------
 
+    @awaitable
     async def receive(
         self, timeout: float | None = None, lease: float | None = None
     ) -> Message | None:
@@ -313,6 +315,7 @@ class Agent:
 
     # --- request / reply ---------------------------------------------------------------------
 
+    @awaitable
     async def request(
         self,
         to: str,

@@ -8,6 +8,7 @@ reference holder, the topic bus and the registry of background tasks.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,15 +19,13 @@ from ._backends.contracts import (
     SharedMemoryStore,
     TopicStore,
 )
-from ._errors import ConfigurationError, HubClosed
+from ._errors import ConfigurationError, HubClosed, WrongEventLoop
 from ._notify import Notifier
 from ._settings import HubSettings
 from ._tasks import TaskRegistry
 from ._waiting import Wakeups
 
 if TYPE_CHECKING:
-    import asyncio
-
     from ._holds import RefHolder
     from ._topic_bus import TopicBus
 
@@ -49,6 +48,8 @@ class Context:
         #: Wall time (epoch seconds); the feature layer reads the time only through it.
         self.now = clock
         self.state: Literal["new", "open", "closed"] = "new"
+        #: The event loop the hub was opened in; every call must come from it.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks = TaskRegistry()
         #: Per-namespace counters this hub keeps for `SharedMemory.stats()` (reads, watchers).
         self.kv_local: dict[Any, Any] = {}
@@ -76,7 +77,20 @@ class Context:
                 else "The hub is not open yet: use `async with agentcomm.connect(...)` "
                 "or `hub = await agentcomm.connect(...)`."
             )  # fmt: skip
+        self.check_loop()
         return self.backend
+
+    def check_loop(self) -> None:
+        """Raise WrongEventLoop when called from another event loop than the hub's."""
+        running = asyncio.events._get_running_loop()
+        if running is not None and running is not self.loop and self.loop is not None:
+            raise WrongEventLoop(
+                "This hub was opened in another event loop, which has ended or is not this "
+                "one (each asyncio.run() makes a new loop, and a hub belongs to the loop that "
+                "opened it). Open a hub inside each asyncio.run() with `async with "
+                "agentcomm.connect(url) as hub:`, or use the blocking "
+                "`agentcomm.sync.connect(url)`, whose hub keeps its own loop."
+            )
 
     def wakeups(
         self, *channels: str, timeout: float | None = None, recheck: float | None = None

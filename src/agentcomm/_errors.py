@@ -18,6 +18,8 @@
     ├── VersionConflict              a shared-memory write expected another version
     ├── IntegrityError               a stored blob no longer matches its checksum
     ├── HubClosed                    the hub is closed or was never opened
+    ├── AsyncMisuse (TypeError)      an async call used without `await` / `async with`
+    ├── WrongEventLoop (RuntimeError) a hub used from another event loop than the one it opened in
     └── BackendError                 the storage engine failed
         └── BackendUnavailable       the storage engine cannot be reached or stays locked
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "AgentCommError",
     "AlreadySettled",
+    "AsyncMisuse",
     "BackendError",
     "BackendUnavailable",
     "ConfigurationError",
@@ -43,6 +46,7 @@ __all__ = [
     "UnknownAgent",
     "ValidationError",
     "VersionConflict",
+    "WrongEventLoop",
 ]
 
 
@@ -145,6 +149,16 @@ class VersionConflict(AgentCommError):
 
 class HubClosed(AgentCommError):
     """The hub is closed, or was used before it was opened."""
+
+
+class AsyncMisuse(AgentCommError, TypeError):
+    """An async call was used as if it were blocking: its result used without `await`, or
+    `with` where `async with` is needed. Await it, or use the blocking `agentcomm.sync` API."""
+
+
+class WrongEventLoop(AgentCommError, RuntimeError):
+    """The hub was used from another event loop than the one it was opened in (each
+    `asyncio.run()` makes a new loop). Open one hub per loop, or use `agentcomm.sync`."""
 
 
 class BackendError(AgentCommError):

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import msgspec
 
 from ._agent import Agent
+from ._awaiting import awaitable
 from ._backends import DEFAULT_URL, open_backend, with_prefix
 from ._backends.common import SCHEDULES_CHANNEL
 from ._backends.contracts import Backend
@@ -20,6 +22,7 @@ from ._codec import StoredRef, decode_payload
 from ._context import Clock, Context
 from ._errors import (
     AgentCommError,
+    AsyncMisuse,
     BackendError,
     ConfigurationError,
     HubClosed,
@@ -241,10 +244,12 @@ class Hub:
     async def open(self) -> Hub:
         """Open the backend and start housekeeping; returns the hub."""
         if self._ctx.state == "open":
+            self._ctx.check_loop()
             return self
         if self._ctx.state == "closed":
             raise HubClosed("This hub was closed; call agentcomm.connect() again for a new one.")
         await self._backend.open()
+        self._ctx.loop = asyncio.get_running_loop()
         self._ctx.state = "open"
         if self._background:
             self._ctx.spawn(self._run_schedules())
@@ -288,6 +293,18 @@ class Hub:
     def __await__(self) -> Generator[Any, None, Hub]:
         return self.open().__await__()
 
+    if not TYPE_CHECKING:  # at runtime only, so that type checkers flag `with connect(...)`
+
+        def __enter__(self) -> NoReturn:
+            raise AsyncMisuse(
+                "The hub is async: write `async with agentcomm.connect(url) as hub:` inside "
+                "an async function, or for blocking code (scripts, notebooks, threads) "
+                "`with agentcomm.sync.connect(url) as hub:`."
+            )
+
+        def __exit__(self, *exc_info: object) -> None:
+            return None
+
     def _require_backend(self) -> Context:
         self._ctx.check_open()
         return self._ctx
@@ -320,6 +337,7 @@ class Hub:
 
     # --- agents and mailboxes ------------------------------------------------------------------
 
+    @awaitable
     async def agent(self, name: str) -> Agent:
         """Register agent `name` (or re-attach to it) and return its handle."""
         check_name("agent name", name)
