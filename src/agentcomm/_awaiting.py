@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from ._errors import AsyncMisuse
 
@@ -43,15 +43,19 @@ class Pending(Coroutine[Any, Any, _T]):
     def __await__(self) -> Generator[Any, None, _T]:
         return self._coro.__await__()
 
-    def send(self, value: Any, *args: Any, **kwargs: Any) -> Any:
-        """Coroutine protocol: resume the call (an event loop sends None)."""
-        if (
-            args
-            or kwargs
-            or (value is not None and inspect.getcoroutinestate(self._coro) == "CORO_CREATED")
-        ):
-            self._fail(".send() method")
-        return self._coro.send(value)
+    if TYPE_CHECKING:  # what type checkers see: `hub.agent("a").send("b", 1)` is flagged
+
+        def send(self, value: Any) -> Any:
+            """Coroutine protocol: resume the call."""
+
+    else:
+
+        def send(self, value: Any, *args: Any, **kwargs: Any) -> Any:
+            """Coroutine protocol: resume the call (an event loop sends None)."""
+            created = inspect.getcoroutinestate(self._coro) == "CORO_CREATED"
+            if args or kwargs or (value is not None and created):
+                self._fail(".send() method")
+            return self._coro.send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         """Coroutine protocol: raise in the call."""
@@ -63,10 +67,12 @@ class Pending(Coroutine[Any, Any, _T]):
         """Coroutine protocol: abandon the call."""
         self._coro.close()
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith(("_", "cr_")):  # asyncio and debuggers look at the coroutine's
-            return getattr(self._coro, name)
-        self._fail(f"attribute {name!r}")
+    if not TYPE_CHECKING:  # at runtime only, so that type checkers flag `receive().data`
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith(("_", "cr_")):  # asyncio and debuggers look at the coroutine's
+                return getattr(self._coro, name)
+            self._fail(f"attribute {name!r}")
 
     def __repr__(self) -> str:
         return f"<coroutine {self._call}() (await it)>"

@@ -329,6 +329,10 @@ class Hub:
     def queue_depth(self, agent: str) -> int:
         """How many messages wait to be delivered to `agent` (ready or delayed)."""
 
+    @property
+    def refs(self) -> RefStore:
+        """The reference store: large payloads stored once, by content (see `RefStore`)."""
+
     def requeue_dead_letters(self, agent: str, ids: list[str] | None = None) -> int:
         """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts."""
 
@@ -351,6 +355,10 @@ class Hub:
 
     def topics(self) -> list[TopicStats]:
         """Stats of every topic published to (and still within retention), by name."""
+
+    @property
+    def url(self) -> str:
+        """`url` of the async object, as the blocking API gives it."""
 
 class Message:
     """Blocking twin of `agentcomm.Message`: the same members, without `await`.
@@ -456,11 +464,19 @@ class RefStore:
     The reference store of a hub: `hub.refs`.
     """
 
+    @property
+    def config(self) -> RefConfig:
+        """`config` of the async object, as the blocking API gives it."""
+
     def gc(self) -> list[Ref]:
         """Evict what the GC strategy allows now (see `RefConfig`); returns the evicted."""
 
     def get(self, ref: Ref | str) -> Ref | None:
         """The stored record of `ref` (current refcount), or None if it is not stored."""
+
+    @property
+    def holder(self) -> Any:
+        """The holder of the references this hub takes and releases (see `RefConfig.holder`)."""
 
     def list_refs(self) -> list[Ref]:
         """Every stored blob's record, by id."""
@@ -629,13 +645,17 @@ class Subscription:
     def closed(self) -> bool:
         """Whether it was closed (by `aclose()` or because its hub closed)."""
 
-    dropped: int
+    @property
+    def dropped(self) -> int:
+        """Live: messages that did not fit in the buffer and were dropped."""
 
     @property
     def durable(self) -> str | None:
         """The durable consumer's name, or None for a live subscription."""
 
-    lost: int
+    @property
+    def lost(self) -> int:
+        """Durable: messages pruned by retention before this consumer took them."""
 
     @property
     def missed(self) -> int:

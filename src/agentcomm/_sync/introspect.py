@@ -6,8 +6,11 @@ test that every async member has a blocking twin: nothing here lists methods by 
 
 from __future__ import annotations
 
+import ast
 import enum
+import functools
 import inspect
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +19,7 @@ __all__ = [
     "PROTOCOL",
     "Kind",
     "Member",
+    "init_attributes",
     "is_async_function",
     "members",
     "needs_proxy",
@@ -78,15 +82,49 @@ def _kind(raw: object) -> Kind | None:
 
 
 def members(cls: type) -> Iterator[Member]:
-    """The public members of `cls` (and its async protocol methods), in name order."""
-    for name in sorted(dir(cls)):
+    """The public members of `cls` (and its async protocol methods), in name order; public
+    attributes its `__init__` sets (`self.refs = ...`) count as attributes."""
+    names = set(dir(cls))
+    for name in sorted(names | set(init_attributes(cls))):
         if name.startswith("_") and name not in PROTOCOL:
+            continue
+        if name not in names:
+            yield Member(name, name, Kind.ATTRIBUTE, None)
             continue
         raw = inspect.getattr_static(cls, name)
         kind = _kind(raw)
         if kind is None:
             continue
         yield Member(name, PROTOCOL.get(name, name), kind, raw)
+
+
+@functools.cache
+def init_attributes(cls: type) -> dict[str, ast.stmt]:
+    """The public attributes `cls.__init__` assigns to `self`, with the assigning statement."""
+    init = vars(cls).get("__init__")
+    if not inspect.isfunction(init):
+        return {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    found: dict[str, ast.stmt] = {}
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            for t in target.elts if isinstance(target, ast.Tuple) else [target]:
+                if (
+                    isinstance(t, ast.Attribute)
+                    and isinstance(t.value, ast.Name)
+                    and t.value.id == "self"
+                    and not t.attr.startswith("_")
+                ):
+                    found.setdefault(t.attr, node)  # type: ignore[arg-type]
+    return found
 
 
 def needs_proxy(cls: type) -> bool:

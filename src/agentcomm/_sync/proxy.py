@@ -68,7 +68,10 @@ class SyncProxy:
         return wrap(result, self._runner)
 
     def _closing(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """`aclose()` / `__aexit__()`: the owner hub also ends its loop thread afterwards."""
+        """`aclose()` / `__aexit__()`: the owner hub also ends its loop thread afterwards.
+        Like the async `aclose()`, idempotent: after the hub closed it does nothing."""
+        if self._runner.closed:
+            return None
         try:
             return self._call(fn, *args)
         finally:

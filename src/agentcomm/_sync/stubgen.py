@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaita
 from pathlib import Path
 from typing import Any
 
-from .introspect import Kind, Member, members, needs_proxy, proxied_classes
+from .introspect import Kind, Member, init_attributes, members, needs_proxy, proxied_classes
 
 __all__ = ["STUB_PATH", "generate", "main"]
 
@@ -199,7 +199,10 @@ class _Writer:
         """The declaration of the blocking twin of `m`."""
         name = sync_name or m.sync_name
         if m.kind is Kind.ATTRIBUTE:
-            return f"{name}: {self._attribute_type(cls, m.name)}\n"
+            text = _docstring(_attribute_doc(cls, m.name))
+            return f"@property\ndef {name}(self) -> {self._attribute_type(cls, m.name)}:\n" + (
+                textwrap.indent(text, "    ")
+            )
         doc = inspect.getdoc(m.obj)
         if m.kind is Kind.PROPERTY:
             head = "@property\n" + self.signature(m.obj.fget, name, plain=True)
@@ -208,20 +211,23 @@ class _Writer:
         return head + "\n" + textwrap.indent(_docstring(doc), "    ")
 
     def _attribute_type(self, cls: type, name: str) -> str:
-        """The type of instance attribute `name`, from `self.name: T = ...` or a literal."""
-        init = getattr(cls, "__init__", None)
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(init)))  # type: ignore[arg-type]
-        except (OSError, TypeError):
-            return "Any"
-        scope = init.__globals__  # type: ignore[union-attr]
-        for node in ast.walk(tree):
-            target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-            if not (isinstance(target, ast.Attribute) and target.attr == name):
-                continue
+        """The type of instance attribute `name`, from where `__init__` sets it: an
+        annotation, a parameter of `__init__`, a class called, or a literal."""
+        node = init_attributes(cls).get(name)
+        init = vars(cls).get("__init__")
+        if node is not None and inspect.isfunction(init):
+            scope = init.__globals__
+            value = getattr(node, "value", None)
             if isinstance(node, ast.AnnAssign):
                 return self.annotation(ast.unparse(node.annotation), scope, result=True)
-            value = getattr(node, "value", None)
+            if isinstance(value, ast.Name):
+                param = inspect.signature(init).parameters.get(value.id)
+                if param is not None and isinstance(param.annotation, str):
+                    return self.annotation(param.annotation, scope, result=True)
+            if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
+                made = scope.get(value.func.id)
+                if isinstance(made, type):
+                    return self.annotation(value.func.id, scope, result=True)
             if isinstance(value, ast.Constant) and value.value is not None:
                 return type(value.value).__name__
         self.imports.setdefault("typing", set()).add("Any")
@@ -251,6 +257,21 @@ def _awaited(obj: object) -> tuple[Any, dict[str, Any]] | None:
     if isinstance(tree, ast.Subscript) and isinstance(tree.slice, ast.Tuple):
         return ast.unparse(tree.slice.elts[-1]), fn.__globals__
     raise StubError(f"{obj.__name__}.__await__ must be annotated Generator[Any, None, T]")
+
+
+def _attribute_doc(cls: type, name: str) -> str:
+    """The `#:` comment above where `__init__` sets `name`, else a generic line."""
+    node = init_attributes(cls).get(name)
+    if node is not None:
+        lines = textwrap.dedent(inspect.getsource(vars(cls)["__init__"])).splitlines()
+        comment: list[str] = []
+        at = node.lineno - 2
+        while at >= 0 and lines[at].strip().startswith("#:"):
+            comment.insert(0, lines[at].strip()[2:].strip())
+            at -= 1
+        if comment:
+            return " ".join(comment)
+    return f"`{name}` of the async object, as the blocking API gives it."
 
 
 def _default(value: object) -> str:
