@@ -16,7 +16,6 @@ import functools
 import inspect
 import threading
 import types
-import weakref
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, ClassVar
 
@@ -220,8 +219,9 @@ def unwrap(value: Any) -> Any:
     return value
 
 
-#: Hubs opened by `connect()` and not closed yet: closed when the interpreter exits.
-_open_hubs: weakref.WeakSet[SyncProxy] = weakref.WeakSet()
+#: Hubs opened by `connect()` and not closed yet: closed when the interpreter exits (held
+#: strongly: a hub dropped while its agents are still in use must stay open).
+_open_hubs: set[SyncProxy] = set()
 
 
 @atexit.register
