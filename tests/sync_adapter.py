@@ -12,6 +12,7 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
 from agentcomm._sync.introspect import Kind, Member, members
@@ -67,6 +68,8 @@ class AsyncView:
             return functools.partial(_in_thread, twin)
         if member.kind is Kind.ASYNC_ITER:
             return functools.partial(_iterate, twin)
+        if member.kind is Kind.ASYNC_CM:
+            return lambda *a, **k: _ContextView(twin(*map(_unview, a), **k))
         return lambda *a, **k: _view(twin(*map(_unview, a), **k))  # plain: it blocks briefly
 
     # a plain call's result may be awaited (`await agent.subscribe(...)`): it is ready already
@@ -90,6 +93,19 @@ class AsyncView:
         if item is done:
             raise StopAsyncIteration
         return item
+
+
+class _ContextView:
+    """`async with` over a blocking context manager."""
+
+    def __init__(self, manager: AbstractContextManager[Any]) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> Any:
+        return await _in_thread(self._manager.__enter__)
+
+    async def __aexit__(self, *exc_info: object) -> Any:
+        return await _in_thread(self._manager.__exit__, *exc_info)
 
 
 async def _iterate(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import inspect
 import threading
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import pytest
 import agentcomm
 import agentcomm.sync
 from agentcomm._sync import stubgen
-from agentcomm._sync.introspect import PROTOCOL, Kind, members, proxied_classes
+from agentcomm._sync.introspect import ASYNC_KINDS, PROTOCOL, Kind, members, proxied_classes
 from agentcomm._sync.proxy import SyncProxy
 
 WAIT = 20.0  # a guard against hanging, never a timing assertion
@@ -220,7 +221,7 @@ def _public_async_classes() -> list[type]:
         for name in agentcomm.__all__
         if isinstance(obj := getattr(agentcomm, name), type)
         and not issubclass(obj, BaseException)
-        and any(m.kind in (Kind.ASYNC, Kind.ASYNC_ITER) for m in members(obj))
+        and any(m.kind in ASYNC_KINDS for m in members(obj))
     ]
 
 
@@ -302,13 +303,30 @@ def test_a_new_async_method_is_covered_without_edits() -> None:
             for i in range(n):
                 yield i
 
+        @contextlib.asynccontextmanager
+        async def held(self) -> AsyncIterator[str]:
+            self.log.append("enter")
+            yield "inside"
+            self.log.append("exit")
+
+        def __init__(self) -> None:
+            self.log: list[str] = []
+
     Later.__module__ = "agentcomm._later"
+    kinds = {m.name: m.kind for m in members(Later)}
+    assert (kinds["ping"], kinds["ticks"], kinds["held"]) == (
+        Kind.ASYNC, Kind.ASYNC_ITER, Kind.ASYNC_CM,
+    )  # fmt: skip
     proxy_cls = _make_class(Later)
     with agentcomm.sync.connect("memory://") as hub:
         runner = hub._runner  # type: ignore[attr-defined]
-        later = proxy_cls(Later(), runner)
+        target = Later()
+        later = proxy_cls(target, runner)
         assert later.ping(1) == 2
         assert list(later.ticks(3)) == [0, 1, 2]
+        with later.held() as value:
+            assert value == "inside" and target.log == ["enter"]
+        assert target.log == ["enter", "exit"] and later.log == ["enter", "exit"]
 
 
 @pytest.mark.slow

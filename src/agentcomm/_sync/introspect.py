@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ASYNC_KINDS",
     "PROTOCOL",
     "Kind",
     "Member",
@@ -40,9 +41,14 @@ class Kind(enum.Enum):
 
     ASYNC = "async"  # `await obj.m(...)`
     ASYNC_ITER = "async-iter"  # `async for x in obj.m(...)`
+    ASYNC_CM = "async-cm"  # `async with obj.m(...) as x` (an @asynccontextmanager method)
     PLAIN = "plain"  # `obj.m(...)` (its result awaited by the sync twin when awaitable)
     PROPERTY = "property"  # `obj.p`
     ATTRIBUTE = "attribute"  # an instance attribute (a slot)
+
+
+#: The kinds of member that need a blocking twin.
+ASYNC_KINDS = frozenset({Kind.ASYNC, Kind.ASYNC_ITER, Kind.ASYNC_CM})
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,10 @@ def _kind(raw: object) -> Kind | None:
         return Kind.ATTRIBUTE
     if not inspect.isfunction(raw):
         return None  # constants, class methods, static methods, nested classes
-    if inspect.isasyncgenfunction(raw) or inspect.isasyncgenfunction(inspect.unwrap(raw)):
+    if inspect.isasyncgenfunction(raw):
         return Kind.ASYNC_ITER
+    if inspect.isasyncgenfunction(inspect.unwrap(raw)):  # @contextlib.asynccontextmanager
+        return Kind.ASYNC_CM
     if is_async_function(raw):
         return Kind.ASYNC
     return Kind.PLAIN
@@ -131,7 +139,7 @@ def needs_proxy(cls: type) -> bool:
     """Whether instances of `cls` need a blocking proxy: it has an async member."""
     if issubclass(cls, BaseException) or not cls.__module__.startswith("agentcomm"):
         return False
-    return any(m.kind in (Kind.ASYNC, Kind.ASYNC_ITER) for m in members(cls))
+    return any(m.kind in ASYNC_KINDS for m in members(cls))
 
 
 def proxied_classes() -> list[type]:

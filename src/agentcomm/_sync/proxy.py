@@ -200,7 +200,26 @@ def wrap(value: Any, runner: LoopThread) -> Any:
         return out if any(out[k] is not v for k, v in value.items()) else value
     if isinstance(value, AsyncIterator):
         return _iterate(value, runner)
+    if isinstance(value, contextlib.AbstractAsyncContextManager):
+        return SyncContext(value, runner)
     return value
+
+
+class SyncContext(contextlib.AbstractContextManager[Any]):
+    """A blocking context manager over an async one (`with msg.auto_extend(): ...`)."""
+
+    __slots__ = ("_manager", "_runner")
+
+    def __init__(self, manager: contextlib.AbstractAsyncContextManager[Any], runner: LoopThread):
+        self._manager = manager
+        self._runner = runner
+
+    def __enter__(self) -> Any:
+        return wrap(self._runner.run(_invoke(self._manager.__aenter__, (), {})), self._runner)
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        result: bool | None = self._runner.run(_invoke(self._manager.__aexit__, exc_info, {}))
+        return result
 
 
 def unwrap(value: Any) -> Any:
