@@ -409,3 +409,5 @@ def test_a_hub_reused_in_a_second_asyncio_run_explains(scheme: str, tmp_path: Pa
             asyncio.run(again())
         assert isinstance(info.value, RuntimeError)
         assert "agentcomm.sync" in str(info.value)
+    asyncio.run(hub.aclose())  # closing still works from another loop
+    assert repr(hub).endswith("closed>")
