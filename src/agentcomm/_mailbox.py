@@ -132,10 +132,10 @@ class Message:
         return Settle(kind, s.recipient, s.seq, s.attempt, until, reason)
 
     async def _settle(self, op: Settle, what: str) -> None:
+        ctx = self._ctx
+        ctx.check_open()  # first: a close released the message, which is not "settled"
         if self._settled:
             raise AlreadySettled(f"Message {self.id} was already settled; cannot {what} it.")
-        ctx = self._ctx
-        ctx.check_open()
         if not await ctx.mailboxes.settle(op, now=ctx.now()):
             raise LeaseLost(
                 f"Cannot {what} message {self.id}: its lease ended and it was delivered again "
