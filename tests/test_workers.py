@@ -404,3 +404,18 @@ async def test_sigterm_mid_handler_hands_the_message_to_another_worker_at_once(
         again = await (await hub.agent("w")).receive(timeout=10)
         assert again is not None and again.data == "job" and again.attempt == 1
         await again.ack()
+
+
+async def test_signals_stop_every_serve_and_the_old_handlers_come_back(hub: Hub) -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    first, second = await hub.agent("one"), await hub.agent("two")
+
+    async def handler(msg: Message) -> None:
+        pass
+
+    serving = [asyncio.create_task(a.serve(handler, grace=0)) for a in (first, second)]
+    await asyncio.sleep(0.1)  # both are waiting for work now
+    assert not any(t.done() for t in serving)
+    os.kill(os.getpid(), signal.SIGINT)
+    await asyncio.wait_for(asyncio.gather(*serving), 10)
+    assert {sig: signal.getsignal(sig) for sig in before} == before

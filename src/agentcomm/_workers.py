@@ -51,7 +51,6 @@ class _Stopper:
         self.hurry = asyncio.Event()
         self._agent = agent
         self.channel = f"serve:{id(self)}"
-        self._installed: list[tuple[int, Any]] = []
         self._watch: asyncio.Task[None] | None = None
         if stop is not None:
             self._watch = asyncio.ensure_future(self._on_event(stop))
@@ -73,30 +72,63 @@ class _Stopper:
         ctx.notifier.notify((self.channel,))  # wakes the waiting receive
 
     def install_signals(self) -> None:
-        """Handle SIGINT and SIGTERM, when this is the main thread's loop (the only place
-        signal handlers can be installed); the previous handlers come back at `restore`."""
-        if threading.current_thread() is not threading.main_thread():
+        """Stop on SIGINT and SIGTERM, when this is the main thread's loop (the only place
+        signal handlers can be installed); see `_Signals`."""
+        if threading.current_thread() is threading.main_thread():
+            _SIGNALS.join(self)
+
+    def restore(self) -> None:
+        """Leave the signal handling (the last one out restores the previous handlers) and
+        stop watching the stop event."""
+        _SIGNALS.leave(self)
+        if self._watch is not None:
+            self._watch.cancel()
+
+
+class _Signals:
+    """The process's SIGINT / SIGTERM handling while any `serve` runs in the main thread:
+    installed when the first one starts, telling every running serve to stop, and the
+    handlers from before restored when the last one returns."""
+
+    def __init__(self) -> None:
+        self._members: list[_Stopper] = []
+        self._saved: list[tuple[signal.Signals, Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def join(self, stopper: _Stopper) -> None:
+        self._members.append(stopper)
+        if len(self._members) > 1:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 previous = signal.getsignal(sig)
-                loop.add_signal_handler(sig, self.request, f"{signal.Signals(sig).name} received")
+                loop.add_signal_handler(sig, self._received, sig)
             except (NotImplementedError, RuntimeError, ValueError):  # e.g. Windows
                 continue
-            self._installed.append((sig, previous))
+            self._saved.append((sig, previous))
 
-    def restore(self) -> None:
-        """Remove the signal handlers and the stop-event watch."""
-        loop = asyncio.get_running_loop()
-        for sig, previous in self._installed:
+    def leave(self, stopper: _Stopper) -> None:
+        if stopper not in self._members:
+            return
+        self._members.remove(stopper)
+        if self._members:
+            return
+        loop, self._loop = self._loop, None
+        for sig, previous in self._saved:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
+                if loop is not None and not loop.is_closed():
+                    loop.remove_signal_handler(sig)
                 if previous is not None:
                     signal.signal(sig, previous)
-        self._installed.clear()
-        if self._watch is not None:
-            self._watch.cancel()
+        self._saved.clear()
+
+    def _received(self, sig: signal.Signals) -> None:
+        for stopper in list(self._members):
+            stopper.request(f"{sig.name} received")
+
+
+_SIGNALS = _Signals()
 
 
 async def serve(
