@@ -175,7 +175,9 @@ async def serve(
             free = concurrency - len(running)
             if free <= 0:
                 slot_free.clear()
-                await _first(slot_free, stopper.requested)
+                # busy: the agent is still seen while every slot works (see `Presence`)
+                await _first(slot_free, stopper.requested, ctx.settings.presence.interval)
+                await ctx.presence.note(agent.name, active=False)
                 continue
             try:
                 got = await agent._receive(
