@@ -78,3 +78,49 @@ def test_dedupe_matches_a_model(
             expected_depth[r] += 1
     assert depths == expected_depth
     assert len(set(ids)) == sum(expected_depth.values())
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(st.sampled_from(["release", "nack", "expire"]), max_size=10))
+def test_released_deliveries_never_count_as_attempts(
+    fresh_url: Callable[[], str], steps: list[str]
+) -> None:
+    """Against a model: a delivery that is nacked or whose lease ends counts as an attempt, a
+    released one does not; the message is dead once the counted attempts reach the limit."""
+    from agentcomm._leases import release
+
+    now = [1_700_000_000.0]
+
+    async def go(url: str) -> None:
+        async with agentcomm.connect(url, clock=lambda: now[0], max_attempts=3) as hub:
+            worker = await hub.agent("w")
+            await worker.send("w", "job")
+            counted = 0
+            for step in steps:
+                msg = await worker.receive(timeout=0, lease=10)
+                if counted >= 3:
+                    assert msg is None
+                    break
+                assert msg is not None and msg.attempt == counted + 1
+                if step == "release":
+                    assert await release(hub._ctx, [msg], 5.0) == 1
+                elif step == "nack":
+                    await msg.nack(delay=0)
+                    counted += 1
+                else:
+                    now[0] += 11  # the lease ends
+                    counted += 1
+            last = await worker.receive(timeout=0, lease=10)  # the next look settles timers
+            assert (last is None) == (counted >= 3)
+            stats = await hub.mailbox_stats("w")
+            if counted >= 3:
+                assert stats.dead == 1
+                (letter,) = await hub.dead_letters("w")
+                assert letter.attempts == 3
+            else:
+                assert last is not None and last.attempt == counted + 1
+                assert stats.dead == 0 and stats.in_flight == 1
+
+    asyncio.run(go(fresh_url()))

@@ -22,6 +22,7 @@ from ._errors import (
     NotFound,
     RefNotFound,
     RefNotHeld,
+    Reject,
     RequestTimeout,
     UnknownAgent,
     ValidationError,
@@ -43,7 +44,7 @@ from ._models import (
     TopicStats,
 )
 from ._references import AutoPromote, Ref, RefConfig, RefStats, RefStore
-from ._settings import Backoff, Limits, Retention
+from ._settings import Backoff, Limits, Presence, Retention
 from ._shared_memory import Change, Entry, KVStats, SharedMemory
 from ._subscription import Subscription
 from ._topic_message import TopicMessage
@@ -80,6 +81,7 @@ __all__ = [
     "NotFound",
     "Outgoing",
     "PendingInfo",
+    "Presence",
     "PruneReport",
     "PublishResult",
     "Ref",
@@ -88,6 +90,7 @@ __all__ = [
     "RefNotHeld",
     "RefStats",
     "RefStore",
+    "Reject",
     "Reply",
     "RequestTimeout",
     "Retention",

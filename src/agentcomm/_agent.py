@@ -36,10 +36,10 @@ from ._validation import (
     check_text,
     check_timestamp,
 )
+from ._workers import Handler, serve
 
 __all__ = ["Agent", "Outgoing"]
 
-_TOUCH_EVERY = 5.0  # seconds between last_seen updates of an active agent
 #: The most messages one `receive_many` leases at once.
 MAX_RECEIVE = 10_000
 
@@ -87,7 +87,6 @@ class Agent:
     def __init__(self, ctx: Context, name: str) -> None:
         self._ctx = ctx
         self._name = name
-        self._touched = ctx.now()
 
     @property
     def name(self) -> str:
@@ -96,12 +95,6 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<Agent {self._name!r}>"
-
-    async def _touch(self, now: float) -> None:
-        if now - self._touched >= _TOUCH_EVERY:
-            self._touched = now
-            self._ctx.check_open()
-            await self._ctx.mailboxes.register_agent(self._name, now)
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -208,7 +201,7 @@ class Agent:
         if not built:
             return []
         ids = await self._enqueue(built, now)
-        await self._touch(now)
+        await ctx.presence.note(self._name, active=True)
         return ids
 
     async def _enqueue(self, messages: list[NewMessage], now: float) -> list[str]:
@@ -235,7 +228,8 @@ class Agent:
         """Wait for the next message and lease it for `lease` seconds (default: the hub's).
 
         Returns None only when `timeout` seconds pass with nothing to deliver; `timeout=None`
-        waits as long as it takes, `timeout=0` only looks.
+        waits as long as it takes, `timeout=0` only looks. Raises HubClosed if the hub closes
+        meanwhile (its unsettled messages are then released, see `Hub.aclose`).
         """
         got = await self.receive_many(1, timeout=timeout, lease=lease)
         return got[0] if got else None
@@ -252,28 +246,54 @@ class Agent:
         check_int("max_messages", max_messages, 1, MAX_RECEIVE)
         if lease is not None:
             lease = check_positive("lease", lease, ctx.settings.limits.max_delay)
-        else:
-            lease = ctx.settings.lease
         if timeout is not None:
             check_non_negative("timeout", timeout)
-        with ctx.wakeups(mail_channel(self._name), timeout=timeout) as wakeups:
+        return await self._receive(max_messages, lease=lease, timeout=timeout)
+
+    async def _receive(
+        self,
+        max_messages: int,
+        *,
+        lease: float | None,
+        timeout: float | None,
+        stop: asyncio.Event | None = None,
+        wake: str | None = None,
+    ) -> list[Message]:
+        """`receive_many` with checked arguments; also returns [] once `stop` is set (whoever
+        sets it notifies channel `wake`). Raises HubClosed once the hub closes."""
+        ctx = self._ctx
+        name = self._name
+        lease = ctx.settings.lease if lease is None else lease
+        presence = ctx.presence
+        channels = (mail_channel(name),) if wake is None else (mail_channel(name), wake)
+        with ctx.wakeups(*channels, timeout=timeout) as wakeups:
             while True:
                 ctx.check_open()  # raises HubClosed once the hub closes
+                if stop is not None and stop.is_set():
+                    return []
                 wakeups.rearm()
                 now = ctx.now()
                 claimed = await ctx.mailboxes.claim(
-                    self._name, max_messages=max_messages, lease=lease, now=now
+                    name, max_messages=max_messages, lease=lease, now=now
                 )
                 if claimed.messages:
-                    await self._touch(now)
                     got = []
                     for m in claimed.messages:
                         ref = None
                         if m.data_kind & REF_FLAG:  # resolved here: msg.data needs no extra call
                             m.data, m.data_kind, ref = await ctx.refs.load(m.data, m.data_kind)
-                        got.append(Message(ctx, m, ref))
+                        msg = Message(ctx, m, ref, lease)
+                        ctx.leases.add(msg)
+                        got.append(msg)
+                    await presence.note(name, active=True)
                     return got
-                if not await wakeups.wait(claimed.next_wake):
+                # a waiting receive keeps the agent's last_seen fresh (see `Presence`)
+                await presence.note(name, active=False)
+                next_wake = claimed.next_wake
+                due = presence.due(name)
+                if next_wake is None or due < next_wake:
+                    next_wake = due
+                if not await wakeups.wait(next_wake):
                     return []
 
     async def ack_many(self, messages: Iterable[Message]) -> None:
@@ -295,6 +315,9 @@ class Agent:
         lost = [m.id for m, ok in zip(batch, results, strict=True) if not ok]
         for m, ok in zip(batch, results, strict=True):
             m._settled = ok
+            if ok:
+                self._ctx.leases.discard(m)
+        await self._ctx.presence.note(self._name, active=True)
         if lost:
             raise LeaseLost(
                 f"Could not ack {len(lost)} message(s) whose lease ended and which were "
@@ -304,7 +327,8 @@ class Agent:
     async def messages(
         self, *, lease: float | None = None, batch: int = 1
     ) -> AsyncIterator[Message]:
-        """Yield messages as they arrive, waiting without polling; ends when the hub closes."""
+        """Yield messages as they arrive, waiting without polling; ends quietly when the hub
+        closes (the rule of every waiter, see `Hub.aclose`)."""
         while True:
             try:
                 got = await self.receive_many(batch, lease=lease)
@@ -312,6 +336,41 @@ class Agent:
                 return
             for msg in got:
                 yield msg
+
+    async def serve(
+        self,
+        handler: Handler,
+        *,
+        concurrency: int = 4,
+        lease: float | None = None,
+        grace: float = 30.0,
+        stop: asyncio.Event | None = None,
+        signals: bool = True,
+        auto_extend: bool = True,
+    ) -> None:
+        """Run `handler` on every message of this agent's mailbox, up to `concurrency` at once,
+        until stopped; the worker loop of a competing consumer (see docs/workers.md).
+
+        For each message: `await handler(msg)`; on return the message is acked (a request is
+        answered with the return value as its reply); on `agentcomm.Reject(reason)` it is
+        dead-lettered with that reason; on any other exception it is nacked with the hub's
+        backoff (dead-lettered after its last attempt, the exception named in the reason). A
+        handler may settle the message itself; serve then leaves it alone. While a handler
+        runs its lease (`lease`, default the hub's) is extended every third of the lease
+        (`auto_extend=False` turns that off).
+
+        Stopping: when `stop` (an asyncio.Event) is set, or on SIGINT / SIGTERM (with
+        `signals`, and only when running in the main thread's event loop), serve stops taking
+        work, waits up to `grace` seconds for running handlers (a second signal cuts that
+        short), cancels those still running and releases their messages: they go back to the
+        queue at once, that delivery not counted as an attempt. Then it returns; the hub stays
+        open. When the hub closes, serve returns without waiting for running handlers (the
+        close releases their messages).
+        """
+        await serve(
+            self, handler, concurrency=concurrency, lease=lease, grace=grace, stop=stop,
+            signals=signals, auto_extend=auto_extend,
+        )  # fmt: skip
 
     # --- request / reply ---------------------------------------------------------------------
 
@@ -450,9 +509,7 @@ class Agent:
         """
         self._ctx.check_open()
         result = await self._ctx.bus.publish(self._name, topic, data, type, metadata)
-        now = self._ctx.now()
-        if now - self._touched >= _TOUCH_EVERY:
-            await self._touch(now)
+        await self._ctx.presence.note(self._name, active=True)
         return result
 
     def subscribe(

@@ -20,7 +20,9 @@ from ._backends.contracts import (
     TopicStore,
 )
 from ._errors import ConfigurationError, HubClosed, WrongEventLoop
+from ._leases import LeaseBook
 from ._notify import Notifier
+from ._presence import PresenceTracker
 from ._settings import HubSettings
 from ._tasks import TaskRegistry
 from ._waiting import Wakeups
@@ -53,6 +55,10 @@ class Context:
         self.tasks = TaskRegistry()
         #: Per-namespace counters this hub keeps for `SharedMemory.stats()` (reads, watchers).
         self.kv_local: dict[Any, Any] = {}
+        #: The deliveries received through this hub and not settled yet (released at close).
+        self.leases = LeaseBook()
+        #: The coalesced writes of agents' last_seen / last_active.
+        self.presence = PresenceTracker(self)
 
     @property
     def notifier(self) -> Notifier:

@@ -14,6 +14,7 @@
     │   └── RefNotFound              no stored blob has that reference id
     ├── LeaseLost                    ack/nack/extend after the lease passed to another delivery
     ├── AlreadySettled               the message was already acked, nacked or dead-lettered
+    ├── Reject                       raised by a `serve` handler: dead-letter the message
     ├── RequestTimeout (TimeoutError) no reply before the deadline
     ├── VersionConflict              a shared-memory write expected another version
     ├── IntegrityError               a stored blob no longer matches its checksum
@@ -42,6 +43,7 @@ __all__ = [
     "NotFound",
     "RefNotFound",
     "RefNotHeld",
+    "Reject",
     "RequestTimeout",
     "UnknownAgent",
     "ValidationError",
@@ -125,6 +127,19 @@ class LeaseLost(AgentCommError):
 
 class AlreadySettled(AgentCommError):
     """The message was already acked, nacked or dead-lettered through this handle."""
+
+
+class Reject(AgentCommError):
+    """Raise it from an `agent.serve` handler to give up on the message: it is dead-lettered at
+    once (no retry) with the exception's message as its reason, e.g.
+    `raise agentcomm.Reject("malformed order: no customer id")`."""
+
+    def __init__(self, reason: str = "rejected by the handler") -> None:
+        super().__init__(reason)
+        self.reason = str(reason) or "rejected by the handler"
+
+    def __reduce__(self) -> tuple[type[Reject], tuple[str]]:
+        return (Reject, (self.reason,))
 
 
 class RequestTimeout(AgentCommError, TimeoutError):

@@ -28,9 +28,11 @@ from ._errors import (
     HubClosed,
     IntegrityError,
     RefNotFound,
+    UnknownAgent,
     ValidationError,
 )
 from ._holds import RefHolder
+from ._leases import release
 from ._models import (
     AgentInfo,
     CheckReport,
@@ -42,9 +44,10 @@ from ._models import (
     ScheduleInfo,
     TopicStats,
 )
+from ._presence import state_of
 from ._ref_records import REF_FLAG
 from ._references import Policy, PolicyTable, RefConfig, RefStore
-from ._settings import Backoff, HubSettings, Limits, Retention
+from ._settings import Backoff, HubSettings, Limits, Presence, Retention
 from ._shared_memory import SharedMemory
 from ._subjects import parse_topic
 from ._topic_bus import TopicBus
@@ -87,6 +90,7 @@ def connect(
     prefix: str | None = None,
     clock: Clock = time.time,
     limits: Limits | None = None,
+    presence: Presence | None = None,
 ) -> Hub:
     """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
 
@@ -106,8 +110,9 @@ def connect(
     instead of sleeping. Every hub of a store should see the same time.
 
     `limits` (`Limits`) bounds payload and metadata sizes, nesting, schedule periods and
-    delays. Every argument is checked here: a bad URL raises ConfigurationError, a bad value
-    ValidationError.
+    delays. `presence` (`Presence`) sets how often agents' activity is written and the
+    thresholds `hub.agents()` reports their state by. Every argument is checked here: a bad
+    URL raises ConfigurationError, a bad value ValidationError.
     """
     if url is None or url == "":
         url = os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
@@ -135,10 +140,11 @@ def connect(
         policies=PolicyTable(policies, default_policy),
         clock=clock,
         limits=limits,
+        presence=_setting("presence", presence, Presence),
     )
 
 
-_T = TypeVar("_T", Retention, Backoff, RefConfig, Limits)
+_T = TypeVar("_T", Retention, Backoff, RefConfig, Limits, Presence)
 
 
 def _setting(what: str, value: object, cls: type[_T]) -> _T:
@@ -179,6 +185,7 @@ class Hub:
         policies: PolicyTable | None = None,
         clock: Clock = time.time,
         limits: Limits | None = None,
+        presence: Presence | None = None,
     ) -> None:
         if not callable(clock):
             raise ValidationError(
@@ -193,6 +200,7 @@ class Hub:
             default_ttl=default_ttl, max_attempts=max_attempts, lease=lease,
             retention=retention, backoff=backoff, auto_register=auto_register,
             policies=policies or PolicyTable(None, None), limits=limits or Limits(),
+            presence=presence or Presence(),
         )  # fmt: skip
         self._ctx = ctx = Context(self._backend, url, settings, clock)
         #: The reference store: large payloads stored once, by content (see `RefStore`).
@@ -232,6 +240,11 @@ class Hub:
         return self._ctx.settings.retention
 
     @property
+    def presence(self) -> Presence:
+        """How agents' activity is recorded and reported (see `Presence`)."""
+        return self._ctx.settings.presence
+
+    @property
     def backoff(self) -> Backoff:
         """The retry delays of `nack()` without a delay (see `Backoff`)."""
         return self._ctx.settings.backoff
@@ -263,12 +276,22 @@ class Hub:
         Bounded: every loop sees the close at once (it is woken up); the hub then waits at
         most `CLOSE_GRACE` (2 s) for its background tasks, cancels those still running and
         waits at most `CANCEL_GRACE` (1 s) more before it moves on and closes the backend.
-        Calls blocked in other tasks (`receive`, `next`, `watch`) return or raise HubClosed.
+
+        Messages received through this hub and not settled yet are released first: they go
+        back to their queues at once, that delivery not counted as an attempt (a handle of
+        such a message can no longer settle it).
+
+        Every waiter ends the same way when the hub closes: a single call that waits
+        (`receive`, `receive_many`, `request`, `Subscription.next`) raises HubClosed, an
+        iteration (`agent.messages()`, `async for msg in subscription`, `memory.watch()`,
+        `agent.serve`) ends quietly. A call made after the close raises HubClosed.
         """
         ctx = self._ctx
         if ctx.state == "closed":
             return
         was_open = ctx.state == "open"
+        if was_open:  # while the backend still takes calls
+            await release(ctx, ctx.leases.take(), CLOSE_GRACE)
         ctx.state = "closed"
         ctx.tasks.close()
         ctx.notifier.wake_all()  # every waiting loop re-checks and sees the close
@@ -338,45 +361,79 @@ class Hub:
     # --- agents and mailboxes ------------------------------------------------------------------
 
     @awaitable
-    async def agent(self, name: str) -> Agent:
-        """Register agent `name` (or re-attach to it) and return its handle."""
+    async def agent(self, name: str, *, create: bool = True) -> Agent:
+        """Register agent `name` (or attach to it if it exists) and return its handle.
+
+        With `create=False` it only attaches: an agent that was never registered raises
+        UnknownAgent instead of getting a new, empty mailbox (which is how a typo in a
+        worker's name would otherwise wait forever). Any number of hubs and processes may
+        attach to one agent: they share its mailbox as competing consumers, each message
+        delivered to one of them (see docs/workers.md).
+        """
         check_name("agent name", name)
-        backend = self._require_backend()
-        await backend.mailboxes.register_agent(name, self._ctx.now())
+        check_bool("create", create)
+        ctx = self._require_backend()
+        now = ctx.now()
+        if create:
+            await ctx.mailboxes.register_agent(name, now)
+        elif await ctx.mailboxes.get_agent(name) is None:
+            raise UnknownAgent(name)
+        else:
+            await ctx.mailboxes.touch_agent(name, seen=now, active=None)
+        ctx.presence.attached(name, now)
         handle = self._agents.get(name)
         if handle is None:
             handle = self._agents[name] = Agent(self._ctx, name)
         return handle
 
     async def agents(self) -> list[AgentInfo]:
-        """Every registered agent with when it was created and last seen."""
-        return await self._require_backend().mailboxes.list_agents()
+        """Every registered agent with when it was created, last seen and last active, and
+        its state ("active", "idle" or "gone") by this hub's `Presence` thresholds."""
+        ctx = self._require_backend()
+        infos = await ctx.mailboxes.list_agents()
+        p = ctx.settings.presence
+        now = ctx.now()
+        return [
+            msgspec.structs.replace(info, state=state_of(info, now, p.active, p.gone))
+            for info in infos
+        ]
+
+    async def _known(self, agent: str) -> Context:
+        """The context, once `agent` is known to be a registered agent (else UnknownAgent)."""
+        check_name("agent name", agent)
+        ctx = self._require_backend()
+        if agent not in self._agents and await ctx.mailboxes.get_agent(agent) is None:
+            raise UnknownAgent(agent)
+        return ctx
 
     async def queue_depth(self, agent: str) -> int:
-        """How many messages wait to be delivered to `agent` (ready or delayed)."""
+        """How many messages wait to be delivered to `agent` (ready or delayed); raises
+        UnknownAgent if no agent of that name was ever registered."""
         return (await self.mailbox_stats(agent)).pending
 
     async def mailbox_stats(self, agent: str) -> MailboxStats:
-        """Counts of `agent`'s mailbox: ready, delayed, in flight, dead."""
-        return await self._require_backend().mailboxes.mailbox_stats(
-            check_name("agent name", agent)
-        )
+        """Counts of `agent`'s mailbox: ready, delayed, in flight, dead (UnknownAgent if no
+        such agent was registered)."""
+        ctx = await self._known(agent)
+        return await ctx.mailboxes.mailbox_stats(agent)
 
     async def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
-        """Messages waiting for or leased by `agent`, best first, without payloads."""
+        """Messages waiting for or leased by `agent`, best first, without payloads
+        (UnknownAgent if no such agent was registered)."""
         check_name("agent name", agent)
         check_int("limit", limit, 1, MAX_LISTING)
-        return await self._require_backend().mailboxes.pending(agent, limit=limit)
+        return await (await self._known(agent)).mailboxes.pending(agent, limit=limit)
 
     async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
-        """Dead-lettered messages of `agent`, with reason and attempts, oldest first.
+        """Dead-lettered messages of `agent`, with reason and attempts, oldest first
+        (UnknownAgent if no such agent was registered).
 
         A letter whose payload cannot be read (its blob is gone or damaged, or it cannot be
         decoded) is listed with `data=None` and the reason in `error`; the others list as usual.
         """
         check_name("agent name", agent)
         check_int("limit", limit, 1, MAX_LISTING)
-        backend = self._require_backend()
+        backend = await self._known(agent)
         letters = await backend.mailboxes.dead_letters(agent, limit=limit)
         out = []
         for letter in letters:
@@ -393,7 +450,8 @@ class Hub:
         return out
 
     async def requeue_dead_letters(self, agent: str, ids: list[str] | None = None) -> int:
-        """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts."""
+        """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts
+        (UnknownAgent if no such agent was registered)."""
         check_name("agent name", agent)
         if ids is not None:
             if isinstance(ids, str):
@@ -402,7 +460,7 @@ class Hub:
                 ids = [check_text("message id", i, longest=64, empty=False) for i in ids]
             except TypeError:
                 raise ValidationError(f"ids= takes a list of message ids, not {ids!r}.") from None
-        backend = self._require_backend()
+        backend = await self._known(agent)
         return await backend.mailboxes.requeue_dead(agent, ids, now=self._ctx.now())
 
     # --- schedules -----------------------------------------------------------------------------

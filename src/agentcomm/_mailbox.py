@@ -8,6 +8,7 @@ from ._codec import decode_metadata, decode_payload, encode_for, encode_metadata
 from ._context import Context
 from ._errors import AlreadySettled, LeaseLost, ValidationError
 from ._ids import new_id
+from ._leases import LeaseKeeper
 from ._records import Settle, SettleKind, StoredMessage, StoredReply
 from ._ref_records import Ref
 from ._validation import check_bool, check_name, check_non_negative, check_positive, check_text
@@ -24,9 +25,13 @@ class Message:
     up. Unsettled, it is delivered again once the lease ends (with `attempt` + 1).
     """
 
-    __slots__ = ("_ctx", "_data", "_lease_until", "_metadata", "_ref", "_settled", "_stored")
+    __slots__ = (
+        "_ctx", "_data", "_lease", "_lease_until", "_metadata", "_ref", "_settled", "_stored",
+    )  # fmt: skip
 
-    def __init__(self, ctx: Context, stored: StoredMessage, ref: Ref | None = None) -> None:
+    def __init__(
+        self, ctx: Context, stored: StoredMessage, ref: Ref | None = None, lease: float = 0.0
+    ) -> None:
         self._ctx = ctx
         self._stored = stored
         self._ref = ref
@@ -34,6 +39,8 @@ class Message:
         self._metadata: Any = _UNSET
         self._settled = False
         self._lease_until = stored.lease_until
+        #: The lease it was received with (seconds): what `auto_extend` renews by default.
+        self._lease = lease if lease > 0 else ctx.settings.lease
 
     @property
     def lease_until(self) -> float:
@@ -125,10 +132,10 @@ class Message:
         return Settle(kind, s.recipient, s.seq, s.attempt, until, reason)
 
     async def _settle(self, op: Settle, what: str) -> None:
+        ctx = self._ctx
+        ctx.check_open()  # first: a close released the message, which is not "settled"
         if self._settled:
             raise AlreadySettled(f"Message {self.id} was already settled; cannot {what} it.")
-        ctx = self._ctx
-        ctx.check_open()
         if not await ctx.mailboxes.settle(op, now=ctx.now()):
             raise LeaseLost(
                 f"Cannot {what} message {self.id}: its lease ended and it was delivered again "
@@ -136,6 +143,8 @@ class Message:
             )
         if op.kind != SettleKind.EXTEND:
             self._settled = True
+            ctx.leases.discard(self)
+        await ctx.presence.note(self.recipient, active=True)
 
     def _ack_op(self) -> Settle:
         if self._settled:
@@ -168,6 +177,34 @@ class Message:
         until = self._ctx.now() + lease
         await self._settle(self._op(SettleKind.EXTEND, until=until), "extend")
         self._lease_until = until
+
+    def auto_extend(self, *, lease: float | None = None, every: float | None = None) -> LeaseKeeper:
+        """Keep this delivery's lease while a block runs, for work longer than the lease:
+
+            async with msg.auto_extend():
+                result = await slow_llm_call(msg.data)
+            await msg.ack()
+
+        Every `every` seconds (default: a third of `lease`) the lease is extended to `lease`
+        seconds from then (default: the lease the message was received with). Extending stops
+        when the block ends, the message is settled, or the hub closes; if the lease was lost
+        anyway (e.g. the process stalled for longer than the lease), `keeper.lost` is True and
+        settling the message raises LeaseLost. `agent.serve` does this for every handler.
+        """
+        settings = self._ctx.settings
+        lease = self._lease if lease is None else check_positive(
+            "lease", lease, settings.limits.max_delay
+        )  # fmt: skip
+        if every is None:
+            every = lease / 3
+        else:
+            every = check_positive("every", every, lease)
+            if every >= lease:
+                raise ValidationError(
+                    f"every= ({every:g} s) must be shorter than the lease ({lease:g} s), or the "
+                    "lease ends before it is extended."
+                )
+        return LeaseKeeper(self, lease, every)
 
     async def reply(
         self,
@@ -211,6 +248,7 @@ class Message:
             delivered = await ctx.mailboxes.post_reply(cid, reply, settle, now=reply.sent_at)
         if settle is not None:
             self._settled = True
+            ctx.leases.discard(self)
         return delivered
 
 

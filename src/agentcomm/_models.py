@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -20,12 +20,28 @@ __all__ = [
 ]
 
 
+#: An agent's state in `AgentInfo.state`.
+AgentState = Literal["active", "idle", "gone"]
+
+
 class AgentInfo(msgspec.Struct, frozen=True):
-    """A registered agent and when it was last active (a send, a receive, or a re-attach)."""
+    """A registered agent: when it was created, last seen and last active, and its state.
+
+    `last_seen` is the last time a hub acted for it: an attach (`hub.agent`), a send, a
+    receive, an ack, or a receive or `serve` waiting for messages (which refreshes it every
+    `Presence.interval`). `last_active` is the last send, delivery or ack (None if none yet).
+    Hubs write both at most once per `Presence.interval` per agent, so they lag by up to that.
+
+    `state`, by the listing hub's `Presence` thresholds: "active" (active within
+    `Presence.active` seconds), "idle" (seen within `Presence.gone` seconds, not active), or
+    "gone" (not seen for `Presence.gone` seconds: no process serves it).
+    """
 
     name: str
     created_at: float
     last_seen: float
+    last_active: float | None = None
+    state: AgentState = "idle"
 
 
 class MailboxStats(msgspec.Struct, frozen=True):

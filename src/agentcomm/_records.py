@@ -98,6 +98,7 @@ class SettleKind(IntEnum):
     NACK = 1
     DEAD = 2
     EXTEND = 3
+    RELEASE = 4  # `MailboxStore.release`: back to ready, the attempt not counted
 
 
 class Settle(msgspec.Struct):

@@ -14,7 +14,7 @@ from ._validation import MAX_SEQUENCE, check_int, check_seconds
 if TYPE_CHECKING:
     from ._references import PolicyTable
 
-__all__ = ["Backoff", "HubSettings", "Limits", "Retention"]
+__all__ = ["Backoff", "HubSettings", "Limits", "Presence", "Retention"]
 
 #: The deepest nesting `Limits.max_depth` may allow: far enough below Python's recursion
 #: limit (1000) that decoding, which needs a level more than encoding, always succeeds.
@@ -107,6 +107,36 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
                       maximum=self.max_delay)  # fmt: skip
 
 
+class Presence(msgspec.Struct, frozen=True, kw_only=True):
+    """How a hub records agents' activity and reads it back as `AgentInfo.state`
+    (`connect(presence=agentcomm.Presence(...))`), in seconds.
+
+    - `interval` (default 10): a hub writes an agent's `last_seen` / `last_active` at most
+      this often (activity in between is coalesced into the next write), and a receive or
+      `serve` waiting for messages refreshes `last_seen` this often.
+    - `active` (default 60): an agent that sent, got a message or acked within this long is
+      "active".
+    - `gone` (default 120): an agent not seen for this long is "gone" (no process attached
+      to it is running); otherwise it is "idle". Must exceed `interval` (by 2x or more, so
+      one late write does not make a live agent look gone).
+    """
+
+    interval: float = 10.0
+    active: float = 60.0
+    gone: float = 120.0
+
+    def __post_init__(self) -> None:
+        check_seconds("Presence.interval", self.interval, positive=True,
+                      maximum=MAX_SETTING_SECONDS)  # fmt: skip
+        check_seconds("Presence.active", self.active, maximum=MAX_SETTING_SECONDS)
+        check_seconds("Presence.gone", self.gone, positive=True, maximum=MAX_SETTING_SECONDS)
+        if self.gone < 2 * self.interval:
+            raise ValidationError(
+                f"Presence.gone ({self.gone:g} s) must be at least twice Presence.interval "
+                f"({self.interval:g} s): a live agent's last_seen is refreshed only that often."
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class HubSettings:
     """The options a hub was opened with that its feature objects read (see `connect`)."""
@@ -119,3 +149,4 @@ class HubSettings:
     auto_register: bool
     policies: PolicyTable
     limits: Limits
+    presence: Presence

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._context import Context
-from ._errors import AgentCommError
+from ._errors import AgentCommError, HubClosed
 from ._ref_records import REF_FLAG
 from ._subjects import TopicFilter, consumer_channel, wake_channel
 from ._topic_message import TopicMessage, resolve_record
@@ -36,7 +36,9 @@ class Subscription:
     """Messages on topics matching a pattern. Get one with `await agent.subscribe(...)`.
 
     Iterate it (`async for msg in sub`) or call `next(timeout)`; close it with `aclose()` when
-    done (or use `async with`). Iteration ends when it is closed or its hub closes.
+    done (or use `async with`). Iteration ends quietly when it is closed or its hub closes;
+    `next()` returns None once it is closed and raises HubClosed once its hub closes (the rule
+    of every waiter, see `Hub.aclose`).
     """
 
     __slots__ = (
@@ -109,12 +111,19 @@ class Subscription:
     # --- receiving ---------------------------------------------------------------------------
 
     async def next(self, timeout: float | None = None) -> TopicMessage | None:
-        """The next message; None if `timeout` seconds pass first or the subscription closes.
+        """The next message; None if `timeout` seconds pass first or the subscription is
+        closed (`aclose()`). Raises HubClosed once its hub closes.
 
         `timeout=None` waits as long as it takes, `timeout=0` only looks.
         """
         if timeout is not None:
             check_non_negative("timeout", timeout)
+        msg = await self._next(timeout)
+        if msg is None and self._ctx.closed:
+            raise HubClosed("The hub was closed; this subscription was closed with it.")
+        return msg
+
+    async def _next(self, timeout: float | None) -> TopicMessage | None:
         if self._durable is not None:
             return await self._next_durable(timeout)
         buf = self._buf
@@ -151,8 +160,8 @@ class Subscription:
     async def __anext__(self) -> TopicMessage:
         if self._durable is None and self._buf:
             return self._buf.popleft()
-        msg = await self.next()
-        if msg is None:
+        msg = await self._next(None)
+        if msg is None:  # closed, or its hub closed: iteration ends quietly
             raise StopAsyncIteration
         return msg
 

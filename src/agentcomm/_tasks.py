@@ -58,6 +58,10 @@ class TaskRegistry:
                 self._closed.set()
         return self._closed
 
+    def closing(self) -> asyncio.Event:
+        """An event set when the registry closes (for loops that wait on other events too)."""
+        return self._event()
+
     async def sleep(self, seconds: float) -> bool:
         """Sleep `seconds`, or less if the registry closes; False once it is closed."""
         if self.closed:

@@ -70,6 +70,15 @@ class MailboxStore(abc.ABC):
     async def list_agents(self) -> list[AgentInfo]:
         """Every registered agent, by name."""
 
+    @abc.abstractmethod
+    async def get_agent(self, name: str) -> AgentInfo | None:
+        """Agent `name` as `list_agents` lists it, or None if it was never registered."""
+
+    @abc.abstractmethod
+    async def touch_agent(self, name: str, *, seen: float, active: float | None) -> None:
+        """Record activity of agent `name`: `last_seen` becomes `seen` and, if given,
+        `last_active` becomes `active`. Changes nothing if `name` is not registered."""
+
     # --- mailboxes ---------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -101,6 +110,13 @@ class MailboxStore(abc.ABC):
     @abc.abstractmethod
     async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
         """Settle several deliveries in one atomic step; one result per op, as `settle`."""
+
+    @abc.abstractmethod
+    async def release(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        """Hand deliveries back unprocessed (kind `RELEASE`), in one atomic step: each one
+        still in flight at its (seq, attempt) becomes ready at once and its attempt count goes
+        back by one, so this delivery does not count towards dead-lettering. One result per op:
+        False if the lease was lost (the delivery is no longer in flight at that attempt)."""
 
     @abc.abstractmethod
     async def mailbox_stats(self, agent: str) -> MailboxStats:

@@ -185,7 +185,10 @@ class MemoryMailboxes(MailboxStore):
         def op(touched: set[str]) -> AgentInfo:
             agents = self._state.agents
             old = agents.get(name)
-            info = AgentInfo(name, old.created_at if old else now, now)
+            if old is None:
+                info = AgentInfo(name, now, now)
+            else:
+                info = AgentInfo(name, old.created_at, now, old.last_active)
             agents[name] = info
             return info
 
@@ -194,6 +197,18 @@ class MemoryMailboxes(MailboxStore):
     async def list_agents(self) -> list[AgentInfo]:
         with self._txn.lock:
             return sorted(self._state.agents.values(), key=lambda a: a.name)
+
+    async def get_agent(self, name: str) -> AgentInfo | None:
+        with self._txn.lock:
+            return self._state.agents.get(name)
+
+    async def touch_agent(self, name: str, *, seen: float, active: float | None) -> None:
+        with self._txn.lock:
+            agents = self._state.agents
+            old = agents.get(name)
+            if old is not None:
+                last_active = old.last_active if active is None else active
+                agents[name] = AgentInfo(name, old.created_at, seen, last_active)
 
     # --- mailboxes -----------------------------------------------------------------------------
 
@@ -310,6 +325,23 @@ class MemoryMailboxes(MailboxStore):
 
     async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
         return self._txn.run(lambda touched: [self._settle(o, now, touched) for o in ops])
+
+    async def release(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        def op(touched: set[str]) -> list[bool]:
+            rows = self._state.rows
+            out = []
+            for o in ops:
+                row = rows.get(o.seq)
+                if row is None or row.attempt != o.attempt or row.state != State.IN_FLIGHT:
+                    out.append(False)
+                    continue
+                row.attempt -= 1  # this delivery does not count
+                self._make_ready(row)
+                touched.add(mail_channel(row.msg.recipient))
+                out.append(True)
+            return out
+
+        return self._txn.run(op)
 
     async def mailbox_stats(self, agent: str) -> MailboxStats:
         counts = dict.fromkeys(State, 0)

@@ -178,6 +178,12 @@ def _decoded_dead_letter(r: list[Any]) -> DeadLetter:
     )  # fmt: skip
 
 
+def _agent_info(name: bytes, created: bytes, seen: bytes | None, active: bytes | None) -> AgentInfo:
+    at = _number(created)
+    last_active = None if active is None else _number(active)
+    return AgentInfo(name.decode(), at, _number(seen, at), last_active)
+
+
 def _settle_arg(op: Settle) -> str:
     return f"{int(op.kind)}\0{op.seq:016d}\0{int(op.attempt)}\0{op.until!r}\0{op.reason}"
 
@@ -223,14 +229,27 @@ class RedisMailboxes(MailboxStore):
         async with s.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(s.prefix + "agents")
             pipe.hgetall(s.prefix + "seen")
-            created, seen = await s.command(pipe.execute())
+            pipe.hgetall(s.prefix + "active")
+            created, seen, active = await s.command(pipe.execute())
         return sorted(
             (
-                AgentInfo(name.decode(), float(at), float(seen.get(name, at)))
+                _agent_info(name, at, seen.get(name), active.get(name))
                 for name, at in created.items()
             ),
             key=lambda a: a.name,
         )
+
+    async def get_agent(self, name: str) -> AgentInfo | None:
+        s = self._scripts
+        async with s.client.pipeline(transaction=True) as pipe:
+            pipe.hget(s.prefix + "agents", name)
+            pipe.hget(s.prefix + "seen", name)
+            pipe.hget(s.prefix + "active", name)
+            created, seen, active = await s.command(pipe.execute())
+        return None if created is None else _agent_info(name.encode(), created, seen, active)
+
+    async def touch_agent(self, name: str, *, seen: float, active: float | None) -> None:
+        await self._mail("touch", seen, name, "" if active is None else num(active))
 
     # --- mailboxes -----------------------------------------------------------------------------
 
@@ -281,6 +300,10 @@ class RedisMailboxes(MailboxStore):
         nacked = {mail_channel(op.recipient) for op in ops if op.kind == SettleKind.NACK}
         if nacked:  # a waiter may need to re-arm its timer for the retry
             self._notify(nacked)
+        return [bool(r) for r in results]
+
+    async def release(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        results = await self._mail("release", now, *(_settle_arg(op) for op in ops), token=new_id())
         return [bool(r) for r in results]
 
     async def mailbox_stats(self, agent: str) -> MailboxStats:

@@ -15,6 +15,7 @@ Mailbox keys (P = prefix):
                           in-flight ones until a prune pass drops them)
   P fin:5|4|3             ZSET: finish time of acked (kept) / expired / dead messages
   P agents, P seen        HASH: agent -> created_at, agent -> last_seen
+  P active                HASH: agent -> last_active (presence)
   P dd, P dd:until        HASH + ZSET: "sender/recipient/key" -> first message id, its window
   P req, P req:dl         HASH + ZSET: correlation id -> reply ("" while waiting), deadline
   P req:ref               HASH: correlation id -> the reference its reply holds
@@ -43,6 +44,37 @@ if OP == 'register' then
   redis.call('HSETNX', P .. 'agents', name, NOW_S)
   redis.call('HSET', P .. 'seen', name, NOW_S)
   result = redis.call('HGET', P .. 'agents', name)
+
+elseif OP == 'touch' then
+  -- name, last_active ('' to keep it): presence of a registered agent (seen at NOW)
+  local name = ARGV[5]
+  if redis.call('HEXISTS', P .. 'agents', name) == 1 then
+    redis.call('HSET', P .. 'seen', name, NOW_S)
+    if ARGV[6] ~= '' then
+      arg_num(ARGV[6], 'last_active')
+      redis.call('HSET', P .. 'active', name, ARGV[6])
+    end
+  end
+
+elseif OP == 'release' then
+  -- settle ops of deliveries handed back: each still in flight at its attempt becomes ready
+  -- at once, its attempt count back by one (the delivery does not count)
+  local ops, out = {}, {}
+  for i = 5, #ARGV do ops[#ops + 1] = parse_settle(ARGV[i]) end
+  for _, f in ipairs(ops) do
+    local sid, att = f[2], f[3]
+    local mk = mkey(sid)
+    local v = redis.call('HMGET', mk, 'st', 'att', 'rcp', 'pri', 'exp')
+    if v[1] == '1' and v[2] == att and stored_num(att) then
+      redis.call('HSET', mk, 'att', tonumber(att) - 1)
+      make_ready(sid, v[3], v[4], v[5])
+      touch(MAIL_CHANNEL .. v[3])
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+  end
+  result = out
 
 elseif OP == 'enqueue' then
   -- ARGV: auto_register, then header and body of each message; returns the ids that differ

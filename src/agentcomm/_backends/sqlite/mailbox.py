@@ -94,6 +94,12 @@ _HELD = f"SELECT data FROM messages WHERE seq IN {_IN_JSON} AND {HOLDS_REF}"
 _EXTEND = (
     f"UPDATE messages SET visible_at = ? WHERE seq = ? AND attempt = ? AND state = {IN_FLIGHT}"
 )
+# a release: ready again at once, this delivery not counted as an attempt
+_RELEASE = (
+    f"UPDATE messages SET state = {READY}, attempt = attempt - 1"
+    f" WHERE seq = ? AND attempt = ? AND state = {IN_FLIGHT}"
+)
+_AGENT_COLS = "name, created_at, last_seen, last_active"
 _MAX_ATTEMPTS = f"SELECT max_attempts FROM messages WHERE {_LIVE}"
 _RETRY = f"UPDATE messages SET state = ?, visible_at = ? WHERE {_LIVE}"
 _DEAD_LETTER = f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE {_LIVE}"
@@ -148,7 +154,7 @@ class SQLiteMailboxes(MailboxStore):
             row = conn.execute(
                 "INSERT INTO agents (name, created_at, last_seen) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen"
-                " RETURNING name, created_at, last_seen",
+                f" RETURNING {_AGENT_COLS}",
                 (name, now, now),
             ).fetchone()
             self._known_agents.add(name)
@@ -159,11 +165,30 @@ class SQLiteMailboxes(MailboxStore):
 
     async def list_agents(self) -> list[AgentInfo]:
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[AgentInfo]:
-            rows = conn.execute("SELECT name, created_at, last_seen FROM agents ORDER BY name")
+            rows = conn.execute(f"SELECT {_AGENT_COLS} FROM agents ORDER BY name")
             return [AgentInfo(*r) for r in rows]
 
         result: list[AgentInfo] = await self._db.read(op)
         return result
+
+    async def get_agent(self, name: str) -> AgentInfo | None:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> AgentInfo | None:
+            row = conn.execute(f"SELECT {_AGENT_COLS} FROM agents WHERE name = ?", (name,))
+            found = row.fetchone()
+            return None if found is None else AgentInfo(*found)
+
+        result: AgentInfo | None = await self._db.read(op)
+        return result
+
+    async def touch_agent(self, name: str, *, seen: float, active: float | None) -> None:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> None:
+            conn.execute(
+                "UPDATE agents SET last_seen = ?, last_active = coalesce(?, last_active)"
+                " WHERE name = ?",
+                (seen, active, name),
+            )
+
+        await self._db.do(op)
 
     def _require_agent(
         self, conn: sqlite3.Connection, name: str, auto_register: bool, now: float
@@ -300,6 +325,19 @@ class SQLiteMailboxes(MailboxStore):
                 conn.execute("ROLLBACK TO acks")
                 conn.execute("RELEASE acks")
             return [self._settle_in(conn, o, now, touched) for o in ops]
+
+        result: list[bool] = await self._db.do(op)
+        return result
+
+    async def release(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[bool]:
+            out = []
+            for o in ops:
+                done = conn.execute(_RELEASE, (o.seq, o.attempt)).rowcount == 1
+                if done:
+                    touched.add(mail_channel(o.recipient))
+                out.append(done)
+            return out
 
         result: list[bool] = await self._db.do(op)
         return result

@@ -134,8 +134,11 @@ CREATE TABLE IF NOT EXISTS counters (
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
-#: The mailbox tables (and the event counters) and their versions.
-MAILBOXES = FeatureSchema("mailboxes", _MAILBOX_DDL)
+#: The mailbox tables (and the event counters) and their versions: 2 adds the agents'
+#: `last_active` (presence).
+MAILBOXES = FeatureSchema(
+    "mailboxes", _MAILBOX_DDL, ("ALTER TABLE agents ADD COLUMN last_active REAL",)
+)
 
 
 def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
