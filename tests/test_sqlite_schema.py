@@ -17,7 +17,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "sqlite_layout_1.sql"
 BIG = ("layout one " * 2000).encode()
 FEATURES = {"mailboxes", "shared_memory", "topics", "references"}
 # the versions this code writes: references 2 adds per-holder references
-CURRENT = {"mailboxes": 1, "shared_memory": 1, "topics": 1, "references": 2}
+CURRENT = {"mailboxes": 2, "shared_memory": 1, "topics": 1, "references": 2}
 
 
 def previous_layout(path: Path) -> str:
@@ -139,7 +139,7 @@ def test_a_migration_runs_on_a_store_of_the_previous_layout(tmp_path: Path) -> N
     assert ran == [2]  # once, in order (the column existed), on the old store's two blobs
     assert versions(path) == (
         schema.LAYOUT_VERSION,
-        {**dict.fromkeys(FEATURES, 1), "references": 3},
+        {**CURRENT, "references": 3},
     )
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT DISTINCT note FROM refs").fetchall() == [("v2",)]

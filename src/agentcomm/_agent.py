@@ -17,7 +17,7 @@ from ._codec import check_size, encode_for, encode_metadata, encode_payload
 from ._context import Context
 from ._errors import AgentCommError, HubClosed, LeaseLost, RequestTimeout, ValidationError
 from ._ids import new_id
-from ._mailbox import Message, Reply
+from ._mailbox import Message, Reply, answer
 from ._models import PublishResult
 from ._records import NewMessage, ScheduleSpec, StoredReply
 from ._ref_records import REF_FLAG
@@ -70,6 +70,24 @@ async def _take(ctx: Context, cid: str, abandon: bool) -> StoredReply | None:
         finally:
             await ctx.refs.release(ref_id)
     return reply
+
+
+def _timeout(to: str, cid: str, timeout: float, attempts: int) -> RequestTimeout:
+    if attempts:
+        what = (
+            f"it was received ({attempts} delivery(ies)) but not answered in time: give the "
+            "responder a longer timeout, or have it extend() its lease and reply sooner"
+        )
+    else:
+        what = (
+            f"it was never received: is an agent receiving from {to!r}'s mailbox? "
+            "(hub.pending(...) lists what waits there)"
+        )
+    return RequestTimeout(
+        f"No reply from {to!r} to request {cid} within {timeout:g} s; {what}. "
+        "A reply that arrives later is discarded and counted.",
+        received=attempts > 0, attempts=attempts, recipient=to, correlation_id=cid,
+    )  # fmt: skip
 
 
 def _schedule_ttl(ttl: object) -> float | None:
@@ -321,13 +339,21 @@ class Agent:
         type: str = "request",
         timeout: float = 30.0,
         priority: int = 0,
+        max_attempts: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Reply:
         """Send a request and wait for its reply.
 
         The request is correlated by an id it carries (never by agent names) and expires from
-        the recipient's mailbox with the timeout. Raises RequestTimeout after `timeout` seconds;
-        a reply arriving later is discarded and counted.
+        the recipient's mailbox with the timeout. Like any message it is delivered up to
+        `max_attempts` times (default: the hub's): a responder that nacks it, or whose lease
+        ends, lets it be retried within the timeout.
+
+        Raises `RemoteError` when the responder answers with `reply_error`; `RequestFailed`
+        as soon as the request is dead-lettered (attempts used up, nacked on its last
+        delivery, or dead-lettered by the responder) or expires; `RequestTimeout` after
+        `timeout` seconds without an answer (saying whether it was ever received). A reply
+        arriving later is discarded and counted.
         """
         timeout = check_positive("timeout", timeout, self._ctx.settings.limits.max_delay)
         ctx = self._ctx
@@ -335,7 +361,7 @@ class Agent:
         now = ctx.now()
         msg = self._build(
             Outgoing(to=to, data=data, type=type, priority=priority, ttl=timeout,
-                     max_attempts=1, metadata=metadata),
+                     max_attempts=max_attempts, metadata=metadata),
             now,
         )  # fmt: skip
         cid = new_id()
@@ -354,15 +380,15 @@ class Agent:
                         expired = wakeups.expired
                     # shielded: a cancel while the reply is being taken must not lose it (and
                     # the reference it holds); `_abandon` waits for it
+                    attempts = 0
+                    if expired:  # read before the slot is closed: was it ever received?
+                        attempts = await ctx.mailboxes.request_attempts(cid)
                     taking = asyncio.ensure_future(_take(ctx, cid, expired))
                     reply = await asyncio.shield(taking)
                     if reply is not None:
-                        return Reply(cid, reply)
+                        return answer(cid, reply, to)
                     if expired:
-                        raise RequestTimeout(
-                            f"No reply from {to!r} to request {cid} within {timeout:g} s. "
-                            "A reply that arrives later is discarded and counted."
-                        )
+                        raise _timeout(to, cid, timeout, attempts)
             except asyncio.CancelledError:
                 # close the slot so a reply to an abandoned request counts as late
                 self._abandon(cid, taking)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ._codec import decode_metadata, decode_payload, encode_for, encode_metadata
 from ._context import Context
-from ._errors import AlreadySettled, LeaseLost, ValidationError
+from ._errors import AlreadySettled, LeaseLost, RemoteError, RequestFailed, ValidationError
 from ._ids import new_id
-from ._records import Settle, SettleKind, StoredMessage, StoredReply
+from ._records import (
+    EXPIRED_REPLY_TYPE,
+    ReplyStatus,
+    Settle,
+    SettleKind,
+    StoredMessage,
+    StoredReply,
+)
 from ._ref_records import Ref
 from ._validation import check_bool, check_name, check_non_negative, check_positive, check_text
 
-__all__ = ["Message", "Reply"]
+__all__ = ["Message", "Reply", "answer"]
+
+logger = logging.getLogger("agentcomm.mailbox")
 
 _UNSET: Any = object()
 
@@ -130,6 +140,10 @@ class Message:
         ctx = self._ctx
         ctx.check_open()
         if not await ctx.mailboxes.settle(op, now=ctx.now()):
+            logger.info(
+                "lease lost: could not %s message %s of %r (delivery %d)",
+                what, self.id, self.recipient, self.attempt,
+            )  # fmt: skip
             raise LeaseLost(
                 f"Cannot {what} message {self.id}: its lease ended and it was delivered again "
                 "or settled elsewhere. Use a longer lease or call extend() while working."
@@ -182,6 +196,29 @@ class Message:
         Returns False when the requester no longer waits (it timed out); such a reply is
         discarded and counted in `HubStats.late_replies`.
         """
+        return await self._reply(data, type, metadata, ack, ReplyStatus.OK)
+
+    async def reply_error(
+        self,
+        message: str,
+        data: Any = None,
+        *,
+        type: str = "error",
+        metadata: dict[str, Any] | None = None,
+        ack: bool = True,
+    ) -> bool:
+        """Answer a request with an error: the requester's `request()` raises `RemoteError`
+        with this `type`, `message` and `data` (any encodable value). By default also acks
+        the request, in the same step; returns False as `reply` does.
+        """
+        message = check_text("message", message)
+        return await self._reply(
+            {"message": message, "data": data}, type, metadata, ack, ReplyStatus.ERROR
+        )
+
+    async def _reply(
+        self, data: Any, type: str, metadata: dict[str, Any] | None, ack: bool, status: int
+    ) -> bool:
         cid = self.correlation_id
         if cid is None or self.reply_to is None:
             raise ValidationError(
@@ -201,6 +238,7 @@ class Message:
             data_kind=kind,
             metadata=meta,
             sent_at=self._ctx.now(),
+            status=status,
         )
         settle = self._op(SettleKind.ACK) if ack and not self._settled else None
         ctx = self._ctx
@@ -260,3 +298,27 @@ class Reply:
 
     def __repr__(self) -> str:
         return f"<Reply to {self.correlation_id} from {self.sender} type={self.type!r}>"
+
+
+def answer(correlation_id: str, stored: StoredReply, to: str) -> Reply:
+    """The requester's view of what its reply slot held: a `Reply`, or the error it stands for
+    (`RemoteError` for an error reply, `RequestFailed` for a failed request)."""
+    if stored.status == ReplyStatus.OK:
+        return Reply(correlation_id, stored)
+    if stored.status == ReplyStatus.ERROR:
+        body = decode_payload(stored.data, stored.data_kind)
+        if not isinstance(body, dict):
+            body = {"message": str(body), "data": None}
+        raise RemoteError(
+            str(body.get("message", "")), type=stored.type, data=body.get("data"),
+            sender=stored.sender,
+        )  # fmt: skip
+    expired = stored.type == EXPIRED_REPLY_TYPE
+    what = "expired" if expired else "was dead-lettered"
+    raise RequestFailed(
+        f"Request {correlation_id} to {to!r} {what} after {stored.attempts} delivery(ies): "
+        f"{stored.reason}. hub.dead_letters({to!r}) lists it (unless it expired); retry with "
+        "a new request, or raise max_attempts= if the responder fails transiently.",
+        reason=stored.reason, attempts=stored.attempts, expired=expired, recipient=to,
+        correlation_id=correlation_id,
+    )  # fmt: skip

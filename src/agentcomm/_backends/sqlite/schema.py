@@ -134,8 +134,13 @@ CREATE TABLE IF NOT EXISTS counters (
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
-#: The mailbox tables (and the event counters) and their versions.
-MAILBOXES = FeatureSchema("mailboxes", _MAILBOX_DDL)
+#: The mailbox tables (and the event counters) and their versions. Version 2: a reply slot
+#: records the attempt of its request's latest delivery (`RequestTimeout.received`).
+MAILBOXES = FeatureSchema(
+    "mailboxes",
+    _MAILBOX_DDL,
+    migrations=("ALTER TABLE requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",),
+)
 
 
 def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
