@@ -141,17 +141,41 @@ local function fail_request(sid, state, reason)
   redis.call('PUBLISH', P .. 'wake', '\1' .. cid .. '\n' .. blob)
 end
 
+-- the first `n` fields of a message body (msgpack array, see `Body`), when they are strings:
+-- read here because the server's cmsgpack cannot decode the bin field that follows them
+local function leading_strings(body, n)
+  local out, pos = {}, 2
+  local b = string.byte(body, 1)
+  if not b then return out end
+  if b == 0xdc then pos = 4 elseif b == 0xdd then pos = 6 elseif b < 0x90 or b > 0x9f then
+    return out
+  end
+  for i = 1, n do
+    local t = string.byte(body, pos)
+    local len, skip
+    if not t then return out end
+    if t >= 0xa0 and t <= 0xbf then len, skip = t - 0xa0, 1
+    elseif t == 0xd9 then len, skip = string.byte(body, pos + 1), 2
+    elseif t == 0xda then
+      local h, l = string.byte(body, pos + 1, pos + 2)
+      if not l then return out end
+      len, skip = h * 256 + l, 3
+    else return out end
+    if not len then return out end
+    out[i] = string.sub(body, pos + skip, pos + skip + len - 1)
+    pos = pos + skip + len
+  end
+  return out
+end
+
 -- a message was dead-lettered: fail its request, append the notice to its agent's dead-letter
 -- topic, record the event for the caller's log
 local function dead_lettered(sid, rcp, reason)
   reason = reason or ''
   fail_request(sid, '3', reason)
   local v = redis.call('HMGET', mkey(sid), 'id', 'att', 'b', 'cid')
-  local snd, typ = '', ''
-  local ok, body = pcall(cmsgpack.unpack, v[3] or '')
-  if ok and type(body) == 'table' then
-    snd, typ = tostring(body[2] or ''), tostring(body[4] or '')
-  end
+  local head = leading_strings(v[3] or '', 4)
+  local snd, typ = head[2] or '', head[4] or ''
   local notice = cjson.encode({id = v[1] or '', sender = snd, recipient = rcp, type = typ,
     reason = reason, attempts = tonumber(v[2]) or 0, correlation_id = v[4] or cjson.null})
   if topic_append(DEAD_TOPIC_PREFIX .. rcp, rcp, DEAD_NOTICE_TYPE, notice, '0', nil, NOW_S,
