@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from . import _observe
 from ._backends.common import mail_channel, reply_channel
 from ._codec import check_size, encode_for, encode_metadata, encode_payload
 from ._context import Context
@@ -221,10 +222,37 @@ class Agent:
             batch = list(messages)
         except TypeError:
             raise ValidationError("send_many() takes an iterable of Outgoing messages.") from None
+        if _observe.active():
+            return await self._send_observed(batch, now, memo)
         built = [self._build(out, now, memo) for out in batch]
         if not built:
             return []
         ids = await self._enqueue(built, now)
+        await self._touch(now)
+        return ids
+
+    async def _send_observed(
+        self, batch: list[Outgoing], now: float, memo: dict[int, tuple[Any, bytes, int]]
+    ) -> list[str]:
+        """`send_many` in a `queue.enqueue` span whose trace context each message carries."""
+        first = batch[0] if batch and isinstance(batch[0], Outgoing) else None
+        attrs = {
+            "agentcomm.agent": self._name,
+            "messaging.destination.name": None if first is None else first.to,
+            "agentcomm.type": None if first is None else first.type,
+            "messaging.batch.message_count": len(batch),
+        }
+        with _observe.span("queue.enqueue", attrs) as note:
+            batch = [
+                msgspec.structs.replace(out, metadata=_observe.inject(out.metadata))
+                if isinstance(out, Outgoing) else out
+                for out in batch
+            ]  # fmt: skip
+            built = [self._build(out, now, memo) for out in batch]
+            if not built:
+                return []
+            note("messaging.message.id", built[0].id)
+            ids = await self._enqueue(built, now)
         await self._touch(now)
         return ids
 
@@ -288,6 +316,10 @@ class Agent:
                         if m.data_kind & REF_FLAG:  # resolved here: msg.data needs no extra call
                             m.data, m.data_kind, ref = await ctx.refs.load(m.data, m.data_kind)
                         got.append(Message(ctx, m, ref))
+                    if _observe.active():
+                        for msg in got:
+                            with msg._span("queue.dequeue"):
+                                pass
                     return got
                 if not await wakeups.wait(claimed.next_wake):
                     return []
@@ -307,6 +339,10 @@ class Agent:
         if not ops:
             return
         self._ctx.check_open()
+        if _observe.active():
+            for m in batch:
+                with m._span("queue.ack"):
+                    pass
         results = await self._ctx.mailboxes.settle_many(ops, now=self._ctx.now())
         lost = [m.id for m, ok in zip(batch, results, strict=True) if not ok]
         for m, ok in zip(batch, results, strict=True):
@@ -359,17 +395,32 @@ class Agent:
         ctx = self._ctx
         ctx.check_open()
         now = ctx.now()
-        msg = self._build(
-            Outgoing(to=to, data=data, type=type, priority=priority, ttl=timeout,
-                     max_attempts=max_attempts, metadata=metadata),
-            now,
-        )  # fmt: skip
         cid = new_id()
-        msg.correlation_id = cid
-        msg.reply_to = self._name
-        msg.request_deadline = now + timeout
         with ctx.wakeups(reply_channel(cid), timeout=timeout) as wakeups:
-            await self._enqueue([msg], now)
+            attrs = {
+                "agentcomm.agent": self._name,
+                "messaging.destination.name": to,
+                "agentcomm.type": type,
+                "messaging.message.conversation_id": cid,
+            }
+            with _observe.span("queue.enqueue", attrs) as note:
+                msg = self._build(
+                    Outgoing(
+                        to=to,
+                        data=data,
+                        type=type,
+                        priority=priority,
+                        ttl=timeout,
+                        max_attempts=max_attempts,
+                        metadata=_observe.inject(metadata),
+                    ),
+                    now,
+                )
+                msg.correlation_id = cid
+                msg.reply_to = self._name
+                msg.request_deadline = now + timeout
+                note("messaging.message.id", msg.id)
+                await self._enqueue([msg], now)
             taking: asyncio.Future[StoredReply | None] | None = None
             try:
                 while True:
@@ -472,7 +523,15 @@ class Agent:
         matching live subscribers (`delivered`, `dropped`); other hubs read it from the log.
         """
         self._ctx.check_open()
-        result = await self._ctx.bus.publish(self._name, topic, data, type, metadata)
+        if _observe.active() and (metadata is None or isinstance(metadata, Mapping)):
+            attrs = {"agentcomm.agent": self._name, "messaging.destination.name": topic,
+                     "agentcomm.type": type}  # fmt: skip
+            with _observe.span("bus.publish", attrs) as note:
+                traced = _observe.inject(None if metadata is None else dict(metadata))
+                result = await self._ctx.bus.publish(self._name, topic, data, type, traced)
+                note("messaging.message.id", result.sequence)
+        else:
+            result = await self._ctx.bus.publish(self._name, topic, data, type, metadata)
         now = self._ctx.now()
         if now - self._touched >= _TOUCH_EVERY:
             await self._touch(now)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from typing import Any
 
+from . import _observe
 from ._codec import decode_metadata, decode_payload, encode_for, encode_metadata
 from ._context import Context
 from ._errors import AlreadySettled, LeaseLost, RemoteError, RequestFailed, ValidationError
@@ -25,6 +27,13 @@ __all__ = ["Message", "Reply", "answer"]
 logger = logging.getLogger("agentcomm.mailbox")
 
 _UNSET: Any = object()
+#: The span (and DEBUG line) of each settle operation.
+_SPAN_NAMES = {
+    SettleKind.ACK: "queue.ack",
+    SettleKind.NACK: "queue.requeue",
+    SettleKind.DEAD: "queue.dead_letter",
+    SettleKind.EXTEND: "queue.extend",
+}
 
 
 class Message:
@@ -130,6 +139,17 @@ class Message:
             f" attempt={self.attempt}>"
         )
 
+    def _span(self, name: str) -> AbstractContextManager[_observe.Setter]:
+        """Record an operation on this delivery, in the sender's trace (see `_observe`)."""
+        if not _observe.active():
+            return _observe.NOOP
+        attrs = {
+            "agentcomm.agent": self.recipient, "messaging.message.id": self.id,
+            "agentcomm.type": self.type, "agentcomm.attempt": self.attempt,
+            "agentcomm.sender": self.sender,
+        }  # fmt: skip
+        return _observe.span(name, attrs, self.metadata)
+
     def _op(self, kind: SettleKind, until: float = 0.0, reason: str = "") -> Settle:
         s = self._stored
         return Settle(kind, s.recipient, s.seq, s.attempt, until, reason)
@@ -137,6 +157,13 @@ class Message:
     async def _settle(self, op: Settle, what: str) -> None:
         if self._settled:
             raise AlreadySettled(f"Message {self.id} was already settled; cannot {what} it.")
+        if _observe.active():
+            with self._span(_SPAN_NAMES[op.kind]):
+                await self._settle_now(op, what)
+        else:
+            await self._settle_now(op, what)
+
+    async def _settle_now(self, op: Settle, what: str) -> None:
         ctx = self._ctx
         ctx.check_open()
         if not await ctx.mailboxes.settle(op, now=ctx.now()):
@@ -243,10 +270,12 @@ class Message:
         settle = self._op(SettleKind.ACK) if ack and not self._settled else None
         ctx = self._ctx
         ctx.check_open()
-        # the reply slot holds its own reference after the post (if the requester waits)
-        async with ctx.refs.hold() as hold:
-            reply.data, reply.data_kind = await hold.promote(type, payload, kind)
-            delivered = await ctx.mailboxes.post_reply(cid, reply, settle, now=reply.sent_at)
+        with self._span("queue.reply") as note:
+            # the reply slot holds its own reference after the post (if the requester waits)
+            async with ctx.refs.hold() as hold:
+                reply.data, reply.data_kind = await hold.promote(type, payload, kind)
+                delivered = await ctx.mailboxes.post_reply(cid, reply, settle, now=reply.sent_at)
+            note("agentcomm.reply.delivered", delivered)
         if settle is not None:
             self._settled = True
         return delivered

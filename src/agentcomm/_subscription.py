@@ -11,6 +11,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from . import _observe
 from ._context import Context
 from ._errors import AgentCommError
 from ._ref_records import REF_FLAG
@@ -113,6 +114,12 @@ class Subscription:
 
         `timeout=None` waits as long as it takes, `timeout=0` only looks.
         """
+        msg = await self._next(timeout)
+        if msg is not None and _observe.active():
+            _delivered(msg)
+        return msg
+
+    async def _next(self, timeout: float | None) -> TopicMessage | None:
         if timeout is not None:
             check_non_negative("timeout", timeout)
         if self._durable is not None:
@@ -149,7 +156,7 @@ class Subscription:
         return self
 
     async def __anext__(self) -> TopicMessage:
-        if self._durable is None and self._buf:
+        if self._durable is None and self._buf and not _observe.active():
             return self._buf.popleft()
         msg = await self.next()
         if msg is None:
@@ -386,3 +393,14 @@ def wake_one(waiters: deque[asyncio.Future[None]]) -> None:
         if not fut.done():
             fut.set_result(None)
             return
+
+
+def _delivered(msg: TopicMessage) -> None:
+    """Record a delivery to a subscriber (`bus.deliver`), in the publisher's trace."""
+    attrs = {
+        "messaging.destination.name": msg.topic, "agentcomm.sender": msg.sender,
+        "agentcomm.type": msg.type, "messaging.message.id": msg.sequence,
+        "agentcomm.attempt": msg.attempt or None,
+    }  # fmt: skip
+    with _observe.span("bus.deliver", attrs, msg.metadata):
+        pass
