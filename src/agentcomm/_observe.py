@@ -16,6 +16,7 @@ across processes. A consumer's own processing span joins it the same way:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -33,17 +34,27 @@ except ImportError:  # pragma: no cover - exercised where the extra is not insta
     _trace = None  # type: ignore[assignment]
 
 _configured = False  # set once a real tracer provider is seen (it cannot be replaced)
+_LOOK_EVERY = 1.0
+_next_look = 0.0
 _tracer: Any = None
 _TRACE_KEYS = ("traceparent", "tracestate")
 
 
 def tracing() -> bool:
-    """Whether spans are recorded: opentelemetry is installed and a tracer provider is set."""
-    global _configured, _tracer
+    """Whether spans are recorded: opentelemetry is installed and a tracer provider is set.
+
+    Until one is set, the provider is looked up at most once a second (the lookup costs
+    microseconds): a provider set after agentcomm's first operation takes effect within 1 s.
+    """
+    global _configured, _tracer, _next_look
     if _configured:
         return True
     if _trace is None:
         return False
+    now = time.monotonic()
+    if now < _next_look:
+        return False
+    _next_look = now + _LOOK_EVERY
     provider = _trace.get_tracer_provider()
     if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
         return False
