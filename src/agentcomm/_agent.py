@@ -12,13 +12,14 @@ from typing import Any
 
 import msgspec
 
+from . import _observe
 from ._awaiting import awaitable
 from ._backends.common import mail_channel, reply_channel
 from ._codec import check_size, encode_for, encode_metadata, encode_payload
 from ._context import Context
 from ._errors import AgentCommError, HubClosed, LeaseLost, RequestTimeout, ValidationError
 from ._ids import new_id
-from ._mailbox import Message, Reply
+from ._mailbox import Message, Reply, answer
 from ._models import PublishResult
 from ._records import NewMessage, ScheduleSpec, StoredReply
 from ._ref_records import REF_FLAG
@@ -71,6 +72,24 @@ async def _take(ctx: Context, cid: str, abandon: bool) -> StoredReply | None:
         finally:
             await ctx.refs.release(ref_id)
     return reply
+
+
+def _timeout(to: str, cid: str, timeout: float, attempts: int) -> RequestTimeout:
+    if attempts:
+        what = (
+            f"it was received ({attempts} delivery(ies)) but not answered in time: give the "
+            "responder a longer timeout, or have it extend() its lease and reply sooner"
+        )
+    else:
+        what = (
+            f"it was never received: is an agent receiving from {to!r}'s mailbox? "
+            "(hub.pending(...) lists what waits there)"
+        )
+    return RequestTimeout(
+        f"No reply from {to!r} to request {cid} within {timeout:g} s; {what}. "
+        "A reply that arrives later is discarded and counted.",
+        received=attempts > 0, attempts=attempts, recipient=to, correlation_id=cid,
+    )  # fmt: skip
 
 
 def _schedule_ttl(ttl: object) -> float | None:
@@ -197,11 +216,38 @@ class Agent:
             batch = list(messages)
         except TypeError:
             raise ValidationError("send_many() takes an iterable of Outgoing messages.") from None
+        if _observe.active():
+            return await self._send_observed(batch, now, memo)
         built = [self._build(out, now, memo) for out in batch]
         if not built:
             return []
         ids = await self._enqueue(built, now)
         await ctx.presence.note(self._name, active=True)
+        return ids
+
+    async def _send_observed(
+        self, batch: list[Outgoing], now: float, memo: dict[int, tuple[Any, bytes, int]]
+    ) -> list[str]:
+        """`send_many` in a `queue.enqueue` span whose trace context each message carries."""
+        first = batch[0] if batch and isinstance(batch[0], Outgoing) else None
+        attrs = {
+            "agentcomm.agent": self._name,
+            "messaging.destination.name": None if first is None else first.to,
+            "agentcomm.type": None if first is None else first.type,
+            "messaging.batch.message_count": len(batch),
+        }
+        with _observe.span("queue.enqueue", attrs) as note:
+            batch = [
+                msgspec.structs.replace(out, metadata=_observe.inject(out.metadata))
+                if isinstance(out, Outgoing) else out
+                for out in batch
+            ]  # fmt: skip
+            built = [self._build(out, now, memo) for out in batch]
+            if not built:
+                return []
+            note("messaging.message.id", built[0].id)
+            ids = await self._enqueue(built, now)
+        await self._ctx.presence.note(self._name, active=True)
         return ids
 
     async def _enqueue(self, messages: list[NewMessage], now: float) -> list[str]:
@@ -286,6 +332,10 @@ class Agent:
                         ctx.leases.add(msg)
                         got.append(msg)
                     await presence.note(name, active=True)
+                    if _observe.active():
+                        for msg in got:
+                            with msg._span("queue.dequeue"):
+                                pass
                     return got
                 # a waiting receive keeps the agent's last_seen fresh (see `Presence`)
                 await presence.note(name, active=False)
@@ -311,6 +361,10 @@ class Agent:
         if not ops:
             return
         self._ctx.check_open()
+        if _observe.active():
+            for m in batch:
+                with m._span("queue.ack"):
+                    pass
         results = await self._ctx.mailboxes.settle_many(ops, now=self._ctx.now())
         lost = [m.id for m, ok in zip(batch, results, strict=True) if not ok]
         for m, ok in zip(batch, results, strict=True):
@@ -383,29 +437,52 @@ class Agent:
         type: str = "request",
         timeout: float = 30.0,
         priority: int = 0,
+        max_attempts: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Reply:
         """Send a request and wait for its reply.
 
         The request is correlated by an id it carries (never by agent names) and expires from
-        the recipient's mailbox with the timeout. Raises RequestTimeout after `timeout` seconds;
-        a reply arriving later is discarded and counted.
+        the recipient's mailbox with the timeout. Like any message it is delivered up to
+        `max_attempts` times (default: the hub's): a responder that nacks it, or whose lease
+        ends, lets it be retried within the timeout.
+
+        Raises `RemoteError` when the responder answers with `reply_error`; `RequestFailed`
+        as soon as the request is dead-lettered (attempts used up, nacked on its last
+        delivery, or dead-lettered by the responder) or expires; `RequestTimeout` after
+        `timeout` seconds without an answer (saying whether it was ever received). A reply
+        arriving later is discarded and counted.
         """
         timeout = check_positive("timeout", timeout, self._ctx.settings.limits.max_delay)
         ctx = self._ctx
         ctx.check_open()
         now = ctx.now()
-        msg = self._build(
-            Outgoing(to=to, data=data, type=type, priority=priority, ttl=timeout,
-                     max_attempts=1, metadata=metadata),
-            now,
-        )  # fmt: skip
         cid = new_id()
-        msg.correlation_id = cid
-        msg.reply_to = self._name
-        msg.request_deadline = now + timeout
         with ctx.wakeups(reply_channel(cid), timeout=timeout) as wakeups:
-            await self._enqueue([msg], now)
+            attrs = {
+                "agentcomm.agent": self._name,
+                "messaging.destination.name": to,
+                "agentcomm.type": type,
+                "messaging.message.conversation_id": cid,
+            }
+            with _observe.span("queue.enqueue", attrs) as note:
+                msg = self._build(
+                    Outgoing(
+                        to=to,
+                        data=data,
+                        type=type,
+                        priority=priority,
+                        ttl=timeout,
+                        max_attempts=max_attempts,
+                        metadata=_observe.inject(metadata),
+                    ),
+                    now,
+                )
+                msg.correlation_id = cid
+                msg.reply_to = self._name
+                msg.request_deadline = now + timeout
+                note("messaging.message.id", msg.id)
+                await self._enqueue([msg], now)
             taking: asyncio.Future[StoredReply | None] | None = None
             try:
                 while True:
@@ -416,15 +493,15 @@ class Agent:
                         expired = wakeups.expired
                     # shielded: a cancel while the reply is being taken must not lose it (and
                     # the reference it holds); `_abandon` waits for it
+                    attempts = 0
+                    if expired:  # read before the slot is closed: was it ever received?
+                        attempts = await ctx.mailboxes.request_attempts(cid)
                     taking = asyncio.ensure_future(_take(ctx, cid, expired))
                     reply = await asyncio.shield(taking)
                     if reply is not None:
-                        return Reply(cid, reply)
+                        return answer(cid, reply, to)
                     if expired:
-                        raise RequestTimeout(
-                            f"No reply from {to!r} to request {cid} within {timeout:g} s. "
-                            "A reply that arrives later is discarded and counted."
-                        )
+                        raise _timeout(to, cid, timeout, attempts)
             except asyncio.CancelledError:
                 # close the slot so a reply to an abandoned request counts as late
                 self._abandon(cid, taking)
@@ -508,7 +585,15 @@ class Agent:
         matching live subscribers (`delivered`, `dropped`); other hubs read it from the log.
         """
         self._ctx.check_open()
-        result = await self._ctx.bus.publish(self._name, topic, data, type, metadata)
+        if _observe.active() and (metadata is None or isinstance(metadata, Mapping)):
+            attrs = {"agentcomm.agent": self._name, "messaging.destination.name": topic,
+                     "agentcomm.type": type}  # fmt: skip
+            with _observe.span("bus.publish", attrs) as note:
+                traced = _observe.inject(None if metadata is None else dict(metadata))
+                result = await self._ctx.bus.publish(self._name, topic, data, type, traced)
+                note("messaging.message.id", result.sequence)
+        else:
+            result = await self._ctx.bus.publish(self._name, topic, data, type, metadata)
         await self._ctx.presence.note(self._name, active=True)
         return result
 

@@ -16,6 +16,8 @@
     ├── AlreadySettled               the message was already acked, nacked or dead-lettered
     ├── Reject                       raised by a `serve` handler: dead-letter the message
     ├── RequestTimeout (TimeoutError) no reply before the deadline
+    ├── RequestFailed                the request was dead-lettered or expired unanswered
+    ├── RemoteError                  the responder answered with `reply_error`
     ├── VersionConflict              a shared-memory write expected another version
     ├── IntegrityError               a stored blob no longer matches its checksum
     ├── HubClosed                    the hub is closed or was never opened
@@ -26,6 +28,8 @@
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "AgentCommError",
@@ -44,6 +48,8 @@ __all__ = [
     "RefNotFound",
     "RefNotHeld",
     "Reject",
+    "RemoteError",
+    "RequestFailed",
     "RequestTimeout",
     "UnknownAgent",
     "ValidationError",
@@ -143,7 +149,102 @@ class Reject(AgentCommError):
 
 
 class RequestTimeout(AgentCommError, TimeoutError):
-    """No reply arrived before the request's timeout; a later reply is discarded and counted."""
+    """No reply arrived before the request's timeout; a later reply is discarded and counted.
+
+    `received` says whether the request was ever delivered to the recipient (`attempts`
+    times): False points at nobody receiving from that mailbox, True at a responder that
+    took too long or did not answer.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        received: bool = False,
+        attempts: int = 0,
+        recipient: str = "",
+        correlation_id: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.received = received
+        self.attempts = attempts
+        self.recipient = recipient
+        self.correlation_id = correlation_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (RequestTimeout, str(self), {"received": self.received, "attempts": self.attempts,
+             "recipient": self.recipient, "correlation_id": self.correlation_id}),
+        )  # fmt: skip
+
+
+class RequestFailed(AgentCommError):
+    """The request was dead-lettered (its attempts used up, nacked on its last delivery, or
+    dead-lettered by the responder) or expired before it was answered; raised as soon as that
+    happens, not at the timeout.
+
+    `reason` is the dead-letter reason (as `hub.dead_letters()` lists it), `attempts` how
+    many times it was delivered, `expired` whether it expired rather than being
+    dead-lettered.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        attempts: int = 0,
+        expired: bool = False,
+        recipient: str = "",
+        correlation_id: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.attempts = attempts
+        self.expired = expired
+        self.recipient = recipient
+        self.correlation_id = correlation_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (RequestFailed, str(self), {"reason": self.reason, "attempts": self.attempts,
+             "expired": self.expired, "recipient": self.recipient,
+             "correlation_id": self.correlation_id}),
+        )  # fmt: skip
+
+
+class RemoteError(AgentCommError):
+    """The responder answered the request with `msg.reply_error(...)`.
+
+    `type` is the error type it gave (default "error"), `message` its text, `data` the
+    optional details, `sender` the agent that answered.
+    """
+
+    def __init__(
+        self, message: str, *, type: str = "error", data: Any = None, sender: str = ""
+    ) -> None:
+        text = f"{sender or 'The responder'} answered with an error ({type}): {message}"
+        super().__init__(text)
+        self.type = type
+        self.message = message
+        self.data = data
+        self.sender = sender
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_remote,
+            (self.message, self.type, self.data, self.sender),
+        )
+
+
+def _rebuild(cls: type[Exception], message: str, attrs: dict[str, Any]) -> Exception:
+    return cls(message, **attrs)
+
+
+def _rebuild_remote(message: str, type: str, data: Any, sender: str) -> RemoteError:
+    return RemoteError(message, type=type, data=data, sender=sender)
 
 
 class VersionConflict(AgentCommError):

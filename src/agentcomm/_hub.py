@@ -339,7 +339,8 @@ class Hub:
                 wakeups.rearm()
                 try:
                     next_run = await ctx.mailboxes.fire_due(ctx.now())
-                except AgentCommError:  # e.g. locked past the busy timeout: try again soon
+                except AgentCommError as exc:  # e.g. locked past the busy timeout: retry soon
+                    logger.info("firing due schedules failed (%s); retrying in 1 s", exc)
                     next_run = ctx.now() + 1.0
                 except Exception:  # a bug must not end the scheduler silently
                     logger.exception("agentcomm scheduler pass failed; retrying in 1 s")
@@ -353,8 +354,10 @@ class Hub:
                 await ctx.backend.prune(ctx.now())
                 if self.refs.config.gc != "manual":
                     await ctx.references.ref_gc(now=ctx.now())
-            except AgentCommError:  # e.g. locked past the busy timeout: the next pass retries
-                pass
+            except (
+                AgentCommError
+            ) as exc:  # e.g. locked past the busy timeout: the next pass retries
+                logger.info("retention pass failed (%s); the next one retries", exc)
             except Exception:  # a bug must not end housekeeping silently
                 logger.exception("agentcomm retention pass failed; retrying next interval")
 

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import AbstractContextManager
 from typing import Any
 
+from . import _observe
 from ._codec import decode_metadata, decode_payload, encode_for, encode_metadata
 from ._context import Context
-from ._errors import AlreadySettled, LeaseLost, ValidationError
+from ._errors import AlreadySettled, LeaseLost, RemoteError, RequestFailed, ValidationError
 from ._ids import new_id
 from ._leases import LeaseKeeper
-from ._records import Settle, SettleKind, StoredMessage, StoredReply
+from ._records import (
+    EXPIRED_REPLY_TYPE,
+    ReplyStatus,
+    Settle,
+    SettleKind,
+    StoredMessage,
+    StoredReply,
+)
 from ._ref_records import Ref
 from ._validation import check_bool, check_name, check_non_negative, check_positive, check_text
 
-__all__ = ["Message", "Reply"]
+__all__ = ["Message", "Reply", "answer"]
+
+logger = logging.getLogger("agentcomm.mailbox")
 
 _UNSET: Any = object()
+#: The span (and DEBUG line) of each settle operation.
+_SPAN_NAMES = {
+    SettleKind.ACK: "queue.ack",
+    SettleKind.NACK: "queue.requeue",
+    SettleKind.DEAD: "queue.dead_letter",
+    SettleKind.EXTEND: "queue.extend",
+}
 
 
 class Message:
@@ -127,6 +146,17 @@ class Message:
             f" attempt={self.attempt}>"
         )
 
+    def _span(self, name: str) -> AbstractContextManager[_observe.Setter]:
+        """Record an operation on this delivery, in the sender's trace (see `_observe`)."""
+        if not _observe.active():
+            return _observe.NOOP
+        attrs = {
+            "agentcomm.agent": self.recipient, "messaging.message.id": self.id,
+            "agentcomm.type": self.type, "agentcomm.attempt": self.attempt,
+            "agentcomm.sender": self.sender,
+        }  # fmt: skip
+        return _observe.span(name, attrs, self.metadata)
+
     def _op(self, kind: SettleKind, until: float = 0.0, reason: str = "") -> Settle:
         s = self._stored
         return Settle(kind, s.recipient, s.seq, s.attempt, until, reason)
@@ -136,7 +166,20 @@ class Message:
         ctx.check_open()  # first: a close released the message, which is not "settled"
         if self._settled:
             raise AlreadySettled(f"Message {self.id} was already settled; cannot {what} it.")
+        if _observe.active():
+            with self._span(_SPAN_NAMES[op.kind]):
+                await self._settle_now(op, what)
+        else:
+            await self._settle_now(op, what)
+
+    async def _settle_now(self, op: Settle, what: str) -> None:
+        ctx = self._ctx
+        ctx.check_open()
         if not await ctx.mailboxes.settle(op, now=ctx.now()):
+            logger.info(
+                "lease lost: could not %s message %s of %r (delivery %d)",
+                what, self.id, self.recipient, self.attempt,
+            )  # fmt: skip
             raise LeaseLost(
                 f"Cannot {what} message {self.id}: its lease ended and it was delivered again "
                 "or settled elsewhere. Use a longer lease or call extend() while working."
@@ -219,6 +262,29 @@ class Message:
         Returns False when the requester no longer waits (it timed out); such a reply is
         discarded and counted in `HubStats.late_replies`.
         """
+        return await self._reply(data, type, metadata, ack, ReplyStatus.OK)
+
+    async def reply_error(
+        self,
+        message: str,
+        data: Any = None,
+        *,
+        type: str = "error",
+        metadata: dict[str, Any] | None = None,
+        ack: bool = True,
+    ) -> bool:
+        """Answer a request with an error: the requester's `request()` raises `RemoteError`
+        with this `type`, `message` and `data` (any encodable value). By default also acks
+        the request, in the same step; returns False as `reply` does.
+        """
+        message = check_text("message", message)
+        return await self._reply(
+            {"message": message, "data": data}, type, metadata, ack, ReplyStatus.ERROR
+        )
+
+    async def _reply(
+        self, data: Any, type: str, metadata: dict[str, Any] | None, ack: bool, status: int
+    ) -> bool:
         cid = self.correlation_id
         if cid is None or self.reply_to is None:
             raise ValidationError(
@@ -238,14 +304,17 @@ class Message:
             data_kind=kind,
             metadata=meta,
             sent_at=self._ctx.now(),
+            status=status,
         )
         settle = self._op(SettleKind.ACK) if ack and not self._settled else None
         ctx = self._ctx
         ctx.check_open()
-        # the reply slot holds its own reference after the post (if the requester waits)
-        async with ctx.refs.hold() as hold:
-            reply.data, reply.data_kind = await hold.promote(type, payload, kind)
-            delivered = await ctx.mailboxes.post_reply(cid, reply, settle, now=reply.sent_at)
+        with self._span("queue.reply") as note:
+            # the reply slot holds its own reference after the post (if the requester waits)
+            async with ctx.refs.hold() as hold:
+                reply.data, reply.data_kind = await hold.promote(type, payload, kind)
+                delivered = await ctx.mailboxes.post_reply(cid, reply, settle, now=reply.sent_at)
+            note("agentcomm.reply.delivered", delivered)
         if settle is not None:
             self._settled = True
             ctx.leases.discard(self)
@@ -298,3 +367,27 @@ class Reply:
 
     def __repr__(self) -> str:
         return f"<Reply to {self.correlation_id} from {self.sender} type={self.type!r}>"
+
+
+def answer(correlation_id: str, stored: StoredReply, to: str) -> Reply:
+    """The requester's view of what its reply slot held: a `Reply`, or the error it stands for
+    (`RemoteError` for an error reply, `RequestFailed` for a failed request)."""
+    if stored.status == ReplyStatus.OK:
+        return Reply(correlation_id, stored)
+    if stored.status == ReplyStatus.ERROR:
+        body = decode_payload(stored.data, stored.data_kind)
+        if not isinstance(body, dict):
+            body = {"message": str(body), "data": None}
+        raise RemoteError(
+            str(body.get("message", "")), type=stored.type, data=body.get("data"),
+            sender=stored.sender,
+        )  # fmt: skip
+    expired = stored.type == EXPIRED_REPLY_TYPE
+    what = "expired" if expired else "was dead-lettered"
+    raise RequestFailed(
+        f"Request {correlation_id} to {to!r} {what} after {stored.attempts} delivery(ies): "
+        f"{stored.reason}. hub.dead_letters({to!r}) lists it (unless it expired); retry with "
+        "a new request, or raise max_attempts= if the responder fails transiently.",
+        reason=stored.reason, attempts=stored.attempts, expired=expired, recipient=to,
+        correlation_id=correlation_id,
+    )  # fmt: skip

@@ -72,6 +72,18 @@ class StoredMessage(msgspec.Struct):
     reply_to: str | None
 
 
+class ReplyStatus(IntEnum):
+    """What a reply slot holds. Values are stored: do not renumber."""
+
+    #: An answer (`Message.reply`).
+    OK = 0
+    #: An error answer (`Message.reply_error`): `data` holds {"message": ..., "data": ...}.
+    ERROR = 1
+    #: Written by the backend when the request was dead-lettered or expired: `reason` and
+    #: `attempts` say why and after how many deliveries.
+    FAILED = 2
+
+
 class StoredReply(msgspec.Struct):
     """A reply waiting for its requester."""
 
@@ -82,6 +94,26 @@ class StoredReply(msgspec.Struct):
     data_kind: int
     metadata: bytes | None
     sent_at: float
+    status: int = ReplyStatus.OK
+    reason: str = ""
+    attempts: int = 0
+
+
+#: The `type` of a failure reply (`ReplyStatus.FAILED`): dead-lettered, or expired.
+DEAD_REPLY_TYPE = "dead_letter"
+EXPIRED_REPLY_TYPE = "expired"
+
+
+def failed_reply(
+    message_id: str, recipient: str, attempts: int, reason: str, now: float, expired: bool
+) -> StoredReply:
+    """The failure reply a backend writes into a request's slot, in the transaction that
+    dead-letters or expires the request."""
+    return StoredReply(
+        id=message_id, sender=recipient, type=EXPIRED_REPLY_TYPE if expired else DEAD_REPLY_TYPE,
+        data=b"null", data_kind=DataKind.JSON, metadata=None, sent_at=now,
+        status=ReplyStatus.FAILED, reason=reason, attempts=attempts,
+    )  # fmt: skip
 
 
 class Claimed(msgspec.Struct):

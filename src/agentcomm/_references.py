@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeAlias
 import msgspec
 import zstandard
 
+from . import _observe
 from ._context import Context
 from ._errors import IntegrityError, RefNotFound, ValidationError
 from ._ref_records import (
@@ -359,6 +360,16 @@ class RefStore:
         `ttl` seconds set `expires_at`: the blob is kept at least that long, even when
         unreferenced (see `RefConfig`).
         """
+        if _observe.active():
+            attrs = {"agentcomm.holder": self.holder, "agentcomm.content_type": content_type}
+            with _observe.span("refs.store", attrs) as note:
+                ref = await self._store_as(
+                    self.holder, data, content_type=content_type, ttl=ttl,
+                    compression=compression,
+                )  # fmt: skip
+                note("agentcomm.ref", ref.id)
+                note("agentcomm.size", ref.size)
+                return ref
         return await self._store_as(
             self.holder, data, content_type=content_type, ttl=ttl, compression=compression
         )
@@ -483,6 +494,10 @@ class RefStore:
         Raises RefNotFound if it is not stored and IntegrityError if the stored bytes do not
         match the id.
         """
+        if _observe.active():
+            with _observe.span("refs.resolve", {"agentcomm.ref": ref_id_of(ref)}):
+                _, data = await read_blob(self._backend(), ref_id_of(ref))
+                return data
         _, data = await read_blob(self._backend(), ref_id_of(ref))
         return data
 

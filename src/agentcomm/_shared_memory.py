@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
+from . import _observe
 from ._codec import decode_payload, encode_for
 from ._context import Context
 from ._errors import HubClosed, InvalidName, RefNotFound, ValidationError, VersionConflict
@@ -234,6 +235,18 @@ class SharedMemory:
 
     async def get(self, key: str) -> Entry | None:
         """The key's current entry, or None if it is absent or expired."""
+        if _observe.active():
+            with _observe.span("shared_memory.get", self._attrs(key)) as note:
+                entry = await self._get(key)
+                note("agentcomm.version", None if entry is None else entry.version)
+                return entry
+        return await self._get(key)
+
+    def _attrs(self, key: str) -> dict[str, Any]:
+        return {"agentcomm.namespace": self.namespace, "agentcomm.owner": self.owner,
+                "agentcomm.key": key}  # fmt: skip
+
+    async def _get(self, key: str) -> Entry | None:
         backend = self._backend()
         check_key(key)
         for attempt in range(_REF_RETRIES):
@@ -265,6 +278,11 @@ class SharedMemory:
         else raise VersionConflict. `ttl` seconds make the key expire; None keeps it forever.
         """
         expires_at = None if ttl is None else _expiry(self._ctx, ttl)
+        if _observe.active():
+            with _observe.span("shared_memory.put", self._attrs(key)) as note:
+                entry = await self._put(key, value, expected_version, expires_at)
+                note("agentcomm.version", entry.version)
+                return entry
         return await self._put(key, value, expected_version, expires_at)
 
     async def _put(

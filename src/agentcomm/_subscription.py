@@ -11,6 +11,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from . import _observe
 from ._context import Context
 from ._errors import AgentCommError, HubClosed
 from ._ref_records import REF_FLAG
@@ -121,6 +122,8 @@ class Subscription:
         msg = await self._next(timeout)
         if msg is None and self._ctx.closed:
             raise HubClosed("The hub was closed; this subscription was closed with it.")
+        if msg is not None and _observe.active():
+            _delivered(msg)
         return msg
 
     async def _next(self, timeout: float | None) -> TopicMessage | None:
@@ -158,11 +161,13 @@ class Subscription:
         return self
 
     async def __anext__(self) -> TopicMessage:
-        if self._durable is None and self._buf:
+        if self._durable is None and self._buf and not _observe.active():
             return self._buf.popleft()
         msg = await self._next(None)
         if msg is None:  # closed, or its hub closed: iteration ends quietly
             raise StopAsyncIteration
+        if _observe.active():
+            _delivered(msg)
         return msg
 
     async def _next_durable(self, timeout: float | None) -> TopicMessage | None:
@@ -395,3 +400,14 @@ def wake_one(waiters: deque[asyncio.Future[None]]) -> None:
         if not fut.done():
             fut.set_result(None)
             return
+
+
+def _delivered(msg: TopicMessage) -> None:
+    """Record a delivery to a subscriber (`bus.deliver`), in the publisher's trace."""
+    attrs = {
+        "messaging.destination.name": msg.topic, "agentcomm.sender": msg.sender,
+        "agentcomm.type": msg.type, "messaging.message.id": msg.sequence,
+        "agentcomm.attempt": msg.attempt or None,
+    }  # fmt: skip
+    with _observe.span("bus.deliver", attrs, msg.metadata):
+        pass

@@ -20,7 +20,7 @@ import msgspec
 
 from ._codec import decode_metadata, encode_for, encode_metadata
 from ._context import Context
-from ._errors import AgentCommError, HubClosed, ValidationError
+from ._errors import AgentCommError, HubClosed, InvalidTopic, ValidationError
 from ._models import PublishResult, TopicStats
 from ._records import ConsumerSpec, NewTopicRecord, TopicRecord
 from ._ref_records import REF_FLAG
@@ -34,6 +34,8 @@ __all__ = ["TopicBus"]
 _READ_LIMIT = 1000  # log records read per step by the cross-process reader
 _COUNTS_DELAY = 0.5  # seconds live delivery counts wait before being added to topic stats
 _UNSET: Any = object()
+#: The first token of the topics only agentcomm writes (`$agentcomm.dead.<agent>`).
+RESERVED_TOKEN = "$agentcomm"
 #: The largest live buffer or durable lease batch of one subscription.
 MAX_BUFFER = 100_000
 
@@ -60,6 +62,12 @@ class TopicBus:
     ) -> PublishResult:
         """Append to the log, then deliver to this hub's matching live subscriptions."""
         tokens = parse_topic(topic)
+        if tokens[0] == RESERVED_TOKEN:
+            raise InvalidTopic(
+                f"Topic {topic!r} is reserved: topics starting with '{RESERVED_TOKEN}.' are "
+                "written by agentcomm itself (e.g. dead-letter notices); subscribe to them, "
+                "publish to a topic of your own."
+            )
         if type != "event":
             check_name("type", type)
         ctx = self.ctx

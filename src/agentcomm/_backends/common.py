@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
+import msgspec
+
 from .._codec import decode_metadata
 from .._errors import ValidationError
 from .._records import ConsumerSpec
 from .._subjects import TopicFilter
 
 __all__ = [
+    "DEAD_NOTICE_TYPE",
+    "DEAD_TOPIC_PREFIX",
     "REPLY_GRACE",
+    "SYSTEM_ORIGIN",
     "SCHEDULES_CHANNEL",
     "conflict",
+    "dead_notice",
+    "dead_topic",
+    "expired_reason",
     "final_nack_reason",
     "lease_expired_reason",
     "consumer_filter",
@@ -80,3 +90,69 @@ def lease_expired_reason(attempt: int, max_attempts: int) -> str:
 def final_nack_reason(attempt: int) -> str:
     """Why a message nacked on its last allowed delivery was dead-lettered."""
     return f"nacked on final delivery {attempt}"
+
+
+def expired_reason(attempts: int) -> str:
+    """Why a request that expired in the mailbox failed (written into its reply slot)."""
+    if attempts == 0:
+        return "expired before it was delivered"
+    return f"expired after {attempts} delivery(ies) without an answer"
+
+
+# --- the dead-letter notice -----------------------------------------------------------------------
+
+#: Dead-lettering a message of agent A appends a record to topic `$agentcomm.dead.A`, in the
+#: same transaction (or Lua call) that dead-letters it. Topics starting with `$agentcomm.` are
+#: reserved: only backends write them.
+DEAD_TOPIC_PREFIX = "$agentcomm.dead."
+#: The `type` of a dead-letter notice.
+DEAD_NOTICE_TYPE = "dead_letter"
+#: The origin of records a backend writes itself: no hub's, so every hub's reader delivers
+#: them to its live subscribers.
+SYSTEM_ORIGIN = ""
+
+
+def dead_topic(agent: str) -> str:
+    """The topic a dead letter of `agent`'s mailbox is announced on."""
+    return DEAD_TOPIC_PREFIX + agent
+
+
+_notice_encoder = msgspec.json.Encoder()
+
+
+def dead_notice(
+    message_id: str,
+    sender: str,
+    recipient: str,
+    type: str,
+    reason: str,
+    attempts: int,
+    correlation_id: str | None,
+) -> bytes:
+    """The payload (JSON) of a dead-letter notice. Redis's Lua builds the same fields."""
+    return _notice_encoder.encode(
+        {"id": message_id, "sender": sender, "recipient": recipient, "type": type,
+         "reason": reason, "attempts": attempts, "correlation_id": correlation_id}
+    )  # fmt: skip
+
+
+# --- logging (the `agentcomm.mailbox` logger; see docs/observability.md) ----------------------
+
+#: Mailbox events: dead letters, lease expiries (INFO), each operation (DEBUG).
+mailbox_log = logging.getLogger("agentcomm.mailbox")
+
+
+def log_dead_letter(agent: str, message_id: str, reason: str, attempts: object) -> None:
+    """INFO: a message of `agent`'s mailbox was dead-lettered."""
+    mailbox_log.info(
+        "dead-lettered message %s of %r after %s delivery(ies): %s",
+        message_id, agent, attempts, reason,
+    )  # fmt: skip
+
+
+def log_lease_expired(agent: str, message_id: str, attempt: object, max_attempts: object) -> None:
+    """INFO: a lease ended unsettled and the message will be delivered again."""
+    mailbox_log.info(
+        "lease of message %s of %r ended unsettled on delivery %s of %s; delivering it again",
+        message_id, agent, attempt, max_attempts,
+    )  # fmt: skip

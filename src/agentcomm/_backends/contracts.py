@@ -58,6 +58,13 @@ class MailboxStore(abc.ABC):
 
     Every method that changes state is atomic on its own, also against other processes using
     the same store, and notifies the channels it touched (`agentcomm._backends.common`).
+
+    Whatever dead-letters a message (a settle, a claim or prune finding a lease used up)
+    also, in the same transaction: writes `_records.failed_reply` into its reply slot if it
+    is a request whose requester still waits (notifying `reply:<id>`), and appends a
+    dead-letter notice (`common.dead_notice`) to topic `common.dead_topic(recipient)` with
+    origin `SYSTEM_ORIGIN` (notifying the topic channels). Expiring a request also writes a
+    failure reply (reason `common.expired_reason`), but no notice.
     """
 
     # --- agents ----------------------------------------------------------------------------
@@ -100,7 +107,8 @@ class MailboxStore(abc.ABC):
         Highest priority first, FIFO within a priority. Before claiming, due delayed messages
         become ready, and expired leases become ready again, or dead when their attempts are
         used up. Expired messages are never returned. `next_wake` is the earliest time a
-        delayed message or a lease of this mailbox falls due.
+        delayed message or a lease of this mailbox falls due. A claimed request records its
+        attempt in its reply slot (see `request_attempts`).
         """
 
     @abc.abstractmethod
@@ -149,6 +157,12 @@ class MailboxStore(abc.ABC):
     async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
         """Remove and return the reply if it arrived. With `abandon`, also close the slot so a
         later reply is counted as late."""
+
+    @abc.abstractmethod
+    async def request_attempts(self, correlation_id: str) -> int:
+        """How many times the request with this reply slot was delivered (claimed); 0 if
+        never, or if the slot is gone. Each claim of a request records its attempt in the
+        slot, in the claim's transaction."""
 
     # --- schedules ---------------------------------------------------------------------------
 

@@ -70,6 +70,7 @@ class MemoryBackend(Backend):
         holds = RefHolds(store.references)
         self.mailboxes = MemoryMailboxes(store.mailboxes, txn, holds, retention)
         self.topics = MemoryTopics(store.topics, txn, holds, retention)
+        self.mailboxes.announce = self.topics.append  # dead-letter notices
         self.shared_memory = MemorySharedMemory(store.shared_memory, txn, holds)
         self.references = MemoryReferences(store.references, txn)
 
@@ -83,7 +84,7 @@ class MemoryBackend(Backend):
 
     async def prune(self, now: float) -> PruneReport:
         def op(touched: set[str]) -> PruneReport:
-            report = self.mailboxes.prune_step(now)
+            report = self.mailboxes.prune_step(now, touched)
             topic_records = self.topics.prune_step(now)
             self.shared_memory.prune_step(now, touched)
             return msgspec.structs.replace(report, pruned_topic_records=topic_records)

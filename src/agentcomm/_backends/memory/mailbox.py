@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..._codec import decode_metadata, decode_payload
 from ..._errors import UnknownAgent
@@ -25,21 +25,33 @@ from ..._models import (
 from ..._records import (
     PENDING_STATE_NAMES,
     Claimed,
+    DataKind,
     NewMessage,
+    NewTopicRecord,
     ScheduleSpec,
     Settle,
     SettleKind,
     State,
     StoredMessage,
     StoredReply,
+    TopicRecord,
+    failed_reply,
 )
 from ..._scheduling import next_occurrence, scheduled_message
 from ..._settings import Retention
+from ..._subjects import TOPICS_CHANNEL, topic_channel
 from ..common import (
+    DEAD_NOTICE_TYPE,
     REPLY_GRACE,
     SCHEDULES_CHANNEL,
+    SYSTEM_ORIGIN,
+    dead_notice,
+    dead_topic,
+    expired_reason,
     final_nack_reason,
     lease_expired_reason,
+    log_dead_letter,
+    log_lease_expired,
     mail_channel,
     reply_channel,
 )
@@ -73,6 +85,18 @@ class _Mailbox:
         self.timers: list[tuple[float, int]] = []  # (visible_at, seq) of delayed and leased rows
 
 
+class _Slot:
+    """A request's reply slot: until when it lives, the reply once posted, and the attempt
+    of the request's latest delivery."""
+
+    __slots__ = ("attempts", "deadline", "reply")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.reply: StoredReply | None = None
+        self.attempts = 0
+
+
 class _Schedule:
     __slots__ = ("error", "runs", "spec")
 
@@ -93,8 +117,7 @@ class MailboxState:
         self.rows: dict[int, _Row] = {}
         self.boxes: dict[str, _Mailbox] = {}
         self.dedupe: dict[tuple[str, str, str], tuple[str, float]] = {}
-        # correlation id -> [deadline, reply or None]
-        self.requests: dict[str, tuple[float, StoredReply | None]] = {}
+        self.requests: dict[str, _Slot] = {}  # by correlation id
         self.schedules: dict[str, _Schedule] = {}
         self.counters: dict[str, int] = dict.fromkeys(HubStats.__struct_fields__, 0)
 
@@ -109,6 +132,8 @@ class MemoryMailboxes(MailboxStore):
         self._txn = txn
         self._holds = holds
         self._retention = retention
+        #: Appends a record to the topic log under the store's lock (set by the backend).
+        self.announce: Callable[[NewTopicRecord, float], TopicRecord] | None = None
 
     # --- row states (the caller holds the store's lock) ------------------------------------------
 
@@ -128,19 +153,54 @@ class MemoryMailboxes(MailboxStore):
         row.visible_at = at
         heapq.heappush(self._mailbox(row.msg.recipient).timers, (at, row.seq))
 
-    def _finish(self, row: _Row, state: State, now: float, reason: str = "") -> None:
+    def _finish(
+        self, row: _Row, state: State, now: float, touched: set[str], reason: str = ""
+    ) -> None:
         row.state = state
         row.finished_at = now
         row.dead_reason = reason
         counters = self._state.counters
         if state == State.DEAD:
             counters["dead_lettered"] += 1
+            self._ended(row, now, touched, reason)
             return  # a dead letter can be requeued: it holds its payload until pruned
         if state == State.EXPIRED:
             counters["expired"] += 1
+            if row.msg.correlation_id is not None:
+                self._fail_request(row, now, touched, expired_reason(row.attempt), True)
         self._holds.drop(row.msg.data, row.msg.data_kind)
 
-    def _fire_timers(self, box: _Mailbox, now: float) -> None:
+    def _ended(self, row: _Row, now: float, touched: set[str], reason: str) -> None:
+        """A message was dead-lettered: fail its request, announce it, log it."""
+        m = row.msg
+        if m.correlation_id is not None:
+            self._fail_request(row, now, touched, reason, False)
+        if self.announce is not None:
+            notice = dead_notice(
+                m.id, m.sender, m.recipient, m.type, reason, row.attempt, m.correlation_id
+            )
+            topic = dead_topic(m.recipient)
+            self.announce(
+                NewTopicRecord(topic, m.recipient, DEAD_NOTICE_TYPE, notice, DataKind.JSON,
+                               None, now, SYSTEM_ORIGIN),
+                now,
+            )  # fmt: skip
+            touched.add(TOPICS_CHANNEL)
+            touched.add(topic_channel(topic))
+        log_dead_letter(m.recipient, m.id, reason, row.attempt)
+
+    def _fail_request(
+        self, row: _Row, now: float, touched: set[str], reason: str, expired: bool
+    ) -> None:
+        cid = row.msg.correlation_id
+        assert cid is not None
+        slot = self._state.requests.get(cid)
+        if slot is not None and slot.reply is None:
+            m = row.msg
+            slot.reply = failed_reply(m.id, m.recipient, row.attempt, reason, now, expired)
+            touched.add(reply_channel(cid))
+
+    def _fire_timers(self, box: _Mailbox, now: float, touched: set[str]) -> None:
         rows = self._state.rows
         timers = box.timers
         while timers and timers[0][0] <= now:
@@ -153,8 +213,11 @@ class MemoryMailboxes(MailboxStore):
             elif row.state == State.IN_FLIGHT:
                 if row.attempt >= row.msg.max_attempts:
                     reason = lease_expired_reason(row.attempt, row.msg.max_attempts)
-                    self._finish(row, State.DEAD, now, reason)
+                    self._finish(row, State.DEAD, now, touched, reason)
                 else:
+                    log_lease_expired(
+                        row.msg.recipient, row.msg.id, row.attempt, row.msg.max_attempts
+                    )
                     self._make_ready(row)
 
     def _next_wake(self, box: _Mailbox) -> float | None:
@@ -238,7 +301,7 @@ class MemoryMailboxes(MailboxStore):
                 else:
                     self._make_ready(row)
                 if m.request_deadline is not None and m.correlation_id is not None:
-                    st.requests[m.correlation_id] = (m.request_deadline, None)
+                    st.requests[m.correlation_id] = _Slot(m.request_deadline)
                 st.counters["sent"] += 1
                 touched.add(mail_channel(m.recipient))
                 ids.append(m.id)
@@ -252,7 +315,7 @@ class MemoryMailboxes(MailboxStore):
             box = self._state.boxes.get(agent)
             if box is None:
                 return Claimed([], None)
-            self._fire_timers(box, now)
+            self._fire_timers(box, now, touched)
             out: list[StoredMessage] = []
             ready = box.ready
             while ready and len(out) < max_messages:
@@ -262,10 +325,14 @@ class MemoryMailboxes(MailboxStore):
                     continue
                 m = row.msg
                 if m.expires_at is not None and m.expires_at <= now:
-                    self._finish(row, State.EXPIRED, now)
+                    self._finish(row, State.EXPIRED, now, touched)
                     continue
                 row.attempt += 1
                 self._set_timer(row, State.IN_FLIGHT, now + lease)
+                if m.correlation_id is not None:
+                    slot = self._state.requests.get(m.correlation_id)
+                    if slot is not None:
+                        slot.attempts = row.attempt
                 out.append(
                     StoredMessage(
                         seq=seq,
@@ -298,7 +365,7 @@ class MemoryMailboxes(MailboxStore):
             return False
         if op.kind == SettleKind.ACK:
             if self._retention.acked > 0:
-                self._finish(row, State.ACKED, now)
+                self._finish(row, State.ACKED, now, touched)
             else:
                 del rows[op.seq]
                 self._holds.drop(row.msg.data, row.msg.data_kind)
@@ -307,9 +374,10 @@ class MemoryMailboxes(MailboxStore):
                 return False
             self._set_timer(row, State.IN_FLIGHT, op.until)
         elif op.kind == SettleKind.DEAD:
-            self._finish(row, State.DEAD, now, op.reason)
+            self._finish(row, State.DEAD, now, touched, op.reason)
         elif row.attempt >= row.msg.max_attempts:  # NACK with attempts used up
-            self._finish(row, State.DEAD, now, op.reason or final_nack_reason(row.attempt))
+            reason = op.reason or final_nack_reason(row.attempt)
+            self._finish(row, State.DEAD, now, touched, reason)
         elif op.until > now:
             self._set_timer(row, State.DELAYED, op.until)
         else:
@@ -408,10 +476,10 @@ class MemoryMailboxes(MailboxStore):
             if ack is not None:
                 self._settle(ack, now, touched)
             slot = st.requests.get(correlation_id)
-            if slot is None or slot[1] is not None:
+            if slot is None or slot.reply is not None:
                 st.counters["late_replies"] += 1
                 return False
-            st.requests[correlation_id] = (slot[0], reply)
+            slot.reply = reply
             self._holds.hold(reply.data, reply.data_kind)
             touched.add(reply_channel(correlation_id))
             return True
@@ -424,11 +492,16 @@ class MemoryMailboxes(MailboxStore):
             slot = requests.get(correlation_id)
             if slot is None:
                 return None
-            if slot[1] is not None or abandon:
+            if slot.reply is not None or abandon:
                 del requests[correlation_id]
-            return slot[1]
+            return slot.reply
 
         return self._txn.run(op)
+
+    async def request_attempts(self, correlation_id: str) -> int:
+        with self._txn.lock:
+            slot = self._state.requests.get(correlation_id)
+            return 0 if slot is None else slot.attempts
 
     # --- schedules -----------------------------------------------------------------------------
 
@@ -503,7 +576,7 @@ class MemoryMailboxes(MailboxStore):
 
     # --- housekeeping (called by the core) -----------------------------------------------------
 
-    def prune_step(self, now: float) -> PruneReport:
+    def prune_step(self, now: float, touched: set[str]) -> PruneReport:
         """Expire, dead-letter and delete messages, dedupe keys and reply slots as the
         retention policy says; the caller holds the store's lock."""
         st = self._state
@@ -511,7 +584,7 @@ class MemoryMailboxes(MailboxStore):
         expired = dead = pruned = 0
         for box in st.boxes.values():
             before = st.counters["dead_lettered"]
-            self._fire_timers(box, now)
+            self._fire_timers(box, now, touched)
             dead += st.counters["dead_lettered"] - before
         keep = {
             State.ACKED: retention.acked,
@@ -522,7 +595,7 @@ class MemoryMailboxes(MailboxStore):
             if row.state in (State.READY, State.DELAYED):
                 exp = row.msg.expires_at
                 if exp is not None and exp <= now:
-                    self._finish(row, State.EXPIRED, now)
+                    self._finish(row, State.EXPIRED, now, touched)
                     expired += 1
             elif row.state in keep and row.finished_at + keep[row.state] <= now:
                 del st.rows[seq]
@@ -533,10 +606,10 @@ class MemoryMailboxes(MailboxStore):
         for k in stale_keys:
             del st.dedupe[k]
         stale_requests = [
-            c for c, (deadline, _) in st.requests.items() if deadline + REPLY_GRACE <= now
+            c for c, slot in st.requests.items() if slot.deadline + REPLY_GRACE <= now
         ]
         for c in stale_requests:
-            reply = st.requests.pop(c)[1]
+            reply = st.requests.pop(c).reply
             if reply is not None:  # a reply nobody took still held its payload's reference
                 self._holds.drop(reply.data, reply.data_kind)
         return PruneReport(expired, dead, pruned, len(stale_keys), len(stale_requests))

@@ -72,27 +72,33 @@ class MemoryTopics(TopicStore):
         self._retention = retention
 
     async def publish(self, record: NewTopicRecord, *, now: float) -> TopicRecord:
-        st = self._state
         with self._txn.lock:
-            st.seq = seq = st.seq + 1
-            r = record
-            rec = TopicRecord(
-                seq, r.topic, r.sender, r.type, r.data, r.data_kind, r.metadata,
-                r.published_at, r.origin,
-            )  # fmt: skip
-            if r.data_kind & REF_FLAG:
-                self._holds.hold(r.data, r.data_kind)
-            st.log.append(rec)
-            stats = st.stats.get(r.topic)
-            if stats is None:
-                stats = st.stats[r.topic] = _Stats()
-            stats.published += 1
-            stats.last_publish = r.published_at
-            stats.last_seq = seq
-            limit = self._retention.topic_max_count
-            if len(st.log) > limit + max(limit // 10, _TRIM_SLACK):
-                self.prune_step(now)
+            rec = self.append(record, now)
         self._txn.notify((TOPICS_CHANNEL, topic_channel(record.topic)))
+        return rec
+
+    def append(self, record: NewTopicRecord, now: float) -> TopicRecord:
+        """Append a record to the log; the caller holds the store's lock and notifies the
+        topic channels (the mailboxes append dead-letter notices through this)."""
+        st = self._state
+        st.seq = seq = st.seq + 1
+        r = record
+        rec = TopicRecord(
+            seq, r.topic, r.sender, r.type, r.data, r.data_kind, r.metadata,
+            r.published_at, r.origin,
+        )  # fmt: skip
+        if r.data_kind & REF_FLAG:
+            self._holds.hold(r.data, r.data_kind)
+        st.log.append(rec)
+        stats = st.stats.get(r.topic)
+        if stats is None:
+            stats = st.stats[r.topic] = _Stats()
+        stats.published += 1
+        stats.last_publish = r.published_at
+        stats.last_seq = seq
+        limit = self._retention.topic_max_count
+        if len(st.log) > limit + max(limit // 10, _TRIM_SLACK):
+            self.prune_step(now)
         return rec
 
     async def topic_head(self) -> int:

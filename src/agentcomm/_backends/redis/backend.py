@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 
 import redis.asyncio as aioredis
@@ -43,6 +44,9 @@ CLOSE_TIMEOUT = 2.0
 _PREFIX = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 _LISTEN_BACKOFF_MAX = 1.0
 _IDLE_PING = 30.0  # seconds without a wake-up before the listener checks its connection
+
+#: Connection events of the Redis backend (INFO: the wake-up connection lost and back).
+log = logging.getLogger("agentcomm.redis")
 
 
 def check_prefix(prefix: str) -> str:
@@ -179,6 +183,7 @@ class RedisBackend(Backend):
         """Wake this hub's waiters for changes made by other hubs; reconnect on loss, until
         the backend is closed."""
         delay = 0.05
+        lost = False
         while not self._closed:
             try:
                 pubsub = self._pubsub
@@ -186,10 +191,19 @@ class RedisBackend(Backend):
                     pubsub = await self._subscribe()
                     self.notifier.wake_all()  # changes made while we were away
                     delay = 0.05
+                    if lost:
+                        log.info("reconnected to Redis at %s", self._where)
+                        lost = False
                 await self._relay(pubsub)
-            except Exception:  # whatever broke the connection: reconnect unless closed
+            except Exception as exc:  # whatever broke the connection: reconnect unless closed
                 if self._closed:
                     break
+                if not lost:
+                    log.info(
+                        "lost the wake-up connection to Redis at %s (%s: %s); reconnecting",
+                        self._where, type(exc).__name__, exc,
+                    )  # fmt: skip
+                    lost = True
                 pubsub, self._pubsub = self._pubsub, None
                 if pubsub is not None:
                     await _close(pubsub, CLOSE_TIMEOUT / 4)

@@ -32,11 +32,18 @@ from ..._records import (
     State,
     StoredMessage,
     StoredReply,
+    failed_reply,
 )
 from ..._ref_records import ref_id_in
 from ..._scheduling import next_occurrence, scheduled_message
 from ..._settings import Retention
-from ..common import REPLY_GRACE, mail_channel, reply_channel
+from ..common import (
+    REPLY_GRACE,
+    log_dead_letter,
+    log_lease_expired,
+    mail_channel,
+    reply_channel,
+)
 from ..contracts import MailboxStore
 from .mailbox_lua import MAILBOX
 from .scripts import Scripts, num, opt_float
@@ -59,6 +66,28 @@ _UNDECODABLE = (
 _reply_encoder = msgspec.msgpack.Encoder()
 _reply_decoder = msgspec.msgpack.Decoder(StoredReply)
 _spec_decoder = msgspec.msgpack.Decoder(ScheduleSpec)
+
+
+def decode_reply(blob: bytes) -> StoredReply:
+    """A reply slot's content: a `StoredReply` (msgpack), or the failure the mailbox script
+    wrote when the request was dead-lettered or expired (see mailbox_lua_functions.py)."""
+    if blob[:2] != b"\0F":
+        return _reply_decoder.decode(blob)
+    state, attempts, recipient, message_id, at, reason = blob[2:].split(b"\0", 5)
+    return failed_reply(
+        message_id.decode(), recipient.decode(), int(attempts), reason.decode(errors="replace"),
+        float(at), expired=state == b"4",
+    )  # fmt: skip
+
+
+def _log_events(events: Sequence[bytes]) -> None:
+    """Log what a script reports: lease expiries and dead letters (see `events` in the Lua)."""
+    for event in events:
+        kind, agent, message_id, attempt, last = event.decode(errors="replace").split("\0", 4)
+        if kind == "R":
+            log_lease_expired(agent, message_id, attempt, last)
+        else:
+            log_dead_letter(agent, message_id, last, attempt)
 
 
 def _opt_num(value: float | None) -> str:
@@ -277,6 +306,9 @@ class RedisMailboxes(MailboxStore):
             raise ValidationError("lease must be a finite number of seconds > 0.")
         lease_until = now + lease
         flat = await self._bare("claim", now, agent, num(lease_until), max_messages)
+        head = flat[0]  # the next wake-up, then what to log
+        if len(head) > 1:
+            _log_events(head[1:])
         messages, buried = [], []
         for i in range(1, len(flat), 3):
             try:
@@ -289,14 +321,16 @@ class RedisMailboxes(MailboxStore):
                 len(buried) // 3, agent,
             )  # fmt: skip
             await self._mail("bury", now, agent, *buried)
-        return Claimed(messages, opt_float(flat[0]))
+        return Claimed(messages, opt_float(head[0]))
 
     async def settle(self, op: Settle, *, now: float) -> bool:
         return (await self.settle_many((op,), now=now))[0]
 
     async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
         keep = 1 if self._retention.acked > 0 else 0
-        results = await self._bare("settle", now, keep, *(_settle_arg(op) for op in ops))
+        results, events = await self._bare("settle", now, keep, *(_settle_arg(op) for op in ops))
+        if events:
+            _log_events(events)
         nacked = {mail_channel(op.recipient) for op in ops if op.kind == SettleKind.NACK}
         if nacked:  # a waiter may need to re-arm its timer for the retry
             self._notify(nacked)
@@ -349,12 +383,15 @@ class RedisMailboxes(MailboxStore):
             task = asyncio.get_running_loop().create_task(self._drop_slot(correlation_id))
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
-            return _reply_decoder.decode(blob)
+            return decode_reply(blob)
         blob = await self._bare("take", 0.0, correlation_id, 1 if abandon else 0, token=new_id())
         if blob is not None or abandon:
             self._awaiting.pop(correlation_id, None)
             self._inbox.pop(correlation_id, None)
-        return None if blob is None else _reply_decoder.decode(blob)
+        return None if blob is None else decode_reply(blob)
+
+    async def request_attempts(self, correlation_id: str) -> int:
+        return int(await self._mail("attempts", 0.0, correlation_id))
 
     async def _drop_slot(self, correlation_id: str) -> None:
         with contextlib.suppress(BackendError):
@@ -432,5 +469,7 @@ class RedisMailboxes(MailboxStore):
         for cid in [c for c, deadline in self._awaiting.items() if deadline + REPLY_GRACE <= now]:
             del self._awaiting[cid]
             self._inbox.pop(cid, None)
-        expired, dead, pruned, dedupe, requests = (int(x) for x in report)
+        if report[5]:
+            _log_events(report[5])
+        expired, dead, pruned, dedupe, requests = (int(x) for x in report[:5])
         return expired, dead, pruned, dedupe, requests

@@ -19,6 +19,8 @@ Mailbox keys (P = prefix):
   P dd, P dd:until        HASH + ZSET: "sender/recipient/key" -> first message id, its window
   P req, P req:dl         HASH + ZSET: correlation id -> reply ("" while waiting), deadline
   P req:ref               HASH: correlation id -> the reference its reply holds
+  P req:att               HASH: correlation id -> the attempt of the request's latest delivery
+  P tp:...                the topic log (see topics_lua.py): dead-letter notices go there
   P sched, P sched:next, P sched:runs   schedules: spec, next run, runs
   P sched:ref             HASH: schedule id -> the reference its payload holds
   P counters              HASH: event counters
@@ -31,10 +33,12 @@ from __future__ import annotations
 from .mailbox_lua_functions import FUNCTIONS, fill
 from .ref_holds import REF_HOLDS
 from .scripts import COMMON
+from .topics_lua import TOPIC_APPEND
 
 MAILBOX = (
     COMMON
     + REF_HOLDS
+    + TOPIC_APPEND
     + FUNCTIONS
     + fill(
         r"""
@@ -110,7 +114,7 @@ elseif OP == 'claim' then
   arg_num(lease_until, 'lease_until')
   fire_timers(agent, 1000)
   local rk, tk = P .. 'r:' .. agent, P .. 't:' .. agent
-  -- flat: the next wake-up (or false), then sid, attempt, body of each message
+  -- flat: {the next wake-up (or false), events...}, then sid, attempt, body of each message
   local out = {false}
   local got = 0
   while got < want do
@@ -119,7 +123,7 @@ elseif OP == 'claim' then
     redis.call('ZREM', rk, unpack(sids))
     for _, sid in ipairs(sids) do
       local mk = mkey(sid)
-      local v = redis.call('HMGET', mk, 'exp', 'att', 'b', 'ref')
+      local v = redis.call('HMGET', mk, 'exp', 'att', 'b', 'ref', 'cid')
       if not v[3] and not v[2] then
         -- an index entry without its message: nothing to deliver
         redis.call('ZREM', tk, sid)
@@ -132,6 +136,9 @@ elseif OP == 'claim' then
         local att = tonumber(v[2]) + 1
         redis.call('HSET', mk, 'st', 1, 'vis', lease_until, 'att', att)
         zadd_later(tk, lease_until, sid)
+        if v[5] and redis.call('HEXISTS', P .. 'req', v[5]) == 1 then
+          redis.call('HSET', P .. 'req:att', v[5], att)  -- the request was received
+        end
         out[#out + 1] = sid
         out[#out + 1] = att
         out[#out + 1] = v[3]
@@ -139,10 +146,13 @@ elseif OP == 'claim' then
       end
     end
   end
+  local head = {false}
   if got == 0 then
     local first = redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')
-    if first[2] then out[1] = first[2] end
+    if first[2] then head[1] = first[2] end
   end
+  for _, e in ipairs(events) do head[#head + 1] = e end
+  out[1] = head
   result = out
 
 elseif OP == 'settle' then
@@ -150,7 +160,7 @@ elseif OP == 'settle' then
   local ops, out = {}, {}
   for i = 6, #ARGV do ops[#ops + 1] = parse_settle(ARGV[i]) end
   for _, f in ipairs(ops) do out[#out + 1] = settle(f, keep) end
-  result = out
+  result = {out, events}
 
 elseif OP == 'reply' then
   -- keep, cid, reply, the reference it holds ('' for none), the settle op of the request
@@ -178,9 +188,13 @@ elseif OP == 'take' then
     -- the requester releases the reply's reference once it has read the reply
     redis.call('HDEL', P .. 'req', cid)
     redis.call('HDEL', P .. 'req:ref', cid)
+    redis.call('HDEL', P .. 'req:att', cid)
     redis.call('ZREM', P .. 'req:dl', cid)
   end
   if cur and cur ~= '' then result = cur end
+
+elseif OP == 'attempts' then
+  result = redis.call('HGET', P .. 'req:att', ARGV[5]) or 0
 
 elseif OP == 'sched_add' then
   local ref = ARGV[10]
@@ -393,13 +407,15 @@ elseif OP == 'prune' then
       ref_drop(ref)
     end
     redis.call('HDEL', P .. 'req', cid)
+    redis.call('HDEL', P .. 'req:att', cid)
     redis.call('ZREM', P .. 'req:dl', cid)
   end
-  result = {expired, dead, pruned, #stale, #slots}
+  result = {expired, dead, pruned, #stale, #slots, events}
 end
 
 flush()
 publish()
+shout_all()
 -- the hot paths return their result alone: the caller knows which of its waiters to wake
 if BARE[OP] then return once_done(result) end
 return once_done({result, touched_list})

@@ -3,11 +3,26 @@ messages, their timers, and the checks each operation makes before its first wri
 
 from __future__ import annotations
 
-from ..common import REPLY_GRACE, final_nack_reason, lease_expired_reason, mail_channel
+from ..._subjects import TOPICS_CHANNEL, topic_channel
+from ..common import (
+    DEAD_NOTICE_TYPE,
+    DEAD_TOPIC_PREFIX,
+    REPLY_GRACE,
+    expired_reason,
+    final_nack_reason,
+    lease_expired_reason,
+    mail_channel,
+)
 
 # Message hash fields: b (the body, msgpack: see `Body` in mailbox.py), id, rcp, pri, vis
 # (visible at / lease until), exp, max (attempts), att (attempt), st (state), fin, why (reason),
-# ref (the reference the payload holds, if it does).
+# ref (the reference the payload holds, if it does), cid (a request's correlation id).
+#
+# A request's reply slot (`P req`) holds "" while its requester waits, then the reply: the
+# msgpack of a `StoredReply`, or, written by `fail_request` when the request is dead-lettered
+# or expires, "\0F" state NUL attempts NUL recipient NUL message id NUL time NUL reason
+# (see `decode_reply` in mailbox.py). `P req:att` records the attempt of each request's latest
+# delivery.
 # States as in `_records.State`: 0 ready, 1 in flight, 2 delayed, 3 dead, 4 expired, 5 acked.
 
 
@@ -23,6 +38,9 @@ def _template(text: str, *marks: int) -> str:
 # `common.final_nack_reason`, which the other backends use, so every backend words them alike.
 _LEASE_EXPIRED = _template(lease_expired_reason(1001, 1002), 1001, 1002)
 _FINAL_NACK = _template(final_nack_reason(1001), 1001)
+_EXPIRED_AFTER = _template(expired_reason(1001), 1001)
+# the channels a dead-letter notice touches, as a Lua table
+_DEAD_TOPIC_CHANNELS = f"{{{TOPICS_CHANNEL!r}, {topic_channel(DEAD_TOPIC_PREFIX)!r}}}"
 
 
 def fill(lua: str) -> str:
@@ -31,6 +49,13 @@ def fill(lua: str) -> str:
         lua.replace("REPLY_GRACE", repr(REPLY_GRACE))
         .replace("LEASE_EXPIRED", _LEASE_EXPIRED)
         .replace("FINAL_NACK", _FINAL_NACK)
+        .replace("EXPIRED_AFTER", _EXPIRED_AFTER)
+        .replace("EXPIRED_NEVER", repr(expired_reason(0)))
+        .replace("DEAD_TOPIC_PREFIX", repr(DEAD_TOPIC_PREFIX))
+        .replace("DEAD_NOTICE_TYPE", repr(DEAD_NOTICE_TYPE))
+        .replace(
+            "DEAD_TOPIC_CHANNELS", f"{{{TOPICS_CHANNEL!r}, {topic_channel(DEAD_TOPIC_PREFIX)!r}}}"
+        )
         .replace("MAIL_CHANNEL", repr(mail_channel("")))
     )
 
@@ -82,6 +107,85 @@ local function unindex(sid, rcp)
   redis.call('ZREM', P .. 'exp', sid)
 end
 
+-- what the caller logs: 'R' NUL agent NUL id NUL attempt NUL max for a lease that ended with
+-- attempts left, 'D' NUL agent NUL id NUL attempts NUL reason for a dead letter
+local events = {}
+
+-- channels every hub, this one too, must hear of: the failure replies and dead-letter notices
+-- are written inside hot ops, whose caller notifies only the channels it knows of
+local shout, shouted = {}, {}
+local function shout_channel(channel)
+  if not shouted[channel] then
+    shouted[channel] = true
+    shout[#shout + 1] = channel
+  end
+end
+local function shout_all()
+  -- an origin of no hub: every hub, this one too, relays it to its waiters
+  if #shout > 0 then redis.call('PUBLISH', P .. 'wake', '\n' .. table.concat(shout, '\n')) end
+end
+
+-- a request dead-lettered (state '3') or expired ('4') whose requester still waits: the
+-- failure goes into its reply slot and, whole, to the waiting hub
+local function fail_request(sid, state, reason)
+  local v = redis.call('HMGET', mkey(sid), 'cid', 'att', 'id', 'rcp')
+  local cid = v[1]
+  if not cid or redis.call('HGET', P .. 'req', cid) ~= '' then return end
+  local att = v[2] or '0'
+  if state == '4' then
+    if att == '0' then reason = EXPIRED_NEVER else reason = string.format(EXPIRED_AFTER, att) end
+  end
+  local blob = '\0F' .. state .. '\0' .. att .. '\0' .. (v[4] or '') .. '\0' .. (v[3] or '')
+    .. '\0' .. NOW_S .. '\0' .. (reason or '')
+  redis.call('HSET', P .. 'req', cid, blob)
+  redis.call('PUBLISH', P .. 'wake', '\1' .. cid .. '\n' .. blob)
+end
+
+-- the first `n` fields of a message body (msgpack array, see `Body`), when they are strings:
+-- read here because the server's cmsgpack cannot decode the bin field that follows them
+local function leading_strings(body, n)
+  local out, pos = {}, 2
+  local b = string.byte(body, 1)
+  if not b then return out end
+  if b == 0xdc then pos = 4 elseif b == 0xdd then pos = 6 elseif b < 0x90 or b > 0x9f then
+    return out
+  end
+  for i = 1, n do
+    local t = string.byte(body, pos)
+    local len, skip
+    if not t then return out end
+    if t >= 0xa0 and t <= 0xbf then len, skip = t - 0xa0, 1
+    elseif t == 0xd9 then len, skip = string.byte(body, pos + 1), 2
+    elseif t == 0xda then
+      local h, l = string.byte(body, pos + 1, pos + 2)
+      if not l then return out end
+      len, skip = h * 256 + l, 3
+    else return out end
+    if not len then return out end
+    out[i] = string.sub(body, pos + skip, pos + skip + len - 1)
+    pos = pos + skip + len
+  end
+  return out
+end
+
+-- a message was dead-lettered: fail its request, append the notice to its agent's dead-letter
+-- topic, record the event for the caller's log
+local function dead_lettered(sid, rcp, reason)
+  reason = reason or ''
+  fail_request(sid, '3', reason)
+  local v = redis.call('HMGET', mkey(sid), 'id', 'att', 'b', 'cid')
+  local head = leading_strings(v[3] or '', 4)
+  local snd, typ = head[2] or '', head[4] or ''
+  local notice = cjson.encode({id = v[1] or '', sender = snd, recipient = rcp, type = typ,
+    reason = reason, attempts = tonumber(v[2]) or 0, correlation_id = v[4] or cjson.null})
+  if topic_append(DEAD_TOPIC_PREFIX .. rcp, rcp, DEAD_NOTICE_TYPE, notice, '0', nil, NOW_S,
+      '') then
+    for _, channel in ipairs(DEAD_TOPIC_CHANNELS) do shout_channel(channel) end
+  end
+  events[#events + 1] = 'D\0' .. rcp .. '\0' .. (v[1] or '') .. '\0' .. (v[2] or '0') .. '\0'
+    .. reason
+end
+
 -- `ref`: the reference the message's payload holds (or nil), released unless it becomes a
 -- dead letter, which can be requeued
 local function finish(sid, rcp, state, reason, ref)
@@ -94,8 +198,10 @@ local function finish(sid, rcp, state, reason, ref)
   if state == '3' then
     redis.call('ZADD', P .. 'd:' .. rcp, tonumber(sid), sid)
     count('dead_lettered', 1)
+    dead_lettered(sid, rcp, reason)
   elseif state == '4' then
     count('expired', 1)
+    fail_request(sid, '4', nil)
   end
 end
 
@@ -121,7 +227,7 @@ local function fire_timers(agent, limit)
   local due = redis.call('ZRANGEBYSCORE', tk, '-inf', NOW_S, 'LIMIT', 0, limit)
   local ready, dead = 0, 0
   for _, sid in ipairs(due) do
-    local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'max', 'pri', 'exp')
+    local v = redis.call('HMGET', mkey(sid), 'st', 'att', 'max', 'pri', 'exp', 'id')
     if v[1] == '2' then
       make_ready(sid, agent, v[4], v[5])
       ready = ready + 1
@@ -135,6 +241,8 @@ local function fire_timers(agent, limit)
       else
         make_ready(sid, agent, v[4], v[5])
         ready = ready + 1
+        events[#events + 1] = 'R\0' .. agent .. '\0' .. (v[6] or '') .. '\0' .. v[2] .. '\0'
+          .. v[3]
       end
     else
       redis.call('ZREM', tk, sid)
@@ -182,6 +290,7 @@ local function store(h, body)
     ref_hold(ref)
     f[#f + 1] = 'ref'; f[#f + 1] = ref
   end
+  if deadline ~= '' and cid ~= '' then f[#f + 1] = 'cid'; f[#f + 1] = cid end
   redis.call(unpack(f))
   if state == 2 then
     zadd_later(P .. 't:' .. rcp, vis, sid)

@@ -24,9 +24,31 @@ from .scripts import COMMON
 #                       (highest sequence scanned), lost (records lost since the last claim)
 #   P tp:c:<name>:p     ZSET: leased sequences, score lease_until
 #   P tp:c:<name>:a     HASH: leased sequence -> attempt
+#: Appends one record to the log and counts it in the topic's stats; returns its sequence, or
+#: nil (writing nothing) when the sequence counter is damaged. Shared by the topics script and
+#: the mailbox script (which appends dead-letter notices in the call that dead-letters).
+TOPIC_APPEND = r"""
+local function topic_append(topic, snd, typ, data, kind, meta, at, origin)
+  local cur = redis.call('GET', P .. 'tp:seq')
+  if cur and not string.match(cur, '^%d+$') then return nil end
+  local seq = redis.call('INCR', P .. 'tp:seq')
+  local f = {'XADD', P .. 'tp:log', string.format('%d-0', seq), 't', topic, 's', snd,
+    'y', typ, 'd', data, 'k', kind, 'at', at, 'o', origin}
+  if meta then f[#f + 1] = 'm'; f[#f + 1] = meta end
+  redis.call(unpack(f))
+  local sk = P .. 'tp:s:' .. topic
+  hincr(sk, 'pub', 1)
+  hincr(sk, 'kept', 1)
+  redis.call('HSET', sk, 'at', at, 'last', string.format('%d', seq))
+  redis.call('ZADD', P .. 'tp:names', 0, topic)
+  return seq
+end
+"""
+
 TOPICS = (
     COMMON
     + REF_HOLDS
+    + TOPIC_APPEND
     + r"""
 local LOG, NAMES, CONS = P .. 'tp:log', P .. 'tp:names', P .. 'tp:cons'
 local function skey(topic) return P .. 'tp:s:' .. topic end
@@ -61,16 +83,10 @@ if OP == 'publish' then
   local rid = ref_id_of(data, kind)
   check_seq(P .. 'tp:seq')
   if not rid or ref_hold(rid) then
-    local seq = redis.call('INCR', P .. 'tp:seq')
-    local f = {'XADD', LOG, eid(seq), 't', topic, 's', snd, 'y', typ, 'd', data, 'k', kind,
-      'at', ARGV[12], 'o', ARGV[13]}
-    if ARGV[10] == '1' then f[#f + 1] = 'm'; f[#f + 1] = ARGV[11] end
-    redis.call(unpack(f))
-    local sk = skey(topic)
-    hincr(sk, 'pub', 1)
-    hincr(sk, 'kept', 1)
-    redis.call('HSET', sk, 'at', ARGV[12], 'last', int(seq))
-    redis.call('ZADD', NAMES, 0, topic)
+    local meta = nil
+    if ARGV[10] == '1' then meta = ARGV[11] end
+    -- checked above: the counter is an integer, so this appends
+    local seq = topic_append(topic, snd, typ, data, kind, meta, ARGV[12], ARGV[13])
     touch(TOPICS_CHANNEL)
     touch(TOPICS_CHANNEL .. ':' .. string.match(topic, '^[^.]*'))
     result = seq

@@ -138,7 +138,7 @@ class SQLiteBackend(Backend):
 
     async def prune(self, now: float) -> PruneReport:
         def op(conn: sqlite3.Connection, touched: set[str]) -> PruneReport:
-            report = self.mailboxes.prune_in(conn, now)
+            report = self.mailboxes.prune_in(conn, now, touched)
             topic_records = self.topics.prune_in(conn, now)
             self.shared_memory.prune_in(conn, now, touched)
             return msgspec.structs.replace(report, pruned_topic_records=topic_records)

@@ -7,6 +7,7 @@ ready, delayed or in flight to dead, expired or acked; the tables and their inde
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -27,21 +28,32 @@ from ..._models import (
 from ..._records import (
     PENDING_STATE_NAMES,
     Claimed,
+    DataKind,
     NewMessage,
+    NewTopicRecord,
     ScheduleSpec,
     Settle,
     SettleKind,
     State,
     StoredMessage,
     StoredReply,
+    failed_reply,
 )
 from ..._settings import Retention
 from ..common import (
+    DEAD_NOTICE_TYPE,
     REPLY_GRACE,
     SCHEDULES_CHANNEL,
+    SYSTEM_ORIGIN,
+    dead_notice,
+    dead_topic,
+    expired_reason,
     final_nack_reason,
     lease_expired_reason,
+    log_dead_letter,
+    log_lease_expired,
     mail_channel,
+    mailbox_log,
     reply_channel,
 )
 from ..contracts import MailboxStore
@@ -60,6 +72,7 @@ from .schema import (
     UNDELIVERED,
     UNSETTLED,
 )
+from .topics import append_in
 
 _INSERT = (
     "INSERT INTO messages (id, recipient, sender, type, priority, state, visible_at, expires_at,"
@@ -83,7 +96,17 @@ _DUE = (
     f" WHERE recipient = ? AND state IN {TIMED} AND visible_at <= ?"
 )
 _MAKE_READY = f"UPDATE messages SET state = {READY} WHERE seq IN {_IN_JSON}"
-_KILL = f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE seq = ?"
+#: What a dead-lettered row tells `_ended`: (id, sender, recipient, type, correlation_id,
+#: attempt, dead_reason).
+_ENDED = "id, sender, recipient, type, correlation_id, attempt, dead_reason"
+_KILL = (
+    f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE seq = ?"
+    f" RETURNING {_ENDED}"
+)
+_KILL_LEASED = (
+    f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ?"
+    f" WHERE seq = ? AND state = {IN_FLIGHT} RETURNING {_ENDED}"
+)
 # settling one delivery: its (seq, attempt) while the message is still ready or in flight
 _LIVE = f"seq = ? AND attempt = ? AND state IN {UNSETTLED}"
 _ACK_KEEP = f"UPDATE messages SET state = {ACKED}, finished_at = ? WHERE {_LIVE}"
@@ -102,7 +125,12 @@ _RELEASE = (
 _AGENT_COLS = "name, created_at, last_seen, last_active"
 _MAX_ATTEMPTS = f"SELECT max_attempts FROM messages WHERE {_LIVE}"
 _RETRY = f"UPDATE messages SET state = ?, visible_at = ? WHERE {_LIVE}"
-_DEAD_LETTER = f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE {_LIVE}"
+_DEAD_LETTER = (
+    f"UPDATE messages SET state = {DEAD}, finished_at = ?, dead_reason = ? WHERE {_LIVE}"
+    f" RETURNING {_ENDED}"
+)
+_FAIL_REQUEST = "UPDATE requests SET reply = ? WHERE correlation_id = ? AND reply IS NULL"
+_REQUEST_ATTEMPT = "UPDATE requests SET attempts = ? WHERE correlation_id = ?"
 _PRUNE_BATCH = 10_000
 _LOCKED = (
     "The SQLite database stayed locked past the call's timeout, so nothing was sent: another "
@@ -120,6 +148,42 @@ def _bump(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
             " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             (name, n),
         )
+
+
+def _fail_request(
+    conn: sqlite3.Connection,
+    cid: str,
+    message_id: str,
+    recipient: str,
+    attempts: int,
+    reason: str,
+    now: float,
+    expired: bool,
+    touched: set[str],
+) -> None:
+    """Write the failure reply into the request's slot if its requester still waits."""
+    blob = _reply_encoder.encode(
+        failed_reply(message_id, recipient, attempts, reason, now, expired)
+    )
+    if conn.execute(_FAIL_REQUEST, (blob, cid)).rowcount:
+        touched.add(reply_channel(cid))
+
+
+def _ended(conn: sqlite3.Connection, rows: Sequence[Any], now: float, touched: set[str]) -> None:
+    """Rows (`_ENDED`) just dead-lettered: fail their requests, announce them, log them."""
+    for message_id, sender, recipient, type_, cid, attempt, reason in rows:
+        reason = reason or ""
+        if cid is not None:
+            _fail_request(conn, cid, message_id, recipient, attempt, reason, now, False, touched)
+        topic = dead_topic(recipient)
+        notice = dead_notice(message_id, sender, recipient, type_, reason, attempt, cid)
+        append_in(
+            conn,
+            NewTopicRecord(topic, recipient, DEAD_NOTICE_TYPE, notice, DataKind.JSON, None, now,
+                           SYSTEM_ORIGIN),
+            touched,
+        )  # fmt: skip
+        log_dead_letter(recipient, message_id, reason, attempt)
 
 
 def _insert(conn: sqlite3.Connection, m: NewMessage, now: float) -> None:
@@ -258,9 +322,12 @@ class SQLiteMailboxes(MailboxStore):
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
         def op(conn: sqlite3.Connection, touched: set[str]) -> tuple[list[Any], float | None]:
-            _fire_timers(conn, agent, now)
+            _fire_timers(conn, agent, now, touched)
             rows = conn.execute(_CLAIM, (now + lease, agent, now, max_messages)).fetchall()
             if rows:  # the caller only needs the next wake-up when it has to wait
+                requests = [(r[9], r[13]) for r in rows if r[13] is not None]
+                if requests:  # a request's slot records that it was received
+                    conn.executemany(_REQUEST_ATTEMPT, requests)
                 return rows, None
             next_wake = conn.execute(_NEXT_WAKE, (agent,)).fetchone()[0]
             return rows, next_wake
@@ -297,9 +364,11 @@ class SQLiteMailboxes(MailboxStore):
                 conn.execute(_RETRY, (state, op.until, *key))
                 return True
             reason = reason or final_nack_reason(op.attempt)
-        if conn.execute(_DEAD_LETTER, (now, reason, *key)).rowcount != 1:
+        dead = conn.execute(_DEAD_LETTER, (now, reason, *key)).fetchone()
+        if dead is None:
             return False
         _bump(conn, "dead_lettered")
+        _ended(conn, (dead,), now, touched)
         return True
 
     async def settle(self, op: Settle, *, now: float) -> bool:
@@ -471,6 +540,16 @@ class SQLiteMailboxes(MailboxStore):
         blob: bytes | None = await self._db.do_by_deadline(op, None)
         return None if blob is None else _reply_decoder.decode(blob)
 
+    async def request_attempts(self, correlation_id: str) -> int:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> int:
+            row = conn.execute(
+                "SELECT attempts FROM requests WHERE correlation_id = ?", (correlation_id,)
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        result: int = await self._db.read(op, single_statement=True)
+        return result
+
     # --- schedules -----------------------------------------------------------------------------
 
     async def add_schedule(self, spec: ScheduleSpec, *, auto_register: bool) -> None:
@@ -518,7 +597,7 @@ class SQLiteMailboxes(MailboxStore):
 
     # --- housekeeping --------------------------------------------------------------------------
 
-    def prune_in(self, conn: sqlite3.Connection, now: float) -> PruneReport:
+    def prune_in(self, conn: sqlite3.Connection, now: float, touched: set[str]) -> PruneReport:
         """The prune step: expire and dead-letter what is due, delete finished messages, dedupe
         keys and abandoned reply slots past retention (topic records are not counted here)."""
         r = self._retention
@@ -532,17 +611,24 @@ class SQLiteMailboxes(MailboxStore):
             for seq, attempt, most, _ in exhausted
             if attempt >= most
         ]
-        conn.executemany(f"{_KILL} AND state = {IN_FLIGHT}", dead_rows)
-        _bump(conn, "dead_lettered", len(dead_rows))
+        killed = [conn.execute(_KILL_LEASED, args).fetchone() for args in dead_rows]
+        killed = [row for row in killed if row is not None]
+        _bump(conn, "dead_lettered", len(killed))
+        _ended(conn, killed, now, touched)
         # expired and acked messages release their payload's reference at once, dead
         # letters (which can be requeued) when they are pruned
         expired_rows = conn.execute(
             f"UPDATE messages SET state = {EXPIRED}, finished_at = ?"
-            f" WHERE state IN {UNDELIVERED} AND expires_at <= ? RETURNING {REF_COL}",
+            f" WHERE state IN {UNDELIVERED} AND expires_at <= ?"
+            f" RETURNING {REF_COL}, correlation_id, id, recipient, attempt",
             (now, now),
         ).fetchall()
         expired = len(expired_rows)
         drop_refs(conn, (row[0] for row in expired_rows))
+        for _, cid, message_id, recipient, attempt in expired_rows:
+            if cid is not None:  # a request that expired unanswered fails at once
+                why = expired_reason(attempt)
+                _fail_request(conn, cid, message_id, recipient, attempt, why, now, True, touched)
         _bump(conn, "expired", expired)
         pruned = 0
         for state, keep in ((ACKED, r.acked), (EXPIRED, r.expired), (DEAD, r.dead)):
@@ -585,7 +671,7 @@ def _dead_letter(r: tuple[Any, ...]) -> DeadLetter:
     )
 
 
-def _fire_timers(conn: sqlite3.Connection, agent: str, now: float) -> None:
+def _fire_timers(conn: sqlite3.Connection, agent: str, now: float, touched: set[str]) -> None:
     """Make `agent`'s due delayed messages and expired leases ready again, or dead when their
     attempts are used up."""
     due = conn.execute(_DUE, (agent, now)).fetchall()
@@ -594,11 +680,21 @@ def _fire_timers(conn: sqlite3.Connection, agent: str, now: float) -> None:
     ready = [seq for seq, state, attempt, most in due if state == DELAYED or attempt < most]
     if ready:
         conn.execute(_MAKE_READY, (msgspec.json.encode(ready),))
+        if mailbox_log.isEnabledFor(logging.INFO):
+            for seq, state, attempt, most in due:
+                if state == IN_FLIGHT and attempt < most:
+                    log_lease_expired(agent, _message_id(conn, seq), attempt, most)
     exhausted = [
         (now, lease_expired_reason(attempt, most), seq)
         for seq, state, attempt, most in due
         if state == IN_FLIGHT and attempt >= most
     ]
     if exhausted:
-        conn.executemany(_KILL, exhausted)
+        killed = [conn.execute(_KILL, args).fetchone() for args in exhausted]
         _bump(conn, "dead_lettered", len(exhausted))
+        _ended(conn, killed, now, touched)
+
+
+def _message_id(conn: sqlite3.Connection, seq: int) -> str:
+    row = conn.execute("SELECT id FROM messages WHERE seq = ?", (seq,)).fetchone()
+    return "?" if row is None else str(row[0])

@@ -135,9 +135,15 @@ CREATE TABLE IF NOT EXISTS counters (
 ) WITHOUT ROWID;
 """
 #: The mailbox tables (and the event counters) and their versions: 2 adds the agents'
-#: `last_active` (presence).
+#: `last_active` (presence); 3 has a reply slot record the attempt of its request's latest
+#: delivery (`RequestTimeout.received`).
 MAILBOXES = FeatureSchema(
-    "mailboxes", _MAILBOX_DDL, ("ALTER TABLE agents ADD COLUMN last_active REAL",)
+    "mailboxes",
+    _MAILBOX_DDL,
+    migrations=(
+        "ALTER TABLE agents ADD COLUMN last_active REAL",
+        "ALTER TABLE requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 

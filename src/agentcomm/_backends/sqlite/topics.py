@@ -105,6 +105,18 @@ def _record(r: Sequence[Any], attempt: int = 0) -> TopicRecord:
     return TopicRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], attempt)
 
 
+def append_in(conn: sqlite3.Connection, r: NewTopicRecord, touched: set[str]) -> int:
+    """Append a record to the log in the caller's transaction; its sequence. (The mailboxes
+    append dead-letter notices through this.)"""
+    row = (r.topic, r.sender, r.type, r.data, r.data_kind, r.metadata, r.published_at, r.origin)
+    seq = conn.execute(_INSERT, row).lastrowid
+    assert seq is not None
+    hold_ref(conn, r.data, r.data_kind)
+    touched.add(TOPICS_CHANNEL)
+    touched.add(topic_channel(r.topic))
+    return seq
+
+
 def _head(conn: sqlite3.Connection) -> int:
     head: int = conn.execute(_HEAD).fetchone()[0]
     return head
@@ -132,12 +144,7 @@ class SQLiteTopics(TopicStore):
         row = (r.topic, r.sender, r.type, r.data, r.data_kind, r.metadata, r.published_at, r.origin)
 
         def op(conn: sqlite3.Connection, touched: set[str]) -> int:
-            seq = conn.execute(_INSERT, row).lastrowid
-            assert seq is not None
-            hold_ref(conn, r.data, r.data_kind)
-            touched.add(TOPICS_CHANNEL)
-            touched.add(topic_channel(r.topic))
-            return seq
+            return append_in(conn, r, touched)
 
         seq: int = await self._db.do(op)
         return _record((seq, *row))
