@@ -18,7 +18,9 @@ from ._errors import (
     InvalidName,
     InvalidTopic,
     LeaseLost,
+    NotAMember,
     NotFound,
+    PoolConfigConflict,
     RefNotFound,
     RefNotHeld,
     RequestTimeout,
@@ -40,6 +42,20 @@ from ._models import (
     ScheduleInfo,
     TopicStats,
 )
+from ._pool_models import (
+    Address,
+    EventFilter,
+    PoolConfig,
+    PoolMember,
+    PoolRecord,
+    Receipt,
+    ToAgent,
+    ToPool,
+    ToRun,
+    ToTopic,
+    WakeResult,
+)
+from ._pools import Pool, PoolSnapshot, Wake
 from ._references import AutoPromote, Ref, RefConfig, RefStats, RefStore
 from ._settings import Backoff, Limits, Retention
 from ._shared_memory import Change, Entry, KVStats, SharedMemory
@@ -49,6 +65,7 @@ from ._topic_message import TopicMessage
 __version__ = "0.1.0"
 
 __all__ = [
+    "Address",
     "Agent",
     "AgentCommError",
     "AgentInfo",
@@ -63,6 +80,7 @@ __all__ = [
     "DeadLetter",
     "EncodeError",
     "Entry",
+    "EventFilter",
     "Hub",
     "HubClosed",
     "HubStats",
@@ -74,11 +92,19 @@ __all__ = [
     "Limits",
     "MailboxStats",
     "Message",
+    "NotAMember",
     "NotFound",
     "Outgoing",
     "PendingInfo",
+    "Pool",
+    "PoolConfig",
+    "PoolConfigConflict",
+    "PoolMember",
+    "PoolRecord",
+    "PoolSnapshot",
     "PruneReport",
     "PublishResult",
+    "Receipt",
     "Ref",
     "RefConfig",
     "RefNotFound",
@@ -91,11 +117,17 @@ __all__ = [
     "ScheduleInfo",
     "SharedMemory",
     "Subscription",
+    "ToAgent",
+    "ToPool",
+    "ToRun",
+    "ToTopic",
     "TopicMessage",
     "TopicStats",
     "UnknownAgent",
     "ValidationError",
     "VersionConflict",
+    "Wake",
+    "WakeResult",
     "connect",
 ]
 
