@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import agentcomm
 from agentcomm import EventFilter, PoolConfig, ToAgent, ToPool, ToRun, ToTopic
@@ -528,3 +530,100 @@ async def test_a_wake_and_a_watch_see_another_process(url: str, backend_name: st
         async for record in pool.watch(after=cursor):
             assert record.kind == "event" and record.data == {"from": "child"}
             break
+
+
+# --- a model ----------------------------------------------------------------------------------
+
+_RUNS = ["a@1", "a@2", "b@1", "c@1"]
+_AGENT_OF = {"a@1": "a", "a@2": "a", "b@1": "b", "c@1": "c"}
+_op = st.one_of(
+    st.tuples(
+        st.just("join"), st.sampled_from(_RUNS),
+        st.frozensets(st.sampled_from(["t1", "t2"])), st.frozensets(st.sampled_from(["p"])),
+    ),
+    st.tuples(st.just("leave"), st.sampled_from(_RUNS)),
+    st.tuples(
+        st.just("send"), st.sampled_from(_RUNS),
+        st.one_of(
+            st.builds(ToRun, st.sampled_from(_RUNS)), st.builds(ToAgent, st.sampled_from("abcz")),
+            st.builds(ToTopic, st.sampled_from(["t1", "t2", "t3"])), st.just(ToPool()),
+        ),
+        st.frozensets(st.sampled_from(["p"])), st.one_of(st.none(), st.sampled_from(["k1", "k2"])),
+    ),
+)  # fmt: skip
+
+
+class PoolModel:
+    """Membership, addressing and dedupe in plain Python."""
+
+    def __init__(self, include_sender: bool) -> None:
+        self.include_sender = include_sender
+        self.members: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        self.receipts: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.inbox: dict[str, int] = dict.fromkeys(_RUNS, 0)
+
+    def send(
+        self, sender: str, to: Any, refs: frozenset[str], key: str | None
+    ) -> tuple[str, tuple[str, ...], bool] | None:
+        if sender not in self.members:
+            return None
+        if key is not None and key in self.receipts:
+            return (*self.receipts[key], True)
+        if isinstance(to, ToRun):
+            found = [to.run] if to.run in self.members else []
+        elif isinstance(to, ToAgent):
+            found = [r for r in self.members if _AGENT_OF[r] == to.agent]
+        elif isinstance(to, ToTopic):
+            found = [r for r, (topics, _) in self.members.items() if to.topic in topics]
+        else:
+            found = [r for r in self.members if self.include_sender or r != sender]
+        allowed = tuple(sorted(r for r in found if refs <= self.members[r][1]))
+        status = "delivered" if allowed else "failed"
+        for run in allowed:
+            self.inbox[run] += 1
+        if key is not None:
+            self.receipts[key] = (status, allowed)
+        return status, allowed, False
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=st.lists(_op, max_size=25), include_sender=st.booleans())
+def test_membership_addressing_and_dedupe_match_a_model(
+    fresh_url: Callable[[], str], ops: list[tuple[Any, ...]], include_sender: bool
+) -> None:
+    model = PoolModel(include_sender)
+
+    async def scenario(url: str) -> None:
+        async with agentcomm.connect(url) as hub:
+            config = PoolConfig(include_sender_in_broadcast=include_sender)
+            pool = await hub.pool("m", config=config)
+            for op in ops:
+                if op[0] == "join":
+                    _, run, topics, refs = op
+                    await pool.join(run, agent=_AGENT_OF[run], topics=topics, policy_refs=refs)
+                    model.members[run] = (topics, refs)
+                elif op[0] == "leave":
+                    if op[1] in model.members:
+                        await pool.leave(op[1])
+                        del model.members[op[1]]
+                    else:
+                        with pytest.raises(agentcomm.NotAMember):
+                            await pool.leave(op[1])
+                else:
+                    _, sender, to, refs, key = op
+                    expected = model.send(sender, to, refs, key)
+                    if expected is None:
+                        with pytest.raises(agentcomm.NotAMember):
+                            await pool.send(sender, to=to, policy_refs=refs, idempotency_key=key)
+                        continue
+                    got = await pool.send(sender, to=to, policy_refs=refs, idempotency_key=key)
+                    assert (got.status, got.delivered_to, got.duplicate) == expected
+            for run, count in model.inbox.items():
+                if count:
+                    assert await hub.queue_depth(run) == count
+            records = await pool.records(limit=1000)
+            assert [r.seq for r in records] == list(range(1, len(records) + 1))
+
+    asyncio.run(scenario(fresh_url()))
