@@ -15,9 +15,9 @@ from agentcomm._backends.sqlite.schema import FeatureSchema
 FIXTURE = Path(__file__).parent / "fixtures" / "sqlite_layout_1.sql"
 # what the fixture's store holds (see the comment at the top of the file)
 BIG = ("layout one " * 2000).encode()
-FEATURES = {"mailboxes", "shared_memory", "topics", "references"}
+FEATURES = {"mailboxes", "shared_memory", "topics", "references", "pools"}
 # the versions this code writes: references 2 adds per-holder references
-CURRENT = {"mailboxes": 1, "shared_memory": 1, "topics": 1, "references": 2}
+CURRENT = {"mailboxes": 1, "shared_memory": 1, "topics": 1, "references": 2, "pools": 1}
 
 
 def previous_layout(path: Path) -> str:

@@ -43,7 +43,6 @@ from ._models import (
     TopicStats,
 )
 from ._pool_models import (
-    Address,
     EventFilter,
     PoolConfig,
     PoolMember,
@@ -65,7 +64,6 @@ from ._topic_message import TopicMessage
 __version__ = "0.1.0"
 
 __all__ = [
-    "Address",
     "Agent",
     "AgentCommError",
     "AgentInfo",

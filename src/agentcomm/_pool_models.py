@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Union
 
 import msgspec
@@ -72,12 +73,12 @@ class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
     metadata (values: str, int, bool or None).
     """
 
-    kinds: frozenset[str] | None = None
-    runs: frozenset[str] | None = None
-    senders: frozenset[str] | None = None
-    agents: frozenset[str] | None = None
-    types: frozenset[str] | None = None
-    topics: frozenset[str] | None = None
+    kinds: Collection[str] | None = None
+    runs: Collection[str] | None = None
+    senders: Collection[str] | None = None
+    agents: Collection[str] | None = None
+    types: Collection[str] | None = None
+    topics: Collection[str] | None = None
     to_me: bool | None = None
     metadata: dict[str, Any] | None = None
 

@@ -227,11 +227,6 @@ class Wake:
     read; `result()` waits for the end and `refresh()` re-reads it.
     """
 
-    __slots__ = (
-        "_ctx", "_store", "deadline", "filter", "id", "idempotency_key", "pool",
-        "registered_at", "resume", "run", "status", "trigger_seq",
-    )  # fmt: skip
-
     def __init__(self, ctx: Context, store: PoolStore, w: WakeRecord) -> None:
         self._ctx = ctx
         self._store = store
@@ -304,8 +299,6 @@ class Wake:
 
 class Pool:
     """A named group of agent runs. Get one with `await hub.pool(name, config=...)`."""
-
-    __slots__ = ("_ctx", "_store", "config", "name")
 
     def __init__(self, ctx: Context, store: PoolStore, name: str, config: PoolConfig) -> None:
         self._ctx = ctx
