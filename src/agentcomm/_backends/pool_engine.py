@@ -285,10 +285,11 @@ def _finish_wake(
     )  # fmt: skip
 
 
-def expire_due(t: PoolTables, pool: str | None, now: float) -> int:
-    """Time out every registered wake whose deadline passed (of one pool, or of all)."""
+def expire_due(t: PoolTables, pool: str | None, now: float, row: PoolRow | None = None) -> int:
+    """Time out every registered wake whose deadline passed (of one pool, or of all); `row`:
+    the pool's row the calling operation holds, which must see the head move."""
     due = t.due_wakes(pool, now)
-    rows: dict[str, PoolRow] = {}
+    rows: dict[str, PoolRow] = {} if pool is None or row is None else {pool: row}
     for wake in due:
         row = rows.get(wake.pool) or t.pool(wake.pool)
         if row is None:
@@ -316,7 +317,7 @@ def open_pool(t: PoolTables, name: str, config: bytes | None, default: bytes, no
 def join(t: PoolTables, pool: str, member: MemberRecord, now: float) -> StoredPoolRecord:
     """Add (or update) a member, registering its run as an agent of the hub."""
     row, config = _require(t, pool)
-    expire_due(t, pool, now)
+    expire_due(t, pool, now, row)
     old = t.member(pool, member.run)
     if old is not None and old.agent != member.agent:
         raise agent_conflict(pool, member.run, old.agent)
@@ -332,7 +333,7 @@ def join(t: PoolTables, pool: str, member: MemberRecord, now: float) -> StoredPo
 def leave(t: PoolTables, pool: str, run: str, now: float) -> StoredPoolRecord:
     """Remove a member, cancelling its registered wakes first."""
     row, config = _require(t, pool)
-    expire_due(t, pool, now)
+    expire_due(t, pool, now, row)
     member = t.member(pool, run)
     if member is None:
         raise NotAMember(pool, run)
@@ -381,7 +382,7 @@ def send(t: PoolTables, msg: NewPoolMessage, now: float) -> ReceiptRecord:
     first receipt (duplicate=True) and changes nothing but a counter."""
     pool = msg.pool
     row, config = _require(t, pool)
-    expire_due(t, pool, now)
+    expire_due(t, pool, now, row)
     sender = t.member(pool, msg.sender)
     if sender is None:
         raise NotAMember(pool, msg.sender)
@@ -451,7 +452,7 @@ def emit(
 ) -> StoredPoolRecord:
     """Record a custom event of a member run."""
     row, config = _require(t, pool)
-    expire_due(t, pool, now)
+    expire_due(t, pool, now, row)
     member = t.member(pool, run)
     if member is None:
         raise NotAMember(pool, run)
@@ -467,7 +468,7 @@ def wait_for(t: PoolTables, spec: WakeSpec, now: float) -> WakeRecord:
     """Register a wake (or return the one registered under the same idempotency key)."""
     pool = spec.pool
     row, _ = _require(t, pool)
-    expire_due(t, pool, now)
+    expire_due(t, pool, now, row)
     if spec.idempotency_key is not None:
         existing = t.wake(pool, wake_id=None, key=spec.idempotency_key)
         if existing is not None:
@@ -508,7 +509,7 @@ def wait_for(t: PoolTables, spec: WakeSpec, now: float) -> WakeRecord:
 def cancel_wake(t: PoolTables, pool: str, wake_id: str, now: float) -> bool:
     """Cancel a registered wake; False if it finished already (a trigger is never undone)."""
     row, _ = _require(t, pool)
-    expire_due(t, pool, now)
+    expire_due(t, pool, now, row)
     wake = t.wake(pool, wake_id=wake_id, key=None)
     if wake is None:
         raise wake_missing(pool, wake_id)
