@@ -125,8 +125,15 @@ _op = st.one_of(
     st.tuples(st.just("prune")),
 )
 #: every run joins first (with drawn agents, topics and refs), most of them stay
-_ops = st.tuples(*(_join.map(lambda j, r=run: (j[0], r, *j[2:])) for run in _RUNS)).flatmap(
-    lambda joins: st.lists(_op, min_size=15, max_size=40).map(lambda rest: [*joins, *rest])
+_first_joins = st.tuples(
+    *(
+        st.tuples(st.just("join"), st.just(run), st.sampled_from(_AGENTS), _subset(_TOPICS),
+                  _subset(_REFS))
+        for run in _RUNS
+    )
+)  # fmt: skip
+_ops = st.builds(
+    lambda joins, rest: [*joins, *rest], _first_joins, st.lists(_op, min_size=15, max_size=40)
 )
 
 
