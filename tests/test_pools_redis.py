@@ -12,22 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import msgspec
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentcomm import Retention
 from agentcomm._backends import open_backend
 from agentcomm._backends.contracts import Backend, PoolStore
-from agentcomm._backends.redis.pools import meta_index
-from agentcomm._errors import AgentCommError
+from agentcomm._backends.redis import RedisBackend
+from agentcomm._backends.redis.pools import RedisPools, meta_index
+from agentcomm._errors import (
+    AgentCommError,
+    NotAMember,
+    NotFound,
+    PoolConfigConflict,
+    ValidationError,
+)
 from agentcomm._pool_records import ConfigSpec, FilterSpec, MemberRecord, NewPoolMessage, WakeSpec
 from redis_server import drop_prefixes
+from test_redis_retries import dropped_after
 
 _RUNS = ["r1", "r2", "r3", "r4"]
 _AGENTS = ["a", "b"]
@@ -320,3 +331,118 @@ def test_meta_index_keeps_scalars_with_their_type(
     metadata: bytes | None, entries: list[str]
 ) -> None:
     assert meta_index(metadata) == entries
+
+
+# --- Redis only: refused calls write nothing, reruns apply once ------------------------------
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    p = f"t-{uuid4().hex[:8]}"
+    yield p
+    drop_prefixes(redis_url, [p])
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisPools]:
+    b = open_backend(f"{redis_url}?prefix={prefix}", Retention())
+    assert isinstance(b, RedisBackend)
+    await b.open()
+    try:
+        yield b._pools
+    finally:
+        await b.close()
+
+
+def _dump(raw: redis.Redis, prefix: str) -> dict[bytes, bytes]:
+    """Every key of the store with its DUMP: equal dumps mean equal content."""
+    return {k: raw.dump(k) for k in sorted(raw.scan_iter(match=f"{prefix}:*", count=1000))}  # type: ignore[misc]
+
+
+def _message(n: int, sender: str = "r1", **fields: Any) -> NewPoolMessage:
+    base: dict[str, Any] = dict(
+        pool="pl", message_id=f"m{n}", sender=sender, to_kind="pool", to_value="", type="t",
+        data=b"\x00\xff", data_kind=0, metadata=None, policy_refs=[], idempotency_key=None,
+        expires_at=None, priority=0, max_attempts=3,
+    )  # fmt: skip
+    base.update(fields)
+    return NewPoolMessage(**base)
+
+
+async def _populated(store: RedisPools) -> None:
+    """A pool with two members, a receipt, and a wake that is due at 2000."""
+    config = _encode_config(ConfigSpec(["p"], False, []))
+    await store.pool_open("pl", config, config, now=1000.0)
+    for run in ("r1", "r2"):
+        await store.pool_join("pl", MemberRecord(run, "a", ["x"], ["p"], 1000.0), now=1000.0)
+    await store.pool_send(_message(0, policy_refs=["p"], idempotency_key="k"), now=1000.0)
+    spec = WakeSpec("w0", "pl", "r2", FilterSpec(), "wk", False, "envelope", 1000.0, 1500.0)
+    await store.pool_wait_for(spec, now=1000.0)
+
+
+async def test_a_refused_pool_call_writes_nothing(
+    store: RedisPools, raw: redis.Redis, prefix: str
+) -> None:
+    await _populated(store)
+    now = 2000.0  # the wake is due: an accepted call would time it out first
+    other = _encode_config(ConfigSpec([], True, []))
+    spec = WakeSpec("w1", "pl", "r9", FilterSpec(), None, False, "envelope", now, None)
+    refused: list[tuple[type[AgentCommError], Any]] = [
+        (PoolConfigConflict, store.pool_open("pl", other, other, now=now)),
+        (NotFound, store.pool_join("nope", MemberRecord("r1", "a", [], [], now), now=now)),
+        (ValidationError, store.pool_join("pl", MemberRecord("r1", "b", [], [], now), now=now)),
+        (NotAMember, store.pool_leave("pl", "r9", now=now)),
+        (NotAMember, store.pool_send(_message(1, sender="r9"), now=now)),
+        (ValidationError, store.pool_send(_message(2, expires_at=math.nan), now=now)),
+        (NotAMember, store.pool_emit("pl", "r9", "t", b"", 0, None, now=now)),
+        (NotAMember, store.pool_wait_for(spec, now=now)),
+        (NotFound, store.pool_cancel_wake("pl", "w9", now=now)),
+        (NotFound, store.pool_snapshot("nope", now=now)),
+        (NotFound, store.pool_records("nope", 0, limit=10)),
+    ]
+    for error, call in refused:
+        before = _dump(raw, prefix)
+        with pytest.raises(error):
+            await call
+        assert _dump(raw, prefix) == before, error
+    snap = await store.pool_snapshot("pl", now=now)  # accepted: the wake times out now
+    assert snap.pending_wakes == []
+    wake = await store.pool_wake("pl", wake_id=None, key="wk", now=now)
+    assert wake is not None and (wake.status, wake.finished_at) == ("timed_out", now)
+
+
+async def test_retried_pool_calls_apply_once(
+    store: RedisPools, raw: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _populated(store)
+    with dropped_after(monkeypatch, "join") as drops:
+        await store.pool_join("pl", MemberRecord("r3", "b", [], ["p"], 1001.0), now=1001.0)
+    with dropped_after(monkeypatch, "send"):
+        first = await store.pool_send(_message(1, policy_refs=["p"]), now=1002.0)
+    with dropped_after(monkeypatch, "emit"):
+        await store.pool_emit("pl", "r3", "t", b"", 0, None, now=1003.0)
+    spec = WakeSpec("w1", "pl", "r3", FilterSpec(), None, False, "envelope", 1004.0, None)
+    with dropped_after(monkeypatch, "wait_for"):
+        await store.pool_wait_for(spec, now=1004.0)
+    with dropped_after(monkeypatch, "cancel"):
+        assert await store.pool_cancel_wake("pl", "w1", now=1005.0)
+    with dropped_after(monkeypatch, "leave"):
+        await store.pool_leave("pl", "r3", now=1006.0)
+    assert drops.dropped == 1
+    assert first.status == "delivered" and not first.duplicate
+    page = await store.pool_records("pl", 0, limit=100)
+    kinds = [r.kind for r in page.records]
+    assert kinds == [
+        "opened", "member_joined", "member_joined", "message", "wake_registered",
+        "member_joined", "wake_triggered", "message", "event", "wake_registered",
+        "wake_cancelled", "member_left",
+    ]  # fmt: skip
+    assert [r.seq for r in page.records] == list(range(1, 13))
+    # the first message reached r2, the retried one r2 and r3, once each
+    assert len(list(raw.scan_iter(match=f"{prefix}:m:*"))) == 1 + 2
