@@ -317,10 +317,10 @@ def open_pool(t: PoolTables, name: str, config: bytes | None, default: bytes, no
 def join(t: PoolTables, pool: str, member: MemberRecord, now: float) -> StoredPoolRecord:
     """Add (or update) a member, registering its run as an agent of the hub."""
     row, config = _require(t, pool)
-    expire_due(t, pool, now, row)
     old = t.member(pool, member.run)
     if old is not None and old.agent != member.agent:
         raise agent_conflict(pool, member.run, old.agent)
+    expire_due(t, pool, now, row)
     t.register_agent(member.run, now)
     t.put_member(pool, member)
     record = StoredPoolRecord(
@@ -333,10 +333,10 @@ def join(t: PoolTables, pool: str, member: MemberRecord, now: float) -> StoredPo
 def leave(t: PoolTables, pool: str, run: str, now: float) -> StoredPoolRecord:
     """Remove a member, cancelling its registered wakes first."""
     row, config = _require(t, pool)
-    expire_due(t, pool, now, row)
     member = t.member(pool, run)
     if member is None:
         raise NotAMember(pool, run)
+    expire_due(t, pool, now, row)
     for wake in t.pending_wakes(pool, run):
         _finish_wake(t, row, wake, "cancelled", now)
     t.delete_member(pool, run)
@@ -382,10 +382,10 @@ def send(t: PoolTables, msg: NewPoolMessage, now: float) -> ReceiptRecord:
     first receipt (duplicate=True) and changes nothing but a counter."""
     pool = msg.pool
     row, config = _require(t, pool)
-    expire_due(t, pool, now, row)
     sender = t.member(pool, msg.sender)
     if sender is None:
         raise NotAMember(pool, msg.sender)
+    expire_due(t, pool, now, row)
     if msg.idempotency_key is not None:
         first = t.receipt(pool, message_id=None, key=msg.idempotency_key)
         if first is not None:
@@ -452,10 +452,10 @@ def emit(
 ) -> StoredPoolRecord:
     """Record a custom event of a member run."""
     row, config = _require(t, pool)
-    expire_due(t, pool, now, row)
     member = t.member(pool, run)
     if member is None:
         raise NotAMember(pool, run)
+    expire_due(t, pool, now, row)
     t.bump(pool, "events")
     record = StoredPoolRecord(
         0, "event", run, now, visible=_visible(config, member), agent=member.agent, type=type,
@@ -468,13 +468,14 @@ def wait_for(t: PoolTables, spec: WakeSpec, now: float) -> WakeRecord:
     """Register a wake (or return the one registered under the same idempotency key)."""
     pool = spec.pool
     row, _ = _require(t, pool)
-    expire_due(t, pool, now, row)
+    existing = None
     if spec.idempotency_key is not None:
         existing = t.wake(pool, wake_id=None, key=spec.idempotency_key)
-        if existing is not None:
-            return existing
-    if t.member(pool, spec.run) is None:
+    if existing is None and t.member(pool, spec.run) is None:
         raise NotAMember(pool, spec.run)
+    expire_due(t, pool, now, row)
+    if existing is not None:  # as it is now that the due wakes timed out
+        return t.wake(pool, wake_id=existing.id, key=None) or existing
     registered = _append(
         t, pool, row, StoredPoolRecord(0, "wake_registered", spec.run, now, wake_id=spec.id)
     )
@@ -509,11 +510,11 @@ def wait_for(t: PoolTables, spec: WakeSpec, now: float) -> WakeRecord:
 def cancel_wake(t: PoolTables, pool: str, wake_id: str, now: float) -> bool:
     """Cancel a registered wake; False if it finished already (a trigger is never undone)."""
     row, _ = _require(t, pool)
+    if t.wake(pool, wake_id=wake_id, key=None) is None:
+        raise wake_missing(pool, wake_id)
     expire_due(t, pool, now, row)
     wake = t.wake(pool, wake_id=wake_id, key=None)
-    if wake is None:
-        raise wake_missing(pool, wake_id)
-    if wake.status != "registered":
+    if wake is None or wake.status != "registered":
         return False
     _finish_wake(t, row, wake, "cancelled", now)
     return True
