@@ -84,7 +84,7 @@ def _agentcomm_schema() -> Cycle:
 
     def insert(conn: sqlite3.Connection, chunk: list[tuple[str, bytes]], now: float) -> None:
         rows = [
-            mailbox._row_tuple(
+            mailbox.row_tuple(
                 NewMessage(id=i, sender="producer", recipient="worker", type="message",
                            priority=0, data=blob, data_kind=1, metadata=None, enqueued_at=now,
                            visible_at=now, expires_at=now + 86400.0, max_attempts=3),

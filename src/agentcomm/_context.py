@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._backends.contracts import (
     Backend,
     MailboxStore,
+    PoolStore,
     ReferenceStore,
     SharedMemoryStore,
     TopicStore,
@@ -137,6 +138,12 @@ class Context:
     def references(self) -> ReferenceStore:
         """The backend's blob store (ConfigurationError if it has none)."""
         store: ReferenceStore = self._feature("references", self.backend.references)
+        return store
+
+    @property
+    def pools(self) -> PoolStore:
+        """The backend's agent pools (ConfigurationError if it has none)."""
+        store: PoolStore = self._feature("pools", self.backend.pools)
         return store
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

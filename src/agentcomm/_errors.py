@@ -44,7 +44,9 @@ __all__ = [
     "InvalidName",
     "InvalidTopic",
     "LeaseLost",
+    "NotAMember",
     "NotFound",
+    "PoolConfigConflict",
     "RefNotFound",
     "RefNotHeld",
     "Reject",
@@ -117,6 +119,22 @@ class UnknownAgent(NotFound):
             "first, or open the hub with `auto_register=True`."
         )
         self.name = name
+
+
+class NotAMember(NotFound):
+    """The run is not a member of the pool."""
+
+    def __init__(self, pool: str, run: str) -> None:
+        super().__init__(
+            f"Run {run!r} is not a member of pool {pool!r}: join it first with "
+            f"`await pool.join({run!r}, agent=...)`."
+        )
+        self.pool = pool
+        self.run = run
+
+
+class PoolConfigConflict(AgentCommError):
+    """A pool was opened with a config other than the one it was created with."""
 
 
 class RefNotFound(NotFound):

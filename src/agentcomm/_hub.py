@@ -18,6 +18,7 @@ from ._awaiting import awaitable
 from ._backends import DEFAULT_URL, open_backend, with_prefix
 from ._backends.common import SCHEDULES_CHANNEL
 from ._backends.contracts import Backend
+from ._backends.pool_engine import POOL_WAKES_CHANNEL
 from ._codec import StoredRef, decode_payload
 from ._context import Clock, Context
 from ._errors import (
@@ -44,6 +45,8 @@ from ._models import (
     ScheduleInfo,
     TopicStats,
 )
+from ._pool_models import PoolConfig
+from ._pools import Pool, open_pool
 from ._presence import state_of
 from ._ref_records import REF_FLAG
 from ._references import Policy, PolicyTable, RefConfig, RefStore
@@ -208,6 +211,7 @@ class Hub:
         ctx.refs = RefHolder(ctx, self.refs)
         ctx.bus = self._topic_bus = TopicBus(ctx)
         self._agents: dict[str, Agent] = {}
+        self._pool_wakes_started = False
 
     @property
     def auto_register(self) -> bool:
@@ -347,6 +351,22 @@ class Hub:
                     next_run = ctx.now() + 1.0
                 await wakeups.wait(next_run)
 
+    async def _run_pool_wakes(self) -> None:
+        # times out due pool wakes of every pool, so a wake ends at its deadline even when the
+        # process that registered it is gone (any hub that has opened a pool does this)
+        ctx = self._ctx
+        with ctx.wakeups(POOL_WAKES_CHANNEL, recheck=ctx.recheck_interval * 5) as wakeups:
+            while ctx.state == "open":
+                wakeups.rearm()
+                try:
+                    next_due = await ctx.pools.pool_expire_wakes(now=ctx.now())
+                except AgentCommError:  # e.g. locked past the busy timeout: try again soon
+                    next_due = ctx.now() + 1.0
+                except Exception:  # a bug must not end the loop silently
+                    logger.exception("agentcomm pool wake pass failed; retrying in 1 s")
+                    next_due = ctx.now() + 1.0
+                await wakeups.wait(next_due)
+
     async def _run_retention(self) -> None:
         ctx = self._ctx
         while await ctx.tasks.sleep(self.retention.interval):
@@ -362,6 +382,18 @@ class Hub:
                 logger.exception("agentcomm retention pass failed; retrying next interval")
 
     # --- agents and mailboxes ------------------------------------------------------------------
+
+    async def pool(self, name: str, *, config: PoolConfig | None = None) -> Pool:
+        """Create agent pool `name` with `config` (None: the default `PoolConfig()`), or
+        attach to it. Opening an existing pool with a different config raises
+        PoolConfigConflict (atomically, also when two processes create it at once); with
+        `config=None` or an equal one it returns the same pool. See `Pool`."""
+        ctx = self._require_backend()
+        pool = await open_pool(ctx, ctx.pools, name, config)
+        if self._background and not self._pool_wakes_started:
+            self._pool_wakes_started = True
+            ctx.spawn(self._run_pool_wakes())
+        return pool
 
     @awaitable
     async def agent(self, name: str, *, create: bool = True) -> Agent:

@@ -144,6 +144,7 @@ class PruneReport(msgspec.Struct, frozen=True):
     pruned_dedupe_keys: int
     pruned_requests: int
     pruned_topic_records: int = 0
+    pruned_pool_records: int = 0
 
 
 class PublishResult(msgspec.Struct, frozen=True, gc=False):

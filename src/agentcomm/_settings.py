@@ -29,7 +29,9 @@ class Retention(msgspec.Struct, frozen=True):
     `acked=0` deletes a message at ack time. `dedupe_window` is how long an idempotency key
     is remembered. `interval` is how often the hub runs a prune pass in the background.
     The topic log keeps publishes for at most `topic_max_age` seconds and at most
-    `topic_max_count` records (oldest pruned first).
+    `topic_max_count` records (oldest pruned first); each pool's log likewise keeps at most
+    `pool_max_age` seconds and `pool_max_count` records, and a pool's receipts and finished
+    wakes are kept for `dedupe_window`.
     """
 
     acked: float = 0.0
@@ -39,14 +41,17 @@ class Retention(msgspec.Struct, frozen=True):
     interval: float = 10.0
     topic_max_age: float = 86400.0
     topic_max_count: int = 100_000
+    pool_max_age: float = 7 * 86400.0
+    pool_max_count: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("acked", "expired", "dead", "dedupe_window", "topic_max_age"):
+        for name in ("acked", "expired", "dead", "dedupe_window", "topic_max_age", "pool_max_age"):
             check_seconds(f"Retention.{name}", getattr(self, name), maximum=MAX_SETTING_SECONDS)
         check_seconds(
             "Retention.interval", self.interval, positive=True, maximum=MAX_SETTING_SECONDS
         )
         check_int("Retention.topic_max_count", self.topic_max_count, 0, MAX_SEQUENCE)
+        check_int("Retention.pool_max_count", self.pool_max_count, 0, MAX_SEQUENCE)
 
 
 class Backoff(msgspec.Struct, frozen=True):

@@ -25,6 +25,7 @@ __all__ = [
     "lease_expired_reason",
     "consumer_filter",
     "mail_channel",
+    "pool_channel",
     "reply_channel",
     "same_definition",
     "same_start",
@@ -34,6 +35,11 @@ __all__ = [
 def mail_channel(agent: str) -> str:
     """The channel notified when `agent`'s mailbox may have a ready message."""
     return "mail:" + agent
+
+
+def pool_channel(pool: str) -> str:
+    """The channel notified when `pool`'s log gets a record."""
+    return f"pool:{pool}"
 
 
 def reply_channel(correlation_id: str) -> str:

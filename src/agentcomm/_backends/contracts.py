@@ -37,6 +37,16 @@ from .._models import (
     TopicStats,
 )
 from .._notify import Notifier
+from .._pool_records import (
+    MemberRecord,
+    NewPoolMessage,
+    PoolPage,
+    PoolSnapshotRecord,
+    ReceiptRecord,
+    StoredPoolRecord,
+    WakeRecord,
+    WakeSpec,
+)
 from .._records import (
     Claimed,
     ConsumerSpec,
@@ -356,6 +366,87 @@ class ReferenceStore(abc.ABC):
         """The store's reference counters."""
 
 
+class PoolStore(abc.ABC):
+    """Agent pools: membership, addressed messages with receipts, wakes and a per-pool log.
+
+    The rules are in `pool_engine` (Python backends run them inside their transactions; Redis
+    runs the same rules in Lua). Every method that changes a pool is one atomic step that
+    appends its log records (seq per pool, from 1, without gaps), updates the state tables,
+    enqueues to recipients' mailboxes, triggers the registered wakes the new records match, and
+    first times out the pool's wakes whose deadline passed. Each append notifies
+    `pool_channel(pool)`; registering a wake with a deadline notifies `POOL_WAKES_CHANNEL`.
+    Operations on a pool that does not exist raise NotFound; on a run that is not a member,
+    NotAMember.
+    """
+
+    @abc.abstractmethod
+    async def pool_open(
+        self, name: str, config: bytes | None, default: bytes, *, now: float
+    ) -> bytes:
+        """Create the pool with `config` (None: `default`), writing its `opened` record, or,
+        if it exists, raise PoolConfigConflict unless `config` is None or equal (byte for
+        byte); returns the stored config."""
+
+    @abc.abstractmethod
+    async def pool_join(self, pool: str, member: MemberRecord, *, now: float) -> StoredPoolRecord:
+        """Add or update a member and register its run as an agent; ValidationError if the
+        run is a member as another agent."""
+
+    @abc.abstractmethod
+    async def pool_leave(self, pool: str, run: str, *, now: float) -> StoredPoolRecord:
+        """Cancel the run's registered wakes and remove it."""
+
+    @abc.abstractmethod
+    async def pool_send(self, message: NewPoolMessage, *, now: float) -> ReceiptRecord:
+        """Address, deliver and record a message; see `pool_engine.send`."""
+
+    @abc.abstractmethod
+    async def pool_emit(
+        self,
+        pool: str,
+        run: str,
+        type: str,
+        data: bytes,
+        data_kind: int,
+        metadata: bytes | None,
+        *,
+        now: float,
+    ) -> StoredPoolRecord:
+        """Record a custom event of a member run."""
+
+    @abc.abstractmethod
+    async def pool_receipt(
+        self, pool: str, *, message_id: str | None, key: str | None
+    ) -> ReceiptRecord | None:
+        """A stored receipt by message id or idempotency key."""
+
+    @abc.abstractmethod
+    async def pool_wait_for(self, spec: WakeSpec, *, now: float) -> WakeRecord:
+        """Register a wake, or return the one stored under its idempotency key."""
+
+    @abc.abstractmethod
+    async def pool_wake(
+        self, pool: str, *, wake_id: str | None, key: str | None, now: float
+    ) -> WakeRecord | None:
+        """A wake by id or idempotency key, after timing out the pool's due wakes."""
+
+    @abc.abstractmethod
+    async def pool_cancel_wake(self, pool: str, wake_id: str, *, now: float) -> bool:
+        """Cancel a registered wake; False if it had finished."""
+
+    @abc.abstractmethod
+    async def pool_snapshot(self, pool: str, *, now: float) -> PoolSnapshotRecord:
+        """Config, members, registered wakes, head and counters, in one consistent read."""
+
+    @abc.abstractmethod
+    async def pool_records(self, pool: str, after: int, *, limit: int) -> PoolPage:
+        """Up to `limit` log records after `after`, with the head and the oldest kept seq."""
+
+    @abc.abstractmethod
+    async def pool_expire_wakes(self, *, now: float) -> float | None:
+        """Time out every due wake of every pool; returns the next deadline, if any."""
+
+
 class Backend(abc.ABC):
     """A storage engine behind a hub. One instance serves one hub, on one event loop.
 
@@ -371,6 +462,8 @@ class Backend(abc.ABC):
     shared_memory: SharedMemoryStore | None = None
     #: Content-addressed blobs.
     references: ReferenceStore | None = None
+    #: Agent pools.
+    pools: PoolStore | None = None
 
     #: The reference GC strategy (`_ref_records.GC_STRATEGIES`); set by the hub before `open`.
     ref_gc_strategy: str = "ref_counting"
@@ -417,4 +510,4 @@ class Backend(abc.ABC):
 
 
 #: The optional features a backend may carry, by attribute name.
-FEATURES = ("mailboxes", "topics", "shared_memory", "references")
+FEATURES = ("mailboxes", "topics", "shared_memory", "references", "pools")

@@ -17,6 +17,7 @@ from ..._notify import Notifier
 from ..._settings import Retention
 from ..contracts import Backend
 from .mailbox import MailboxState, MemoryMailboxes
+from .pools import MemoryPools, PoolState
 from .references import MemoryReferences, RefHolds, RefTable
 from .shared_memory import MemorySharedMemory, SharedMemoryState
 from .topics import MemoryTopics, TopicState
@@ -34,6 +35,7 @@ class MemoryStore:
         self.topics = TopicState()
         self.shared_memory = SharedMemoryState()
         self.references = RefTable()
+        self.pools = PoolState()
 
 
 _named_stores: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
@@ -60,6 +62,7 @@ class MemoryBackend(Backend):
     topics: MemoryTopics
     shared_memory: MemorySharedMemory
     references: MemoryReferences
+    pools: MemoryPools
 
     def __init__(self, name: str, retention: Retention) -> None:
         self.retention = retention
@@ -73,6 +76,7 @@ class MemoryBackend(Backend):
         self.mailboxes.announce = self.topics.append  # dead-letter notices
         self.shared_memory = MemorySharedMemory(store.shared_memory, txn, holds)
         self.references = MemoryReferences(store.references, txn)
+        self.pools = MemoryPools(store.pools, txn, self.mailboxes, retention)
 
     async def open(self) -> None:
         self._txn.attach()
@@ -87,7 +91,10 @@ class MemoryBackend(Backend):
             report = self.mailboxes.prune_step(now, touched)
             topic_records = self.topics.prune_step(now)
             self.shared_memory.prune_step(now, touched)
-            return msgspec.structs.replace(report, pruned_topic_records=topic_records)
+            pool_records = self.pools.prune_step(now)
+            return msgspec.structs.replace(
+                report, pruned_topic_records=topic_records, pruned_pool_records=pool_records
+            )
 
         return self._txn.run(op)
 

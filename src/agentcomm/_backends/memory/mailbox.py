@@ -235,7 +235,8 @@ class MemoryMailboxes(MailboxStore):
             heapq.heappop(timers)
         return None
 
-    def _register_missing(self, recipient: str, auto_register: bool, now: float) -> None:
+    def register_missing(self, recipient: str, auto_register: bool, now: float) -> None:
+        """Register `recipient` if unknown, or raise UnknownAgent unless `auto_register`."""
         agents = self._state.agents
         if recipient not in agents:
             if not auto_register:
@@ -278,36 +279,39 @@ class MemoryMailboxes(MailboxStore):
     async def enqueue(
         self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
     ) -> list[str]:
-        def op(touched: set[str]) -> list[str]:
-            st = self._state
-            for recipient in {m.recipient for m in messages}:
-                self._register_missing(recipient, auto_register, now)
-            ids: list[str] = []
-            for m in messages:
-                if m.idempotency_key is not None:
-                    key = (m.sender, m.recipient, m.idempotency_key)
-                    seen = st.dedupe.get(key)
-                    if seen is not None and seen[1] > now:
-                        ids.append(seen[0])
-                        st.counters["deduplicated"] += 1
-                        continue
-                    st.dedupe[key] = (m.id, m.dedupe_until or now)
-                st.seq += 1
-                row = _Row(st.seq, m, State.READY)
-                st.rows[row.seq] = row
-                self._holds.hold(m.data, m.data_kind)
-                if m.visible_at > now:
-                    self._set_timer(row, State.DELAYED, m.visible_at)
-                else:
-                    self._make_ready(row)
-                if m.request_deadline is not None and m.correlation_id is not None:
-                    st.requests[m.correlation_id] = _Slot(m.request_deadline)
-                st.counters["sent"] += 1
-                touched.add(mail_channel(m.recipient))
-                ids.append(m.id)
-            return ids
+        return self._txn.run(lambda touched: self.enqueue_in(messages, auto_register, now, touched))
 
-        return self._txn.run(op)
+    def enqueue_in(
+        self, messages: Sequence[NewMessage], auto_register: bool, now: float, touched: set[str]
+    ) -> list[str]:
+        """Store messages; the caller holds the store's lock (`enqueue`, pool sends)."""
+        st = self._state
+        for recipient in {m.recipient for m in messages}:
+            self.register_missing(recipient, auto_register, now)
+        ids: list[str] = []
+        for m in messages:
+            if m.idempotency_key is not None:
+                key = (m.sender, m.recipient, m.idempotency_key)
+                seen = st.dedupe.get(key)
+                if seen is not None and seen[1] > now:
+                    ids.append(seen[0])
+                    st.counters["deduplicated"] += 1
+                    continue
+                st.dedupe[key] = (m.id, m.dedupe_until or now)
+            st.seq += 1
+            row = _Row(st.seq, m, State.READY)
+            st.rows[row.seq] = row
+            self._holds.hold(m.data, m.data_kind)
+            if m.visible_at > now:
+                self._set_timer(row, State.DELAYED, m.visible_at)
+            else:
+                self._make_ready(row)
+            if m.request_deadline is not None and m.correlation_id is not None:
+                st.requests[m.correlation_id] = _Slot(m.request_deadline)
+            st.counters["sent"] += 1
+            touched.add(mail_channel(m.recipient))
+            ids.append(m.id)
+        return ids
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
         def op(touched: set[str]) -> Claimed:
@@ -507,7 +511,7 @@ class MemoryMailboxes(MailboxStore):
 
     async def add_schedule(self, spec: ScheduleSpec, *, auto_register: bool) -> None:
         def op(touched: set[str]) -> None:
-            self._register_missing(spec.recipient, auto_register, spec.created_at)
+            self.register_missing(spec.recipient, auto_register, spec.created_at)
             self._state.schedules[spec.id] = _Schedule(spec)
             self._holds.hold(spec.data, spec.data_kind)
             touched.add(SCHEDULES_CHANNEL)

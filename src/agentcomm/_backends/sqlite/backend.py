@@ -20,9 +20,10 @@ from ..._models import CheckReport, HubStats, PruneReport
 from ..._notify import Notifier
 from ..._settings import Retention
 from ..contracts import Backend
-from . import files, references, schema, shared_memory, topics
+from . import files, pools, references, schema, shared_memory, topics
 from .access import Access
 from .mailbox import SQLiteMailboxes
+from .pools import SQLitePools
 from .references import SQLiteReferences
 from .shared_memory import SQLiteSharedMemory
 from .topics import SQLiteTopics
@@ -30,7 +31,7 @@ from .wake import WakeBus, wake_dir_for
 from .writer import Writer, map_sqlite_error
 
 #: Every feature's tables, in the order they are created.
-SCHEMAS = (schema.MAILBOXES, shared_memory.SCHEMA, topics.SCHEMA, references.SCHEMA)
+SCHEMAS = (schema.MAILBOXES, shared_memory.SCHEMA, topics.SCHEMA, references.SCHEMA, pools.SCHEMA)
 
 
 class SQLiteBackend(Backend):
@@ -40,6 +41,7 @@ class SQLiteBackend(Backend):
     topics: SQLiteTopics
     shared_memory: SQLiteSharedMemory
     references: SQLiteReferences
+    pools: SQLitePools
 
     def __init__(
         self,
@@ -72,6 +74,7 @@ class SQLiteBackend(Backend):
         self.topics = SQLiteTopics(self._db, retention)
         self.shared_memory = SQLiteSharedMemory(self._db)
         self.references = SQLiteReferences(self._db)
+        self.pools = SQLitePools(self._db, self.mailboxes, retention)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -141,7 +144,10 @@ class SQLiteBackend(Backend):
             report = self.mailboxes.prune_in(conn, now, touched)
             topic_records = self.topics.prune_in(conn, now)
             self.shared_memory.prune_in(conn, now, touched)
-            return msgspec.structs.replace(report, pruned_topic_records=topic_records)
+            pool_records = self.pools.prune_in(conn, now)
+            return msgspec.structs.replace(
+                report, pruned_topic_records=topic_records, pruned_pool_records=pool_records
+            )
 
         result: PruneReport = await self._db.do(op)
         return result

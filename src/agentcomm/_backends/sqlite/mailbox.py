@@ -187,10 +187,11 @@ def _ended(conn: sqlite3.Connection, rows: Sequence[Any], now: float, touched: s
 
 
 def _insert(conn: sqlite3.Connection, m: NewMessage, now: float) -> None:
-    conn.execute(_INSERT, _row_tuple(m, now))
+    conn.execute(_INSERT, row_tuple(m, now))
 
 
-def _row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
+def row_tuple(m: NewMessage, now: float) -> tuple[Any, ...]:
+    """The `messages` row of a new message, in `_INSERT`'s column order."""
     state = DELAYED if m.visible_at > now else READY
     return (
         m.id, m.recipient, m.sender, m.type, m.priority, state, m.visible_at,
@@ -254,7 +255,7 @@ class SQLiteMailboxes(MailboxStore):
 
         await self._db.do(op)
 
-    def _require_agent(
+    def require_agent(
         self, conn: sqlite3.Connection, name: str, auto_register: bool, now: float
     ) -> None:
         if name in self._known_agents:
@@ -273,52 +274,64 @@ class SQLiteMailboxes(MailboxStore):
     async def enqueue(
         self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
     ) -> list[str]:
-        rows = [_row_tuple(m, now) for m in messages]  # built here, off the writer thread
+        rows = [row_tuple(m, now) for m in messages]  # built here, off the writer thread
 
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[str]:
-            for recipient in {m.recipient for m in messages}:
-                self._require_agent(conn, recipient, auto_register, now)
-            ids: list[str] = []
-            plain: list[tuple[Any, ...]] = []
-            deduplicated = 0
-            for m, row in zip(messages, rows, strict=True):
-                if m.idempotency_key is not None:
-                    if plain:  # keep FIFO order: store what came before first
-                        conn.executemany(_INSERT, plain)
-                        plain = []
-                    seen = conn.execute(
-                        "SELECT message_id, until FROM dedupe"
-                        " WHERE sender = ? AND recipient = ? AND key = ?",
-                        (m.sender, m.recipient, m.idempotency_key),
-                    ).fetchone()
-                    if seen is not None and seen[1] > now:
-                        ids.append(seen[0])
-                        deduplicated += 1
-                        continue
-                    conn.execute(
-                        "INSERT OR REPLACE INTO dedupe (sender, recipient, key, message_id, until)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (m.sender, m.recipient, m.idempotency_key, m.id, m.dedupe_until or now),
-                    )
-                plain.append(row)
-                hold_ref(conn, m.data, m.data_kind)
-                if m.request_deadline is not None and m.correlation_id is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO requests (correlation_id, deadline) VALUES (?, ?)",
-                        (m.correlation_id, m.request_deadline),
-                    )
-                touched.add(mail_channel(m.recipient))
-                ids.append(m.id)
-            if plain:
-                conn.executemany(_INSERT, plain)
-            _bump(conn, "deduplicated", deduplicated)
-            return ids
+            return self.enqueue_in(conn, messages, rows, auto_register, now, touched)
 
         if CALL_DEADLINE.get() is None:
             result: list[str] = await self._db.do(op)
         else:  # a request's send: give up, storing nothing, if the file stays locked
             result = await self._db.do_by_deadline(op, BackendUnavailable(_LOCKED))
         return result
+
+    def enqueue_in(
+        self,
+        conn: sqlite3.Connection,
+        messages: Sequence[NewMessage],
+        rows: Sequence[tuple[Any, ...]],
+        auto_register: bool,
+        now: float,
+        touched: set[str],
+    ) -> list[str]:
+        """Store messages (`rows` from `row_tuple`) in the caller's write transaction."""
+        for recipient in {m.recipient for m in messages}:
+            self.require_agent(conn, recipient, auto_register, now)
+        ids: list[str] = []
+        plain: list[tuple[Any, ...]] = []
+        deduplicated = 0
+        for m, row in zip(messages, rows, strict=True):
+            if m.idempotency_key is not None:
+                if plain:  # keep FIFO order: store what came before first
+                    conn.executemany(_INSERT, plain)
+                    plain = []
+                seen = conn.execute(
+                    "SELECT message_id, until FROM dedupe"
+                    " WHERE sender = ? AND recipient = ? AND key = ?",
+                    (m.sender, m.recipient, m.idempotency_key),
+                ).fetchone()
+                if seen is not None and seen[1] > now:
+                    ids.append(seen[0])
+                    deduplicated += 1
+                    continue
+                conn.execute(
+                    "INSERT OR REPLACE INTO dedupe (sender, recipient, key, message_id, until)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (m.sender, m.recipient, m.idempotency_key, m.id, m.dedupe_until or now),
+                )
+            plain.append(row)
+            hold_ref(conn, m.data, m.data_kind)
+            if m.request_deadline is not None and m.correlation_id is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO requests (correlation_id, deadline) VALUES (?, ?)",
+                    (m.correlation_id, m.request_deadline),
+                )
+            touched.add(mail_channel(m.recipient))
+            ids.append(m.id)
+        if plain:
+            conn.executemany(_INSERT, plain)
+        _bump(conn, "deduplicated", deduplicated)
+        return ids
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
         def op(conn: sqlite3.Connection, touched: set[str]) -> tuple[list[Any], float | None]:
@@ -556,7 +569,7 @@ class SQLiteMailboxes(MailboxStore):
         blob = msgspec.msgpack.encode(spec)
 
         def op(conn: sqlite3.Connection, touched: set[str]) -> None:
-            self._require_agent(conn, spec.recipient, auto_register, spec.created_at)
+            self.require_agent(conn, spec.recipient, auto_register, spec.created_at)
             conn.execute(
                 "INSERT INTO schedules (id, spec, next_run) VALUES (?, ?, ?)",
                 (spec.id, blob, spec.next_run),
