@@ -35,7 +35,9 @@ __all__ = [
     "TRIGGERING_KINDS",
     "PoolRow",
     "PoolTables",
+    "agent_conflict",
     "cancel_wake",
+    "config_conflict",
     "emit",
     "expire_due",
     "join",
@@ -46,6 +48,7 @@ __all__ = [
     "pool_missing",
     "send",
     "wait_for",
+    "wake_missing",
 ]
 
 #: Every kind of record a pool log holds.
@@ -212,6 +215,28 @@ def pool_missing(pool: str) -> NotFound:
     return NotFound(f"Pool {pool!r} does not exist: open it with `await hub.pool({pool!r})`.")
 
 
+def config_conflict(pool: str, stored: bytes) -> PoolConfigConflict:
+    """The error of opening a pool with a config other than its stored one."""
+    have = _config_decoder.decode(stored)
+    return PoolConfigConflict(
+        f"Pool {pool!r} exists with another config ({have}); open it with that config "
+        "or config=None, or use another pool name."
+    )
+
+
+def agent_conflict(pool: str, run: str, agent: str) -> ValidationError:
+    """The error of joining run `run`, a member as `agent`, as another agent."""
+    return ValidationError(
+        f"Run {run!r} is a member of pool {pool!r} as agent {agent!r}; a run "
+        "belongs to one agent: leave first, or use another run id."
+    )
+
+
+def wake_missing(pool: str, wake_id: str) -> NotFound:
+    """The error of cancelling a wake the pool does not have."""
+    return NotFound(f"Pool {pool!r} has no wake {wake_id!r}.")
+
+
 def _require(t: PoolTables, pool: str) -> tuple[PoolRow, ConfigSpec]:
     row = t.pool(pool)
     if row is None:
@@ -279,11 +304,7 @@ def open_pool(t: PoolTables, name: str, config: bytes | None, default: bytes, no
     row = t.pool(name)
     if row is not None:
         if config is not None and config != row.config:
-            have = _config_decoder.decode(row.config)
-            raise PoolConfigConflict(
-                f"Pool {name!r} exists with another config ({have}); open it with that config "
-                "or config=None, or use another pool name."
-            )
+            raise config_conflict(name, row.config)
         return row.config
     stored = default if config is None else config
     t.create_pool(name, stored, now)
@@ -298,10 +319,7 @@ def join(t: PoolTables, pool: str, member: MemberRecord, now: float) -> StoredPo
     expire_due(t, pool, now)
     old = t.member(pool, member.run)
     if old is not None and old.agent != member.agent:
-        raise ValidationError(
-            f"Run {member.run!r} is a member of pool {pool!r} as agent {old.agent!r}; a run "
-            "belongs to one agent: leave first, or use another run id."
-        )
+        raise agent_conflict(pool, member.run, old.agent)
     t.register_agent(member.run, now)
     t.put_member(pool, member)
     record = StoredPoolRecord(
@@ -493,7 +511,7 @@ def cancel_wake(t: PoolTables, pool: str, wake_id: str, now: float) -> bool:
     expire_due(t, pool, now)
     wake = t.wake(pool, wake_id=wake_id, key=None)
     if wake is None:
-        raise NotFound(f"Pool {pool!r} has no wake {wake_id!r}.")
+        raise wake_missing(pool, wake_id)
     if wake.status != "registered":
         return False
     _finish_wake(t, row, wake, "cancelled", now)

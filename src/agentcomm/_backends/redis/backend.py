@@ -31,6 +31,7 @@ from ..._settings import Retention
 from ..contracts import Backend
 from .errors import CLOSE_ERRORS, redis_errors, text
 from .mailbox import RedisMailboxes
+from .pools import RedisPools
 from .references import RedisReferences
 from .scripts import DEFAULT_COMMAND_TIMEOUT, Scripts
 from .shared_memory import RedisSharedMemory
@@ -93,6 +94,8 @@ class RedisBackend(Backend):
         self.topics = self._topics
         self.shared_memory = self._shared_memory
         self.references = RedisReferences(self._scripts, lambda: self.ref_gc_strategy)
+        self._pools = RedisPools(self._scripts, retention)
+        self.pools = self._pools
         self._closed = False
         self._closing = asyncio.Event()  # set with `_closed`: wakes the watchdog and backoffs
         self._listener: asyncio.Task[None] | None = None
@@ -247,7 +250,11 @@ class RedisBackend(Backend):
         expired, dead, pruned, dedupe, requests = await self._mailboxes.prune(now)
         await self._shared_memory.prune(now)
         topic_records = await self._topics.prune(now)
-        return PruneReport(expired, dead, pruned, dedupe, requests, topic_records)
+        pool_records = await self._pools.prune(now)
+        return PruneReport(
+            expired, dead, pruned, dedupe, requests, topic_records,
+            pruned_pool_records=pool_records,
+        )  # fmt: skip
 
     async def stats(self) -> HubStats:
         s = self._scripts

@@ -11,13 +11,19 @@ from ..._errors import (
     AgentCommError,
     BackendError,
     BackendUnavailable,
+    NotAMember,
     RefNotFound,
     ValidationError,
 )
+from ..pool_engine import agent_conflict, config_conflict, pool_missing, wake_missing
 from .ref_holds import REF_NOT_FOUND
 
 #: The error a script raises for an argument it refuses before writing anything.
 BAD_ARG = "BADARG"
+
+#: The error the pool script raises, before writing anything, for a rule a call breaks:
+#: `POOLERR <code> <pool> <args...>` (names hold no spaces; Redis may append its own words).
+POOL_ERROR = "POOLERR"
 
 #: What closing a connection that is already broken may raise; ignored on cleanup.
 CLOSE_ERRORS = (rexc.RedisError, OSError)
@@ -34,6 +40,8 @@ def translate(exc: BaseException, where: str) -> AgentCommError:
     if isinstance(exc, rexc.ResponseError) and str(exc).startswith(REF_NOT_FOUND):
         ref_id = (str(exc).removeprefix(REF_NOT_FOUND).split() or ["a blob"])[0]
         return RefNotFound(f"The payload refers to {ref_id}, which is not stored (evicted?).")
+    if isinstance(exc, rexc.ResponseError) and str(exc).startswith(POOL_ERROR + " "):
+        return _pool_error(str(exc).split(), where)
     if isinstance(exc, rexc.ResponseError) and str(exc).startswith(BAD_ARG):
         return ValidationError(
             f"Redis refused the call before storing anything: {str(exc).removeprefix(BAD_ARG)}."
@@ -44,6 +52,22 @@ def translate(exc: BaseException, where: str) -> AgentCommError:
             "reconnects by itself; retry the operation once Redis is back."
         )
     return BackendError(f"Redis at {where} failed: {type(exc).__name__}: {exc}")
+
+
+def _pool_error(words: list[str], where: str) -> AgentCommError:
+    """The typed error a `POOLERR` reply of the pool script stands for."""
+    code, args = words[1], words[2:]
+    if code == "NOTFOUND" and args:
+        return pool_missing(args[0])
+    if code == "NOTAMEMBER" and len(args) >= 2:
+        return NotAMember(args[0], args[1])
+    if code == "CONFLICT" and len(args) >= 2:
+        return config_conflict(args[0], args[1].encode())
+    if code == "AGENT" and len(args) >= 3:
+        return agent_conflict(args[0], args[1], args[2])
+    if code == "NOWAKE" and len(args) >= 2:
+        return wake_missing(args[0], args[1])
+    return BackendError(f"Redis at {where} failed: {' '.join(words)}")
 
 
 @contextlib.contextmanager

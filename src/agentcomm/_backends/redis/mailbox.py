@@ -66,7 +66,11 @@ def _opt_num(value: float | None) -> str:
 
 
 class Body(msgspec.Struct, array_like=True):
-    """What a stored message keeps in one blob: everything the scripts never look into."""
+    """What a stored message keeps in one blob: everything the scripts never look into.
+
+    A message a script builds itself (a pool send) is encoded by the Lua `message_body` of
+    `mailbox_lua_functions.py`, which writes these fields in this order: keep them in step.
+    """
 
     id: str
     sender: str

@@ -37,6 +37,58 @@ def fill(lua: str) -> str:
 
 FUNCTIONS = fill(
     r"""
+-- a msgpack writer for values Python decodes with msgspec: Redis's cmsgpack writes every Lua
+-- string as msgpack str (msgspec wants bin for bytes) and cannot read bin back
+local function mp_u16(n) return string.char(math.floor(n / 256), n % 256) end
+local function mp_u32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+local function mp_str(s)
+  local n = #s
+  if n < 32 then return string.char(160 + n) .. s end
+  if n < 256 then return '\217' .. string.char(n) .. s end
+  if n < 65536 then return '\218' .. mp_u16(n) .. s end
+  return '\219' .. mp_u32(n) .. s
+end
+local function mp_bin(s)
+  local n = #s
+  if n < 256 then return '\196' .. string.char(n) .. s end
+  if n < 65536 then return '\197' .. mp_u16(n) .. s end
+  return '\198' .. mp_u32(n) .. s
+end
+local MP_NIL, MP_TRUE, MP_FALSE = '\192', '\195', '\194'
+-- numbers (integers and floats exactly) and nil
+local function mp_num(n)
+  if n == nil then return MP_NIL end
+  return cmsgpack.pack(n)
+end
+local function mp_array_head(n)
+  if n < 16 then return string.char(144 + n) end
+  if n < 65536 then return '\220' .. mp_u16(n) end
+  return '\221' .. mp_u32(n)
+end
+local function mp_map_head(n)
+  if n < 16 then return string.char(128 + n) end
+  if n < 65536 then return '\222' .. mp_u16(n) end
+  return '\223' .. mp_u32(n)
+end
+-- an array of strings
+local function mp_strs(list)
+  local parts = {mp_array_head(#list)}
+  for i, s in ipairs(list) do parts[i + 1] = mp_str(s) end
+  return table.concat(parts)
+end
+
+-- the body of a message as `Body` in mailbox.py encodes it (an array, in its field order),
+-- for messages a script builds itself (pool sends); numbers as Lua numbers, `meta` and `exp`
+-- nil for none
+local function message_body(id, snd, rcp, typ, pri, data, kind, meta, enq, exp, maxa)
+  return table.concat({mp_array_head(13), mp_str(id), mp_str(snd), mp_str(rcp), mp_str(typ),
+    mp_num(pri), mp_bin(data), mp_num(kind), meta and mp_bin(meta) or MP_NIL, mp_num(enq),
+    mp_num(exp), mp_num(maxa), MP_NIL, MP_NIL})
+end
+
 local function mkey(sid) return P .. 'm:' .. sid end
 local function count(name, n)
   if n ~= 0 then hincr(P .. 'counters', name, n) end
