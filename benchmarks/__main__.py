@@ -106,9 +106,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--pool-sends",
         type=int,
-        default=3_000,
+        default=2_000,
         metavar="N",
-        help="sends per pool throughput row (default: 3,000)",
+        help="sends per pool throughput row (default: 2,000)",
     )
     p.add_argument(
         "--rounds",

@@ -57,7 +57,7 @@ class Config:
     topic_messages: int = 100_000
     pool_records: int = 100_000
     pool_ops: int = 400
-    pool_sends: int = 3_000
+    pool_sends: int = 2_000
 
 
 @dataclass(frozen=True)
