@@ -30,6 +30,7 @@ MODULES = (
     "topics",
     "references",
     "on_redis",
+    "pools",
 )
 
 
@@ -88,6 +89,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="publishes per topics fan-out and SQLite row (default: 100,000)",
     )
     p.add_argument(
+        "--pool-records",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="records in the big pool of the pool op-cost and seed-reference rows "
+        "(default: 100,000)",
+    )
+    p.add_argument(
+        "--pool-ops",
+        type=int,
+        default=400,
+        metavar="N",
+        help="ops timed per kind and pool size in the pool op-cost rows (default: 400)",
+    )
+    p.add_argument(
+        "--pool-sends",
+        type=int,
+        default=2_000,
+        metavar="N",
+        help="sends per pool throughput row (default: 2,000)",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=3,
@@ -106,9 +129,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--check", action="store_true", help="exit with status 1 if a row misses its target"
     )
     args = p.parse_args(argv)
-    for name in ("messages", "latency_messages", "kv_ops", "topic_messages", "rounds"):
+    counts = ("messages", "latency_messages", "kv_ops", "topic_messages", "pool_ops")
+    for name in (*counts, "pool_sends", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.pool_records < 12:
+        p.error("--pool-records must be >= 12 (a pool's first records: opened + 11 joins)")
     if args.peer_messages is not None and args.peer_messages < 10:
         p.error("--peer-messages must be >= 10")
     return args  # fmt: skip
@@ -117,6 +143,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _figure(value: float, unit: str) -> str:
     if unit == "error":
         return "[red]ERROR[/red]"
+    if unit == "skipped":
+        return "[yellow]skipped[/yellow]"
     if unit in ("msg/s", "ops/s", "deliveries/s"):
         return f"{value:,.0f} {unit}"
     if unit == "µs":
@@ -154,6 +182,8 @@ def _ratios(row: Row) -> str:
 def _status(row: Row) -> str:
     if row.unit == "error":
         return "[red]ERROR[/red]"
+    if row.unit == "skipped":
+        return "[yellow]skip[/yellow]"
     if not row.has_target:
         return "[dim]info[/dim]"
     passed = row.passed
@@ -169,7 +199,7 @@ def _short(value: float, unit: str) -> str:
 
 
 def _note(row: Row) -> str:
-    if row.rounds > 1:
+    if row.rounds > 1 and row.unit != "skipped":
         lo, hi = min(row.samples), max(row.samples)
         spread = f"{row.rounds} runs, {_short(lo, row.unit)} .. {_short(hi, row.unit)}"
         return f"{row.note}; {spread}" if row.note else spread
@@ -263,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp_root=args.tmp,
         kv_ops=args.kv_ops,
         topic_messages=args.topic_messages,
+        pool_records=args.pool_records,
+        pool_ops=args.pool_ops,
+        pool_sends=args.pool_sends,
     )
     console = Console()
     if not console.is_terminal:

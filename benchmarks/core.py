@@ -55,6 +55,9 @@ class Config:
     tmp_root: str | None = None
     kv_ops: int = 10_000
     topic_messages: int = 100_000
+    pool_records: int = 100_000
+    pool_ops: int = 400
+    pool_sends: int = 2_000
 
 
 @dataclass(frozen=True)
