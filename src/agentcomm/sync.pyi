@@ -19,15 +19,21 @@ from agentcomm import (
     CheckReport,
     DeadLetter,
     Entry,
+    EventFilter,
     HubStats,
     KVStats,
     Limits,
     MailboxStats,
     Outgoing,
     PendingInfo,
+    PoolConfig,
+    PoolMember,
+    PoolRecord,
+    PoolSnapshot,
     Presence,
     PruneReport,
     PublishResult,
+    Receipt,
     Ref,
     RefConfig,
     RefStats,
@@ -35,8 +41,10 @@ from agentcomm import (
     Retention,
     ScheduleInfo,
     TopicStats,
+    WakeResult,
 )
 from agentcomm._context import Clock
+from agentcomm._pool_models import Address
 from agentcomm._ref_records import Compression
 from agentcomm._references import Policy, PolicyTable
 from agentcomm._subscription import Start
@@ -46,10 +54,12 @@ __all__ = [
     "Agent",
     "Hub",
     "Message",
+    "Pool",
     "RefStore",
     "SharedMemory",
     "Subscription",
     "TopicMessage",
+    "Wake",
     "connect",
 ]
 
@@ -399,6 +409,13 @@ class Hub:
         (UnknownAgent if no such agent was registered).
         """
 
+    def pool(self, name: str, *, config: PoolConfig | None = None) -> Pool:
+        """Create agent pool `name` with `config` (None: the default `PoolConfig()`), or
+        attach to it. Opening an existing pool with a different config raises
+        PoolConfigConflict (atomically, also when two processes create it at once); with
+        `config=None` or an equal one it returns the same pool. See `Pool`.
+        """
+
     @property
     def presence(self) -> Presence:
         """How agents' activity is recorded and reported (see `Presence`)."""
@@ -569,6 +586,114 @@ class Message:
     @property
     def type(self) -> str:
         """The message type given at send."""
+
+class Pool:
+    """Blocking twin of `agentcomm.Pool`: the same members, without `await`.
+
+    A named group of agent runs. Get one with `await hub.pool(name, config=...)`.
+    """
+
+    @property
+    def config(self) -> PoolConfig:
+        """The config the pool was created with."""
+
+    def emit(
+        self, run: str, type: str, data: Any = None, *, metadata: dict[str, Any] | None = None
+    ) -> PoolRecord:
+        """Record a custom event of member run `run`; it can trigger wakes. Returns the record."""
+
+    def join(
+        self, run: str, *, agent: str, topics: Iterable[str] = ..., policy_refs: Iterable[str] = ...
+    ) -> PoolMember:
+        """Add run `run` (an agent run of `agent`) to the pool, holding `topics` and
+        `policy_refs`, and register it as an agent of the hub: its pool messages arrive in its
+        mailbox (`await hub.agent(run)`). Joining again updates its topics and policy refs.
+        """
+
+    def leave(self, run: str) -> None:
+        """Remove `run` from the pool, cancelling its registered wakes; NotAMember if it is
+        not one. Its mailbox (and what is in it) stays.
+        """
+
+    @property
+    def name(self) -> str:
+        """The pool's name."""
+
+    def receipt(self, key_or_id: str) -> Receipt | None:
+        """The stored receipt of a message, by idempotency key or message id; None if
+        unknown (or pruned after the dedupe window).
+        """
+
+    def records(
+        self, after: int = 0, limit: int = 100, *, as_run: str | None = None
+    ) -> list[PoolRecord]:
+        """Up to `limit` records with seq > `after`, oldest first. With `as_run`, message
+        payloads are withheld unless that run sent or received the message.
+        """
+
+    def send(
+        self,
+        sender: str,
+        *,
+        to: Address,
+        data: Any = None,
+        type: str = "message",
+        policy_refs: Iterable[str] = ...,
+        idempotency_key: str | None = None,
+        ttl: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+    ) -> Receipt:
+        """Send a pool message from member run `sender` and return its receipt.
+
+        `to`: `ToRun(run)`, `ToAgent(agent)` (its member runs), `ToTopic(topic)` (members
+        holding it) or `ToPool()` (every member). Each recipient must hold every policy ref
+        of the message. The message is enqueued in each recipient's mailbox in the same
+        atomic step as its receipt and log record; `msg.data` is `data`, and the pool's
+        name, the record's seq, the sender run and the pool message id travel in
+        `msg.metadata` (`pool.name`, `pool.seq`, `pool.sender`, `pool.message_id`).
+
+        The receipt says "delivered", or fails closed ("failed", nothing enqueued, `reason`
+        set) when no member matches or a required policy ref is missing; "expired" if `ttl`
+        <= 0. A repeated `idempotency_key` returns the first receipt with `duplicate=True`
+        and sends nothing. NotAMember if `sender` is not a member. Pool payloads are stored
+        by value (at most `Limits.max_payload` bytes encoded).
+        """
+
+    def snapshot(self) -> PoolSnapshot:
+        """The pool's config, members, topics, registered wakes and counts, and the cursor
+        to watch from; its cost grows with members and registered wakes, not with history.
+        """
+
+    def wait_for(
+        self,
+        run: str,
+        filter: EventFilter,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+        replay: bool = False,
+        resume: str = "envelope",
+    ) -> Wake:
+        """Register a wake for member run `run`: it triggers on the first record after now
+        that `filter` matches (with `replay=True`, on the first already in the log), or times
+        out after `timeout` seconds (None: never). `await wake.result()` waits for it. The
+        same `idempotency_key` returns the wake registered with it, whatever its state.
+        """
+
+    def wake(self, id_or_key: str) -> Wake | None:
+        """A wake by id or idempotency key, as it is now; None if unknown."""
+
+    def watch(
+        self, after: int = 0, *, filter: EventFilter | None = None, as_run: str | None = None
+    ) -> Generator[PoolRecord]:
+        """Yield the pool's records after seq `after`, oldest first, then wait for new ones
+        (also written by other processes) until the hub closes (HubClosed) or the generator is
+        closed (`aclose()`). With `filter`, only matching records (the filter's `to_me`
+        applies to `as_run`). Records dropped by retention before they were read are
+        reported by one `PoolRecord(kind="gap", missed=N)`, never skipped silently.
+        """
 
 class RefStore:
     """Blocking twin of `agentcomm.RefStore`: the same members, without `await`.
@@ -833,6 +958,30 @@ class TopicMessage:
     @property
     def type(self) -> str:
         """The type given at publish."""
+
+class Wake:
+    """Blocking twin of `agentcomm.Wake`: the same members, without `await`.
+
+    A wake condition of a pool run: registered, then triggered, timed out or cancelled.
+
+    Get one from `pool.wait_for()` or `pool.wake()`. Its attributes are as of when it was
+    read; `result()` waits for the end and `refresh()` re-reads it.
+    """
+
+    def cancel(self) -> bool:
+        """Cancel the wake; False if it had ended (a triggered wake stays triggered)."""
+
+    def refresh(self) -> str:
+        """Re-read the wake; returns its status."""
+
+    def result(self) -> WakeResult:
+        """Wait until the wake is triggered, times out or is cancelled, and say how.
+
+        Returns at the deadline at the latest (the wake is then timed out, also when no other
+        process watches the pool). A triggered result carries the matching record, its
+        payload withheld unless the wake was registered with `resume="full"`. Raises
+        HubClosed if the hub closes meanwhile.
+        """
 
 class LeaseKeeper:
     """Blocking twin of `agentcomm.LeaseKeeper`: the same members, without `await`.
