@@ -5,8 +5,10 @@ Open a hub with `agentcomm.connect(url)`; get agents from it with `await hub.age
 
 from contextlib import suppress as _suppress
 
+from . import sandbox
 from ._agent import Agent, Outgoing
 from ._errors import (
+    ActionRejected,
     AgentCommError,
     AlreadySettled,
     BackendError,
@@ -22,6 +24,7 @@ from ._errors import (
     RefNotFound,
     RefNotHeld,
     RequestTimeout,
+    SandboxError,
     UnknownAgent,
     ValidationError,
     VersionConflict,
@@ -49,6 +52,7 @@ from ._topic_message import TopicMessage
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActionRejected",
     "Agent",
     "AgentCommError",
     "AgentInfo",
@@ -88,6 +92,7 @@ __all__ = [
     "Reply",
     "RequestTimeout",
     "Retention",
+    "SandboxError",
     "ScheduleInfo",
     "SharedMemory",
     "Subscription",
@@ -97,6 +102,7 @@ __all__ = [
     "ValidationError",
     "VersionConflict",
     "connect",
+    "sandbox",
 ]
 
 for _name in __all__:

@@ -18,6 +18,8 @@
     ├── VersionConflict              a shared-memory write expected another version
     ├── IntegrityError               a stored blob no longer matches its checksum
     ├── HubClosed                    the hub is closed or was never opened
+    ├── SandboxError                 a sandbox channel cannot do what was asked
+    │   └── ActionRejected           a sandbox action handler refused the request
     └── BackendError                 the storage engine failed
         └── BackendUnavailable       the storage engine cannot be reached or stays locked
 """
@@ -25,6 +27,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ActionRejected",
     "AgentCommError",
     "AlreadySettled",
     "BackendError",
@@ -40,6 +43,7 @@ __all__ = [
     "RefNotFound",
     "RefNotHeld",
     "RequestTimeout",
+    "SandboxError",
     "UnknownAgent",
     "ValidationError",
     "VersionConflict",
@@ -153,3 +157,13 @@ class BackendError(AgentCommError):
 
 class BackendUnavailable(BackendError):
     """The storage engine cannot be reached, or stayed locked past the busy timeout."""
+
+
+class SandboxError(AgentCommError):
+    """A sandbox channel (`agentcomm.sandbox`) cannot do what was asked: its directory or files
+    are missing or owned by another side, or the side is closed."""
+
+
+class ActionRejected(SandboxError):
+    """Raised by a sandbox action handler to refuse the request; the sandbox receives
+    `status="rejected"` with this error's message as the reason, and nothing is applied."""
