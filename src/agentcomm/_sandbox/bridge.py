@@ -173,7 +173,8 @@ class Bridge:
                     w.cancel()
 
     async def _settle_once(self) -> None:
-        statuses = await self._host._statuses(list(self._held))
+        asked = list(self._held)
+        statuses = await self._host._statuses(asked)
         now = time.monotonic()
         for mid, st in statuses.items():
             msg = self._held.get(mid)
@@ -194,7 +195,7 @@ class Bridge:
                 with contextlib.suppress(AgentCommError):
                     if not msg.settled:
                         await msg.dead_letter(reason)
-        for mid in [m for m in self._held if m not in statuses]:  # pruned meanwhile
+        for mid in [m for m in asked if m not in statuses]:  # pruned meanwhile
             self._drop(mid)
 
     def _drop(self, mid: str) -> None:
