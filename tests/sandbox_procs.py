@@ -108,4 +108,3 @@ class BoxProcess:
         if self.proc.returncode is None:
             self.kill()
             await self.proc.wait()
-

@@ -74,8 +74,10 @@ async def _until(check: object, what: str, timeout: float = 20.0) -> None:
 async def test_a_task_the_sweep_gives_up_on_is_a_dead_letter(shared_dir: Path) -> None:
     async with agentcomm.connect("memory://") as hub:
         planner = await hub.agent("planner")
-        options = {"stale_after": 0.3, "retry_base": 0.05, "max_tries": 2, "poll_max": 0.1}
-        async with sandbox.bridge(hub, agent="coder", path=shared_dir, **options) as b:
+        async with sandbox.bridge(
+            hub, agent="coder", path=shared_dir, stale_after=0.3, retry_base=0.05, max_tries=2,
+            poll_max=0.1,
+        ) as b:  # fmt: skip
             await planner.send("coder", {"hang": True}, max_attempts=1)
             for attempt in (1, 2):
                 box = await BoxProcess.start("serve", shared_dir)

@@ -10,6 +10,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -36,7 +37,7 @@ async def _until(check: object, what: str, timeout: float = 20.0) -> None:
 
 
 @pytest.mark.parametrize("journal", JOURNALS)
-async def test_round_trip_in_seq_order(shared_dir: Path, journal: sandbox.Journal) -> None:
+async def test_round_trip_in_seq_order(shared_dir: Path, journal: Literal["delete", "wal"]) -> None:
     async with sandbox.open_host(shared_dir, journal=journal) as host:
         ids = [await host.send({"reply": True, "n": n}) for n in range(3)]
         box = await BoxProcess.start("serve", shared_dir)
@@ -64,7 +65,7 @@ async def test_round_trip_in_seq_order(shared_dir: Path, journal: sandbox.Journa
 @pytest.mark.skipif(other_uid_reason() is not None, reason=str(other_uid_reason()))
 @pytest.mark.parametrize("journal", JOURNALS)
 async def test_sandbox_as_another_user_cannot_write_the_host_file(
-    shared_dir: Path, journal: sandbox.Journal
+    shared_dir: Path, journal: Literal["delete", "wal"]
 ) -> None:
     async with sandbox.open_host(shared_dir, journal=journal) as host:
         inbound = shared_dir / "inbound.db"
@@ -89,9 +90,10 @@ async def test_sandbox_as_another_user_cannot_write_the_host_file(
             assert outbound.stat().st_uid == NOBODY
             assert stat.S_IMODE(outbound.stat().st_mode) == 0o644
             with sqlite3.connect(f"file:{inbound}?mode=ro", uri=True) as conn:
-                assert conn.execute("SELECT count(*) FROM meta WHERE key = 'intruder'").fetchone()[
-                    0
-                ] == 0
+                assert (
+                    conn.execute("SELECT count(*) FROM meta WHERE key = 'intruder'").fetchone()[0]
+                    == 0
+                )
                 assert conn.execute("SELECT count(*) FROM messages_in").fetchone()[0] == 1
             await host.send({"stop": True})
             await box.event("stopped")
@@ -106,7 +108,7 @@ async def _state(host: sandbox.Host, mid: str, state: str) -> bool:
 
 @pytest.mark.parametrize("journal", JOURNALS)
 async def test_kill_mid_batch_retries_with_backoff_then_fails(
-    shared_dir: Path, journal: sandbox.Journal
+    shared_dir: Path, journal: Literal["delete", "wal"]
 ) -> None:
     host = await sandbox.open_host(
         shared_dir, journal=journal, stale_after=0.3, retry_base=0.2, max_tries=3,
@@ -210,7 +212,7 @@ async def test_recurring_task_across_a_host_restart(shared_dir: Path, catch_up: 
         await box.close()
     await asyncio.sleep(1.5)  # occurrences pass while the host is down
     host = await sandbox.open_host(shared_dir, background=False)
-    box = None
+    box2: BoxProcess | None = None
     try:
         report = await host.sweep()
         assert len(report.rescheduled) == 1
@@ -225,8 +227,8 @@ async def test_recurring_task_across_a_host_restart(shared_dir: Path, catch_up: 
         assert (await host.sweep()).rescheduled == []  # no fork on a second pass
         assert _live_occurrences(shared_dir, series) == 1
         # the series continues: the sandbox runs the next one, the host schedules one more
-        box = await BoxProcess.start("serve", shared_dir)
-        assert (await box.event("batch"))["ids"] == [nxt]
+        box2 = await BoxProcess.start("serve", shared_dir)
+        assert (await box2.event("batch"))["ids"] == [nxt]
 
         async def next_scheduled() -> bool:
             return bool((await host.sweep()).rescheduled)
@@ -238,8 +240,8 @@ async def test_recurring_task_across_a_host_restart(shared_dir: Path, catch_up: 
         assert _live_occurrences(shared_dir, series) == 0
     finally:
         await host.close()
-        if box is not None:
-            await box.close()
+        if box2 is not None:
+            await box2.close()
 
 
 async def _completed(directory: Path, mid: str) -> bool:

@@ -15,10 +15,9 @@ from ._sandbox.box import Sandbox, open_sandbox
 from ._sandbox.bridge import Bridge, bridge
 from ._sandbox.host import Host, OutboundMessage, open_host
 from ._sandbox.models import ActionResult, InboundMessage, Status, SweepReport
-from ._sandbox.sweep import ActionHandler, ActionTx, task_actions
+from ._sandbox.sweep import ActionTx, task_actions
 
 __all__ = [
-    "ActionHandler",
     "ActionRejected",
     "ActionResult",
     "ActionTx",
