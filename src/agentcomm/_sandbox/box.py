@@ -129,7 +129,7 @@ class Sandbox:
         journal = meta.get("journal", "delete")
         self._journal = "wal" if journal == "wal" else "delete"
         store.set_journal(conn, self._journal)
-        conn.executescript(OUTBOUND_SCHEMA)
+        conn.executescript(f"BEGIN IMMEDIATE;{OUTBOUND_SCHEMA}COMMIT;")  # all tables or none
         with store.transaction(conn):
             init_meta(conn, self._journal, "sandbox")
         own = conn.execute(

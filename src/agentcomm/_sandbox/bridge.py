@@ -26,6 +26,7 @@ from .._errors import (
     SandboxError,
     ValidationError,
 )
+from .._ids import new_id
 from .._tasks import TaskRegistry
 from .._validation import check_name
 from .common import check_interval
@@ -129,17 +130,23 @@ class Bridge:
 
     async def _admit(self, msg: Message) -> None:
         origin = {"hub_id": msg.id, "sender": msg.sender, "request": msg.correlation_id is not None}
+        mid = new_id()
+        self._held[mid] = msg  # before the write: the sandbox may answer at once
         try:
-            mid, _ = await self._host._send_from_hub(msg.data, msg.type, f"hub:{msg.id}", origin)
+            got = await self._host._send_from_hub(mid, msg.data, msg.type, f"hub:{msg.id}", origin)
         except (ValidationError, EncodeError) as exc:
+            self._drop(mid)
             with contextlib.suppress(AgentCommError):
                 await msg.dead_letter(f"cannot be written into the sandbox channel: {exc}")
             return
         except SandboxError:
+            self._drop(mid)
             if self._closed:
                 return
             raise
-        self._held[mid] = msg
+        if got != mid:  # a redelivery of a message already written in
+            self._drop(mid)
+            self._held[got] = msg
         self._changed.set()
 
     # --- settling held hub messages ----------------------------------------------------------
@@ -217,17 +224,19 @@ class Bridge:
     # --- sandbox -> hub ----------------------------------------------------------------------
 
     async def _sandbox_to_hub(self) -> None:
-        try:
-            async for out in self._host.outbound():
+        while not self._closed:
+            try:
+                async for out in self._host.outbound():
+                    if self._closed:
+                        return
+                    await self._route(out)
+            except HubClosed:
+                return
+            except AgentCommError as exc:
                 if self._closed:
                     return
-                try:
-                    await self._route(out)
-                except HubClosed:
-                    return
-        except SandboxError:
-            if not self._closed:
-                raise
+                logger.warning("agentcomm bridge: relaying the sandbox's messages failed: %s", exc)
+                await self._tasks.sleep(0.2)
 
     async def _route(self, out: OutboundMessage) -> None:
         agent = self._agent

@@ -190,7 +190,7 @@ class Host:
     def _init(self, conn: sqlite3.Connection) -> None:
         store = self._need_store()
         store.set_journal(conn, self._journal)
-        conn.executescript(INBOUND_SCHEMA)
+        conn.executescript(f"BEGIN IMMEDIATE;{INBOUND_SCHEMA}COMMIT;")  # all tables or none
         with store.transaction(conn):
             init_meta(conn, self._journal, "host")
         seen = conn.execute(
@@ -633,19 +633,18 @@ class Host:
     # --- for the bridge ----------------------------------------------------------------------
 
     async def _send_from_hub(
-        self, data: Any, kind: str, key: str, origin: dict[str, Any]
-    ) -> tuple[str, dict[str, Any] | None]:
-        """Write a hub message in (deduplicated by `key`); returns its id and stored origin."""
+        self, mid: str, data: Any, kind: str, key: str, origin: dict[str, Any]
+    ) -> str:
+        """Write a hub message in as `mid` (deduplicated by `key`: then the first one's id)."""
         store = self._check_open()
         now = time.time()
         row = {
-            "id": new_id(), "kind": kind, "role": "message", "data": encode("data", data),
+            "id": mid, "kind": kind, "role": "message", "data": encode("data", data),
             "created_at": now, "process_after": now, "trigger": 1, "in_reply_to": None,
             "idempotency_key": key, "recurrence": None, "catch_up": None,
             "origin": encode("origin", origin).decode(),
         }  # fmt: skip
-        mid = await self._insert(store, row)
-        return mid, await self._origin(mid)
+        return await self._insert(store, row)
 
     async def _origin(self, message_id: str) -> dict[str, Any] | None:
         def op(conn: sqlite3.Connection) -> str | None:
