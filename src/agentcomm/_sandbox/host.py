@@ -38,6 +38,8 @@ __all__ = ["Host", "OutboundMessage", "open_host"]
 logger = logging.getLogger("agentcomm")
 CLOSE_GRACE = 2.0
 OUTBOUND_PAGE = 256
+#: The shortest time between two background passes of the host.
+MIN_PASS = 0.02
 
 
 class OutboundMessage:
@@ -583,6 +585,8 @@ class Host:
                 logger.warning("agentcomm sandbox host: background pass failed: %s", exc)
             if self._closed:
                 return
+            # at most one pass per MIN_PASS: a busy sandbox must not keep the thread sweeping
+            await self._tasks.sleep(MIN_PASS)
             await self._waker.wait(token, interval)
 
     def _heartbeat(self) -> tuple[str | None, float | None]:
