@@ -29,6 +29,7 @@ MODULES = (
     "shared_memory",
     "topics",
     "references",
+    "sandbox",
     "on_redis",
     "pools",
 )

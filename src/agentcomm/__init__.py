@@ -5,8 +5,10 @@ Open a hub with `agentcomm.connect(url)`; get agents from it with `await hub.age
 
 from contextlib import suppress as _suppress
 
+from . import sandbox
 from ._agent import Agent, Outgoing
 from ._errors import (
+    ActionRejected,
     AgentCommError,
     AlreadySettled,
     AsyncMisuse,
@@ -28,6 +30,7 @@ from ._errors import (
     RemoteError,
     RequestFailed,
     RequestTimeout,
+    SandboxError,
     UnknownAgent,
     ValidationError,
     VersionConflict,
@@ -69,6 +72,7 @@ from ._topic_message import TopicMessage
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActionRejected",
     "Agent",
     "AgentCommError",
     "AgentInfo",
@@ -122,6 +126,7 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "Retention",
+    "SandboxError",
     "ScheduleInfo",
     "SharedMemory",
     "Subscription",
@@ -138,6 +143,7 @@ __all__ = [
     "WakeResult",
     "WrongEventLoop",
     "connect",
+    "sandbox",
     "sync",
 ]
 

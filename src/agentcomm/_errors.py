@@ -11,6 +11,7 @@
     │   └── RefNotHeld               release of a reference this hub's holder does not hold
     ├── NotFound (LookupError)
     │   ├── UnknownAgent             recipient was never registered
+    │   ├── NotAMember               the run is not a member of the pool
     │   └── RefNotFound              no stored blob has that reference id
     ├── LeaseLost                    ack/nack/extend after the lease passed to another delivery
     ├── AlreadySettled               the message was already acked, nacked or dead-lettered
@@ -19,10 +20,13 @@
     ├── RequestFailed                the request was dead-lettered or expired unanswered
     ├── RemoteError                  the responder answered with `reply_error`
     ├── VersionConflict              a shared-memory write expected another version
+    ├── PoolConfigConflict           a pool opened with another config than it was created with
     ├── IntegrityError               a stored blob no longer matches its checksum
     ├── HubClosed                    the hub is closed or was never opened
     ├── AsyncMisuse (TypeError)      an async call used without `await` / `async with`
     ├── WrongEventLoop (RuntimeError) a hub used from another event loop than the one it opened in
+    ├── SandboxError                 a sandbox channel cannot do what was asked
+    │   └── ActionRejected           a sandbox action handler refused the request
     └── BackendError                 the storage engine failed
         └── BackendUnavailable       the storage engine cannot be reached or stays locked
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ActionRejected",
     "AgentCommError",
     "AlreadySettled",
     "AsyncMisuse",
@@ -53,6 +58,7 @@ __all__ = [
     "RemoteError",
     "RequestFailed",
     "RequestTimeout",
+    "SandboxError",
     "UnknownAgent",
     "ValidationError",
     "VersionConflict",
@@ -301,3 +307,13 @@ class BackendError(AgentCommError):
 
 class BackendUnavailable(BackendError):
     """The storage engine cannot be reached, or stayed locked past the busy timeout."""
+
+
+class SandboxError(AgentCommError):
+    """A sandbox channel (`agentcomm.sandbox`) cannot do what was asked: its directory or files
+    are missing or owned by another side, or the side is closed."""
+
+
+class ActionRejected(SandboxError):
+    """Raised by a sandbox action handler to refuse the request; the sandbox receives
+    `status="rejected"` with this error's message as the reason, and nothing is applied."""
