@@ -5,7 +5,7 @@ Open a hub with `agentcomm.connect(url)`; get agents from it with `await hub.age
 
 from contextlib import suppress as _suppress
 
-from . import sandbox
+from . import dashboard, sandbox
 from ._agent import Agent, Outgoing
 from ._errors import (
     ActionRejected,
@@ -143,6 +143,7 @@ __all__ = [
     "WakeResult",
     "WrongEventLoop",
     "connect",
+    "dashboard",
     "sandbox",
     "sync",
 ]

@@ -303,3 +303,9 @@ def _stats_table(stats: HubStats) -> Table:
         table.add_column(name.replace("_", " "), justify="right")
     table.add_row(*(str(getattr(stats, name)) for name in fields))
     return table
+
+
+# `agentcomm dashboard` lives in its own module (_dashboard/command.py)
+from ._dashboard.command import register as _register_dashboard  # noqa: E402
+
+_register_dashboard(app)

@@ -71,7 +71,10 @@ class Notifier:
         self._listeners: dict[str, set[Listener]] = {}
 
     def listen(self, *channels: str) -> Listener:
-        """Register a listener on `channels`; use it as a context manager."""
+        """Register a listener on `channels`; use it as a context manager.
+
+        A listener on `"*"` (`ALL`) is woken by every notification, whatever its channels
+        (the dashboard's feed uses one to follow every change of the store)."""
         return Listener(self, channels)
 
     def notify(self, channels: Iterable[str]) -> None:
@@ -89,6 +92,10 @@ class Notifier:
             if group:
                 for listener in list(group):
                     listener._fire()
+        taps = listeners.get(ALL)
+        if taps:
+            for listener in list(taps):
+                listener._fire()
 
     def wake_all(self) -> None:
         """Wake every listener (used on close and by the safety re-check)."""
