@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -32,6 +36,24 @@ async def serve(url: str | None, host: str, port: int, *, ready: Any = None) -> 
             def handle_exit(self, sig: int, frame: Any) -> None:
                 feed.close()  # end the open event streams now, not after the grace period
                 super().handle_exit(sig, frame)
+
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                # SIGINT / SIGTERM stop the server, then the hub closes and the command exits
+                # 0 (uvicorn's own handling raises the signal again afterwards, and SIGTERM's
+                # default action would end the process before the hub is closed)
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                loop = asyncio.get_running_loop()
+                stops = (signal.SIGINT, signal.SIGTERM)
+                for sig in stops:
+                    loop.add_signal_handler(sig, self.handle_exit, sig, None)
+                try:
+                    yield
+                finally:
+                    for sig in stops:
+                        loop.remove_signal_handler(sig)
 
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="off",
