@@ -192,9 +192,7 @@ def test_a_sent_message_appears_without_reload(server: str, store: str, page: An
     assert page.console.errors == []
 
 
-def test_redrive_moves_a_dead_letter_back_to_its_queue(
-    server: str, store: str, page: Any
-) -> None:
+def test_redrive_moves_a_dead_letter_back_to_its_queue(server: str, store: str, page: Any) -> None:
     with sync.connect(store) as hub:
         hub.agent("redrive-me")
         msg_id = hub.agent("planner").send("redrive-me", {"again": True}, max_attempts=1)

@@ -69,7 +69,9 @@ async def serve(url: str | None, host: str, port: int, *, ready: Any = None) -> 
 def dashboard(
     url: Annotated[
         str | None,
-        typer.Argument(help="Store to show (default: $AGENTCOMM_URL, else sqlite:///agentcomm.db)."),
+        typer.Argument(
+            help="Store to show (default: $AGENTCOMM_URL, else sqlite:///agentcomm.db)."
+        ),
     ] = None,
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8701,
     host: Annotated[
@@ -90,5 +92,3 @@ def dashboard(
 def register(app: typer.Typer) -> None:
     """Add the `dashboard` command to the `agentcomm` command line."""
     app.command()(dashboard)
-
-

@@ -271,17 +271,30 @@ async def collect(hub: Hub, history: History) -> Snapshot:
     stats, pending, dead = await _agent_rows(hub, names, notes)
     agents = [
         AgentRow(
-            info.name, info.state, info.last_seen, info.last_active,
-            s.ready, s.delayed, s.in_flight, s.dead,
-        )  # fmt: skip
+            info.name,
+            info.state,
+            info.last_seen,
+            info.last_active,
+            s.ready,
+            s.delayed,
+            s.in_flight,
+            s.dead,
+        )
         for info, s in zip(infos, stats, strict=False)
         if s is not None
     ]
     dead_rows = [
         DeadRow(
-            d.recipient, d.id, d.sender, d.type, d.reason, d.attempts, d.dead_at,
-            "" if d.error else preview(d.data), d.error,
-        )  # fmt: skip
+            d.recipient,
+            d.id,
+            d.sender,
+            d.type,
+            d.reason,
+            d.attempts,
+            d.dead_at,
+            "" if d.error else preview(d.data),
+            d.error,
+        )
         for letters in dead
         for d in letters
     ]
@@ -300,9 +313,14 @@ async def collect(hub: Hub, history: History) -> Snapshot:
     topic_stats = await _optional("topics", notes, hub.topics()) or []
     topics = [
         TopicRow(
-            t.name, t.published, t.delivered, t.dropped, t.subscribers, t.last_publish,
+            t.name,
+            t.published,
+            t.delivered,
+            t.dropped,
+            t.subscribers,
+            t.last_publish,
             history.rate(t.name, at, t.published),
-        )  # fmt: skip
+        )
         for t in topic_stats
     ]
     ref_stats = await _optional("refs", notes, hub.refs.stats())
