@@ -16,10 +16,10 @@ import msgspec
 from ._agent import Agent
 from ._awaiting import awaitable
 from ._backends import DEFAULT_URL, open_backend, with_prefix
-from ._backends.common import SCHEDULES_CHANNEL
+from ._backends.common import SCHEDULES_CHANNEL, consumer_filter
 from ._backends.contracts import Backend
 from ._backends.pool_engine import POOL_WAKES_CHANNEL
-from ._codec import StoredRef, decode_payload
+from ._codec import StoredRef, decode_metadata, decode_payload
 from ._context import Clock, Context
 from ._errors import (
     AgentCommError,
@@ -28,6 +28,7 @@ from ._errors import (
     ConfigurationError,
     HubClosed,
     IntegrityError,
+    NotFound,
     RefNotFound,
     UnknownAgent,
     ValidationError,
@@ -37,17 +38,21 @@ from ._leases import release
 from ._models import (
     AgentInfo,
     CheckReport,
+    ConsumerInfo,
     DeadLetter,
     HubStats,
     MailboxStats,
+    NamespaceInfo,
+    PeekedMessage,
     PendingInfo,
     PruneReport,
     ScheduleInfo,
     TopicStats,
 )
 from ._pool_models import PoolConfig
-from ._pools import Pool, open_pool
+from ._pools import Pool, PoolSnapshot, open_pool
 from ._presence import state_of
+from ._records import PeekRecord
 from ._ref_records import REF_FLAG
 from ._references import Policy, PolicyTable, RefConfig, RefStore
 from ._settings import Backoff, HubSettings, Limits, Presence, Retention
@@ -497,6 +502,153 @@ class Hub:
                 raise ValidationError(f"ids= takes a list of message ids, not {ids!r}.") from None
         backend = await self._known(agent)
         return await backend.mailboxes.requeue_dead(agent, ids, now=self._ctx.now())
+
+    # --- operators -----------------------------------------------------------------------------
+
+    async def peek(self, agent: str, *, limit: int = 100) -> list[PeekedMessage]:
+        """Messages waiting for or leased by `agent` (ready, delayed, in flight), best first,
+        with their payloads and metadata, without consuming them (UnknownAgent if no such
+        agent was registered). A payload stored by reference is loaded; one that cannot be
+        read is listed with `data=None` and the reason in `error`."""
+        check_name("agent name", agent)
+        check_int("limit", limit, 1, MAX_LISTING)
+        ctx = await self._known(agent)
+        return [await self._peeked(r) for r in await ctx.mailboxes.peek(agent, limit=limit)]
+
+    async def _peeked(self, r: PeekRecord) -> PeekedMessage:
+        i = r.info
+        data: Any = None
+        metadata: dict[str, Any] = {}
+        ref: str | None = None
+        error = r.error
+        if error is None:
+            try:
+                data = decode_payload(r.data, r.data_kind)
+                metadata = decode_metadata(r.metadata)
+                if isinstance(data, StoredRef):
+                    ref = data.id
+                    raw, kind, _ = await self._ctx.refs.load(
+                        ref.encode("ascii"), data.kind | REF_FLAG
+                    )
+                    data = decode_payload(raw, kind)
+            except AgentCommError as exc:  # the blob is gone or damaged, or cannot be decoded
+                data, error = None, str(exc)
+        return PeekedMessage(
+            id=i.id, sender=i.sender, recipient=i.recipient, type=i.type, priority=i.priority,
+            state=i.state, attempt=i.attempt, max_attempts=r.max_attempts,
+            enqueued_at=i.enqueued_at, visible_at=i.visible_at, expires_at=i.expires_at,
+            size=i.size, data=data, metadata=metadata, correlation_id=r.correlation_id,
+            ref=ref, error=error,
+        )  # fmt: skip
+
+    async def delete_message(self, agent: str, message_id: str) -> bool:
+        """Remove message `message_id` from `agent`'s mailbox, whether ready, delayed, in
+        flight or dead-lettered; False if it holds no such message (UnknownAgent if no such
+        agent was registered). A consumer holding it in flight can no longer settle it; a
+        request removed so gets no reply (its requester waits until its timeout)."""
+        check_name("agent name", agent)
+        check_text("message id", message_id, longest=64, empty=False)
+        ctx = await self._known(agent)
+        return await ctx.mailboxes.delete_message(agent, message_id, now=ctx.now())
+
+    async def purge(self, agent: str, *, dead_letters: bool = False) -> int:
+        """Remove every message waiting for or leased by `agent` (ready, delayed, in flight)
+        and, with `dead_letters=True`, its dead letters too; returns how many were removed
+        (UnknownAgent if no such agent was registered). Cannot be undone."""
+        check_name("agent name", agent)
+        check_bool("dead_letters", dead_letters)
+        ctx = await self._known(agent)
+        return await ctx.mailboxes.purge(agent, dead=dead_letters, now=ctx.now())
+
+    async def remove_agent(self, agent: str) -> bool:
+        """Unregister `agent`: remove it, every message addressed to it (dead letters
+        included) and the schedules that send to it; False if it was not registered.
+
+        A hub still serving it finds an empty mailbox; a send to it then raises UnknownAgent
+        (unless `auto_register`). Hubs of other processes on SQLite may still send to it
+        until they reopen the store (they remember agents they have checked)."""
+        check_name("agent name", agent)
+        ctx = self._require_backend()
+        removed = await ctx.mailboxes.remove_agent(agent, now=ctx.now())
+        self._agents.pop(agent, None)
+        return removed
+
+    async def consumers(self) -> list[ConsumerInfo]:
+        """Every durable topic consumer (`subscribe(..., durable=name)`) by name, with its
+        position in the topic log, its lag (retained records after its position that it will
+        receive), its pending deliveries (leased, not acked) and the records it lost to
+        retention since its last claim."""
+        ctx = self._require_backend()
+        topics = ctx.topics
+        records = await topics.list_consumers()
+        head = await topics.topic_head()
+        lags = [0] * len(records)
+        filters = [consumer_filter(r.spec) for r in records]
+        after = min((r.position for r in records), default=head)
+        while after < head:  # one pass over the retained log after the earliest position
+            batch = await topics.read_topics(after, exclude_origin="\0", limit=1000)
+            for rec in batch.records:
+                for i, r in enumerate(records):
+                    if rec.seq > r.position and filters[i].matches(
+                        rec.topic, rec.sender, rec.type, rec.metadata
+                    ):
+                        lags[i] += 1
+            if batch.through <= after:
+                break
+            after = batch.through
+        return [
+            ConsumerInfo(
+                name=r.spec.name,
+                pattern=r.spec.pattern,
+                senders=r.spec.senders,
+                types=r.spec.types,
+                position=r.position,
+                head=max(head, r.position),
+                lag=lags[i],
+                pending=r.pending,
+                lost=r.lost,
+            )
+            for i, r in enumerate(records)
+        ]
+
+    async def namespaces(self) -> list[NamespaceInfo]:
+        """Every shared-memory namespace written to, with its live keys and their bytes and
+        its writes and conflicts: shared ones (`owner` None) and agents' private ones."""
+        ctx = self._require_backend()
+        store = ctx.shared_memory
+        now = ctx.now()
+        out = []
+        for space in await store.kv_spaces():
+            c = await store.kv_counts(space, now=now)
+            owner = space.owner or None
+            out.append(
+                NamespaceInfo(space.namespace, owner, c.keys, c.bytes, c.writes, c.conflicts)
+            )
+        return sorted(out, key=lambda n: (n.owner is not None, n.owner or "", n.namespace))
+
+    async def pools(self) -> list[PoolSnapshot]:
+        """A snapshot of every agent pool (see `Pool.snapshot`), by name."""
+        ctx = self._require_backend()
+        store = ctx.pools
+        out = []
+        for name in await store.pool_names():
+            try:  # its config comes from the snapshot: the one given here is not used
+                out.append(await Pool(ctx, store, name, PoolConfig()).snapshot())
+            except NotFound:  # removed since it was listed
+                continue
+        return out
+
+    async def prefixes(self) -> dict[str, int]:
+        """Redis only: every key prefix on the server that holds agentcomm data, with its key
+        count (this hub's own included if it holds any). A hub on another backend raises
+        ConfigurationError. It scans the whole keyspace: an operator's call, not a hot one."""
+        found = await self._require_backend().backend.prefixes()
+        if found is None:
+            raise ConfigurationError(
+                f"{self.url.split(':', 1)[0]}:// stores have no key prefixes; only redis:// "
+                "stores do."
+            )
+        return found
 
     # --- schedules -----------------------------------------------------------------------------
 

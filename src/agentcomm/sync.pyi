@@ -17,6 +17,7 @@ from agentcomm import (
     Backoff,
     Change,
     CheckReport,
+    ConsumerInfo,
     DeadLetter,
     Entry,
     EventFilter,
@@ -24,7 +25,9 @@ from agentcomm import (
     KVStats,
     Limits,
     MailboxStats,
+    NamespaceInfo,
     Outgoing,
+    PeekedMessage,
     PendingInfo,
     PoolConfig,
     PoolMember,
@@ -361,6 +364,13 @@ class Hub:
         cannot be decoded) and report what is wrong; `agentcomm check URL` prints this.
         """
 
+    def consumers(self) -> list[ConsumerInfo]:
+        """Every durable topic consumer (`subscribe(..., durable=name)`) by name, with its
+        position in the topic log, its lag (retained records after its position that it will
+        receive), its pending deliveries (leased, not acked) and the records it lost to
+        retention since its last claim.
+        """
+
     def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
         """Dead-lettered messages of `agent`, with reason and attempts, oldest first
         (UnknownAgent if no such agent was registered).
@@ -372,6 +382,13 @@ class Hub:
     @property
     def default_ttl(self) -> float:
         """The TTL of a message sent without `ttl=` (seconds)."""
+
+    def delete_message(self, agent: str, message_id: str) -> bool:
+        """Remove message `message_id` from `agent`'s mailbox, whether ready, delayed, in
+        flight or dead-lettered; False if it holds no such message (UnknownAgent if no such
+        agent was registered). A consumer holding it in flight can no longer settle it; a
+        request removed so gets no reply (its requester waits until its timeout).
+        """
 
     @property
     def lease(self) -> float:
@@ -401,8 +418,20 @@ class Hub:
         record one.
         """
 
+    def namespaces(self) -> list[NamespaceInfo]:
+        """Every shared-memory namespace written to, with its live keys and their bytes and
+        its writes and conflicts: shared ones (`owner` None) and agents' private ones.
+        """
+
     def open(self) -> Hub:
         """Open the backend and start housekeeping; returns the hub."""
+
+    def peek(self, agent: str, *, limit: int = 100) -> list[PeekedMessage]:
+        """Messages waiting for or leased by `agent` (ready, delayed, in flight), best first,
+        with their payloads and metadata, without consuming them (UnknownAgent if no such
+        agent was registered). A payload stored by reference is loaded; one that cannot be
+        read is listed with `data=None` and the reason in `error`.
+        """
 
     def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
         """Messages waiting for or leased by `agent`, best first, without payloads
@@ -416,12 +445,27 @@ class Hub:
         `config=None` or an equal one it returns the same pool. See `Pool`.
         """
 
+    def pools(self) -> list[PoolSnapshot]:
+        """A snapshot of every agent pool (see `Pool.snapshot`), by name."""
+
+    def prefixes(self) -> dict[str, int]:
+        """Redis only: every key prefix on the server that holds agentcomm data, with its key
+        count (this hub's own included if it holds any). A hub on another backend raises
+        ConfigurationError. It scans the whole keyspace: an operator's call, not a hot one.
+        """
+
     @property
     def presence(self) -> Presence:
         """How agents' activity is recorded and reported (see `Presence`)."""
 
     def prune(self) -> PruneReport:
         """Run a retention pass now (the hub also runs one every `retention.interval`)."""
+
+    def purge(self, agent: str, *, dead_letters: bool = False) -> int:
+        """Remove every message waiting for or leased by `agent` (ready, delayed, in flight)
+        and, with `dead_letters=True`, its dead letters too; returns how many were removed
+        (UnknownAgent if no such agent was registered). Cannot be undone.
+        """
 
     def queue_depth(self, agent: str) -> int:
         """How many messages wait to be delivered to `agent` (ready or delayed); raises
@@ -431,6 +475,15 @@ class Hub:
     @property
     def refs(self) -> RefStore:
         """The reference store: large payloads stored once, by content (see `RefStore`)."""
+
+    def remove_agent(self, agent: str) -> bool:
+        """Unregister `agent`: remove it, every message addressed to it (dead letters
+        included) and the schedules that send to it; False if it was not registered.
+
+        A hub still serving it finds an empty mailbox; a send to it then raises UnknownAgent
+        (unless `auto_register`). Hubs of other processes on SQLite may still send to it
+        until they reopen the store (they remember agents they have checked).
+        """
 
     def requeue_dead_letters(self, agent: str, ids: list[str] | None = None) -> int:
         """Deliver dead letters of `agent` again (all, or those in `ids`) with fresh attempts

@@ -8,7 +8,14 @@ import msgspec
 
 from ..._errors import NotFound
 from ..._models import TopicStats
-from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
+from ..._records import (
+    ConsumerRecord,
+    ConsumerSpec,
+    NewTopicRecord,
+    TopicBatch,
+    TopicClaim,
+    TopicRecord,
+)
 from ..._ref_records import REF_FLAG
 from ..._settings import Retention
 from ..._subjects import TOPICS_CHANNEL, consumer_channel, topic_channel
@@ -215,6 +222,13 @@ class MemoryTopics(TopicStore):
             return TopicClaim(out, until, lost, next_wake)
 
         return self._txn.run(op)
+
+    async def list_consumers(self) -> list[ConsumerRecord]:
+        with self._txn.lock:
+            return [
+                ConsumerRecord(c.spec, c.delivered, len(c.pending), c.lost)
+                for _, c in sorted(self._state.consumers.items())
+            ]
 
     def prune_step(self, now: float) -> int:
         """Drop log records beyond retention, counting what each durable consumer lost; the

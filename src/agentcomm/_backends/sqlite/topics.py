@@ -16,7 +16,14 @@ import msgspec
 
 from ..._errors import BackendUnavailable, NotFound
 from ..._models import TopicStats
-from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
+from ..._records import (
+    ConsumerRecord,
+    ConsumerSpec,
+    NewTopicRecord,
+    TopicBatch,
+    TopicClaim,
+    TopicRecord,
+)
 from ..._settings import Retention
 from ..._subjects import TOPICS_CHANNEL, TopicFilter, consumer_channel, is_literal, topic_channel
 from ..common import conflict, consumer_filter, same_definition, same_start
@@ -207,6 +214,20 @@ class SQLiteTopics(TopicStore):
 
         result: list[TopicStats] = await self._db.read(op)
         return result
+
+    async def list_consumers(self) -> list[ConsumerRecord]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT c.spec, c.delivered, c.lost,"
+                " (SELECT COUNT(*) FROM topic_pending p WHERE p.consumer = c.name)"
+                " FROM topic_consumers c ORDER BY c.name"
+            ).fetchall()
+
+        rows: list[tuple[Any, ...]] = await self._db.read(op)
+        return [
+            ConsumerRecord(_spec_decoder.decode(blob), position, pending, lost)
+            for blob, position, lost, pending in rows
+        ]
 
     async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
         blob = _spec_encoder.encode(spec)
