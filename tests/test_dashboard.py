@@ -18,6 +18,7 @@ from agentcomm.dashboard import build_dashboard_app
 @pytest.fixture
 async def client(hub: agentcomm.Hub) -> AsyncIterator[httpx.AsyncClient]:
     app = build_dashboard_app(hub)
+    app.state.dashboard_feed.min_interval = 0.0  # each request reads the store afresh
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://dash") as c:
         yield c
@@ -54,6 +55,17 @@ async def test_every_page_renders_what_the_store_holds(
     assert f'data-id="{dead}"' in letters and "refused by the test" in letters
     assert "<b>x</b>" not in letters and "&lt;b&gt;x&lt;/b&gt;" in letters  # escaped
     assert "build.started" in (await client.get("/topics")).text
+    audit = await planner.subscribe("build.>", durable="audit", start="all")
+    await audit.aclose()
+    assert "audit" in (await client.get("/topics")).text
+    await (await hub.agent("coder")).memory().put("scratch", 1)
+    memory = (await client.get("/memory")).text
+    assert "<code>plan</code>" in memory and "<code>scratch</code>" in memory
+    pool = await hub.pool("review")
+    await pool.join("lead@r0", agent="lead")
+    wake = await pool.wait_for("lead@r0", agentcomm.EventFilter(types={"verdict"}), timeout=600)
+    pools = (await client.get("/pools")).text
+    assert 'data-pool="review"' in pools and wake.id in pools
     for path in ("/static/dashboard.js", "/static/dashboard.css"):
         assert (await client.get(path)).status_code == 200
 

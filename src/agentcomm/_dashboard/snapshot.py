@@ -16,7 +16,9 @@ import msgspec
 
 from .._errors import AgentCommError, ConfigurationError, HubClosed, UnknownAgent
 from .._hub import Hub
-from .._models import HubStats, PendingInfo, ScheduleInfo
+from .._kv_records import Space
+from .._models import HubStats, PeekedMessage, ScheduleInfo
+from .._shared_memory import SharedMemory
 
 __all__ = ["History", "Snapshot", "collect"]
 
@@ -58,6 +60,7 @@ class DeadRow:
     type: str
     reason: str
     attempts: int
+    sent_at: float
     dead_at: float
     payload: str
     error: str | None
@@ -242,14 +245,12 @@ async def _optional(section: str, notes: dict[str, str], call: Any) -> Any:
     return None
 
 
-async def _agent_rows(
-    hub: Hub, names: list[str], notes: dict[str, str]
-) -> tuple[list[Any], list[Any], list[Any]]:
+async def _agent_rows(hub: Hub, names: list[str]) -> tuple[list[Any], list[Any], list[Any]]:
     async def one(name: str) -> tuple[Any, Any, Any]:
         try:
             return await asyncio.gather(
                 hub.mailbox_stats(name),
-                hub.pending(name, limit=ROWS_PER_AGENT),
+                hub.peek(name, limit=ROWS_PER_AGENT),
                 hub.dead_letters(name, limit=ROWS_PER_AGENT),
             )
         except UnknownAgent:  # removed since it was listed
@@ -257,6 +258,49 @@ async def _agent_rows(
 
     done = await asyncio.gather(*(one(n) for n in names))
     return [d[0] for d in done], [d[1] for d in done], [d[2] for d in done]
+
+
+async def _consumers(hub: Hub, notes: dict[str, str]) -> list[ConsumerRow] | None:
+    found = await _optional("consumers", notes, hub.consumers())
+    if found is None:
+        return None
+    return [ConsumerRow(c.name, c.pattern, c.position, c.head, c.lag, c.pending) for c in found]
+
+
+async def _namespaces(hub: Hub, notes: dict[str, str]) -> list[NamespaceRow] | None:
+    found = await _optional("shared memory", notes, hub.namespaces())
+    if found is None:
+        return None
+    rows = []
+    for n in found:
+        # a private namespace is read through its space: reading never writes, so no agent
+        # handle (which would record presence) is needed
+        space = Space(n.owner or "", n.namespace)
+        keys = await _optional(
+            "shared memory", notes, SharedMemory(hub._ctx, space, by=None).keys()
+        )
+        rows.append(
+            NamespaceRow(
+                n.namespace, n.owner, n.keys, n.bytes, n.writes, (keys or [])[:KEYS_PER_NAMESPACE]
+            )
+        )
+    return rows
+
+
+async def _pools(hub: Hub, notes: dict[str, str]) -> list[PoolRow] | None:
+    found = await _optional("pools", notes, hub.pools())
+    if found is None:
+        return None
+    return [
+        PoolRow(
+            p.name,
+            [m.run for m in p.members],
+            list(p.topics),
+            [WakeRow(w.id, w.run, w.registered_at, w.deadline) for w in p.pending_wakes],
+            dict(p.counts),
+        )
+        for p in found
+    ]
 
 
 async def collect(hub: Hub, history: History) -> Snapshot:
@@ -268,7 +312,7 @@ async def collect(hub: Hub, history: History) -> Snapshot:
     names = [a.name for a in infos[:MAX_AGENTS]]
     if len(infos) > MAX_AGENTS:
         notes["agents"] = f"showing the {MAX_AGENTS} most recently active of {len(infos)} agents"
-    stats, pending, dead = await _agent_rows(hub, names, notes)
+    stats, pending, dead = await _agent_rows(hub, names)
     agents = [
         AgentRow(
             info.name,
@@ -291,6 +335,7 @@ async def collect(hub: Hub, history: History) -> Snapshot:
             d.type,
             d.reason,
             d.attempts,
+            d.enqueued_at,
             d.dead_at,
             "" if d.error else preview(d.data),
             d.error,
@@ -299,14 +344,24 @@ async def collect(hub: Hub, history: History) -> Snapshot:
         for d in letters
     ]
     dead_rows.sort(key=lambda d: d.dead_at, reverse=True)
-    waiting: list[PendingInfo] = [p for rows in pending for p in rows]
+    waiting: list[PeekedMessage] = [p for rows in pending for p in rows]
     flow = history.see(
         [
-            FlowRow(p.id, p.sender, p.recipient, p.type, p.enqueued_at, p.state, p.attempt, p.size)
+            FlowRow(
+                p.id,
+                p.sender,
+                p.recipient,
+                p.type,
+                p.enqueued_at,
+                p.state,
+                p.attempt,
+                p.size,
+                p.error or preview(p.data),
+            )
             for p in waiting
         ]
         + [
-            FlowRow(d.id, d.sender, d.agent, d.type, d.dead_at, "dead", d.attempts, 0, d.payload)
+            FlowRow(d.id, d.sender, d.agent, d.type, d.sent_at, "dead", d.attempts, 0, d.payload)
             for d in dead_rows
         ]
     )
@@ -349,10 +404,10 @@ async def collect(hub: Hub, history: History) -> Snapshot:
         dead=dead_rows,
         dead_total=sum(a.dead for a in agents),
         topics=topics,
-        consumers=None,
-        namespaces=None,
+        consumers=await _consumers(hub, notes),
+        namespaces=await _namespaces(hub, notes),
         refs=refs,
-        pools=None,
+        pools=await _pools(hub, notes),
         flow=flow,
         schedules=await _optional("schedules", notes, hub.schedules()) or [],
         notes=notes,
