@@ -193,3 +193,28 @@ async def test_prefixes(backend_name: str, fresh_url: Callable[[], str]) -> None
     async with agentcomm.connect(fresh_url()) as empty:
         found = await empty.prefixes()
         assert own in found
+
+
+async def test_hub_subscribe_observes_without_an_agent(hub: agentcomm.Hub) -> None:
+    async with hub.subscribe("jobs.>", types=["t"]) as sub:
+        planner = await hub.agent("planner")
+        await planner.publish("jobs.a", 1, type="t")
+        await planner.publish("jobs.a", 2, type="other")
+        await planner.publish("jobs.b", 3, type="t")
+        got = [await sub.next(timeout=5) for _ in range(2)]
+    assert [(m.topic, m.data, m.sender) for m in got if m is not None] == [
+        ("jobs.a", 1, "planner"),
+        ("jobs.b", 3, "planner"),
+    ]
+    assert [a.name for a in await hub.agents()] == ["planner"]
+
+
+async def test_topic_stats_count_retained_records(hub: agentcomm.Hub) -> None:
+    planner = await hub.agent("planner")
+    for i in range(3):
+        await planner.publish("jobs.a", i)
+    await planner.publish("jobs.b", 0)
+    stats = {t.name: t for t in await hub.topics()}
+    assert stats["jobs.a"].retained == 3 and stats["jobs.b"].retained == 1
+    assert (await hub.topic_stats("jobs.a")).retained == 3
+    assert (await hub.topic_stats("nothing.here")).retained == 0

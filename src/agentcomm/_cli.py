@@ -137,13 +137,21 @@ def inspect(
         str | None,
         typer.Argument(help="Store URL. [default: $AGENTCOMM_URL, else sqlite:///agentcomm.db]"),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a store's agents, queue depths, in-flight messages, dead letters and schedules."""
     console = Console(highlight=False)
     with _reported():
         snap = asyncio.run(_snapshot(url))
+    if as_json:
+        typer.echo(msgspec.json.encode(snap, enc_hook=repr).decode())
+        return
     console.print(Text(f"agentcomm store {snap.url}", style="bold"))
     _print_store(console, snap)
+    if not snap.agents:  # Redis: the data may be under another prefix
+        from ._cli_ops import print_prefix_hint
+
+        print_prefix_hint(console, url)
 
 
 async def _snapshot(url: str | None) -> StoreSnapshot:
@@ -305,7 +313,14 @@ def _stats_table(stats: HubStats) -> Table:
     return table
 
 
-# `agentcomm dashboard` lives in its own module (_dashboard/command.py)
-from ._dashboard.command import register as _register_dashboard  # noqa: E402
+def _register_commands() -> None:
+    """The command groups kept in their own modules (operators: `_cli_ops.py`; the dashboard:
+    `_dashboard/command.py`)."""
+    from ._cli_ops import register as register_ops
+    from ._dashboard.command import register as register_dashboard
 
-_register_dashboard(app)
+    register_ops(app)
+    register_dashboard(app)
+
+
+_register_commands()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -58,6 +59,7 @@ from ._references import Policy, PolicyTable, RefConfig, RefStore
 from ._settings import Backoff, HubSettings, Limits, Presence, Retention
 from ._shared_memory import SharedMemory
 from ._subjects import parse_topic
+from ._subscription import DEFAULT_BUFFER, Subscribing
 from ._topic_bus import TopicBus
 from ._validation import (
     check_attempts,
@@ -666,6 +668,26 @@ class Hub:
     async def topics(self) -> list[TopicStats]:
         """Stats of every topic published to (and still within retention), by name."""
         return await self._topic_bus.stats(None)
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        senders: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> Subscribing:
+        """Watch publishes to topics matching `pattern` as an observer, not as an agent (a
+        monitor, `agentcomm tail --topic`): a live subscription, as `agent.subscribe` without
+        `durable`, that registers no agent. Use it as `sub = await hub.subscribe(...)` or
+        `async with hub.subscribe(...) as sub:`."""
+        ctx = self._ctx
+        subscribe = functools.partial(
+            ctx.bus.subscribe, pattern, senders=senders, types=types, metadata=metadata,
+            buffer=buffer, durable=None, start=None, lease=ctx.settings.lease,
+        )  # fmt: skip
+        return Subscribing(subscribe)
 
     async def topic_stats(self, name: str) -> TopicStats:
         """Published, delivered, dropped, subscribers and last publish of topic `name`.

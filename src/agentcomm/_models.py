@@ -232,3 +232,6 @@ class TopicStats(msgspec.Struct, frozen=True):
     subscribers: int
     last_publish: float | None
     last_sequence: int
+    #: Records of the topic still in the topic log (within retention): what a durable
+    #: consumer starting at "all" would read.
+    retained: int = 0

@@ -500,6 +500,21 @@ class Hub:
     def stats(self) -> HubStats:
         """Counters: sent, deduplicated, expired, dead-lettered, late replies, scheduled runs."""
 
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        senders: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        buffer: int = 1024,
+    ) -> Subscription:
+        """Watch publishes to topics matching `pattern` as an observer, not as an agent (a
+        monitor, `agentcomm tail --topic`): a live subscription, as `agent.subscribe` without
+        `durable`, that registers no agent. Use it as `sub = await hub.subscribe(...)` or
+        `async with hub.subscribe(...) as sub:`.
+        """
+
     def topic_stats(self, name: str) -> TopicStats:
         """Published, delivered, dropped, subscribers and last publish of topic `name`.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import msgspec
@@ -137,13 +138,14 @@ class MemoryTopics(TopicStore):
             st = self._state
             names = sorted(st.stats) if name is None else [name]
             filters = [c.filter for c in st.consumers.values()]
+            retained = Counter(r.topic for r in st.log)
             out = []
             for n in names:
                 s = st.stats.get(n) or _Stats()
                 subscribers = sum(1 for f in filters if f.matches_topic(n))
                 stat = TopicStats(
                     n, s.published, s.delivered, s.dropped, subscribers, s.last_publish,
-                    s.last_seq,
+                    s.last_seq, retained[n],
                 )  # fmt: skip
                 out.append(stat)
             return out

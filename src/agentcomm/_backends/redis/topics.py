@@ -142,11 +142,20 @@ class RedisTopics(TopicStore):
         rows, definitions = await self._topic_op("stats", 0.0, *args)
         filters = [self._filter_of(d) for d in definitions]
         out = []
-        for n, pub, dl, dr, at, last in rows:
+        for n, pub, dl, dr, at, last, kept in rows:
             topic = n.decode()
             subscribers = sum(1 for f in filters if f.matches_topic(topic))
             out.append(
-                TopicStats(topic, int(pub), int(dl), int(dr), subscribers, opt_float(at), int(last))
+                TopicStats(
+                    topic,
+                    int(pub),
+                    int(dl),
+                    int(dr),
+                    subscribers,
+                    opt_float(at),
+                    int(last),
+                    max(int(kept), 0),
+                )
             )
         out.sort(key=lambda s: s.name)
         return out
