@@ -21,6 +21,7 @@ from ._backends.contracts import Backend
 from ._backends.pool_engine import POOL_WAKES_CHANNEL
 from ._codec import StoredRef, decode_payload
 from ._context import Clock, Context
+from ._coord_leases import Leases
 from ._errors import (
     AgentCommError,
     AsyncMisuse,
@@ -210,6 +211,8 @@ class Hub:
         self.refs = RefStore(ctx, config)
         ctx.refs = RefHolder(ctx, self.refs)
         ctx.bus = self._topic_bus = TopicBus(ctx)
+        #: Coordination leases on file globs: advisory locks agents take before editing files.
+        self.leases = Leases(ctx)
         self._agents: dict[str, Agent] = {}
         self._pool_wakes_started = False
 
