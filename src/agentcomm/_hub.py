@@ -16,10 +16,10 @@ import msgspec
 from ._agent import Agent
 from ._awaiting import awaitable
 from ._backends import DEFAULT_URL, open_backend, with_prefix
-from ._backends.common import SCHEDULES_CHANNEL
+from ._backends.common import SCHEDULES_CHANNEL, mail_channel
 from ._backends.contracts import Backend
 from ._backends.pool_engine import POOL_WAKES_CHANNEL
-from ._codec import StoredRef, decode_payload
+from ._codec import StoredRef, decode_metadata, decode_payload
 from ._context import Clock, Context
 from ._coord_leases import Leases
 from ._errors import (
@@ -60,6 +60,7 @@ from ._validation import (
     check_bool,
     check_int,
     check_name,
+    check_non_negative,
     check_positive,
     check_seconds,
     check_text,
@@ -455,12 +456,66 @@ class Hub:
         ctx = await self._known(agent)
         return await ctx.mailboxes.mailbox_stats(agent)
 
-    async def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
-        """Messages waiting for or leased by `agent`, best first, without payloads
-        (UnknownAgent if no such agent was registered)."""
+    async def pending(
+        self, agent: str, *, limit: int = 100, payloads: bool = False
+    ) -> list[PendingInfo]:
+        """Messages waiting for or leased by `agent`, best first (UnknownAgent if no such
+        agent was registered). A look only: nothing is received, leased or counted.
+
+        With `payloads`, each also carries its `data`, `metadata` and `correlation_id` (an
+        inbox preview); one whose payload cannot be read is listed with `data=None` and the
+        reason in `error`.
+        """
         check_name("agent name", agent)
         check_int("limit", limit, 1, MAX_LISTING)
-        return await (await self._known(agent)).mailboxes.pending(agent, limit=limit)
+        check_bool("payloads", payloads)
+        ctx = await self._known(agent)
+        if not payloads:
+            return await ctx.mailboxes.pending(agent, limit=limit)
+        out = []
+        for info, stored in await ctx.mailboxes.peek(agent, limit=limit):
+            try:
+                data, kind = stored.data, stored.data_kind
+                if kind & REF_FLAG:
+                    data, kind, _ = await ctx.refs.load(data, kind)
+                decoded = decode_payload(data, kind)
+                metadata = decode_metadata(stored.metadata)
+                info = msgspec.structs.replace(
+                    info, data=decoded, metadata=metadata, correlation_id=stored.correlation_id
+                )
+            except (RefNotFound, IntegrityError, BackendError) as exc:
+                info = msgspec.structs.replace(
+                    info, correlation_id=stored.correlation_id, error=str(exc)
+                )
+            out.append(info)
+        return out
+
+    async def wait_for_mail(self, agent: str, *, timeout: float | None = None) -> bool:
+        """Wait until a message is ready for `agent`, without receiving it (a peek: nothing
+        is leased or counted); True then, False if `timeout` seconds pass first (`None`
+        waits as long as it takes, 0 only looks). Wakes on the send itself, also from other
+        processes, never by polling; ends with HubClosed if the hub closes.
+
+        Ready means deliverable now: sent and not delayed, or a delivery whose lease ended.
+        """
+        check_name("agent name", agent)
+        if timeout is not None:
+            check_non_negative("timeout", timeout)
+        ctx = await self._known(agent)
+        with ctx.wakeups(mail_channel(agent), timeout=timeout) as wakeups:
+            while True:
+                ctx.check_open()
+                wakeups.rearm()
+                now = ctx.now()
+                due: float | None = None
+                for info in await ctx.mailboxes.pending(agent, limit=MAX_LISTING):
+                    if info.expires_at is not None and info.expires_at <= now:
+                        continue
+                    if info.state == "ready" or info.visible_at <= now:
+                        return True
+                    due = info.visible_at if due is None else min(due, info.visible_at)
+                if not await wakeups.wait(due):
+                    return False
 
     async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
         """Dead-lettered messages of `agent`, with reason and attempts, oldest first

@@ -60,7 +60,11 @@ class MailboxStats(msgspec.Struct, frozen=True):
 
 
 class PendingInfo(msgspec.Struct, frozen=True):
-    """A message waiting in (or leased from) a mailbox, described without its payload."""
+    """A message waiting in (or leased from) a mailbox, described without its payload.
+
+    Listed with `hub.pending(agent, payloads=True)` it also carries `data`, `metadata` and
+    `correlation_id` (set on requests); `error` says why a payload could not be read.
+    """
 
     id: str
     sender: str
@@ -73,6 +77,10 @@ class PendingInfo(msgspec.Struct, frozen=True):
     visible_at: float
     expires_at: float | None
     size: int
+    data: Any = None
+    metadata: dict[str, Any] | None = None
+    correlation_id: str | None = None
+    error: str | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

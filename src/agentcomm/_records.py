@@ -116,6 +116,17 @@ def failed_reply(
     )  # fmt: skip
 
 
+class Peeked(msgspec.Struct):
+    """What `MailboxStore.peek` adds to a pending message's description: its stored payload
+    (`data` may be a reference id, `REF_FLAG` in `data_kind`), metadata and correlation id."""
+
+    id: str
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    correlation_id: str | None
+
+
 class Claimed(msgspec.Struct):
     """The result of a claim: the messages leased, and when the mailbox next changes by itself."""
 

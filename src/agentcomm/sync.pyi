@@ -412,9 +412,13 @@ class Hub:
     def open(self) -> Hub:
         """Open the backend and start housekeeping; returns the hub."""
 
-    def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
-        """Messages waiting for or leased by `agent`, best first, without payloads
-        (UnknownAgent if no such agent was registered).
+    def pending(self, agent: str, *, limit: int = 100, payloads: bool = False) -> list[PendingInfo]:
+        """Messages waiting for or leased by `agent`, best first (UnknownAgent if no such
+        agent was registered). A look only: nothing is received, leased or counted.
+
+        With `payloads`, each also carries its `data`, `metadata` and `correlation_id` (an
+        inbox preview); one whose payload cannot be read is listed with `data=None` and the
+        reason in `error`.
         """
 
     def pool(self, name: str, *, config: PoolConfig | None = None) -> Pool:
@@ -468,6 +472,15 @@ class Hub:
     @property
     def url(self) -> str:
         """`url` of the async object, as the blocking API gives it."""
+
+    def wait_for_mail(self, agent: str, *, timeout: float | None = None) -> bool:
+        """Wait until a message is ready for `agent`, without receiving it (a peek: nothing
+        is leased or counted); True then, False if `timeout` seconds pass first (`None`
+        waits as long as it takes, 0 only looks). Wakes on the send itself, also from other
+        processes, never by polling; ends with HubClosed if the hub closes.
+
+        Ready means deliverable now: sent and not delayed, or a delivery whose lease ended.
+        """
 
 class Leases:
     """Blocking twin of `agentcomm.Leases`: the same members, without `await`.

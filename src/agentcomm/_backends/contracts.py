@@ -53,6 +53,7 @@ from .._records import (
     ConsumerSpec,
     NewMessage,
     NewTopicRecord,
+    Peeked,
     ScheduleSpec,
     Settle,
     StoredReply,
@@ -144,6 +145,11 @@ class MailboxStore(abc.ABC):
     @abc.abstractmethod
     async def pending(self, agent: str, *, limit: int) -> list[PendingInfo]:
         """Undelivered and in-flight messages of `agent`, best first, without payloads."""
+
+    @abc.abstractmethod
+    async def peek(self, agent: str, *, limit: int) -> list[tuple[PendingInfo, Peeked]]:
+        """As `pending`, each message with its stored payload; changes nothing (a peek never
+        claims, settles or counts anything)."""
 
     @abc.abstractmethod
     async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:

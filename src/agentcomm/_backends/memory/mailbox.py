@@ -28,6 +28,7 @@ from ..._records import (
     DataKind,
     NewMessage,
     NewTopicRecord,
+    Peeked,
     ScheduleSpec,
     Settle,
     SettleKind,
@@ -437,6 +438,24 @@ class MemoryMailboxes(MailboxStore):
         with self._txn.lock:
             sizes = [self._holds.size_of(r.msg.data, r.msg.data_kind) for r in rows[:limit]]
         return [_pending_info(r, size) for r, size in zip(rows, sizes, strict=False)]
+
+    async def peek(self, agent: str, *, limit: int) -> list[tuple[PendingInfo, Peeked]]:
+        with self._txn.lock:
+            rows = [
+                r
+                for r in self._state.rows.values()
+                if r.msg.recipient == agent and r.state in PENDING_STATE_NAMES
+            ]
+            rows.sort(key=lambda r: (-r.msg.priority, r.seq))
+            rows = rows[:limit]
+            sizes = [self._holds.size_of(r.msg.data, r.msg.data_kind) for r in rows]
+        return [
+            (
+                _pending_info(r, size),
+                Peeked(r.msg.id, r.msg.data, r.msg.data_kind, r.msg.metadata, r.msg.correlation_id),
+            )
+            for r, size in zip(rows, sizes, strict=True)
+        ]
 
     async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
         with self._txn.lock:

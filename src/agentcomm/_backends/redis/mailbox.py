@@ -26,6 +26,7 @@ from ..._records import (
     PENDING_STATE_NAMES,
     Claimed,
     NewMessage,
+    Peeked,
     ScheduleSpec,
     Settle,
     SettleKind,
@@ -353,6 +354,20 @@ class RedisMailboxes(MailboxStore):
         infos = ((_pending(r, agent), r[0]) for r in rows)
         ranked = sorted(infos, key=lambda p: (-p[0].priority, p[1]))
         return [info for info, _ in ranked[:limit]]
+
+    async def peek(self, agent: str, *, limit: int) -> list[tuple[PendingInfo, Peeked]]:
+        rows = await self._mail("pending", 0.0, agent, limit)
+        out: list[tuple[PendingInfo, Peeked, int]] = []
+        for r in rows:
+            info = _pending(r, agent)
+            try:
+                b = _body_decoder.decode(r[4])
+                peeked = Peeked(b.id, b.data, b.data_kind, b.metadata, b.correlation_id)
+            except _UNDECODABLE:  # listed as `pending` lists it, with no payload
+                peeked = Peeked(info.id, b"", 0, None, None)
+            out.append((info, peeked, r[0]))
+        out.sort(key=lambda p: (-p[0].priority, p[2]))
+        return [(info, peeked) for info, peeked, _ in out[:limit]]
 
     async def dead_letters(self, agent: str, *, limit: int) -> list[DeadLetter]:
         rows = await self._mail("dead", 0.0, agent, limit)

@@ -31,6 +31,7 @@ from ..._records import (
     DataKind,
     NewMessage,
     NewTopicRecord,
+    Peeked,
     ScheduleSpec,
     Settle,
     SettleKind,
@@ -477,6 +478,47 @@ class SQLiteMailboxes(MailboxStore):
                 visible_at=r[8],
                 expires_at=r[9],
                 size=r[10],
+            )
+            for r in rows[:limit]
+        ]
+
+    async def peek(self, agent: str, *, limit: int) -> list[tuple[PendingInfo, Peeked]]:
+        cols = (
+            "id, sender, recipient, type, priority, state, attempt, enqueued_at, visible_at,"
+            f" expires_at, {PAYLOAD_SIZE}, seq, data, data_kind, metadata, correlation_id"
+        )
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[Any, ...]]:
+            ready = conn.execute(
+                f"SELECT {cols} FROM messages WHERE recipient = ? AND state = {READY}"
+                " ORDER BY priority DESC, seq LIMIT ?",
+                (agent, limit),
+            ).fetchall()
+            timers = conn.execute(
+                f"SELECT {cols} FROM messages WHERE recipient = ? AND state IN {TIMED}"
+                " ORDER BY visible_at LIMIT ?",
+                (agent, limit),
+            ).fetchall()
+            return ready + timers
+
+        rows: list[tuple[Any, ...]] = await self._db.read(op)
+        rows.sort(key=lambda r: (-r[4], r[11]))
+        return [
+            (
+                PendingInfo(
+                    id=r[0],
+                    sender=r[1],
+                    recipient=r[2],
+                    type=r[3],
+                    priority=r[4],
+                    state=PENDING_STATE_NAMES[State(r[5])],
+                    attempt=r[6],
+                    enqueued_at=r[7],
+                    visible_at=r[8],
+                    expires_at=r[9],
+                    size=r[10],
+                ),
+                Peeked(r[0], r[12], r[13], r[14], r[15]),
             )
             for r in rows[:limit]
         ]
