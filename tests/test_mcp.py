@@ -300,3 +300,61 @@ async def test_many_stdio_servers_on_one_file_lose_nothing(tmp_path: Path) -> No
             return await hub.check()
 
     assert (await asyncio.to_thread(asyncio.run, check())).ok
+
+
+# --- streamable HTTP, standalone (agentcomm serve mounts the same app at /mcp) -----------------
+
+
+async def test_streamable_http_acts_as_the_agent_of_the_bearer_token() -> None:
+    import socket
+
+    import httpx2
+    import uvicorn
+    from mcp.client.streamable_http import streamable_http_client
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from agentcomm._mcp import http_app
+
+    tokens = {"token-a": "alice", "token-b": "bob"}
+    async with agentcomm.connect("memory://") as hub:
+        mcp_app, lifespan = http_app(hub, tokens.get)
+
+        @asynccontextmanager
+        async def host_lifespan(_: Starlette) -> AsyncIterator[None]:
+            async with lifespan():
+                yield
+
+        host = Starlette(routes=[Mount("/mcp", mcp_app)], lifespan=host_lifespan)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = uvicorn.Server(
+            uvicorn.Config(host, host="127.0.0.1", port=port, log_level="warning")
+        )
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers only a flag)
+                await asyncio.sleep(0.02)
+
+            async with AsyncExitStack() as stack:
+
+                async def client(token: str) -> Client:
+                    http = await stack.enter_async_context(
+                        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+                    )
+                    url = f"http://127.0.0.1:{port}/mcp/"
+                    return await stack.enter_async_context(
+                        Client(streamable_http_client(url, http_client=http))
+                    )
+
+                a, b = await client("token-a"), await client("token-b")
+                assert (await call(b, "whoami"))["agent"] == "bob"
+                await call(a, "send_message", to="bob", body="over http")
+                (got,) = (await call(b, "check_inbox"))["messages"]
+                assert got["body"] == "over http" and got["from"] == "alice"
+                assert (await call(a, "check_inbox"))["messages"] == []  # alice's own inbox
+                assert "not valid" in await error(await client("stolen"), "whoami")
+        finally:
+            server.should_exit = True
+            await serving
