@@ -7,6 +7,7 @@ from contextlib import suppress as _suppress
 
 from . import dashboard, sandbox
 from ._agent import Agent, Outgoing
+from ._coord_leases import Leases
 from ._errors import (
     ActionRejected,
     AgentCommError,
@@ -37,6 +38,7 @@ from ._errors import (
     WrongEventLoop,
 )
 from ._hub import Hub, connect
+from ._lease_models import Lease, LeaseConflict, LeaseResult
 from ._mailbox import Message, Reply
 from ._models import (
     AgentInfo,
@@ -100,7 +102,11 @@ __all__ = [
     "InvalidName",
     "InvalidTopic",
     "KVStats",
+    "Lease",
+    "LeaseConflict",
     "LeaseLost",
+    "LeaseResult",
+    "Leases",
     "Limits",
     "MailboxStats",
     "Message",

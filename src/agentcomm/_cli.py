@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -311,6 +311,106 @@ def _stats_table(stats: HubStats) -> Table:
         table.add_column(name.replace("_", " "), justify="right")
     table.add_row(*(str(getattr(stats, name)) for name in fields))
     return table
+
+
+# --- agents on the command line: the MCP server and the inbox hook -------------------------------
+
+
+@app.command(name="mcp")
+def mcp_command(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="Store URL. [default: $AGENTCOMM_URL, else sqlite:///agentcomm.db]"),
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help="The agent this server acts as. [default: $AGENTCOMM_AGENT]"),
+    ] = None,
+    tools: Annotated[
+        str, typer.Option(help="Tool profile: 'default' (about a dozen) or 'all'.")
+    ] = "default",
+    retire_after: Annotated[
+        float,
+        typer.Option(help="Seconds an agent must be gone to be retired (skipped by broadcasts)."),
+    ] = 3600.0,
+) -> None:
+    """Serve agentcomm as MCP tools over stdio, as one agent (for a coding agent's config)."""
+    try:
+        from ._mcp import McpOptions, run_stdio
+    except ImportError as exc:
+        _fail(f"The MCP server needs the mcp extra: pip install 'agentcomm[mcp]' ({exc}).")
+        return
+    name = agent or os.environ.get("AGENTCOMM_AGENT")
+    if not name:
+        _fail("Name the agent: --agent NAME, or set $AGENTCOMM_AGENT.")
+        return
+    if tools not in ("default", "all"):
+        _fail(f"--tools takes 'default' or 'all', not {tools!r}.")
+    options = McpOptions(tools="all" if tools == "all" else "default", retire_after=retire_after)
+    with _reported():
+        asyncio.run(run_stdio(url, name, options))
+
+
+@app.command(name="inbox")
+def inbox_command(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="Store URL. [default: $AGENTCOMM_URL, else sqlite:///agentcomm.db]"),
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help="Whose inbox. [default: $AGENTCOMM_AGENT]"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wait: Annotated[
+        float, typer.Option(help="Wait up to this many seconds for mail to arrive.")
+    ] = 0.0,
+    limit: Annotated[int, typer.Option(help="Most messages to show.")] = 20,
+) -> None:
+    """Show an agent's unread mail without consuming it; exit 0 if there is mail, 1 if not.
+
+    Made for a coding agent's hooks (session start, after a tool call) to tell the model.
+    """
+    name = agent or os.environ.get("AGENTCOMM_AGENT")
+    if not name:
+        _fail("Name the agent: --agent NAME, or set $AGENTCOMM_AGENT.")
+        return
+    with _reported():
+        listed = asyncio.run(_inbox(url, name, wait, limit))
+    now = time.time()
+    if as_json:
+        typer.echo(json.dumps({"agent": name, "count": len(listed), "messages": listed},
+                              separators=(",", ":"), ensure_ascii=False, default=str))  # fmt: skip
+    else:
+        console = Console(highlight=False)
+        if not listed:
+            console.print(f"No mail for {name}.")
+        for m in listed:
+            thread = f"  thread {m['thread']}" if m.get("thread") else ""
+            age = _span(now - m["sent_at"])
+            console.print(f"{m['id']}  from {m['from']}  {m['type']}  {age} ago{thread}",
+                          soft_wrap=True)  # fmt: skip
+            console.print(f"  {m['preview']}", soft_wrap=True)
+    if not listed:
+        raise typer.Exit(1)
+
+
+async def _inbox(url: str | None, agent: str, wait: float, limit: int) -> list[dict[str, Any]]:
+    async with _existing(url) as hub:
+        if wait > 0:
+            await hub.wait_for_mail(agent, timeout=wait)
+        listed = await hub.peek(agent, limit=max(1, min(limit, 1000)))
+    out: list[dict[str, Any]] = []
+    for p in listed:
+        if p.state != "ready" and not p.visible_at <= time.time():
+            continue  # leased by someone, or delayed: not unread mail now
+        body = p.data if isinstance(p.data, str) else json.dumps(p.data, default=str)
+        out.append({
+            "id": p.id, "from": p.sender, "type": p.type, "sent_at": p.enqueued_at,
+            "thread": (p.metadata or {}).get("thread"), "request": p.correlation_id is not None,
+            "preview": body if len(body) <= 300 else body[:300] + "…",
+        })  # fmt: skip
+    return out
 
 
 def _register_commands() -> None:

@@ -17,11 +17,12 @@ import msgspec
 from ._agent import Agent
 from ._awaiting import awaitable
 from ._backends import DEFAULT_URL, open_backend, with_prefix
-from ._backends.common import SCHEDULES_CHANNEL, consumer_filter
+from ._backends.common import SCHEDULES_CHANNEL, consumer_filter, mail_channel
 from ._backends.contracts import Backend
 from ._backends.pool_engine import POOL_WAKES_CHANNEL
 from ._codec import StoredRef, decode_metadata, decode_payload
 from ._context import Clock, Context
+from ._coord_leases import Leases
 from ._errors import (
     AgentCommError,
     AsyncMisuse,
@@ -66,6 +67,7 @@ from ._validation import (
     check_bool,
     check_int,
     check_name,
+    check_non_negative,
     check_positive,
     check_seconds,
     check_text,
@@ -217,6 +219,8 @@ class Hub:
         self.refs = RefStore(ctx, config)
         ctx.refs = RefHolder(ctx, self.refs)
         ctx.bus = self._topic_bus = TopicBus(ctx)
+        #: Coordination leases on file globs: advisory locks agents take before editing files.
+        self.leases = Leases(ctx)
         self._agents: dict[str, Agent] = {}
         self._pool_wakes_started = False
 
@@ -461,10 +465,37 @@ class Hub:
 
     async def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
         """Messages waiting for or leased by `agent`, best first, without payloads
-        (UnknownAgent if no such agent was registered)."""
+        (UnknownAgent if no such agent was registered); `peek` lists them with payloads."""
         check_name("agent name", agent)
         check_int("limit", limit, 1, MAX_LISTING)
         return await (await self._known(agent)).mailboxes.pending(agent, limit=limit)
+
+    async def wait_for_mail(self, agent: str, *, timeout: float | None = None) -> bool:
+        """Wait until a message is ready for `agent`, without receiving it (a peek: nothing
+        is leased or counted); True then, False if `timeout` seconds pass first (`None`
+        waits as long as it takes, 0 only looks). Wakes on the send itself, also from other
+        processes, never by polling; ends with HubClosed if the hub closes.
+
+        Ready means deliverable now: sent and not delayed, or a delivery whose lease ended.
+        """
+        check_name("agent name", agent)
+        if timeout is not None:
+            check_non_negative("timeout", timeout)
+        ctx = await self._known(agent)
+        with ctx.wakeups(mail_channel(agent), timeout=timeout) as wakeups:
+            while True:
+                ctx.check_open()
+                wakeups.rearm()
+                now = ctx.now()
+                due: float | None = None
+                for info in await ctx.mailboxes.pending(agent, limit=MAX_LISTING):
+                    if info.expires_at is not None and info.expires_at <= now:
+                        continue
+                    if info.state == "ready" or info.visible_at <= now:
+                        return True
+                    due = info.visible_at if due is None else min(due, info.visible_at)
+                if not await wakeups.wait(due):
+                    return False
 
     async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
         """Dead-lettered messages of `agent`, with reason and attempts, oldest first

@@ -25,6 +25,7 @@ import abc
 from collections.abc import Mapping, Sequence
 
 from .._kv_records import KVChanges, KVCounts, KVOutcome, KVRecord, KVSnapshot, KVWrite, Space
+from .._lease_models import Lease, LeaseResult, LeaseWant
 from .._models import (
     AgentInfo,
     CheckReport,
@@ -487,6 +488,45 @@ class PoolStore(abc.ABC):
         """The name of every pool, sorted."""
 
 
+class LeaseStore(abc.ABC):
+    """Coordination leases: owners hold file globs, exclusively or shared, until they expire.
+
+    The rules are in `lease_engine` (which every backend applies to a snapshot of its leases
+    inside one atomic step). Each method that changes leases is atomic against other hubs and
+    processes, deletes the expired leases it finds, and notifies `lease_engine.LEASES_CHANNEL`
+    when anything changed.
+    """
+
+    @abc.abstractmethod
+    async def lease_acquire(
+        self,
+        owner: str,
+        wants: Sequence[LeaseWant],
+        *,
+        ttl: float,
+        reason: str | None,
+        partial: bool,
+        now: float,
+    ) -> LeaseResult:
+        """Grant `wants` (distinct patterns) to `owner` as `lease_engine.acquire` decides."""
+
+    @abc.abstractmethod
+    async def lease_renew(
+        self, owner: str, selectors: frozenset[str] | None, *, ttl: float, now: float
+    ) -> list[Lease]:
+        """Extend `owner`'s live leases as `lease_engine.renew` decides; returns them."""
+
+    @abc.abstractmethod
+    async def lease_release(
+        self, owner: str, selectors: frozenset[str] | None, *, now: float
+    ) -> list[Lease]:
+        """Release `owner`'s live leases as `lease_engine.release` decides; returns them."""
+
+    @abc.abstractmethod
+    async def lease_list(self, *, now: float) -> list[Lease]:
+        """Every live lease, by owner, then pattern."""
+
+
 class Backend(abc.ABC):
     """A storage engine behind a hub. One instance serves one hub, on one event loop.
 
@@ -504,6 +544,8 @@ class Backend(abc.ABC):
     references: ReferenceStore | None = None
     #: Agent pools.
     pools: PoolStore | None = None
+    #: Coordination leases on file globs.
+    leases: LeaseStore | None = None
 
     #: The reference GC strategy (`_ref_records.GC_STRATEGIES`); set by the hub before `open`.
     ref_gc_strategy: str = "ref_counting"
@@ -555,4 +597,4 @@ class Backend(abc.ABC):
 
 
 #: The optional features a backend may carry, by attribute name.
-FEATURES = ("mailboxes", "topics", "shared_memory", "references", "pools")
+FEATURES = ("mailboxes", "topics", "shared_memory", "references", "pools", "leases")

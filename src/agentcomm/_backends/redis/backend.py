@@ -31,6 +31,7 @@ from ..._notify import Notifier
 from ..._settings import Retention
 from ..contracts import Backend
 from .errors import CLOSE_ERRORS, redis_errors, text
+from .leases import RedisLeases
 from .mailbox import RedisMailboxes
 from .pools import RedisPools
 from .references import RedisReferences
@@ -106,6 +107,7 @@ class RedisBackend(Backend):
         self.references = RedisReferences(self._scripts, lambda: self.ref_gc_strategy)
         self._pools = RedisPools(self._scripts, retention)
         self.pools = self._pools
+        self.leases = RedisLeases(self._scripts)
         self._closed = False
         self._closing = asyncio.Event()  # set with `_closed`: wakes the watchdog and backoffs
         self._listener: asyncio.Task[None] | None = None
