@@ -13,7 +13,7 @@ import pytest
 import agentcomm
 from redis_server import BINARY, RedisServer, drop_prefixes
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "http"]
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +42,22 @@ def fresh_url(
     """Make the URL of a new, empty store of the backend under test on every call."""
     base = request.getfixturevalue("redis_url") if backend_name == "redis" else ""
     prefixes: list[str] = []
+    servers: list[Any] = []
+    if backend_name == "http":  # every hub of the test authenticates with the admin token
+        from live_server import ADMIN_TOKEN
+
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("AGENTCOMM_TOKEN", ADMIN_TOKEN)
 
     def make() -> str:
         name = uuid4().hex[:12]
         if backend_name == "memory":
             return f"memory://{name}"
+        if backend_name == "http":  # a server of its own over a fresh SQLite store
+            from live_server import LiveServer
+
+            servers.append(LiveServer(f"sqlite:///{tmp_path / name}.db").__enter__())
+            return servers[-1].url
         if backend_name == "redis":
             # a key prefix of its own isolates this store on the shared server
             prefixes.append(f"test-{name}")
@@ -54,6 +65,8 @@ def fresh_url(
         return f"sqlite:///{tmp_path / name}.db"
 
     yield make
+    for server in servers:
+        server.__exit__(None, None, None)
     if prefixes:  # leave nothing behind on a server given by AGENTCOMM_REDIS_URL
         drop_prefixes(base, prefixes)
 

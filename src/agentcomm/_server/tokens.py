@@ -22,7 +22,7 @@ from collections.abc import Callable
 import msgspec
 
 from .._backends.contracts import Backend, SharedMemoryStore
-from .._errors import AuthenticationFailed, ConfigurationError, NotFound
+from .._errors import AuthenticationFailed, ConfigurationError, NotFound, ValidationError
 from .._kv_records import KVWrite, Space
 from .._records import DataKind
 from .authz import RESERVED_NAMESPACE, Principal, check_principal
@@ -66,11 +66,17 @@ class TokenStore:
         self._kv: SharedMemoryStore = kv
         self._clock = clock
 
-    async def create(self, principal: Principal, label: str = "") -> tuple[str, TokenInfo]:
-        """Store a new token; returns the token (shown once) and its record."""
+    async def create(
+        self, principal: Principal, label: str = "", *, token: str | None = None
+    ) -> tuple[str, TokenInfo]:
+        """Store a new token; returns the token (shown once) and its record. `token` imports
+        a token made elsewhere (`act_<hex id>_<secret>`) instead of making one."""
         check_principal(principal)
-        token_id = secrets.token_hex(6)
-        secret = secrets.token_urlsafe(32)
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        if token is not None:
+            token_id, _, secret = token.removeprefix(_PREFIX).partition("_")
+            if not token.startswith(_PREFIX) or not token_id.isalnum() or len(secret) < 16:
+                raise ValidationError("token must read act_<id>_<secret of 16+ characters>.")
         stored = _Stored(
             id=token_id, label=label, hash=_hash(secret), principal=principal,
             created_at=self._clock(),
