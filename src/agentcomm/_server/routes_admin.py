@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from .._validation import check_name
 from . import authz
 from .api import Call, route
 from .schemas import (
     Count,
+    DeadLetter,
     DeadLetterList,
     HubStats,
     Ok,
@@ -51,7 +54,8 @@ async def dead_letters(call: Call) -> DeadLetterList:
     authz.need_admin(call.principal, "Listing dead letters")
     limit = int(call.query_float("limit", 100))
     agent = check_name("agent name", call.path("agent"))
-    return DeadLetterList(await call.server.hub.dead_letters(agent, limit=limit))
+    letters = await call.server.hub.dead_letters(agent, limit=limit)
+    return DeadLetterList([DeadLetter(**msgspec.structs.asdict(d)) for d in letters])
 
 
 @route("POST", "/v1/admin/agents/{agent}/dead-letters/redrive",

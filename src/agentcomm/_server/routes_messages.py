@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from .._agent import Agent, Outgoing
 from .._codec import decode_metadata, decode_payload
 from .._errors import NotFound, ValidationError
@@ -46,6 +48,10 @@ async def acting(call: Call, what: str) -> Agent:
     return await call.server.hub.agent(name)
 
 
+def _agent(info: Any) -> AgentInfo:
+    return AgentInfo(**msgspec.structs.asdict(info))
+
+
 def _outgoing(body: SendBody) -> Outgoing:
     return Outgoing(
         to=body.to, data=body.data, type=body.type, priority=body.priority,
@@ -60,16 +66,17 @@ def _outgoing(body: SendBody) -> Outgoing:
 async def list_agents(call: Call) -> AgentList:
     infos = await call.server.hub.agents()
     p = call.principal
-    return AgentList([i for i in infos if p.admin or p.acts_as(i.name)])
+    return AgentList([_agent(i) for i in infos if p.admin or p.acts_as(i.name)])
 
 
 @route("POST", "/v1/agents/{agent}", summary="Register an agent (or attach to it)", tag=TAG,
        response=AgentInfo)  # fmt: skip
 async def register(call: Call) -> AgentInfo:
     agent = await acting(call, "register")
-    info = await call.server.hub._ctx.mailboxes.get_agent(agent.name)
-    assert info is not None
-    return info
+    for info in await call.server.hub.agents():
+        if info.name == agent.name:
+            return _agent(info)
+    raise NotFound(f"No agent {agent.name!r} is registered.")
 
 
 @route("GET", "/v1/agents/{agent}", summary="One agent and its presence", tag=TAG,
@@ -80,7 +87,7 @@ async def get_agent(call: Call) -> AgentInfo:
         authz.need_act_as(call.principal, name, "inspect")
     for info in await call.server.hub.agents():
         if info.name == name:
-            return info
+            return _agent(info)
     raise NotFound(f"No agent {name!r} is registered.")
 
 

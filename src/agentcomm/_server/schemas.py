@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from .._models import AgentInfo, DeadLetter, HubStats, MailboxStats, PublishResult, TopicStats
+from .._backends.http.calls import AgentInfoWire as AgentInfo
+from .._backends.http.calls import DeadLetterWire as DeadLetter
+from .._models import HubStats, MailboxStats, PublishResult, TopicStats
 from .authz import Principal
 
 __all__ = [
