@@ -57,7 +57,7 @@ def fresh_url(
             from live_server import LiveServer
 
             servers.append(LiveServer(f"sqlite:///{tmp_path / name}.db").__enter__())
-            return servers[-1].url
+            return str(servers[-1].url)
         if backend_name == "redis":
             # a key prefix of its own isolates this store on the shared server
             prefixes.append(f"test-{name}")

@@ -3,7 +3,7 @@ Python client's permissions, and schemathesis over /openapi.json (bounded)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ def test_a_receipt_works_only_under_its_agent(apis: tuple[Api, Api, Api]) -> Non
 
 
 def test_send_receive_ack_request_reply(apis: tuple[Api, Api, Api]) -> None:
-    admin, alice, bob = apis
+    _admin, alice, bob = apis
     assert bob.ok("POST", "/v1/agents/bob/send", {"to": "alice", "data": {"n": 1}})["id"]
     got = alice.ok("POST", "/v1/agents/alice/receive", {"wait": 5})["messages"]
     assert [m["data"] for m in got] == [{"n": 1}]

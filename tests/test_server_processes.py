@@ -178,5 +178,3 @@ async def _kill_and_restart(served: ServerProcess, token: str) -> tuple[list[int
                 got.append(msg.data)
                 await msg.ack()
     return acked, got
-
-

@@ -173,7 +173,9 @@ class HttpBackend(contracts.Backend):
             await self.close()
             if isinstance(exc, AgentCommError):
                 raise
-            raise BackendUnavailable(f"The agentcomm server at {self._base} did not answer.") from None
+            raise BackendUnavailable(
+                f"The agentcomm server at {self._base} did not answer."
+            ) from None
 
     async def _follow(self, ready: asyncio.Future[None]) -> None:
         """Forward the server's wake-ups to this backend's notifier, reconnecting as needed;

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from .. import contracts
 from ..._codec import StoredRef
 from ..._models import AgentInfo, DeadLetter
+from .. import contracts
 
 __all__ = ["CALLS", "FEATURES", "StoreCall", "from_wire", "wire_result"]
 
@@ -105,14 +106,12 @@ def wire_result(call: StoreCall, value: Any) -> Any:
     return value
 
 
-
-
 def from_wire(value: Any) -> Any:
     """A decoded result as the contract returns it (wire mirrors back to public classes)."""
     if isinstance(value, list):
         return [from_wire(v) for v in value]
     if isinstance(value, AgentInfoWire):
-        return AgentInfo(**msgspec.structs.asdict(value))  # type: ignore[arg-type]
+        return AgentInfo(**msgspec.structs.asdict(value))
     if isinstance(value, DeadLetterWire):
         fields = msgspec.structs.asdict(value)
         ref = fields.pop("ref")
