@@ -207,6 +207,19 @@ def test_a_stopping_server_answers_long_polls_at_once(server: LiveServer) -> Non
     assert result == [200]
 
 
+def test_references_upload_and_download_checksummed(server: LiveServer) -> None:
+    api = Api(server, server.token)
+    blob = bytes(range(256)) * 1000
+    ref = api.http.post("/v1/refs", content=blob)
+    assert ref.status_code == 200, ref.text
+    ref_id = ref.json()["id"]
+    got = api.http.get(f"/v1/refs/{ref_id}")
+    assert got.content == blob and got.headers["X-Checksum"] == ref_id
+    bad = api.http.post("/v1/refs", content=b"x", headers={"X-Checksum": "sha256:00"})
+    assert bad.json()["error"]["type"] == "IntegrityError"
+    assert api.http.get("/v1/refs/sha256:" + "0" * 64).status_code == 404
+
+
 def test_pattern_covers() -> None:
     def covers(a: str, b: str) -> bool:
         return pattern_covers(parse_pattern(a), parse_pattern(b))

@@ -59,7 +59,11 @@ def openapi_document() -> bytes:
         if ep.body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": by_type[ep.body]}}}  # fmt: skip
-        if ep.kind == "sse":
+        if ep.kind == "bytes":
+            ok = {"description": "The blob's bytes",
+                  "content": {"application/octet-stream": {"schema": {"type": "string",
+                              "format": "binary"}}}}  # fmt: skip
+        elif ep.kind == "sse":
             ok = {"description": "A Server-Sent Events stream",
                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}  # fmt: skip
         else:
