@@ -26,6 +26,7 @@ from ..._errors import (
     BackendError,
     BackendUnavailable,
     ConfigurationError,
+    HubClosed,
 )
 from ..._models import CheckReport, HubStats, PruneReport
 from ..._notify import Notifier
@@ -68,6 +69,7 @@ class _Link:
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.httpx = httpx
+        self.closed = False
         self.client = httpx.AsyncClient(
             base_url=base, headers=headers,
             timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
@@ -81,6 +83,8 @@ class _Link:
                 headers={"Content-Type": "application/msgpack"},
             )  # fmt: skip
         except self.httpx.HTTPError as exc:
+            if self.closed:  # the hub closed while the call was in flight
+                raise HubClosed("The hub was closed during the call.") from None
             raise BackendUnavailable(
                 f"The agentcomm server at {self.client.base_url} cannot be reached ({exc!r}); "
                 "is `agentcomm serve` running?"
@@ -234,6 +238,7 @@ class HttpBackend(contracts.Backend):
                 self._events.cancel()
                 await asyncio.wait((self._events,), timeout=1.0)
         if self._link is not None:
+            self._link.closed = True
             await self._link.client.aclose()
 
     async def _backend_call(self, name: str) -> Any:
