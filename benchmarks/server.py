@@ -119,7 +119,7 @@ def _measure(url: str, token: str | None, n: int, n_rt: int) -> tuple[float, flo
     return single, concurrent, asyncio.run(_requests(url, token, n_rt))
 
 
-@benchmark("agentcomm server (http) vs redis direct")
+@benchmark("server over http vs redis direct")
 def server_rows(config: Config) -> list[Row]:
     """Through the server on loopback (SQLite behind) beside Redis used directly."""
     n = max(64, min(config.messages // 10, 2000))
