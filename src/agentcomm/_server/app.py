@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
@@ -116,6 +116,8 @@ class _BadField(ValidationError):
 
 
 def _failure(exc: BaseException) -> Response:
+    if isinstance(exc, ClientDisconnect):  # nobody reads the answer: not a server error
+        return Response(status_code=400)
     if isinstance(exc, _TooLarge):
         return error_response(exc, status=413, field="body")
     if isinstance(exc, _BadField):
