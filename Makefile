@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test soak lint bench docs clean
+.PHONY: demo serve test soak lint bench docs clean
 
 $(VENV)/.venv-created:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.venv-created
 
 demo: $(VENV)/.installed-cli
 	$(BIN)/agentcomm demo
+
+# the HTTP server over the store at $(URL) (default as connect()); docs/server.md
+URL ?=
+serve: $(VENV)/.installed-test
+	$(BIN)/agentcomm serve $(URL)
 
 test: $(VENV)/.installed-test $(CHROMIUM)
 	$(BIN)/ruff check src tests benchmarks

@@ -424,3 +424,123 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+# --- the server: `agentcomm serve` and `agentcomm token ...` -----------------------------------
+
+token_app = typer.Typer(help="Bearer tokens of the agentcomm server (kept in the store as hashes).")
+app.add_typer(token_app, name="token")
+
+
+@app.command()
+def serve(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="Store URL (default: $AGENTCOMM_URL, else the default file)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8700,
+    max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 above).")] = 8
+    * 1024
+    * 1024,
+    max_wait: Annotated[float, typer.Option(help="Longest long poll, in seconds.")] = 60.0,
+    rate: Annotated[
+        float, typer.Option(help="Requests/s per token on average (0: unlimited).")
+    ] = 0.0,
+    burst: Annotated[int, typer.Option(help="Requests per token in a burst.")] = 200,
+    ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+) -> None:
+    """Serve the store over HTTP (`/v1`, docs/server.md) until SIGTERM or Ctrl-C."""
+    try:
+        from ._server.limits import ServerSettings
+        from ._server.run import serve as run
+    except ImportError as exc:
+        if exc.name not in ("starlette", "uvicorn", "httpx"):
+            raise
+        _fail(f"agentcomm serve needs {exc.name!r}: pip install 'agentcomm[server]'.")
+        return
+    settings = ServerSettings(max_body=max_body, max_wait=max_wait, rate=rate, burst=burst)
+    tls: dict[str, Any] = {}
+    if ssl_certfile:
+        tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    with _reported():
+        run(url, host=host, port=port, settings=settings, **tls)
+
+
+def _tokens_run(url: str | None, work: Any) -> Any:
+    from ._server.tokens import TokenStore
+
+    async def go() -> Any:
+        async with connect(url, background=False) as hub:
+            return await work(TokenStore(hub._ctx.backend))
+
+    with _reported():
+        return asyncio.run(go())
+
+
+@token_app.command("create")
+def token_create(
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", help="Agent name or glob to act as (repeat).")
+    ] = None,
+    publish: Annotated[
+        list[str] | None, typer.Option("--publish", help="Topic pattern to publish within.")
+    ] = None,
+    subscribe: Annotated[
+        list[str] | None, typer.Option("--subscribe", help="Topic pattern to subscribe within.")
+    ] = None,
+    kv: Annotated[
+        list[str] | None, typer.Option("--kv", help="NAMESPACE:r or NAMESPACE:rw (glob allowed).")
+    ] = None,
+    pool: Annotated[list[str] | None, typer.Option("--pool", help="Pool name or glob.")] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="Inspect, redrive, purge, tokens.")
+    ] = False,
+    label: Annotated[str, typer.Option(help="A note to recognize the token by.")] = "",
+    url: Annotated[str | None, typer.Option(help="Store URL (default as connect()).")] = None,
+) -> None:
+    """Create a token and print it once (the store keeps only its hash)."""
+    from ._server.authz import Principal
+
+    spaces = {}
+    for item in kv or []:
+        name, _, access = item.rpartition(":")
+        if not name or access not in ("r", "rw"):
+            _fail(f"--kv takes NAMESPACE:r or NAMESPACE:rw, not {item!r}.")
+        spaces[name] = access
+    principal = Principal(
+        agents=agent or [], publish=publish or [], subscribe=subscribe or [], kv=spaces,
+        pools=pool or [], admin=admin,
+    )  # fmt: skip
+    token, info = _tokens_run(url, lambda store: store.create(principal, label))
+    Console(stderr=True).print(f"token {info.id} created; it is shown once:")
+    print(token)
+
+
+@token_app.command("list")
+def token_list(
+    url: Annotated[str | None, typer.Option(help="Store URL (default as connect()).")] = None,
+) -> None:
+    """List the tokens (never their secrets)."""
+    infos = _tokens_run(url, lambda store: store.list())
+    table = Table("id", "label", "agents", "publish", "subscribe", "kv", "pools", "admin",
+                  "created")  # fmt: skip
+    for i in infos:
+        p = i.principal
+        table.add_row(
+            i.id, i.label, " ".join(p.agents), " ".join(p.publish), " ".join(p.subscribe),
+            " ".join(f"{k}:{v}" for k, v in p.kv.items()), " ".join(p.pools),
+            "yes" if p.admin else "", _when(i.created_at),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (token list shows them).")],
+    url: Annotated[str | None, typer.Option(help="Store URL (default as connect()).")] = None,
+) -> None:
+    """Revoke a token: the next request carrying it answers 401."""
+    _tokens_run(url, lambda store: store.revoke(token_id))
+    Console(stderr=True).print(f"token {token_id} revoked")

@@ -103,6 +103,7 @@ def connect(
     clock: Clock = time.time,
     limits: Limits | None = None,
     presence: Presence | None = None,
+    token: str | None = None,
 ) -> Hub:
     """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
 
@@ -125,6 +126,10 @@ def connect(
     delays. `presence` (`Presence`) sets how often agents' activity is written and the
     thresholds `hub.agents()` reports their state by. Every argument is checked here: a bad
     URL raises ConfigurationError, a bad value ValidationError.
+
+    `http://` and `https://` URLs reach an agentcomm server (`agentcomm serve`,
+    docs/server.md) with bearer `token` (default `$AGENTCOMM_TOKEN`); the same API works
+    over it, within what the token allows (PermissionDenied otherwise).
     """
     if url is None or url == "":
         url = os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
@@ -139,8 +144,13 @@ def connect(
         url = _parsing(base, lambda: with_prefix(base, prefix))
     limits = _setting("limits", limits, Limits)
     lease = check_positive("lease", lease, limits.max_delay)
+    if token is None:
+        token = os.environ.get("AGENTCOMM_TOKEN") or None
+    if token is not None and not isinstance(token, str):
+        raise ConfigurationError(f"token must be a string, not {type(token).__name__}.")
     return Hub(
         url,
+        token=token,
         auto_register=check_bool("auto_register", auto_register),
         default_ttl=check_seconds("default_ttl", default_ttl, positive=True, allow_inf=True),
         max_attempts=check_attempts(max_attempts),
@@ -198,6 +208,7 @@ class Hub:
         clock: Clock = time.time,
         limits: Limits | None = None,
         presence: Presence | None = None,
+        token: str | None = None,
     ) -> None:
         if not callable(clock):
             raise ValidationError(
@@ -205,7 +216,7 @@ class Hub:
             )
         self.url = url
         self._background = background
-        self._backend: Backend = _parsing(url, lambda: open_backend(url, retention))
+        self._backend: Backend = _parsing(url, lambda: open_backend(url, retention, token))
         config = refs or RefConfig()
         self._backend.ref_gc_strategy = config.gc
         settings = HubSettings(
@@ -279,7 +290,7 @@ class Hub:
         await self._backend.open()
         self._ctx.loop = asyncio.get_running_loop()
         self._ctx.state = "open"
-        if self._background:
+        if self._background and not self._backend.housekeeping_elsewhere:
             self._ctx.spawn(self._run_schedules())
             self._ctx.spawn(self._run_retention())
         return self
@@ -401,7 +412,11 @@ class Hub:
         `config=None` or an equal one it returns the same pool. See `Pool`."""
         ctx = self._require_backend()
         pool = await open_pool(ctx, ctx.pools, name, config)
-        if self._background and not self._pool_wakes_started:
+        if (
+            self._background
+            and not self._pool_wakes_started
+            and not self._backend.housekeeping_elsewhere
+        ):
             self._pool_wakes_started = True
             ctx.spawn(self._run_pool_wakes())
         return pool

@@ -7,7 +7,7 @@ and the wait is never lost: the wait then returns at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 ALL = "*"
@@ -69,6 +69,9 @@ class Notifier:
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[Listener]] = {}
+        #: Callables given every notified channel list (the server forwards them to its
+        #: clients' event streams); each must be quick and never raise.
+        self.taps: list[Callable[[list[str]], None]] = []
 
     def listen(self, *channels: str) -> Listener:
         """Register a listener on `channels`; use it as a context manager.
@@ -79,6 +82,10 @@ class Notifier:
 
     def notify(self, channels: Iterable[str]) -> None:
         """Wake every listener on any of `channels` (`"*"` wakes all)."""
+        if self.taps:
+            channels = list(channels)
+            for tap in self.taps:
+                tap(channels)
         listeners = self._listeners
         if not listeners:
             return

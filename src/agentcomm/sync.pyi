@@ -87,6 +87,7 @@ def connect(
     clock: Clock = ...,
     limits: Limits | None = None,
     presence: Presence | None = None,
+    token: str | None = None,
 ) -> Hub:
     """Open a blocking hub: the arguments of `agentcomm.connect`, the hub opened at once and
     run on an event loop in a thread of its own, which closing the hub ends. Use it as

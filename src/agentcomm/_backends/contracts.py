@@ -553,6 +553,10 @@ class Backend(abc.ABC):
     notifier: Notifier
     retention: Retention
 
+    #: True when another process (the agentcomm server) runs the housekeeping: firing
+    #: schedules, retention passes and pool wake timeouts; the hub then starts none of it.
+    housekeeping_elsewhere: bool = False
+
     #: Seconds between safety re-checks while waiting. A backend whose notifications reach
     #: every process sets this high; one that may miss a wake-up sets it low.
     recheck_interval: float = 60.0
