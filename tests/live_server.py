@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from agentcomm._server.app import ServerState, build_app
 from agentcomm._server.authz import Principal
@@ -25,9 +27,16 @@ EVERYTHING = Principal(
 class LiveServer:
     """`with LiveServer("memory://x") as server: server.url, server.token`."""
 
-    def __init__(self, store_url: str, settings: ServerSettings | None = None) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        settings: ServerSettings | None = None,
+        mounts: Mapping[str, Callable[[ServerState], ASGIApp]] | None = None,
+    ) -> None:
         self.store_url = store_url
-        self.app = build_app(store_url, settings=settings or ServerSettings(max_wait=60.0))
+        self.app = build_app(
+            store_url, settings=settings or ServerSettings(max_wait=60.0), mounts=mounts
+        )
         self.state: ServerState = self.app.state.server
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
                                 lifespan="on", timeout_graceful_shutdown=5)  # fmt: skip

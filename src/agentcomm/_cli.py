@@ -450,8 +450,19 @@ def serve(
     burst: Annotated[int, typer.Option(help="Requests per token in a burst.")] = 200,
     ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    mcp: Annotated[
+        bool, typer.Option("--mcp/--no-mcp", help="Serve the MCP tools at /mcp (docs/mcp.md).")
+    ] = True,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard/--no-dashboard",
+            help="Serve the live dashboard at /dashboard, for admin tokens (docs/dashboard.md).",
+        ),
+    ] = True,
 ) -> None:
-    """Serve the store over HTTP (`/v1`, docs/server.md) until SIGTERM or Ctrl-C."""
+    """Serve the store over HTTP (`/v1`, docs/server.md), the MCP tools at `/mcp` and the
+    dashboard at `/dashboard`, until SIGTERM or Ctrl-C."""
     try:
         from ._server.limits import ServerSettings
         from ._server.run import serve as run
@@ -461,11 +472,24 @@ def serve(
         _fail(f"agentcomm serve needs {exc.name!r}: pip install 'agentcomm[server]'.")
         return
     settings = ServerSettings(max_body=max_body, max_wait=max_wait, rate=rate, burst=burst)
+    mounts: dict[str, Any] = {}
+    try:
+        from ._server.mounts import dashboard_mount, mcp_mount
+
+        if mcp:
+            mounts["/mcp"] = mcp_mount()
+        if dashboard:
+            mounts["/dashboard"] = dashboard_mount()
+    except ImportError as exc:
+        flag = "--no-mcp" if mcp and exc.name and exc.name.startswith("mcp") else "--no-dashboard"
+        _fail(f"agentcomm serve needs {exc.name!r} for {flag.removeprefix('--no-')}: pip install "
+              f"'agentcomm[mcp,dashboard]', or pass {flag}.")  # fmt: skip
+        return
     tls: dict[str, Any] = {}
     if ssl_certfile:
         tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
     with _reported():
-        run(url, host=host, port=port, settings=settings, **tls)
+        run(url, host=host, port=port, settings=settings, mounts=mounts, **tls)
 
 
 def _tokens_run(url: str | None, work: Any) -> Any:

@@ -789,15 +789,25 @@ def http_app(
     options: McpOptions | None = None,
     *,
     path: str = "/",
+    host_check: bool = True,
 ) -> tuple[ASGIApp, Callable[[], contextlib.AbstractAsyncContextManager[None]]]:
     """A streamable-HTTP MCP app on an open `hub`, each call acting as the agent its bearer
     token resolves to, and the lifespan to run around it (the SDK's session manager).
 
     Mount it where the tools should be (`Mount("/mcp", app)` with `path="/"`) and enter the
-    lifespan in the host application's own (`async with lifespan(): ...`).
+    lifespan in the host application's own (`async with lifespan(): ...`). `host_check=False`
+    turns off the SDK's DNS-rebinding guard (which accepts only localhost Host headers): safe
+    when every request must carry a bearer token, as under `agentcomm serve`.
     """
+    from mcp.server.transport_security import TransportSecuritySettings
+
     server = build_server(hub, bearer(resolve), options)
-    app = server.streamable_http_app(streamable_http_path=path, stateless_http=True)
+    security = (
+        None if host_check else TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    )
+    app = server.streamable_http_app(
+        streamable_http_path=path, stateless_http=True, transport_security=security
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._errors import AgentCommError, AuthenticationFailed, ValidationError
 from .._hub import Hub, connect
@@ -46,6 +46,10 @@ class ServerState:
         self.drain = DRAIN_CHANNEL
         self.taps: set[Callable[[list[str]], None]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Lifespans of mounted apps, entered after the hub opens and left before it closes.
+        self.lifespans: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
+        #: Called (on the loop) when the server begins to stop, e.g. to end event streams.
+        self.on_stop: list[Callable[[], None]] = []
 
     async def open(self) -> None:
         """Open the hub and load the receipt secret."""
@@ -61,6 +65,8 @@ class ServerState:
     def stop(self) -> None:
         """Begin shutting down: long polls and streams answer now; new ones do not wait."""
         self.stopping.set()
+        for hook in self.on_stop:
+            hook()
         with contextlib.suppress(AgentCommError):
             self.hub._ctx.notifier.notify((self.drain,))
 
@@ -176,6 +182,18 @@ async def _health(request: Request) -> Response:
     return Response(msgspec.json.encode(Health("ok", backend)), media_type="application/json")
 
 
+class _AtRoot:
+    """A mounted app answering at its mount path itself (`/mcp` as `/mcp/`, no redirect)."""
+
+    def __init__(self, path: str, app: ASGIApp) -> None:
+        self.path, self.app = path, app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root = scope.get("root_path", "")
+        scope = {**scope, "root_path": root + self.path, "path": root + self.path + "/"}
+        await self.app(scope, receive, send)
+
+
 def build_app(
     url: str | None = None,
     *,
@@ -186,10 +204,12 @@ def build_app(
     """The agentcomm server as an ASGI app over the store at `url` (default as `connect()`).
 
     `mounts` maps a path (e.g. "/mcp", "/dashboard") to a factory given the `ServerState`
-    (its `hub`, `tokens` and `authenticate`) that returns the ASGI app to mount there; mounted
-    apps check their own requests (e.g. `await state.authenticate(request)` and
-    `authz.need_admin`). The hub opens with the app's lifespan and closes after the last
-    request.
+    (its `hub`, `tokens` and `authenticate`) that returns the ASGI app to mount there; it
+    answers at `path` itself and under `path/`. Mounted apps check their own requests (e.g.
+    `await state.authenticate(request)` and `authz.need_admin`); a factory that needs a
+    lifespan appends it to `state.lifespans` (entered once the hub is open, left before it
+    closes) and a stop hook to `state.on_stop`. The hub opens with the app's lifespan and
+    closes after the last request.
     """
     server = ServerState(url, settings or ServerSettings(), hub_options or {})
     routes: list[BaseRoute] = [
@@ -205,13 +225,17 @@ def build_app(
     for ep in ENDPOINTS:
         routes.append(Route(ep.path, _json_endpoint(ep), methods=[ep.method]))
     for path, factory in (mounts or {}).items():
-        routes.append(Mount(path, app=factory(server)))
+        sub = factory(server)
+        routes += [Route(path, _AtRoot(path, sub)), Mount(path, app=sub)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.open()
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                for mounted in server.lifespans:
+                    await stack.enter_async_context(mounted())
+                yield
         finally:
             await server.close()
 

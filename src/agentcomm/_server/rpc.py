@@ -107,9 +107,16 @@ async def _post_reply(call: Call, a: Any) -> None:
 
 @check("mailboxes.requeue_dead", "mailboxes.fire_due", "references.ref_gc",
        "references.ref_list", "pools.pool_expire_wakes", "backend.prune",
-       "backend.stats")  # fmt: skip
+       "backend.stats", "backend.prefixes", "mailboxes.delete_message", "mailboxes.purge",
+       "mailboxes.remove_agent", "pools.pool_names", "shared_memory.kv_spaces",
+       "topics.list_consumers")  # fmt: skip
 async def _admin(call: Call, a: Any) -> None:
     authz.need_admin(_p(call), "This operation")
+
+
+@check("mailboxes.peek")
+async def _peek(call: Call, a: Any) -> None:
+    authz.need_act_as(_p(call), a.agent, "look into the inbox of")
 
 
 @check("mailboxes.add_schedule")

@@ -3,9 +3,11 @@ long polls and end streams at once, let in-flight requests finish (bounded), clo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from .app import ServerState, build_app
 from .limits import ServerSettings
@@ -35,11 +37,13 @@ def serve(
     port: int = 8700,
     settings: ServerSettings | None = None,
     log_level: str = "info",
+    mounts: Mapping[str, Callable[[ServerState], ASGIApp]] | None = None,
     **uvicorn_options: Any,
 ) -> None:
-    """Serve the store at `url` until SIGTERM / SIGINT (`agentcomm serve`)."""
+    """Serve the store at `url` until SIGTERM / SIGINT (`agentcomm serve`), with the apps of
+    `mounts` (`/mcp`, `/dashboard`: see `mounts.py`) beside `/v1`."""
     settings = settings or ServerSettings()
-    app = build_app(url, settings=settings)
+    app = build_app(url, settings=settings, mounts=mounts)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace) or None, **uvicorn_options,
