@@ -23,11 +23,12 @@ __all__ = ["build_dashboard_app"]
 def build_dashboard_app(hub: Hub, *, title: str = "agentcomm") -> Starlette:
     """The dashboard of `hub` as a Starlette app, to serve or to mount under a path.
 
-    Its pages are server-rendered and update live over server-sent events (`GET /events`)
-    when the hub reports a change, at most once a second; `POST /api/redrive` requeues dead
-    letters. The app never opens or closes `hub`: serve it on the event loop the hub runs
-    on, and close the hub yourself (open pages then stop updating). It has no access
-    control of its own: put it behind one when it is reachable by others.
+        Its pages are server-rendered and update live over server-sent events (`GET /events`)
+        when the hub reports a change, at most once a second; `POST /api/redrive` requeues dead
+        letters. The app never opens or closes `hub`: serve it on the event loop the hub runs
+        on, and close the hub yourself (open pages then stop updating). It has no access
+        control of its own: put it behind one when it is reachable by others (`agentcomm serve`
+    serves it at `/dashboard` for admin tokens only).
     """
     if not isinstance(hub, Hub):
         raise ConfigurationError(
