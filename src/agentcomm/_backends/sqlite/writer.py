@@ -17,11 +17,13 @@ all of these hold (`Writer.run_small`):
 - it gets the write lock at once: `BEGIN IMMEDIATE` with `busy_timeout = 0`; if another process
   holds it, the operation goes to the thread, which waits for the lock as usual;
 - the loop has not already spent `LOOP_BUDGET` on loop writes since it last ran other
-  callbacks: the caller then yields once first, so a task issuing writes back to back cannot
-  starve the others;
-- the breaker is closed: `BREAKER_STRIKES` transactions slower than `SLOW_LOOP_TXN` within
-  `BREAKER_WINDOW` loop writes send every write to the thread for a cool-down (doubling while
-  it keeps tripping).
+  callbacks. Past it, operations join a batch that commits as one transaction (at most
+  `LOOP_BATCH_MAX` operations) once the loop has run the other ready callbacks: a task issuing
+  writes back to back cannot starve the others, and many tasks writing at once share commits
+  as they do on the thread;
+- the breaker is closed: when `BREAKER_STRIKES` of a window of `BREAKER_WINDOW` loop writes
+  took longer than `SLOW_LOOP_TXN` (the disk is slow, not the odd preemption), every write
+  goes to the thread for a cool-down (doubling while it keeps tripping).
 The statements used there allocate no large buffers (see `mailbox.py`), and no checkpoint runs
 inside a commit: automatic checkpoints are off on the writing connection and a checkpointer
 thread of its own runs `wal_checkpoint(PASSIVE)` on its own connection once writes pause
@@ -56,15 +58,18 @@ IDLE_CHECKPOINT_AFTER = 0.02
 #: ... and, under steady load that never pauses, after this many commits.
 CHECKPOINT_EVERY = 256
 #: Loop writes issued back to back (no other callback ran between) get this much loop time
-#: (seconds); the next one yields to the loop first.
+#: (seconds); the next ones wait for the loop to run its other callbacks, then commit together.
 LOOP_BUDGET = 0.0005
+#: At most this many operations in one loop-thread transaction; the rest wait one more turn.
+LOOP_BATCH_MAX = 32
 #: A loop write slower than this (seconds, wall time) counts as a strike against the breaker.
-#: Wall time also counts the process being preempted on a busy machine, so one slow write
-#: proves little: only a run of them (a slow or stalling disk) opens the breaker.
-SLOW_LOOP_TXN = 0.002
-#: This many strikes within BREAKER_WINDOW loop writes open the breaker...
-BREAKER_STRIKES = 8
-BREAKER_WINDOW = 256
+#: Wall time also counts the process being preempted on a busy machine, so a few slow writes
+#: prove little: only when a good part of a window is slow (a slow or stalling disk, a
+#: database much bigger than the page cache) does the breaker open.
+SLOW_LOOP_TXN = 0.001
+#: This many strikes within a window of BREAKER_WINDOW loop writes open the breaker...
+BREAKER_STRIKES = 12
+BREAKER_WINDOW = 32
 #: ... for this long (seconds) at first, doubling up to BREAKER_MAX_COOLDOWN while it keeps
 #: tripping.
 BREAKER_COOLDOWN = 1.0
@@ -141,15 +146,16 @@ class Writer:
         self._conn_lock = threading.Lock()
         self._outstanding = 0  # jobs submitted and not yet delivered (loop thread only)
         self._spent = 0.0  # loop-write time since the loop last ran other callbacks
-        self._budget_reset_pending = False
+        self._burst_end_pending = False
+        self._batch: list[_Job] | None = None  # small jobs waiting for the burst's end
         self._strikes = 0
         self._window = 0
         self._tripped_until = 0.0
         self._cooldown = BREAKER_COOLDOWN
         #: What happened to writes, for diagnostics and benchmarks: transactions committed on
         #: the loop and on the thread, loop writes sent to the thread because another process
-        #: held the lock, yields for the budget, breaker trips.
-        self.counts = {"loop": 0, "thread": 0, "contended": 0, "yielded": 0, "tripped": 0}
+        #: held the lock, operations committed in loop batches, breaker trips.
+        self.counts = {"loop": 0, "thread": 0, "contended": 0, "batched": 0, "tripped": 0}
         #: If a list, the loop time (s) each burst of back-to-back loop writes took is appended
         #: (the benchmarks' measure of the stalls loop writes cause).
         self.bursts: list[float] | None = None
@@ -192,6 +198,8 @@ class Writer:
         loop = self._loop
         if loop is None or self._stopped:
             raise HubClosed("The SQLite connection is closed; open a new hub.")
+        if self._batch:  # small jobs issued earlier commit first
+            self._to_thread([])
         fut: asyncio.Future[Any] = loop.create_future()
         # Straight onto the queue: while the thread works on one transaction, later jobs
         # pile up and it takes them all for the next one, so batches grow with load.
@@ -200,41 +208,55 @@ class Writer:
         return fut
 
     async def run_small(self, fn: Op) -> Any:
-        """Run a small `fn` (a few rows) in a transaction of its own on this (the loop) thread
-        when the guards of the module docstring allow, else like `submit`."""
-        while True:
-            result = self._try_loop_write(fn)
-            if result is _YIELD:
-                self.counts["yielded"] += 1
-                await asyncio.sleep(0)  # the budget resets once other callbacks ran
-                continue
-            if result is _NOT_RUN:
-                return await self.submit(fn)
-            return result
+        """Run a small `fn` (a few rows) on this (the loop) thread when the guards of the
+        module docstring allow, else like `submit`."""
+        return await self._small(fn, None, None)
 
     async def run_small_until(self, fn: Op, when: float, expired: Any) -> Any:
-        """`run_small` for `run_until`: a loop write starts at once, so it never expires."""
-        while True:
+        """`run_small` for `run_until`: given up (result `expired`) if it has not started by
+        loop time `when`."""
+        return await self._small(fn, when, expired)
+
+    async def _small(self, fn: Op, when: float | None, expired: Any) -> Any:
+        if not self._loop_writes_allowed():
+            return await (self.submit(fn) if when is None else self.run_until(fn, when, expired))
+        if self._batch is None and self._spent < LOOP_BUDGET:
             result = self._try_loop_write(fn)
-            if result is _YIELD:
-                self.counts["yielded"] += 1
-                await asyncio.sleep(0)
-                continue
-            if result is _NOT_RUN:
-                return await self.run_until(fn, when, expired)
-            return result
+            if result is not _NOT_RUN:
+                return result
+            return await (self.submit(fn) if when is None else self.run_until(fn, when, expired))
+        # The loop's budget is spent (or others wait already): join the batch that commits
+        # as one transaction once the loop has run its other callbacks (`_end_of_burst`).
+        loop = self._loop
+        assert loop is not None  # _loop_writes_allowed checked it
+        job = _Job(fn, loop.create_future(), False)
+        timer = None
+        if when is not None:
+            job.state = _QUEUED
+            timer = loop.call_at(when, self._abandon, job, expired)
+        if self._batch is None:
+            self._batch = []
+        self._batch.append(job)
+        if not self._burst_end_pending:
+            self._burst_end_pending = True
+            loop.call_soon(self._end_of_burst)
+        try:
+            return await job.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _loop_writes_allowed(self) -> bool:
+        return (
+            self.loop_writes
+            and not self._outstanding
+            and not self._stopped
+            and self._loop is not None
+            and (not self._tripped_until or self._breaker_closed())
+        )
 
     def _try_loop_write(self, fn: Op) -> Any:
-        """`fn`'s result, or _NOT_RUN (use the thread) or _YIELD (budget spent: yield first)."""
-        if (
-            not self.loop_writes
-            or self._outstanding
-            or self._stopped
-            or (self._tripped_until and not self._breaker_closed())
-        ):
-            return _NOT_RUN
-        if self._spent >= LOOP_BUDGET:
-            return _YIELD
+        """`fn`'s result after its own transaction here, or _NOT_RUN (use the thread)."""
         if not self._conn_lock.acquire(blocking=False):
             return _NOT_RUN  # the thread is closing the connection
         touched: set[str] = set()
@@ -242,18 +264,8 @@ class Writer:
         started = clock()
         try:
             conn = self._conn
-            if conn is None:  # not open yet, or closed
+            if conn is None or not self._begin_here(conn):
                 return _NOT_RUN
-            if self._busy_now:
-                conn.execute("PRAGMA busy_timeout = 0")
-                self._busy_now = 0
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):  # another process writes: wait for it on the thread
-                    self.counts["contended"] += 1
-                    return _NOT_RUN
-                raise map_sqlite_error(exc) from exc
             try:
                 result = fn(conn, touched)
                 conn.execute("COMMIT")
@@ -264,8 +276,25 @@ class Writer:
                 raise map_sqlite_error(exc) from exc
         finally:
             self._conn_lock.release()
-        elapsed = clock() - started
         self.counts["loop"] += 1
+        self._after_loop_commit(clock() - started, touched)
+        return result
+
+    def _begin_here(self, conn: sqlite3.Connection) -> bool:
+        """BEGIN IMMEDIATE without waiting; False if another process holds the write lock."""
+        if self._busy_now:
+            conn.execute("PRAGMA busy_timeout = 0")
+            self._busy_now = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):  # another process writes: wait for it on the thread
+                self.counts["contended"] += 1
+                return False
+            raise map_sqlite_error(exc) from exc
+        return True
+
+    def _after_loop_commit(self, elapsed: float, touched: set[str]) -> None:
         if self._checkpointer is not None:
             self._checkpointer.committed()
         self._account(elapsed)
@@ -273,33 +302,83 @@ class Writer:
             with contextlib.suppress(Exception):
                 self._ping(touched)
             self._notify(touched)
-        return result
 
     def _account(self, elapsed: float) -> None:
         """Charge a loop write to the budget and to the breaker."""
         self._spent += elapsed
-        if not self._budget_reset_pending and self._loop is not None:
-            self._budget_reset_pending = True
-            self._loop.call_soon(self._reset_budget)
+        if not self._burst_end_pending and self._loop is not None:
+            self._burst_end_pending = True
+            self._loop.call_soon(self._end_of_burst)
         self._window += 1
         if elapsed > SLOW_LOOP_TXN:
             self._strikes += 1
-            if self._strikes >= BREAKER_STRIKES:
-                self.counts["tripped"] += 1
-                self._tripped_until = time.monotonic() + self._cooldown
-                self._cooldown = min(self._cooldown * 2, BREAKER_MAX_COOLDOWN)
-                self._strikes = self._window = 0
-                return
-        if self._window >= BREAKER_WINDOW:  # a calm window: forget strikes and past trips
-            if self._strikes == 0:
-                self._cooldown = BREAKER_COOLDOWN
-            self._strikes = self._window = 0
+        if self._window < BREAKER_WINDOW:
+            return
+        if self._strikes >= BREAKER_STRIKES:
+            self.counts["tripped"] += 1
+            self._tripped_until = time.monotonic() + self._cooldown
+            self._cooldown = min(self._cooldown * 2, BREAKER_MAX_COOLDOWN)
+        elif self._strikes < BREAKER_STRIKES // 4:  # a calm window: forget past trips
+            self._cooldown = BREAKER_COOLDOWN
+        self._strikes = self._window = 0
 
-    def _reset_budget(self) -> None:
+    def _end_of_burst(self) -> None:
+        """The loop ran other callbacks since the burst of loop writes began: a new budget,
+        and the batch that waited for it is committed (at most LOOP_BATCH_MAX of it)."""
         if self.bursts is not None:
             self.bursts.append(self._spent)
         self._spent = 0.0
-        self._budget_reset_pending = False
+        self._burst_end_pending = False
+        batch, self._batch = self._batch, None
+        if not batch:
+            return
+        if len(batch) > LOOP_BATCH_MAX:
+            batch, self._batch = batch[:LOOP_BATCH_MAX], batch[LOOP_BATCH_MAX:]
+        self._flush(batch)
+
+    def _flush(self, batch: list[_Job]) -> None:
+        """Commit `batch` as one transaction here; on contention or any error, hand it (and
+        whatever queued behind it) to the thread, which runs it again (one by one if one of
+        them fails)."""
+        if not self._loop_writes_allowed() or not self._conn_lock.acquire(blocking=False):
+            self._to_thread(batch)
+            return
+        touched: set[str] = set()
+        clock = time.perf_counter
+        started = clock()
+        try:
+            conn = self._conn
+            if conn is None or not self._begin_here(conn):
+                self._to_thread(batch)
+                return
+            try:
+                for job in batch:
+                    if self._may_start(job):
+                        job.result = job.fn(conn, touched)
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rolled_back(conn)
+                for job in batch:  # not run after all: a deadline may give it up again
+                    job.result = None
+                    if job.state == _STARTED:
+                        job.state = _QUEUED
+                self._to_thread(batch)
+                return
+        finally:
+            self._conn_lock.release()
+        self.counts["loop"] += 1
+        self.counts["batched"] += len(batch)
+        self._after_loop_commit(clock() - started, touched)
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(job.result)
+
+    def _to_thread(self, jobs: list[_Job]) -> None:
+        """Queue `jobs` for the thread, after any batch still waiting on the loop (order)."""
+        waiting, self._batch = self._batch, None
+        for job in [*jobs, *(waiting or ())]:
+            self._outstanding += 1
+            self._queue.put(job)
 
     def _breaker_closed(self) -> bool:
         if time.monotonic() < self._tripped_until:
@@ -314,6 +393,8 @@ class Writer:
         loop = self._loop
         if loop is None or self._stopped:
             raise HubClosed("The SQLite connection is closed; open a new hub.")
+        if self._batch:  # small jobs issued earlier commit first
+            self._to_thread([])
         job = _Job(fn, loop.create_future(), False)
         job.state = _QUEUED
         self._outstanding += 1
@@ -349,6 +430,8 @@ class Writer:
     async def stop(self) -> None:
         """Run what is queued, then stop the thread and close the connection."""
         self._stopped = True
+        if self._batch:
+            self._to_thread([])
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -470,7 +553,6 @@ def _deliver(jobs: list[_Job], touched: set[str], writer: Writer) -> None:
 
 
 _NOT_RUN: Any = object()  # a loop write did not run: use the thread
-_YIELD: Any = object()  # a loop write did not run: the loop's budget is spent, yield first
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
