@@ -27,8 +27,8 @@ all of these hold (`Writer.run_small`):
 The statements used there allocate no large buffers (see `mailbox.py`), and no checkpoint runs
 inside a commit: automatic checkpoints are off on the writing connection and a checkpointer
 thread of its own runs `wal_checkpoint(PASSIVE)` on its own connection once writes pause
-(`IDLE_CHECKPOINT_AFTER`) or every `CHECKPOINT_EVERY` commits, beside the writers rather than
-in their way.
+(`IDLE_CHECKPOINT_AFTER`), or every `CHECKPOINT_EVERY` commits or `CHECKPOINT_INTERVAL`
+seconds under load that never pauses, beside the writers rather than in their way.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ _MAX_BATCH = 1024
 #: Checkpoint the WAL once no commit came for this long (SQLite's auto-checkpoint would run
 #: inside a COMMIT and fsync, stalling the caller for milliseconds)...
 IDLE_CHECKPOINT_AFTER = 0.02
-#: ... and, under steady load that never pauses, after this many commits.
+#: ... and, under steady load that never pauses, after this many commits or this long
+#: (seconds) since the last checkpoint, whichever comes first (a commit may hold many writes).
 CHECKPOINT_EVERY = 256
+CHECKPOINT_INTERVAL = 0.5
 #: Loop writes issued back to back (no other callback ran between) get this much loop time
 #: (seconds); the next ones wait for the loop to run its other callbacks, then commit together.
 LOOP_BUDGET = 0.0005
@@ -156,9 +158,11 @@ class Writer:
         #: the loop and on the thread, loop writes sent to the thread because another process
         #: held the lock, operations committed in loop batches, breaker trips.
         self.counts = {"loop": 0, "thread": 0, "contended": 0, "batched": 0, "tripped": 0}
-        #: If a list, the loop time (s) each burst of back-to-back loop writes took is appended
-        #: (the benchmarks' measure of the stalls loop writes cause).
-        self.bursts: list[float] | None = None
+        #: If a list, the loop time (s) each burst of back-to-back loop writes took is appended,
+        #: as (wall time, this thread's CPU time): the benchmarks' measure of the stalls loop
+        #: writes cause (CPU time leaves out the process being preempted on a busy machine).
+        self.bursts: list[tuple[float, float]] | None = None
+        self._spent_cpu = 0.0  # the same in CPU time, while `bursts` is measured
         self._checkpointer = (
             None
             if read_only or connect_checkpointer is None
@@ -262,6 +266,7 @@ class Writer:
         touched: set[str] = set()
         clock = time.perf_counter
         started = clock()
+        cpu = time.thread_time() if self.bursts is not None else 0.0
         try:
             conn = self._conn
             if conn is None or not self._begin_here(conn):
@@ -277,7 +282,7 @@ class Writer:
         finally:
             self._conn_lock.release()
         self.counts["loop"] += 1
-        self._after_loop_commit(clock() - started, touched)
+        self._after_loop_commit(clock() - started, cpu, touched)
         return result
 
     def _begin_here(self, conn: sqlite3.Connection) -> bool:
@@ -294,7 +299,9 @@ class Writer:
             raise map_sqlite_error(exc) from exc
         return True
 
-    def _after_loop_commit(self, elapsed: float, touched: set[str]) -> None:
+    def _after_loop_commit(self, elapsed: float, cpu_start: float, touched: set[str]) -> None:
+        if self.bursts is not None:
+            self._spent_cpu += time.thread_time() - cpu_start
         if self._checkpointer is not None:
             self._checkpointer.committed()
         self._account(elapsed)
@@ -326,7 +333,8 @@ class Writer:
         """The loop ran other callbacks since the burst of loop writes began: a new budget,
         and the batch that waited for it is committed (at most LOOP_BATCH_MAX of it)."""
         if self.bursts is not None:
-            self.bursts.append(self._spent)
+            self.bursts.append((self._spent, self._spent_cpu))
+            self._spent_cpu = 0.0
         self._spent = 0.0
         self._burst_end_pending = False
         batch, self._batch = self._batch, None
@@ -346,6 +354,7 @@ class Writer:
         touched: set[str] = set()
         clock = time.perf_counter
         started = clock()
+        cpu = time.thread_time() if self.bursts is not None else 0.0
         try:
             conn = self._conn
             if conn is None or not self._begin_here(conn):
@@ -368,7 +377,7 @@ class Writer:
             self._conn_lock.release()
         self.counts["loop"] += 1
         self.counts["batched"] += len(batch)
-        self._after_loop_commit(clock() - started, touched)
+        self._after_loop_commit(clock() - started, cpu, touched)
         for job in batch:
             if not job.future.done():
                 job.future.set_result(job.result)
@@ -562,7 +571,8 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 class _Checkpointer:
     """A thread with its own connection that checkpoints the WAL (PASSIVE) once commits pause
-    for IDLE_CHECKPOINT_AFTER, or every CHECKPOINT_EVERY commits under steady load.
+    for IDLE_CHECKPOINT_AFTER, or every CHECKPOINT_EVERY commits or CHECKPOINT_INTERVAL seconds
+    under steady load.
 
     A PASSIVE checkpoint takes no write lock, so writers go on beside it: the copy into the
     database file and its fsync happen off the hot path, not inside somebody's COMMIT."""
@@ -608,7 +618,12 @@ class _Checkpointer:
                 if self._stopped:
                     break
                 # wait for a pause in the commits, or for enough of them
-                while not self._stopped and self._commits - last < CHECKPOINT_EVERY:
+                since = time.monotonic()
+                while (
+                    not self._stopped
+                    and self._commits - last < CHECKPOINT_EVERY
+                    and time.monotonic() - since < CHECKPOINT_INTERVAL
+                ):
                     seen = self._commits
                     time.sleep(IDLE_CHECKPOINT_AFTER)
                     if self._commits == seen:
