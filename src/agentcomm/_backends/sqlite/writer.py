@@ -17,13 +17,15 @@ all of these hold (`Writer.run_small`):
 - it gets the write lock at once: `BEGIN IMMEDIATE` with `busy_timeout = 0`; if another process
   holds it, the operation goes to the thread, which waits for the lock as usual;
 - the loop has not already spent `LOOP_BUDGET` on loop writes since it last ran other
-  callbacks. Past it, operations join a batch that commits as one transaction (at most
-  `LOOP_BATCH_MAX` operations) once the loop has run the other ready callbacks: a task issuing
-  writes back to back cannot starve the others, and many tasks writing at once share commits
-  as they do on the thread;
-- the breaker is closed: when `BREAKER_STRIKES` of a window of `BREAKER_WINDOW` loop writes
-  took longer than `SLOW_LOOP_TXN` (the disk is slow, not the odd preemption), every write
-  goes to the thread for a cool-down (doubling while it keeps tripping).
+  callbacks, and no other task wrote in this burst (nor, `_crowded`, in the last one). Else
+  the operation joins a batch that commits as one transaction (at most `LOOP_BATCH_MAX`
+  operations) once the loop has run the other ready callbacks: a task issuing writes back to
+  back cannot starve the others, and many tasks writing at once share commits as they do on
+  the thread (one commit costs far more than one more write in it);
+- the breaker is closed: when `BREAKER_STRIKES` of a window of `BREAKER_WINDOW` loop
+  transactions took longer than `SLOW_LOOP_TXN` (plus as much again per 8 writes of a batch;
+  the disk is slow, not the odd preemption), every write goes to the thread for a cool-down
+  (doubling while it keeps tripping).
 The statements used there allocate no large buffers (see `mailbox.py`), and no checkpoint runs
 inside a commit: automatic checkpoints are off on the writing connection and a checkpointer
 thread of its own runs `wal_checkpoint(PASSIVE)` on its own connection once writes pause
@@ -63,7 +65,7 @@ CHECKPOINT_INTERVAL = 0.5
 #: (seconds); the next ones wait for the loop to run its other callbacks, then commit together.
 LOOP_BUDGET = 0.0005
 #: At most this many operations in one loop-thread transaction; the rest wait one more turn.
-LOOP_BATCH_MAX = 32
+LOOP_BATCH_MAX = 16
 #: A loop write slower than this (seconds, wall time) counts as a strike against the breaker.
 #: Wall time also counts the process being preempted on a busy machine, so a few slow writes
 #: prove little: only when a good part of a window is slow (a slow or stalling disk, a
@@ -149,6 +151,9 @@ class Writer:
         self._outstanding = 0  # jobs submitted and not yet delivered (loop thread only)
         self._spent = 0.0  # loop-write time since the loop last ran other callbacks
         self._burst_end_pending = False
+        self._burst_task: asyncio.Task[Any] | None = None  # whose loop writes run at once
+        self._crowded = False  # the last burst held writes of several tasks
+        self._burst_tasks = 0  # 1: one task wrote in this burst; 2: several did
         self._batch: list[_Job] | None = None  # small jobs waiting for the burst's end
         self._strikes = 0
         self._window = 0
@@ -224,7 +229,19 @@ class Writer:
     async def _small(self, fn: Op, when: float | None, expired: Any) -> Any:
         if not self._loop_writes_allowed():
             return await (self.submit(fn) if when is None else self.run_until(fn, when, expired))
-        if self._batch is None and self._spent < LOOP_BUDGET:
+        task = asyncio.current_task()
+        if (
+            self._batch is None
+            and self._spent < LOOP_BUDGET
+            and not self._crowded
+            and (not self._burst_end_pending or task is self._burst_task)
+        ):
+            # alone: a transaction of its own, right now. A task writing again in the same
+            # burst (send, then receive, then ack) goes on; another task's write joins the
+            # batch instead, and while bursts hold several tasks' writes (`_crowded`) every
+            # write does: one commit for many writes costs far less than many commits.
+            self._burst_task = task
+            self._burst_tasks = self._burst_tasks or 1
             result = self._try_loop_write(fn)
             if result is not _NOT_RUN:
                 return result
@@ -241,6 +258,9 @@ class Writer:
         if self._batch is None:
             self._batch = []
         self._batch.append(job)
+        if task is not self._burst_task:
+            self._burst_tasks = 2 if self._burst_tasks else 1
+            self._burst_task = task
         if not self._burst_end_pending:
             self._burst_end_pending = True
             loop.call_soon(self._end_of_burst)
@@ -299,25 +319,27 @@ class Writer:
             raise map_sqlite_error(exc) from exc
         return True
 
-    def _after_loop_commit(self, elapsed: float, cpu_start: float, touched: set[str]) -> None:
+    def _after_loop_commit(
+        self, elapsed: float, cpu_start: float, touched: set[str], ops: int = 1
+    ) -> None:
         if self.bursts is not None:
             self._spent_cpu += time.thread_time() - cpu_start
         if self._checkpointer is not None:
             self._checkpointer.committed()
-        self._account(elapsed)
+        self._account(elapsed, ops)
         if touched:
             with contextlib.suppress(Exception):
                 self._ping(touched)
             self._notify(touched)
 
-    def _account(self, elapsed: float) -> None:
-        """Charge a loop write to the budget and to the breaker."""
+    def _account(self, elapsed: float, ops: int = 1) -> None:
+        """Charge a loop transaction of `ops` writes to the budget and to the breaker."""
         self._spent += elapsed
         if not self._burst_end_pending and self._loop is not None:
             self._burst_end_pending = True
             self._loop.call_soon(self._end_of_burst)
         self._window += 1
-        if elapsed > SLOW_LOOP_TXN:
+        if elapsed > SLOW_LOOP_TXN * (1 + ops // 8):  # a batch may take a little longer
             self._strikes += 1
         if self._window < BREAKER_WINDOW:
             return
@@ -337,7 +359,10 @@ class Writer:
             self._spent_cpu = 0.0
         self._spent = 0.0
         self._burst_end_pending = False
+        self._burst_task = None
         batch, self._batch = self._batch, None
+        if self._burst_tasks:  # a burst of only the flush below's commit tells nothing
+            self._crowded, self._burst_tasks = self._burst_tasks > 1, 0
         if not batch:
             return
         if len(batch) > LOOP_BATCH_MAX:
@@ -377,7 +402,7 @@ class Writer:
             self._conn_lock.release()
         self.counts["loop"] += 1
         self.counts["batched"] += len(batch)
-        self._after_loop_commit(clock() - started, cpu, touched)
+        self._after_loop_commit(clock() - started, cpu, touched, len(batch))
         for job in batch:
             if not job.future.done():
                 job.future.set_result(job.result)
