@@ -52,6 +52,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+#: SQLite with every write on the writer thread (`?loop_writes=0`): a module that sets
+#: `ALSO_THREAD_WRITES = True` runs its conformance tests on it too (the mailbox and
+#: concurrency tests), so both write paths stay covered without doubling the whole suite.
+THREAD_WRITES = "sqlite-thread-writes"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses `backend_name` on each backend (plus the thread-writes SQLite
+    variant in modules that ask for it), unless the test parametrizes it itself."""
+    if "backend_name" not in metafunc.fixturenames:
+        return
+    if any("backend_name" in m.args[0] for m in metafunc.definition.iter_markers("parametrize")):
+        return
+    names = list(BACKENDS)
+    if getattr(metafunc.module, "ALSO_THREAD_WRITES", False):
+        names.append(THREAD_WRITES)
+    metafunc.parametrize("backend_name", names, indirect=True)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis server for the session: `$AGENTCOMM_REDIS_URL`, or our own redis-server."""
@@ -65,7 +84,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def backend_name(request: pytest.FixtureRequest) -> str:
     """The name of the backend under test."""
     return str(request.param)
@@ -98,6 +117,8 @@ def fresh_url(
             # a key prefix of its own isolates this store on the shared server
             prefixes.append(f"test-{name}")
             return f"{base}{'&' if '?' in base else '?'}prefix={prefixes[-1]}"
+        if backend_name == THREAD_WRITES:
+            return f"sqlite:///{tmp_path / name}.db?loop_writes=0"
         return f"sqlite:///{tmp_path / name}.db"
 
     yield make

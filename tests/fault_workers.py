@@ -1,7 +1,8 @@
 """The child processes of the crash-and-fault campaign (tests/test_faults_*.py).
 
 Run as `python fault_workers.py ROLE URL LOG NAME [options]`. Each child appends one line per
-event to its own LOG, with one `os.write` per event, so a kill -9 leaves whole lines only:
+event to its own LOG, with one `os.write` per event, so a kill -9 leaves whole lines only
+(`--tasks N` runs the role in N tasks of one hub, their lines interleaved):
 
     ready                       the hub is open; from now on the child may be killed
     S <id>                      `send` (or the `send_many` of the last B line) returned <id>
@@ -92,23 +93,24 @@ class Worker:
                 return
             await asyncio.sleep(0.05)
 
-    async def produce(self) -> None:
+    async def produce(self, task: int = 0) -> None:
+        name = self.me.name if task == 0 else f"{self.me.name}.{task}"
         for i in range(1 << 62):
             if i % 50 == 0:
                 await self.throttle()
-            data = payload(self.me.name, i)
-            key = f"{self.me.name}.{os.getpid()}.{i}" if self.args.idempotent else None
+            data = payload(name, i)
+            key = f"{name}.{os.getpid()}.{i}" if self.args.idempotent else None
             send = functools.partial(
                 self.me.send, CONSUMER, data, max_attempts=1000, idempotency_key=key
             )
             sent = await self.call("send", send)
             self.log.write(f"S {sent}")
 
-    async def produce_batches(self) -> None:
+    async def produce_batches(self, task: int = 0) -> None:
         for b in range(1 << 62):
             await self.throttle()
             n = random.randint(1, self.args.batch)
-            tag = f"{self.me.name}.{os.getpid()}.{b}"
+            tag = f"{self.me.name}.{task}.{os.getpid()}.{b}"
             batch = [
                 agentcomm.Outgoing(
                     to=CONSUMER,
@@ -122,7 +124,7 @@ class Worker:
             ids = await self.call("send_many", functools.partial(self.me.send_many, batch))
             self.log.write(*(f"S {i}" for i in ids))
 
-    async def consume(self) -> None:
+    async def consume(self, task: int = 0) -> None:
         lease = self.args.lease
         while True:
             t0 = time.monotonic()
@@ -177,6 +179,9 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--lease", type=float, default=5.0)
     parser.add_argument("--max-backlog", type=int, default=3000)
+    parser.add_argument(
+        "--tasks", type=int, default=1, help="tasks doing the role at once on the one hub (W1)"
+    )
     args = parser.parse_args()
     hub = agentcomm.connect(args.url)
     while True:  # a Redis outage may last through this child's start
@@ -198,7 +203,7 @@ async def main() -> None:
             "batcher": worker.produce_batches,
             "consumer": worker.consume,
         }
-        await role[args.role]()
+        await asyncio.gather(*(role[args.role](t) for t in range(args.tasks)))
 
 
 if __name__ == "__main__":

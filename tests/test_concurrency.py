@@ -6,6 +6,9 @@ import asyncio
 
 from agentcomm import Hub
 
+# also on SQLite with loop writes off (see conftest.py)
+ALSO_THREAD_WRITES = True
+
 
 async def test_8_producers_4_consumers_10000_messages(hub: Hub) -> None:
     total, producers, consumers = 10_000, 8, 4

@@ -1,5 +1,6 @@
-"""Crash campaign on one SQLite file: kill -9 of producers, of consumers and of processes in
-the middle of a `send_many` commit, restarted again and again for a time budget; then every
+"""Crash campaign on one SQLite file: kill -9 of producers, of consumers, of processes in
+the middle of a `send_many` commit and of processes running W1 (one-at-a-time sends, receives
+and acks from many tasks: loop writes), restarted again and again for a time budget; then every
 message id is accounted for (see tests/fault_campaign.py)."""
 
 from __future__ import annotations
@@ -75,3 +76,19 @@ async def test_kill_9_in_the_middle_of_send_many_commits(tmp_path: Path) -> None
 
     figures = await _campaign(tmp_path, "sqlite send_many killed mid-commit", cast)
     assert figures.batches_cut > 0  # some kills landed while a send_many was being written
+
+
+async def test_kill_9_in_the_middle_of_w1(tmp_path: Path) -> None:
+    """W1 in each process: 8 tasks each awaiting one send at a time, 4 tasks each receiving one
+    message and acking it. Those small writes run on the event-loop thread (loop writes), so
+    this kills processes in the middle of them."""
+
+    def cast(c: Campaign) -> None:
+        c.add("producer", "p1", "--tasks", "8", killable=True)
+        c.add("producer", "p2", "--tasks", "8", killable=True)
+        c.add("consumer", "c1", "--tasks", "4", "--batch", "1", killable=True,
+              kill_during=(b"R ", b"a "))  # fmt: skip
+        c.add("consumer", "c2", "--tasks", "4", "--batch", "1")
+
+    figures = await _campaign(tmp_path, "sqlite W1 killed", cast)
+    assert figures.deliveries > figures.acks_confirmed  # kills left leased messages behind

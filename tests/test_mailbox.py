@@ -13,6 +13,9 @@ import pytest
 import agentcomm
 from agentcomm import Hub
 
+# also on SQLite with loop writes off (see conftest.py)
+ALSO_THREAD_WRITES = True
+
 
 async def _pair(hub: Hub) -> tuple[agentcomm.Agent, agentcomm.Agent]:
     return await hub.agent("planner"), await hub.agent("coder")

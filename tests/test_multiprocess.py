@@ -158,3 +158,55 @@ async def test_messages_persist_across_reopen(tmp_path: Path) -> None:
         assert len(await hub.schedules()) == 1
         msg = await (await hub.agent("coder")).receive(timeout=5)
         assert msg is not None and msg.data == {"keep": 1} and msg.priority == 3
+
+
+W1_PROCESS = """
+import json
+
+async def main(url, name, per_sender):
+    async with agentcomm.connect(url) as hub:
+        worker = await hub.agent("worker")
+        senders = [await hub.agent(f"{name}-s{t}") for t in range(4)]
+        got = []
+
+        async def send(agent):
+            for i in range(int(per_sender)):
+                await agent.send("worker", {"from": agent.name, "i": i})
+
+        async def receive():
+            while True:  # until the whole store stays empty for a while
+                msg = await worker.receive(timeout=3)
+                if msg is None:
+                    return
+                await msg.ack()
+                got.append([msg.data["from"], msg.data["i"]])
+
+        await asyncio.gather(*(send(a) for a in senders), receive(), receive())
+        counts = hub._backend._writer.counts
+        print(json.dumps({"got": got, "loop": counts["loop"], "contended": counts["contended"]}))
+"""
+
+
+@pytest.mark.parametrize("loop_writes", [1, 0])
+async def test_two_processes_w1_on_one_file_deliver_exactly_once(
+    tmp_path: Path, loop_writes: int
+) -> None:
+    """Two processes each with 4 senders (one send at a time) and 2 receivers (receive one,
+    ack it) on one mailbox: with loop writes on, most of those writes run on each process's
+    event-loop thread, taking the lock without waiting; every message arrives exactly once."""
+    import json
+
+    url = _db_url(tmp_path, loop_writes=loop_writes)
+    async with agentcomm.connect(url) as hub:
+        await hub.agent("worker")
+    per_sender = 300
+    procs = [spawn(W1_PROCESS, url, name, str(per_sender)) for name in ("a", "b")]
+    reports = [json.loads(finish(p, timeout=120)) for p in procs]
+    got = [tuple(k) for r in reports for k in r["got"]]
+    expected = {(f"{n}-s{t}", i) for n in "ab" for t in range(4) for i in range(per_sender)}
+    assert len(got) == len(set(got))  # nothing delivered and acked twice
+    assert set(got) == expected
+    if loop_writes:
+        assert all(r["loop"] > 0 for r in reports)
+    else:
+        assert all(r["loop"] == 0 for r in reports)

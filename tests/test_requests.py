@@ -9,6 +9,9 @@ import pytest
 import agentcomm
 from agentcomm import Hub
 
+# also on SQLite with loop writes off (see conftest.py)
+ALSO_THREAD_WRITES = True
+
 
 async def _serve_one(agent: agentcomm.Agent, answer: object, *, wait: float = 0.0) -> bool:
     msg = await agent.receive(timeout=10)

@@ -52,11 +52,11 @@ def _sqlite(path: str, query: dict[str, str], retention: Retention) -> Backend:
             "A sqlite:// URL needs a file path, e.g. sqlite:///./agentcomm.db; "
             "for a store in memory use memory://."
         )
-    unknown = set(query) - {"synchronous", "busy_timeout", "recheck", "create"}
+    unknown = set(query) - {"synchronous", "busy_timeout", "recheck", "create", "loop_writes"}
     if unknown:
         raise ConfigurationError(
-            f"Unknown sqlite URL option(s) {sorted(unknown)}; "
-            "known: synchronous, busy_timeout (ms), recheck (s), create (0 or 1)."
+            f"Unknown sqlite URL option(s) {sorted(unknown)}; known: synchronous, "
+            "busy_timeout (ms), recheck (s), create (0 or 1), loop_writes (0 or 1)."
         )
     synchronous = query.get("synchronous", "NORMAL").upper()
     if synchronous not in _SYNCHRONOUS:
@@ -72,6 +72,12 @@ def _sqlite(path: str, query: dict[str, str], retention: Retention) -> Backend:
         raise ConfigurationError(
             f"Bad sqlite URL option: create must be 1 or 0 (true or false), not {create!r}."
         )
+    loop_writes = query.get("loop_writes", "1").lower()
+    if loop_writes not in _FLAGS:
+        raise ConfigurationError(
+            "Bad sqlite URL option: loop_writes must be 1 or 0 (true or false), "
+            f"not {loop_writes!r}."
+        )
     return SQLiteBackend(
         path,
         retention,
@@ -79,6 +85,7 @@ def _sqlite(path: str, query: dict[str, str], retention: Retention) -> Backend:
         busy_timeout_ms=int(busy),
         recheck_interval=_recheck(query.get("recheck", "2.0")),
         create=_FLAGS[create],
+        loop_writes=_FLAGS[loop_writes],
     )
 
 

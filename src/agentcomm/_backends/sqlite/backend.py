@@ -1,8 +1,10 @@
 """The SQLite backend: the default, an embedded file that several processes may share.
 
 Every operation runs on one writer thread (see `writer.py`) inside `BEGIN IMMEDIATE`
-transactions shared by concurrent calls. Other processes on the same file are woken by
-datagram pings (see `wake.py`); a slow re-check covers a ping that never arrives.
+transactions shared by concurrent calls, except small ones, which run on the event-loop thread
+when the writer is idle (the guards are in `writer.py`; `?loop_writes=0` turns them off).
+Other processes on the same file are woken by datagram pings (see `wake.py`); a slow re-check
+covers a ping that never arrives.
 
 The backend owns the connections, threads and wake-ups; each feature is an object of its own
 module (`mailbox.py`, `topics.py`, `shared_memory.py`, `references.py`) reaching the database
@@ -57,6 +59,7 @@ class SQLiteBackend(Backend):
         busy_timeout_ms: int = 10_000,
         recheck_interval: float = 2.0,
         create: bool = False,
+        loop_writes: bool = True,
     ) -> None:
         self.path = path
         self._create = create
@@ -72,6 +75,10 @@ class SQLiteBackend(Backend):
             self._wake.ping,
             self.notifier.notify,
             on_rollback=self._rolled_back,
+            # FULL and EXTRA fsync on COMMIT: those commits stay off the loop
+            loop_writes=loop_writes and synchronous in ("NORMAL", "OFF"),
+            busy_timeout_ms=busy_timeout_ms,
+            connect_checkpointer=self._connect_checkpointer,
         )
         self._reader = Writer(self._connect_reader, _no_op, _no_op, read_only=True)
         self._db = Access(self._writer, self._reader)
@@ -92,6 +99,8 @@ class SQLiteBackend(Backend):
         try:
             schema.migrate(conn, SCHEMAS)
             references.install(conn, lambda: self.ref_gc_strategy)
+            # never checkpoint inside a COMMIT: the writer's checkpointer thread does it
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             conn.close()
             raise _on_open(self.path, exc) from exc
@@ -108,6 +117,10 @@ class SQLiteBackend(Backend):
         )
         conn.execute("PRAGMA query_only = 1")
         return conn
+
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        # PASSIVE checkpoints never wait on a lock; a short timeout covers opening
+        return schema.connect(self.path, synchronous=self._synchronous, busy_timeout_ms=100)
 
     def _rolled_back(self) -> None:
         # on the writer thread: forget caches that rolled-back work may have filled

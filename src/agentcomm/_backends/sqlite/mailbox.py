@@ -90,6 +90,18 @@ _CLAIM = (
     " AND (expires_at IS NULL OR expires_at > ?3) ORDER BY priority DESC, seq LIMIT ?4)"
     f" RETURNING {_RETURNING}"
 )
+# One message, for the loop thread: a scalar subquery on the primary key, a point SELECT and a
+# point UPDATE. `UPDATE ... RETURNING` and `IN (subquery)` make SQLite allocate and free a large
+# (~160 KB) buffer per statement, which glibc hands back to the OS and faults in again on the
+# main thread; these statements avoid that.
+_PICK_ONE = (
+    f"SELECT {_RETURNING} FROM messages WHERE seq = (SELECT seq FROM messages"
+    f" WHERE recipient = ?1 AND state = {READY} AND (expires_at IS NULL OR expires_at > ?2)"
+    " ORDER BY priority DESC, seq LIMIT 1)"
+)
+_LEASE_ONE = (
+    f"UPDATE messages SET state = {IN_FLIGHT}, attempt = attempt + 1, visible_at = ? WHERE seq = ?"
+)
 _IN_JSON = "(SELECT value FROM json_each(?))"
 _NEXT_WAKE = f"SELECT MIN(visible_at) FROM messages WHERE recipient = ? AND state IN {TIMED}"
 _DUE = (
@@ -114,6 +126,9 @@ _ACK_KEEP = f"UPDATE messages SET state = {ACKED}, finished_at = ? WHERE {_LIVE}
 _ACK_KEEP_RETURNING = f"{_ACK_KEEP} RETURNING {REF_COL}"
 _ACK_DELETE = f"DELETE FROM messages WHERE {_LIVE} RETURNING {REF_COL}"
 _ACK_MANY = f"DELETE FROM messages WHERE {_LIVE}"
+# the common ack, of a message holding no reference: a plain statement, nothing returned
+_ACK_DELETE_VALUE = f"{_ACK_MANY} AND NOT ({HOLDS_REF})"
+_ACK_KEEP_VALUE = f"{_ACK_KEEP} AND NOT ({HOLDS_REF})"
 _HELD = f"SELECT data FROM messages WHERE seq IN {_IN_JSON} AND {HOLDS_REF}"
 _EXTEND = (
     f"UPDATE messages SET visible_at = ? WHERE seq = ? AND attempt = ? AND state = {IN_FLIGHT}"
@@ -133,6 +148,11 @@ _DEAD_LETTER = (
 _FAIL_REQUEST = "UPDATE requests SET reply = ? WHERE correlation_id = ? AND reply IS NULL"
 _REQUEST_ATTEMPT = "UPDATE requests SET attempts = ? WHERE correlation_id = ?"
 _PRUNE_BATCH = 10_000
+#: Sends of at most this many messages may run on the loop thread (see `writer.py`).
+LOOP_BATCH = 16
+#: Settle kinds small enough for the loop thread (the others may dead-letter, which appends
+#: a notice and fails a request).
+_SMALL_SETTLES = (SettleKind.ACK, SettleKind.EXTEND)
 _LOCKED = (
     "The SQLite database stayed locked past the call's timeout, so nothing was sent: another "
     "process holds a long write transaction. Retry, or find the process that holds the lock."
@@ -254,7 +274,7 @@ class SQLiteMailboxes(MailboxStore):
                 (seen, active, name),
             )
 
-        await self._db.do(op)
+        await self._db.do(op, small=True)
 
     def require_agent(
         self, conn: sqlite3.Connection, name: str, auto_register: bool, now: float
@@ -280,10 +300,11 @@ class SQLiteMailboxes(MailboxStore):
         def op(conn: sqlite3.Connection, touched: set[str]) -> list[str]:
             return self.enqueue_in(conn, messages, rows, auto_register, now, touched)
 
+        small = len(messages) <= LOOP_BATCH
         if CALL_DEADLINE.get() is None:
-            result: list[str] = await self._db.do(op)
+            result: list[str] = await self._db.do(op, small=small)
         else:  # a request's send: give up, storing nothing, if the file stays locked
-            result = await self._db.do_by_deadline(op, BackendUnavailable(_LOCKED))
+            result = await self._db.do_by_deadline(op, BackendUnavailable(_LOCKED), small=small)
         return result
 
     def enqueue_in(
@@ -335,9 +356,14 @@ class SQLiteMailboxes(MailboxStore):
         return ids
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
+        one = max_messages == 1
+
         def op(conn: sqlite3.Connection, touched: set[str]) -> tuple[list[Any], float | None]:
             _fire_timers(conn, agent, now, touched)
-            rows = conn.execute(_CLAIM, (now + lease, agent, now, max_messages)).fetchall()
+            if one:
+                rows = _claim_one(conn, agent, now, lease)
+            else:
+                rows = conn.execute(_CLAIM, (now + lease, agent, now, max_messages)).fetchall()
             if rows:  # the caller only needs the next wake-up when it has to wait
                 requests = [(r[9], r[13]) for r in rows if r[13] is not None]
                 if requests:  # a request's slot records that it was received
@@ -347,7 +373,7 @@ class SQLiteMailboxes(MailboxStore):
             return rows, next_wake
 
         # past the caller's deadline with the file locked: nothing claimed, nothing changed
-        rows, next_wake = await self._db.do_by_deadline(op, ([], None))
+        rows, next_wake = await self._db.do_by_deadline(op, ([], None), small=one)
         messages = [StoredMessage(*r) for r in rows]
         if len(messages) > 1:  # RETURNING gives no order guarantee
             messages.sort(key=lambda m: (-m.priority, m.seq))
@@ -358,7 +384,15 @@ class SQLiteMailboxes(MailboxStore):
     ) -> bool:
         key = (op.seq, op.attempt)
         if op.kind == SettleKind.ACK:
-            if self._retention.acked > 0:
+            keep = self._retention.acked > 0
+            # most messages hold no reference: one plain statement settles them
+            if keep:
+                plain = conn.execute(_ACK_KEEP_VALUE, (now, *key))
+            else:
+                plain = conn.execute(_ACK_DELETE_VALUE, key)
+            if plain.rowcount == 1:
+                return True
+            if keep:
                 acked = conn.execute(_ACK_KEEP_RETURNING, (now, *key)).fetchone()
             else:
                 acked = conn.execute(_ACK_DELETE, key).fetchone()
@@ -387,7 +421,8 @@ class SQLiteMailboxes(MailboxStore):
 
     async def settle(self, op: Settle, *, now: float) -> bool:
         result: bool = await self._db.do(
-            lambda conn, touched: self._settle_in(conn, op, now, touched)
+            lambda conn, touched: self._settle_in(conn, op, now, touched),
+            small=op.kind in _SMALL_SETTLES,
         )
         return result
 
@@ -640,7 +675,8 @@ class SQLiteMailboxes(MailboxStore):
             touched.add(reply_channel(correlation_id))
             return True
 
-        result: bool = await self._db.do(op)
+        small = ack is None or ack.kind in _SMALL_SETTLES
+        result: bool = await self._db.do(op, small=small)
         return result
 
     async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
@@ -655,7 +691,7 @@ class SQLiteMailboxes(MailboxStore):
             blob: bytes | None = row[0]
             return blob
 
-        blob: bytes | None = await self._db.do_by_deadline(op, None)
+        blob: bytes | None = await self._db.do_by_deadline(op, None, small=True)
         return None if blob is None else _reply_decoder.decode(blob)
 
     async def request_attempts(self, correlation_id: str) -> int:
@@ -787,6 +823,17 @@ def _dead_letter(r: tuple[Any, ...]) -> DeadLetter:
         metadata=metadata,
         error=error,
     )
+
+
+def _claim_one(conn: sqlite3.Connection, agent: str, now: float, lease: float) -> list[Any]:
+    """Lease `agent`'s next ready message: [its `_RETURNING` row, as leased] or []."""
+    row = conn.execute(_PICK_ONE, (agent, now)).fetchone()
+    if row is None:
+        return []
+    until = now + lease
+    conn.execute(_LEASE_ONE, (until, row[0]))
+    # as `_CLAIM` returns it: attempt (9) counted, visible_at (12) the lease's end
+    return [(*row[:9], row[9] + 1, row[10], row[11], until, *row[13:])]
 
 
 def _fire_timers(conn: sqlite3.Connection, agent: str, now: float, touched: set[str]) -> None:
