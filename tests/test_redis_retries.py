@@ -62,9 +62,11 @@ def dropped_after(monkeypatch: pytest.MonkeyPatch, op: str, times: int = 1) -> I
 
     async def send(self: Any, conn: Any, command_name: str, *args: Any, **options: Any) -> Any:
         reply = await original(self, conn, command_name, *args, **options)
-        # EVALSHA, sha, 0, prefix, origin, now, op...: the op, with its token after a NUL byte
-        if command_name == "EVALSHA" and drops.left > 0:
-            name = args[6] if isinstance(args[6], bytes) else str(args[6]).encode()
+        # FCALL (or EVALSHA), function (or sha), 0, prefix, origin, now, op...: the op, with
+        # its token after a NUL byte
+        if command_name in ("FCALL", "EVALSHA") and drops.left > 0:
+            op = args[6]
+            name = op if isinstance(op, bytes) else str(op).encode()
             if name.split(b"\0")[0] == drops.op:
                 drops.left -= 1
                 drops.dropped += 1

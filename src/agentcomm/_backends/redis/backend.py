@@ -70,6 +70,7 @@ class RedisBackend(Backend):
         prefix: str = "agentcomm",
         recheck_interval: float = 1.0,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        functions: bool = True,
     ) -> None:
         self.retention = retention
         self.recheck_interval = recheck_interval
@@ -89,7 +90,7 @@ class RedisBackend(Backend):
             raise ConfigurationError(f"Bad Redis URL {self._where}: {exc}") from exc
         self._scripts = Scripts(
             self._client, self._prefix, self._origin, self._where, self.notifier,
-            command_timeout,
+            command_timeout, functions,
         )  # fmt: skip
         self._mailboxes = RedisMailboxes(self._scripts, retention)
         self._topics = RedisTopics(self._scripts, retention)
