@@ -60,7 +60,8 @@ def check_prefix(prefix: str) -> str:
 
 
 class RedisBackend(Backend):
-    """Implements the backend contract on a Redis server (5.0 or newer)."""
+    """Implements the backend contract on a Redis server (5.0 or newer; 7.0 or newer runs
+    the scripts as Functions libraries, see `scripts.py`)."""
 
     def __init__(
         self,
@@ -288,7 +289,8 @@ def _connect(url: str, retry: Retry) -> aioredis.Redis:
         url,
         retry=retry,
         socket_connect_timeout=5.0,
-        # RESP2 unless the URL asks otherwise: its pure-Python parser is the faster one
+        # RESP2 unless the URL asks otherwise: its pure-Python parser is the faster one; with
+        # hiredis installed (the `hiredis` extra) redis-py parses either in C
         protocol=2,
         socket_keepalive=True,
     )

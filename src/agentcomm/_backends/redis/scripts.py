@@ -239,8 +239,9 @@ class Script:
     def __init__(self, lua: Lua) -> None:
         self.lua = lua
         self.text = lua.eval_text()
-        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
-        self.function, self.code = lua.library()
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest().encode()
+        function, self.code = lua.library()
+        self.function = function.encode()
 
 
 class Scripts:
@@ -268,18 +269,19 @@ class Scripts:
         self.functions = functions
         self.prefix = prefix
         self.origin = origin
+        self._prefix_bytes, self._origin_bytes = prefix.encode(), origin.encode()
         self.where = where
         self.notifier = notifier
         self.command_timeout = command_timeout
+        self._watchdog = Watchdog()
 
-    def bound(self) -> float:
-        """Seconds the next round trip may take: to the deadline of the blocking call in
-        progress plus `MARGIN`, and never more than `command_timeout`."""
+    def bound(self, now: float) -> float:
+        """Seconds a round trip starting at loop time `now` may take: to the deadline of the
+        blocking call in progress plus `MARGIN`, and never more than `command_timeout`."""
         deadline = CALL_DEADLINE.get()
         if deadline is None:
             return self.command_timeout
-        left = deadline - asyncio.get_running_loop().time()
-        return min(max(left, 0.0) + MARGIN, self.command_timeout)
+        return min(max(deadline - now, 0.0) + MARGIN, self.command_timeout)
 
     @property
     def once_ms(self) -> int:
@@ -311,25 +313,25 @@ class Scripts:
         """
         if token is not None:
             op = f"{op}\0{self.once_ms}\0{token}"
-        return await self._bounded(
-            self._eval(script, (self.prefix, self.origin, num(now), op), args)
-        )
+        return await self._bounded(self._eval(script, num(now), op, args))
 
-    async def _eval(self, script: Script, head: tuple[str, ...], args: Sequence[Any]) -> Any:
+    async def _eval(self, script: Script, now: str, op: str, args: Sequence[Any]) -> Any:
+        # the constant arguments go as bytes: redis-py passes bytes through as they are
         execute = self._execute
+        prefix, origin = self._prefix_bytes, self._origin_bytes
         if self.functions:
             try:
-                return await execute("FCALL", script.function, 0, *head, *args)
+                return await execute("FCALL", script.function, b"0", prefix, origin, now, op, *args)
             except rexc.ResponseError as exc:
                 if not await self._fcall_failed(script, exc):
                     raise
             if self.functions:  # loaded now
-                return await execute("FCALL", script.function, 0, *head, *args)
+                return await execute("FCALL", script.function, b"0", prefix, origin, now, op, *args)
         try:
-            return await execute("EVALSHA", script.sha, 0, *head, *args)
+            return await execute("EVALSHA", script.sha, b"0", prefix, origin, now, op, *args)
         except rexc.NoScriptError:  # a restarted or flushed server: load it again
             await execute("SCRIPT", "LOAD", script.text)
-            return await execute("EVALSHA", script.sha, 0, *head, *args)
+            return await execute("EVALSHA", script.sha, b"0", prefix, origin, now, op, *args)
 
     async def _fcall_failed(self, script: Script, exc: rexc.ResponseError) -> bool:
         """Whether an FCALL failed before running anything because its library is not loaded
@@ -394,37 +396,94 @@ class Scripts:
         A round trip cut short closes its connection (redis-py drops a connection whose read
         was interrupted), so no late answer is ever read as the answer to another command.
         """
-        bound = self.bound()
-        cancels = _cancels()
+        task = asyncio.current_task()
+        if task is None:  # not in a task: nothing to cancel (asyncio.timeout raises)
+            async with asyncio.timeout(self.command_timeout):
+                return await awaitable
+        now = task.get_loop().time()
+        bound = self.bound(now)
+        cancels = task.cancelling()
+        watchdog = self._watchdog
+        watchdog.enter(task, now + bound)
         try:
-            # the timer's own cancel never counts as swallowed: leaving the block undoes it
-            async with asyncio.timeout(bound):
-                result = await awaitable
-        except TimeoutError as exc:  # before REDIS_ERRORS: TimeoutError is an OSError
-            raise BackendUnavailable(
-                f"Redis at {self.where} did not answer within {bound:.3g} s. The server may be "
-                "overloaded, paused or unreachable; retry once it answers (the bound for calls "
-                "without a timeout is the URL option command_timeout)."
-            ) from exc
-        except REDIS_ERRORS as exc:
-            raise translate(exc, self.where) from exc
-        _raise_swallowed_cancel(cancels)
+            result = await awaitable
+        except BaseException as exc:
+            if watchdog.leave(task):  # the watchdog cancelled this round trip
+                if task.uncancel() <= cancels:
+                    raise BackendUnavailable(
+                        f"Redis at {self.where} did not answer within {bound:.3g} s. The server "
+                        "may be overloaded, paused or unreachable; retry once it answers (the "
+                        "bound for calls without a timeout is the URL option command_timeout)."
+                    ) from exc
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise asyncio.CancelledError from exc  # cancelled by someone else too
+            if isinstance(exc, REDIS_ERRORS):
+                raise translate(exc, self.where) from exc
+            raise
+        if watchdog.leave(task):  # it expired as the answer came: the answer stands
+            task.uncancel()
+        if task.cancelling() > cancels:
+            _raise_swallowed_cancel()
         return result
 
 
-def _cancels() -> int:
-    task = asyncio.current_task()
-    return 0 if task is None else task.cancelling()
+class Watchdog:
+    """Cancels the round trips that outlive their bound (see `Scripts._bounded`).
+
+    One timer for every round trip in flight, armed at the earliest deadline, instead of an
+    `asyncio.timeout` (a timer handle made, pushed on the loop's heap and cancelled) per call:
+    a call only records its task and deadline. When the timer fires it cancels the overdue
+    tasks and re-arms for the next deadline, or stays unarmed when nothing is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._inflight: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the timer fires
+
+    def enter(self, task: asyncio.Task[Any], deadline: float) -> None:
+        """`task` starts a round trip that must end by `deadline` (loop time)."""
+        self._inflight[task] = deadline
+        if deadline < self._at:
+            self._arm(task.get_loop(), deadline)
+
+    def leave(self, task: asyncio.Task[Any]) -> bool:
+        """`task`'s round trip ended; whether the watchdog cancelled it."""
+        del self._inflight[task]
+        if self._expired and task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._fire, loop)
+        self._at = at
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._at = None, math.inf
+        now = loop.time()
+        upcoming = math.inf
+        for task, deadline in self._inflight.items():
+            if deadline <= now:
+                if task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+            elif deadline < upcoming:
+                upcoming = deadline
+        if upcoming < math.inf:
+            self._arm(loop, upcoming)
 
 
-def _raise_swallowed_cancel(before: int) -> None:
-    """Raise CancelledError if this task was cancelled during a command that returned anyway.
+def _raise_swallowed_cancel() -> None:
+    """Raise CancelledError: this task was cancelled during a command that returned anyway.
 
     redis-py 8 sends under `asyncio.wait_for(..., socket_timeout)`, which on Python 3.11
     returns the inner result and drops a cancel that lands as the send completes. A hub loop
     cancelled then would carry on (and wait for its next re-check): the cancel is delivered
     here instead, as if it had landed just after the command.
     """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling() > before:
-        raise asyncio.CancelledError
+    raise asyncio.CancelledError
