@@ -39,9 +39,12 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
         yield client
 
 
-@pytest.fixture
-async def hub(redis_url: str, prefix: str) -> AsyncIterator[agentcomm.Hub]:
-    async with agentcomm.connect(f"{redis_url}?prefix={prefix}") as h:
+@pytest.fixture(params=["auto", "eval"])
+async def hub(
+    redis_url: str, prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[agentcomm.Hub]:
+    """A hub calling the scripts by FCALL (Redis 7+) or, with `scripts=eval`, by EVALSHA."""
+    async with agentcomm.connect(f"{redis_url}?prefix={prefix}&scripts={request.param}") as h:
         yield h
 
 
