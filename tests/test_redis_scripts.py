@@ -117,7 +117,9 @@ async def test_scripts_eval_runs_the_same_lua_by_evalsha(redis_url: str, prefix:
         await round_trip(hub)
         backend = hub._backend
         assert isinstance(backend, RedisBackend)
-        await backend._scripts.client.script_flush()  # a restarted server: the scripts are loaded again
+        await (
+            backend._scripts.client.script_flush()
+        )  # a restarted server: the scripts are loaded again
         await round_trip(hub)
     assert "EVALSHA" in sent and "FCALL" not in sent and "SCRIPT" in sent
 
