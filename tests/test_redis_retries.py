@@ -39,9 +39,12 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
         yield client
 
 
-@pytest.fixture
-async def hub(redis_url: str, prefix: str) -> AsyncIterator[agentcomm.Hub]:
-    async with agentcomm.connect(f"{redis_url}?prefix={prefix}") as h:
+@pytest.fixture(params=["auto", "eval"])
+async def hub(
+    redis_url: str, prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[agentcomm.Hub]:
+    """A hub calling the scripts by FCALL (Redis 7+) or, with `scripts=eval`, by EVALSHA."""
+    async with agentcomm.connect(f"{redis_url}?prefix={prefix}&scripts={request.param}") as h:
         yield h
 
 
@@ -62,9 +65,11 @@ def dropped_after(monkeypatch: pytest.MonkeyPatch, op: str, times: int = 1) -> I
 
     async def send(self: Any, conn: Any, command_name: str, *args: Any, **options: Any) -> Any:
         reply = await original(self, conn, command_name, *args, **options)
-        # EVALSHA, sha, 0, prefix, origin, now, op...: the op, with its token after a NUL byte
-        if command_name == "EVALSHA" and drops.left > 0:
-            name = args[6] if isinstance(args[6], bytes) else str(args[6]).encode()
+        # FCALL (or EVALSHA), function (or sha), 0, prefix, origin, now, op...: the op, with
+        # its token after a NUL byte
+        if command_name in ("FCALL", "EVALSHA") and drops.left > 0:
+            op = args[6]
+            name = op if isinstance(op, bytes) else str(op).encode()
             if name.split(b"\0")[0] == drops.op:
                 drops.left -= 1
                 drops.dropped += 1

@@ -112,19 +112,27 @@ def _redis(url: str, retention: Retention) -> Backend:
         ) from exc
     from .redis import RedisBackend
 
-    # `prefix`, `recheck` and `command_timeout` are ours; every other option goes to redis-py
+    # `prefix`, `recheck`, `command_timeout` and `scripts` are ours; every other option goes to
+    # redis-py
     parts = urlsplit(url)
     pairs = [(k, v) for k, vs in parse_qs(parts.query).items() for v in vs]
-    ours = {k: v for k, v in pairs if k in ("prefix", "recheck", "command_timeout")}
+    ours = {k: v for k, v in pairs if k in ("prefix", "recheck", "command_timeout", "scripts")}
     rest = urlencode([(k, v) for k, v in pairs if k not in ours])
     recheck = _seconds(ours, "recheck", 1.0)
     command_timeout = _seconds(ours, "command_timeout", 5.0)
+    scripts = ours.get("scripts", "auto")
+    if scripts not in ("auto", "eval"):
+        raise ConfigurationError(
+            f"Bad redis URL option scripts={scripts!r}: use auto (a Functions library on Redis 7 "
+            "and newer, EVALSHA scripts before) or eval (EVALSHA scripts always)."
+        )
     return RedisBackend(
         urlunsplit(parts._replace(query=rest)),
         retention,
         prefix=ours.get("prefix", "agentcomm"),
         recheck_interval=recheck,
         command_timeout=command_timeout,
+        functions=scripts == "auto",
     )
 
 

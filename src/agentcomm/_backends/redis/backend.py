@@ -67,7 +67,8 @@ _MARKERS = tuple(
 
 
 class RedisBackend(Backend):
-    """Implements the backend contract on a Redis server (5.0 or newer)."""
+    """Implements the backend contract on a Redis server (5.0 or newer; 7.0 or newer runs
+    the scripts as Functions libraries, see `scripts.py`)."""
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class RedisBackend(Backend):
         prefix: str = "agentcomm",
         recheck_interval: float = 1.0,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        functions: bool = True,
     ) -> None:
         self.retention = retention
         self.recheck_interval = recheck_interval
@@ -96,7 +98,7 @@ class RedisBackend(Backend):
             raise ConfigurationError(f"Bad Redis URL {self._where}: {exc}") from exc
         self._scripts = Scripts(
             self._client, self._prefix, self._origin, self._where, self.notifier,
-            command_timeout,
+            command_timeout, functions,
         )  # fmt: skip
         self._mailboxes = RedisMailboxes(self._scripts, retention)
         self._topics = RedisTopics(self._scripts, retention)
@@ -323,7 +325,8 @@ def _connect(url: str, retry: Retry) -> aioredis.Redis:
         url,
         retry=retry,
         socket_connect_timeout=5.0,
-        # RESP2 unless the URL asks otherwise: its pure-Python parser is the faster one
+        # RESP2 unless the URL asks otherwise: its pure-Python parser is the faster one; with
+        # hiredis installed (the `hiredis` extra) redis-py parses either in C
         protocol=2,
         socket_keepalive=True,
     )

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import msgspec
@@ -249,9 +249,9 @@ class RedisMailboxes(MailboxStore):
     async def _mail(self, op: str, now: float, *args: Any, token: str | None = None) -> Any:
         return await self._scripts.run(self._script, op, now, args, token)
 
-    async def _bare(self, op: str, now: float, *args: Any, token: str | None = None) -> Any:
+    def _bare(self, op: str, now: float, *args: Any, token: str | None = None) -> Awaitable[Any]:
         """A hot op: its result alone; the caller notifies this hub's waiters."""
-        return await self._scripts.call(self._script, op, now, args, token)
+        return self._scripts.call(self._script, op, now, args, token)
 
     def deliver_reply(self, correlation_id: str, reply: bytes) -> None:
         """A reply that came by pub/sub: kept for `take_reply` if this hub awaits it."""
@@ -301,7 +301,7 @@ class RedisMailboxes(MailboxStore):
     async def enqueue(
         self, messages: Sequence[NewMessage], *, auto_register: bool, now: float
     ) -> list[str]:
-        args: list[Any] = [1 if auto_register else 0]
+        args: list[Any] = [b"1" if auto_register else b"0"]
         for m in messages:
             args += _message_args(m)
         for m in messages:
@@ -343,8 +343,8 @@ class RedisMailboxes(MailboxStore):
         return (await self.settle_many((op,), now=now))[0]
 
     async def settle_many(self, ops: Sequence[Settle], *, now: float) -> list[bool]:
-        keep = 1 if self._retention.acked > 0 else 0
-        results, events = await self._bare("settle", now, keep, *(_settle_arg(op) for op in ops))
+        keep = b"1" if self._retention.acked > 0 else b"0"
+        results, events = await self._bare("settle", now, keep, *[_settle_arg(op) for op in ops])
         if events:
             _log_events(events)
         nacked = {mail_channel(op.recipient) for op in ops if op.kind == SettleKind.NACK}

@@ -32,15 +32,13 @@ from __future__ import annotations
 
 from .mailbox_lua_functions import FUNCTIONS, fill
 from .ref_holds import REF_HOLDS
-from .scripts import COMMON
+from .scripts import COMMON, Lua, Part
 from .topics_lua import TOPIC_APPEND
 
-MAILBOX = (
-    COMMON
-    + REF_HOLDS
-    + TOPIC_APPEND
-    + FUNCTIONS
-    + fill(
+MAILBOX = Lua(
+    "mailbox",
+    (COMMON, Part(REF_HOLDS), Part(TOPIC_APPEND), FUNCTIONS),
+    fill(
         r"""
 local result = false
 if OP == 'register' then
@@ -461,5 +459,5 @@ shout_all()
 if BARE[OP] then return once_done(result) end
 return once_done({result, touched_list})
 """
-    )
+    ),
 )

@@ -13,6 +13,7 @@ from ..common import (
     lease_expired_reason,
     mail_channel,
 )
+from .scripts import Part
 
 # Message hash fields: b (the body, msgpack: see `Body` in mailbox.py), id, rcp, pri, vis
 # (visible at / lease until), exp, max (attempts), att (attempt), st (state), fin, why (reason),
@@ -60,7 +61,7 @@ def fill(lua: str) -> str:
     )
 
 
-FUNCTIONS = fill(
+_DEFS = fill(
     r"""
 -- a msgpack writer for values Python decodes with msgspec: Redis's cmsgpack writes every Lua
 -- string as msgpack str (msgspec wants bin for bytes) and cannot read bin back
@@ -124,7 +125,7 @@ local BARE = {enqueue = true, claim = true, settle = true, reply = true, take = 
 
 -- sorted-set writes of a batch, sent as one command per key at the end (see `flush`); used
 -- only where nothing reads the key in between and no member is both added and removed
-local zadds, zrems = {}, {}
+local zadds, zrems
 local function zadd_later(key, score, member)
   local l = zadds[key]
   if not l then l = {}; zadds[key] = l end
@@ -161,11 +162,11 @@ end
 
 -- what the caller logs: 'R' NUL agent NUL id NUL attempt NUL max for a lease that ended with
 -- attempts left, 'D' NUL agent NUL id NUL attempts NUL reason for a dead letter
-local events = {}
+local events
 
 -- channels every hub, this one too, must hear of: the failure replies and dead-letter notices
 -- are written inside hot ops, whose caller notifies only the channels it knows of
-local shout, shouted = {}, {}
+local shout, shouted
 local function shout_channel(channel)
   if not shouted[channel] then
     shouted[channel] = true
@@ -332,7 +333,7 @@ end
 
 -- the sequence number of the last stored message: the first store of a script INCRs it,
 -- later ones count in this local, written back by `save_seq`
-local last_seq, stored = nil, 0
+local last_seq, stored
 
 -- store one message of enqueue or a schedule from its header fields `h` (see `_message_args` in
 -- mailbox.py) and its body; returns its id, and whether that is the id of an earlier message
@@ -482,3 +483,14 @@ local function settle(f, keep_acked)
 end
 """
 )
+
+#: What the mailbox script's functions keep during a call, reset at its start.
+_BEGIN = r"""
+zadds, zrems = {}, {}
+events = {}
+shout, shouted = {}, {}
+last_seq, stored = nil, 0
+"""
+
+#: The functions of the mailbox script (the pool script has them too).
+FUNCTIONS = Part(_DEFS, _BEGIN)

@@ -42,14 +42,14 @@ from ..common import pool_channel
 from ..pool_engine import POOL_WAKES_CHANNEL
 from .mailbox_lua_functions import FUNCTIONS
 from .ref_holds import REF_HOLDS
-from .scripts import COMMON
+from .scripts import COMMON, Lua, Part
 
 #: Log records a replaying wake reads per step, and due wakes one expiry pass times out.
 _PAGE = 500
 _EXPIRE_BATCH = 1000
 
 _POOL_FUNCTIONS = r"""
-local ALL, WD, WF = P .. 'pl:all', P .. 'pl:wd', P .. 'pl:wf'
+local ALL, WD, WF
 local function pk(pool) return P .. 'pl:p:' .. pool end
 local function mk(pool) return P .. 'pl:m:' .. pool end
 local function mz(pool) return P .. 'pl:mz:' .. pool end
@@ -196,7 +196,7 @@ local function prepared_view(v)
 end
 
 local FILTER_SETS = {'k', 'r', 's', 'a', 'y', 't'}
-local filters = {}
+local filters
 
 -- a wake's filter: sets of kinds, runs, senders, agents, types and topics (absent: any), me
 -- (to_me) and m (metadata entries that must all be present)
@@ -362,330 +362,344 @@ local function recipients(pool, cfg, kind, value, sender, refs, needed)
 end
 """
 
-_DISPATCH = r"""
-local result = false
-if OP == 'open' then
-  -- name, has config, config, default
-  local name, config = ARGV[5], ARGV[7]
-  local stored = redis.call('HGET', pk(name), 'cfg')
-  if stored then
-    if ARGV[6] == '1' and config ~= stored then fail('CONFLICT', name, stored) end
-    result = stored
-  else
-    if ARGV[6] ~= '1' then config = ARGV[8] end
-    redis.call('HSET', pk(name), 'cfg', config, 'at', NOW_S, 'head', 0)
-    redis.call('SADD', ALL, name)
-    append(name, {kind = 'opened', config = config})
-    result = config
-  end
-
-elseif OP == 'join' then
-  -- pool, member blob
-  local pool = ARGV[5]
-  local cfg = require_pool(pool)
-  local m = member_of(ARGV[6])
-  local old = member(pool, m.run)
-  if old and old.agent ~= m.agent then fail('AGENT', pool, m.run, old.agent) end
-  expire_pool(pool)
-  ensure_agents({m.run}, true)
-  if old then unindex_member(pool, old) end
-  put_member(pool, m)
-  local r = {kind = 'member_joined', run = m.run, visible = visible(cfg, m), agent = m.agent,
-    topics = m.topics, policy_refs = m.refs}
-  happened(pool, r)
-  result = r.blob
-
-elseif OP == 'leave' then
-  local pool, run = ARGV[5], ARGV[6]
-  local cfg = require_pool(pool)
-  local m = member(pool, run)
-  if not m then fail('NOTAMEMBER', pool, run) end
-  expire_pool(pool)
-  for _, id in ipairs(redis.call('ZRANGE', wpk(pool), 0, -1)) do
-    local w = wake_load(pool, id)
-    if w and w.st == 'registered' and w.run == run then finish_wake(pool, w, 'cancelled') end
-  end
-  unindex_member(pool, m)
-  redis.call('HDEL', mk(pool), run)
-  redis.call('ZREM', mz(pool), run)
-  local r = {kind = 'member_left', run = run, visible = visible(cfg, m), agent = m.agent}
-  happened(pool, r)
-  result = r.blob
-
-elseif OP == 'send' then
-  -- pool, message id, sender, to kind, to value, type, data, data kind, has metadata,
-  -- metadata, policy refs (msgpack), the same sorted and unique (msgpack), has key, key,
-  -- expires at ('' for never), priority, max attempts, metadata index (msgpack), the ref the
-  -- payload holds ('' for none)
-  local pool, mid, sender = ARGV[5], ARGV[6], ARGV[7]
-  local to_kind, to_value, typ, data = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-  local meta, key = nil, nil
-  if ARGV[13] == '1' then meta = ARGV[14] end
-  if ARGV[17] == '1' then key = ARGV[18] end
-  local refs, needed = cmsgpack.unpack(ARGV[15]), cmsgpack.unpack(ARGV[16])
-  local exp_s, pri, maxa, ref = ARGV[19], ARGV[20], ARGV[21], ARGV[23]
-  local kind = arg_num(ARGV[12], 'data_kind')
-  local exp = arg_opt_num(exp_s, 'expires_at')
-  arg_num(pri, 'priority')
-  arg_num(maxa, 'max_attempts')
-  local cfg = require_pool(pool)
-  local snd = member(pool, sender)
-  if not snd then fail('NOTAMEMBER', pool, sender) end
-  if ref ~= '' then ref_require({ref}, 1) end
-  check_seq(P .. 'seq')
-  expire_pool(pool)
-  local first = nil
-  if key then
-    local first_id = redis.call('HGET', rkk(pool), key)
-    if first_id then first = redis.call('HGET', rck(pool), first_id) end
-  end
-  if first then
-    hincr(pk(pool), 'c:duplicates', 1)
-    result = {first, 1}
-  else
-    local found, reason, status = nil, nil, nil
-    local have, missing = set_of(refs), {}
-    for _, r in ipairs(cfg.required_policy_refs) do
-      if not have[r] then missing[#missing + 1] = r end
-    end
-    if exp and exp <= now then
-      status, reason = 'expired', "the message's ttl had passed when it was sent"
-    elseif #missing > 0 then
-      status = 'failed'
-      reason = 'the message lacks required policy refs: ' .. table.concat(missing, ', ')
+_OPS = r"""
+-- the operations, in two functions: a Lua function can use at most 60 locals of the
+-- functions around it (each returns false for an operation it does not have)
+local function membership_and_messages()
+  local result = false
+  if OP == 'open' then
+    -- name, has config, config, default
+    local name, config = ARGV[5], ARGV[7]
+    local stored = redis.call('HGET', pk(name), 'cfg')
+    if stored then
+      if ARGV[6] == '1' and config ~= stored then fail('CONFLICT', name, stored) end
+      result = stored
     else
-      found, reason = recipients(pool, cfg, to_kind, to_value, sender, refs, needed)
-      status = reason and 'failed' or 'delivered'
+      if ARGV[6] ~= '1' then config = ARGV[8] end
+      redis.call('HSET', pk(name), 'cfg', config, 'at', NOW_S, 'head', 0)
+      redis.call('SADD', ALL, name)
+      append(name, {kind = 'opened', config = config})
+      result = config
     end
-    local seq = tonumber(redis.call('HGET', pk(pool), 'head')) + 1
-    local runs = {}
-    if found then
-      for i, m in ipairs(found) do runs[i] = m.run end
-      ensure_agents(runs, true)
-      local md = pool_metadata(meta, pool, seq, sender, mid)
-      local n_pri, n_max = tonumber(pri), tonumber(maxa)
-      for i, run in ipairs(runs) do
-        local id = mid .. '.' .. int(i - 1)
-        store({id, sender, run, pri, NOW_S, exp_s, maxa, '', '', '', ref, ''},
-          message_body(id, sender, run, typ, n_pri, data, kind, md, now, exp, n_max))
-      end
-      save_seq()
+
+  elseif OP == 'join' then
+    -- pool, member blob
+    local pool = ARGV[5]
+    local cfg = require_pool(pool)
+    local m = member_of(ARGV[6])
+    local old = member(pool, m.run)
+    if old and old.agent ~= m.agent then fail('AGENT', pool, m.run, old.agent) end
+    expire_pool(pool)
+    ensure_agents({m.run}, true)
+    if old then unindex_member(pool, old) end
+    put_member(pool, m)
+    local r = {kind = 'member_joined', run = m.run, visible = visible(cfg, m), agent = m.agent,
+      topics = m.topics, policy_refs = m.refs}
+    happened(pool, r)
+    result = r.blob
+
+  elseif OP == 'leave' then
+    local pool, run = ARGV[5], ARGV[6]
+    local cfg = require_pool(pool)
+    local m = member(pool, run)
+    if not m then fail('NOTAMEMBER', pool, run) end
+    expire_pool(pool)
+    for _, id in ipairs(redis.call('ZRANGE', wpk(pool), 0, -1)) do
+      local w = wake_load(pool, id)
+      if w and w.st == 'registered' and w.run == run then finish_wake(pool, w, 'cancelled') end
     end
-    local receipt = receipt_blob(mid, status, runs, seq, reason, key)
-    redis.call('HSET', rck(pool), mid, receipt)
-    redis.call('ZADD', rtk(pool), NOW_S, mid)
-    if key then redis.call('HSET', rkk(pool), key, mid) end
-    hincr(pk(pool), 'c:messages', 1)
-    if status ~= 'delivered' then hincr(pk(pool), 'c:' .. status, 1) end
-    happened(pool, {kind = 'message', run = sender, visible = visible(cfg, snd),
-      agent = snd.agent, policy_refs = refs, message_id = mid, to_kind = to_kind,
-      to_value = to_value, type = typ, data = data, data_kind = kind, metadata = meta,
-      receipt = receipt, delivered = runs, mi = cmsgpack.unpack(ARGV[22])})
-    result = {receipt, 0}
-  end
+    unindex_member(pool, m)
+    redis.call('HDEL', mk(pool), run)
+    redis.call('ZREM', mz(pool), run)
+    local r = {kind = 'member_left', run = run, visible = visible(cfg, m), agent = m.agent}
+    happened(pool, r)
+    result = r.blob
 
-elseif OP == 'emit' then
-  -- pool, run, type, data, data kind, has metadata, metadata, metadata index (msgpack)
-  local pool, run = ARGV[5], ARGV[6]
-  local kind = arg_num(ARGV[9], 'data_kind')
-  local cfg = require_pool(pool)
-  local m = member(pool, run)
-  if not m then fail('NOTAMEMBER', pool, run) end
-  expire_pool(pool)
-  hincr(pk(pool), 'c:events', 1)
-  local meta = nil
-  if ARGV[10] == '1' then meta = ARGV[11] end
-  local r = {kind = 'event', run = run, visible = visible(cfg, m), agent = m.agent,
-    type = ARGV[7], data = ARGV[8], data_kind = kind, metadata = meta,
-    mi = cmsgpack.unpack(ARGV[12])}
-  happened(pool, r)
-  result = r.blob
-
-elseif OP == 'receipt' then
-  -- pool, 'k' (by idempotency key) or 'm' (by message id), the key or id
-  local pool, mid = ARGV[5], ARGV[7]
-  if ARGV[6] == 'k' then mid = redis.call('HGET', rkk(pool), mid) end
-  if mid then result = redis.call('HGET', rck(pool), mid) end
-
-elseif OP == 'wait_for' then
-  -- pool, wake id, run, has key, key, replay, deadline ('' for none), spec blob, filter blob
-  local pool, id, run = ARGV[5], ARGV[6], ARGV[7]
-  local key = nil
-  if ARGV[8] == '1' then key = ARGV[9] end
-  local dl = arg_opt_num(ARGV[11], 'deadline')
-  require_pool(pool)
-  local existing = key and redis.call('HGET', wkk(pool), key)
-  if existing and not wake_load(pool, existing) then existing = nil end
-  if not existing and redis.call('HEXISTS', mk(pool), run) == 0 then
-    fail('NOTAMEMBER', pool, run)
-  end
-  expire_pool(pool)
-  if existing then
-    result = wake_reply(pool, existing)
-  else
-    local rs = append(pool, {kind = 'wake_registered', run = run, wake_id = id})
-    local f = {'HSET', wk(pool, id), 's', ARGV[12], 'f', ARGV[13], 'run', run,
-      'st', 'registered', 'rs', int(rs)}
-    if dl then
-      f[#f + 1] = 'dl'
-      f[#f + 1] = ARGV[11]
-    end
+  elseif OP == 'send' then
+    -- pool, message id, sender, to kind, to value, type, data, data kind, has metadata,
+    -- metadata, policy refs (msgpack), the same sorted and unique (msgpack), has key, key,
+    -- expires at ('' for never), priority, max attempts, metadata index (msgpack), the ref the
+    -- payload holds ('' for none)
+    local pool, mid, sender = ARGV[5], ARGV[6], ARGV[7]
+    local to_kind, to_value, typ, data = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+    local meta, key = nil, nil
+    if ARGV[13] == '1' then meta = ARGV[14] end
+    if ARGV[17] == '1' then key = ARGV[18] end
+    local refs, needed = cmsgpack.unpack(ARGV[15]), cmsgpack.unpack(ARGV[16])
+    local exp_s, pri, maxa, ref = ARGV[19], ARGV[20], ARGV[21], ARGV[23]
+    local kind = arg_num(ARGV[12], 'data_kind')
+    local exp = arg_opt_num(exp_s, 'expires_at')
+    arg_num(pri, 'priority')
+    arg_num(maxa, 'max_attempts')
+    local cfg = require_pool(pool)
+    local snd = member(pool, sender)
+    if not snd then fail('NOTAMEMBER', pool, sender) end
+    if ref ~= '' then ref_require({ref}, 1) end
+    check_seq(P .. 'seq')
+    expire_pool(pool)
+    local first = nil
     if key then
-      f[#f + 1] = 'key'
-      f[#f + 1] = key
-      redis.call('HSET', wkk(pool), key, id)
+      local first_id = redis.call('HGET', rkk(pool), key)
+      if first_id then first = redis.call('HGET', rck(pool), first_id) end
     end
-    redis.call(unpack(f))
-    redis.call('ZADD', wpk(pool), int(rs), id)
-    if dl then
-      redis.call('ZADD', wdk(pool), ARGV[11], id)
-      redis.call('ZADD', WD, ARGV[11], pool .. '/' .. id)
+    if first then
+      hincr(pk(pool), 'c:duplicates', 1)
+      result = {first, 1}
+    else
+      local found, reason, status = nil, nil, nil
+      local have, missing = set_of(refs), {}
+      for _, r in ipairs(cfg.required_policy_refs) do
+        if not have[r] then missing[#missing + 1] = r end
+      end
+      if exp and exp <= now then
+        status, reason = 'expired', "the message's ttl had passed when it was sent"
+      elseif #missing > 0 then
+        status = 'failed'
+        reason = 'the message lacks required policy refs: ' .. table.concat(missing, ', ')
+      else
+        found, reason = recipients(pool, cfg, to_kind, to_value, sender, refs, needed)
+        status = reason and 'failed' or 'delivered'
+      end
+      local seq = tonumber(redis.call('HGET', pk(pool), 'head')) + 1
+      local runs = {}
+      if found then
+        for i, m in ipairs(found) do runs[i] = m.run end
+        ensure_agents(runs, true)
+        local md = pool_metadata(meta, pool, seq, sender, mid)
+        local n_pri, n_max = tonumber(pri), tonumber(maxa)
+        for i, run in ipairs(runs) do
+          local id = mid .. '.' .. int(i - 1)
+          store({id, sender, run, pri, NOW_S, exp_s, maxa, '', '', '', ref, ''},
+            message_body(id, sender, run, typ, n_pri, data, kind, md, now, exp, n_max))
+        end
+        save_seq()
+      end
+      local receipt = receipt_blob(mid, status, runs, seq, reason, key)
+      redis.call('HSET', rck(pool), mid, receipt)
+      redis.call('ZADD', rtk(pool), NOW_S, mid)
+      if key then redis.call('HSET', rkk(pool), key, mid) end
+      hincr(pk(pool), 'c:messages', 1)
+      if status ~= 'delivered' then hincr(pk(pool), 'c:' .. status, 1) end
+      happened(pool, {kind = 'message', run = sender, visible = visible(cfg, snd),
+        agent = snd.agent, policy_refs = refs, message_id = mid, to_kind = to_kind,
+        to_value = to_value, type = typ, data = data, data_kind = kind, metadata = meta,
+        receipt = receipt, delivered = runs, mi = cmsgpack.unpack(ARGV[22])})
+      result = {receipt, 0}
     end
-    local w = {id = id, run = run, st = 'registered', rs = rs, fblob = ARGV[13]}
-    if ARGV[10] == '1' then
-      local seq = replay(pool, filter_of(w), run, rs)
-      if seq then finish_wake(pool, w, 'triggered', seq) end
+
+  elseif OP == 'emit' then
+    -- pool, run, type, data, data kind, has metadata, metadata, metadata index (msgpack)
+    local pool, run = ARGV[5], ARGV[6]
+    local kind = arg_num(ARGV[9], 'data_kind')
+    local cfg = require_pool(pool)
+    local m = member(pool, run)
+    if not m then fail('NOTAMEMBER', pool, run) end
+    expire_pool(pool)
+    hincr(pk(pool), 'c:events', 1)
+    local meta = nil
+    if ARGV[10] == '1' then meta = ARGV[11] end
+    local r = {kind = 'event', run = run, visible = visible(cfg, m), agent = m.agent,
+      type = ARGV[7], data = ARGV[8], data_kind = kind, metadata = meta,
+      mi = cmsgpack.unpack(ARGV[12])}
+    happened(pool, r)
+    result = r.blob
+
+  elseif OP == 'receipt' then
+    -- pool, 'k' (by idempotency key) or 'm' (by message id), the key or id
+    local pool, mid = ARGV[5], ARGV[7]
+    if ARGV[6] == 'k' then mid = redis.call('HGET', rkk(pool), mid) end
+    if mid then result = redis.call('HGET', rck(pool), mid) end
+  end
+  return result
+end
+
+local function wakes_and_housekeeping()
+  local result = false
+  if OP == 'wait_for' then
+    -- pool, wake id, run, has key, key, replay, deadline ('' for none), spec blob, filter blob
+    local pool, id, run = ARGV[5], ARGV[6], ARGV[7]
+    local key = nil
+    if ARGV[8] == '1' then key = ARGV[9] end
+    local dl = arg_opt_num(ARGV[11], 'deadline')
+    require_pool(pool)
+    local existing = key and redis.call('HGET', wkk(pool), key)
+    if existing and not wake_load(pool, existing) then existing = nil end
+    if not existing and redis.call('HEXISTS', mk(pool), run) == 0 then
+      fail('NOTAMEMBER', pool, run)
     end
-    if w.st == 'registered' and dl then
-      if dl <= now then
+    expire_pool(pool)
+    if existing then
+      result = wake_reply(pool, existing)
+    else
+      local rs = append(pool, {kind = 'wake_registered', run = run, wake_id = id})
+      local f = {'HSET', wk(pool, id), 's', ARGV[12], 'f', ARGV[13], 'run', run,
+        'st', 'registered', 'rs', int(rs)}
+      if dl then
+        f[#f + 1] = 'dl'
+        f[#f + 1] = ARGV[11]
+      end
+      if key then
+        f[#f + 1] = 'key'
+        f[#f + 1] = key
+        redis.call('HSET', wkk(pool), key, id)
+      end
+      redis.call(unpack(f))
+      redis.call('ZADD', wpk(pool), int(rs), id)
+      if dl then
+        redis.call('ZADD', wdk(pool), ARGV[11], id)
+        redis.call('ZADD', WD, ARGV[11], pool .. '/' .. id)
+      end
+      local w = {id = id, run = run, st = 'registered', rs = rs, fblob = ARGV[13]}
+      if ARGV[10] == '1' then
+        local seq = replay(pool, filter_of(w), run, rs)
+        if seq then finish_wake(pool, w, 'triggered', seq) end
+      end
+      if w.st == 'registered' and dl then
+        if dl <= now then
+          finish_wake(pool, w, 'timed_out')
+        else
+          touch(POOL_WAKES_CHANNEL)
+        end
+      end
+      result = wake_reply(pool, id)
+    end
+
+  elseif OP == 'wake' then
+    -- pool, 'k' (by idempotency key) or 'i' (by id), the key or id
+    local pool, id = ARGV[5], ARGV[7]
+    if redis.call('EXISTS', pk(pool)) == 1 then expire_pool(pool) end
+    if ARGV[6] == 'k' then id = redis.call('HGET', wkk(pool), id) end
+    if id then result = wake_reply(pool, id) end
+
+  elseif OP == 'cancel' then
+    local pool, id = ARGV[5], ARGV[6]
+    require_pool(pool)
+    if not wake_load(pool, id) then fail('NOWAKE', pool, id) end
+    expire_pool(pool)
+    local w = wake_load(pool, id)
+    if w.st == 'registered' then
+      finish_wake(pool, w, 'cancelled')
+      result = 1
+    else
+      result = 0
+    end
+
+  elseif OP == 'snapshot' then
+    local pool = ARGV[5]
+    if redis.call('EXISTS', pk(pool)) == 1 then expire_pool(pool) end
+    local row = redis.call('HGETALL', pk(pool))
+    if #row == 0 then fail('NOTFOUND', pool) end
+    local members, wakes = {}, {}
+    for _, run in ipairs(redis.call('ZRANGE', mz(pool), 0, -1)) do
+      local blob = redis.call('HGET', mk(pool), run)
+      if blob then members[#members + 1] = blob end
+    end
+    for _, id in ipairs(redis.call('ZRANGE', wpk(pool), 0, -1)) do
+      local w = wake_reply(pool, id)
+      if w then wakes[#wakes + 1] = w end
+    end
+    result = {row, members, wakes}
+
+  elseif OP == 'records' then
+    -- pool, after, limit
+    local pool = ARGV[5]
+    local after, limit = arg_num(ARGV[6], 'after'), arg_num(ARGV[7], 'limit')
+    local head = redis.call('HGET', pk(pool), 'head')
+    if not head then fail('NOTFOUND', pool) end
+    local out = {}
+    if limit >= 1 then
+      local entries = redis.call('XRANGE', lk(pool), int(after + 1) .. '-0', '+', 'COUNT',
+        int(limit))
+      for i, e in ipairs(entries) do out[i] = e[2][2] end
+    end
+    local first = redis.call('XRANGE', lk(pool), '-', '+', 'COUNT', 1)
+    local oldest = tonumber(head) + 1
+    if first[1] then oldest = seq_of(first[1][1]) end
+    result = {out, head, oldest}
+
+  elseif OP == 'expire' then
+    local due = redis.call('ZRANGEBYSCORE', WD, '-inf', NOW_S, 'LIMIT', 0, EXPIRE_BATCH)
+    for _, entry in ipairs(due) do
+      local pool, id = string.match(entry, '^(.-)/(.*)$')
+      local w = pool and wake_load(pool, id)
+      if w and w.st == 'registered' and redis.call('EXISTS', pk(pool)) == 1 then
         finish_wake(pool, w, 'timed_out')
       else
-        touch(POOL_WAKES_CHANNEL)
+        redis.call('ZREM', WD, entry)
       end
     end
-    result = wake_reply(pool, id)
-  end
+    local first = redis.call('ZRANGE', WD, 0, 0, 'WITHSCORES')
+    result = first[2] or false
 
-elseif OP == 'wake' then
-  -- pool, 'k' (by idempotency key) or 'i' (by id), the key or id
-  local pool, id = ARGV[5], ARGV[7]
-  if redis.call('EXISTS', pk(pool)) == 1 then expire_pool(pool) end
-  if ARGV[6] == 'k' then id = redis.call('HGET', wkk(pool), id) end
-  if id then result = wake_reply(pool, id) end
-
-elseif OP == 'cancel' then
-  local pool, id = ARGV[5], ARGV[6]
-  require_pool(pool)
-  if not wake_load(pool, id) then fail('NOWAKE', pool, id) end
-  expire_pool(pool)
-  local w = wake_load(pool, id)
-  if w.st == 'registered' then
-    finish_wake(pool, w, 'cancelled')
-    result = 1
-  else
-    result = 0
-  end
-
-elseif OP == 'snapshot' then
-  local pool = ARGV[5]
-  if redis.call('EXISTS', pk(pool)) == 1 then expire_pool(pool) end
-  local row = redis.call('HGETALL', pk(pool))
-  if #row == 0 then fail('NOTFOUND', pool) end
-  local members, wakes = {}, {}
-  for _, run in ipairs(redis.call('ZRANGE', mz(pool), 0, -1)) do
-    local blob = redis.call('HGET', mk(pool), run)
-    if blob then members[#members + 1] = blob end
-  end
-  for _, id in ipairs(redis.call('ZRANGE', wpk(pool), 0, -1)) do
-    local w = wake_reply(pool, id)
-    if w then wakes[#wakes + 1] = w end
-  end
-  result = {row, members, wakes}
-
-elseif OP == 'records' then
-  -- pool, after, limit
-  local pool = ARGV[5]
-  local after, limit = arg_num(ARGV[6], 'after'), arg_num(ARGV[7], 'limit')
-  local head = redis.call('HGET', pk(pool), 'head')
-  if not head then fail('NOTFOUND', pool) end
-  local out = {}
-  if limit >= 1 then
-    local entries = redis.call('XRANGE', lk(pool), int(after + 1) .. '-0', '+', 'COUNT',
-      int(limit))
-    for i, e in ipairs(entries) do out[i] = e[2][2] end
-  end
-  local first = redis.call('XRANGE', lk(pool), '-', '+', 'COUNT', 1)
-  local oldest = tonumber(head) + 1
-  if first[1] then oldest = seq_of(first[1][1]) end
-  result = {out, head, oldest}
-
-elseif OP == 'expire' then
-  local due = redis.call('ZRANGEBYSCORE', WD, '-inf', NOW_S, 'LIMIT', 0, EXPIRE_BATCH)
-  for _, entry in ipairs(due) do
-    local pool, id = string.match(entry, '^(.-)/(.*)$')
-    local w = pool and wake_load(pool, id)
-    if w and w.st == 'registered' and redis.call('EXISTS', pk(pool)) == 1 then
-      finish_wake(pool, w, 'timed_out')
-    else
-      redis.call('ZREM', WD, entry)
-    end
-  end
-  local first = redis.call('ZRANGE', WD, 0, 0, 'WITHSCORES')
-  result = first[2] or false
-
-elseif OP == 'prune' then
-  -- max count, age cutoff, dedupe cutoff, batch; returns the log records deleted
-  local max_count = arg_num(ARGV[5], 'pool_max_count')
-  local age_cut, dd_cut = arg_num(ARGV[6], 'age cutoff'), arg_num(ARGV[7], 'dedupe cutoff')
-  local batch = arg_num(ARGV[8], 'batch')
-  local dropped = 0
-  for _, pool in ipairs(redis.call('SMEMBERS', ALL)) do
-    local log = lk(pool)
-    if redis.call('XLEN', log) > max_count then
-      dropped = dropped + redis.call('XTRIM', log, 'MAXLEN', int(max_count))
-    end
-    local budget = batch
-    while budget > 0 do
-      local want = math.min(PAGE, budget)
-      local entries = redis.call('XRANGE', log, '-', '+', 'COUNT', int(want))
-      local ids, stop = {}, #entries < want
-      for _, e in ipairs(entries) do
-        local at = nil
-        for i = 1, #e[2], 2 do
-          if e[2][i] == 'at' then at = stored_num(e[2][i + 1]) end
+  elseif OP == 'prune' then
+    -- max count, age cutoff, dedupe cutoff, batch; returns the log records deleted
+    local max_count = arg_num(ARGV[5], 'pool_max_count')
+    local age_cut, dd_cut = arg_num(ARGV[6], 'age cutoff'), arg_num(ARGV[7], 'dedupe cutoff')
+    local batch = arg_num(ARGV[8], 'batch')
+    local dropped = 0
+    for _, pool in ipairs(redis.call('SMEMBERS', ALL)) do
+      local log = lk(pool)
+      if redis.call('XLEN', log) > max_count then
+        dropped = dropped + redis.call('XTRIM', log, 'MAXLEN', int(max_count))
+      end
+      local budget = batch
+      while budget > 0 do
+        local want = math.min(PAGE, budget)
+        local entries = redis.call('XRANGE', log, '-', '+', 'COUNT', int(want))
+        local ids, stop = {}, #entries < want
+        for _, e in ipairs(entries) do
+          local at = nil
+          for i = 1, #e[2], 2 do
+            if e[2][i] == 'at' then at = stored_num(e[2][i + 1]) end
+          end
+          if at and at < age_cut then
+            ids[#ids + 1] = e[1]
+          else
+            stop = true
+            break
+          end
         end
-        if at and at < age_cut then
-          ids[#ids + 1] = e[1]
-        else
-          stop = true
-          break
+        if #ids > 0 then
+          redis.call('XDEL', log, unpack(ids))
+          dropped = dropped + #ids
+          budget = budget - #ids
         end
+        if stop then break end
       end
-      if #ids > 0 then
-        redis.call('XDEL', log, unpack(ids))
-        dropped = dropped + #ids
-        budget = budget - #ids
-      end
-      if stop then break end
-    end
-    local stale = redis.call('ZRANGEBYSCORE', rtk(pool), '-inf', '(' .. ARGV[7], 'LIMIT', 0,
-      int(batch))
-    for _, mid in ipairs(stale) do
-      local blob = redis.call('HGET', rck(pool), mid)
-      if blob then
-        local key = cmsgpack.unpack(blob).idempotency_key
-        if key and redis.call('HGET', rkk(pool), key) == mid then
-          redis.call('HDEL', rkk(pool), key)
+      local stale = redis.call('ZRANGEBYSCORE', rtk(pool), '-inf', '(' .. ARGV[7], 'LIMIT', 0,
+        int(batch))
+      for _, mid in ipairs(stale) do
+        local blob = redis.call('HGET', rck(pool), mid)
+        if blob then
+          local key = cmsgpack.unpack(blob).idempotency_key
+          if key and redis.call('HGET', rkk(pool), key) == mid then
+            redis.call('HDEL', rkk(pool), key)
+          end
+          redis.call('HDEL', rck(pool), mid)
         end
-        redis.call('HDEL', rck(pool), mid)
+        redis.call('ZREM', rtk(pool), mid)
       end
-      redis.call('ZREM', rtk(pool), mid)
     end
-  end
-  local done = redis.call('ZRANGEBYSCORE', WF, '-inf', '(' .. ARGV[7], 'LIMIT', 0, int(batch))
-  for _, entry in ipairs(done) do
-    local pool, id = string.match(entry, '^(.-)/(.*)$')
-    if pool then
-      local key = redis.call('HGET', wk(pool, id), 'key')
-      if key and redis.call('HGET', wkk(pool), key) == id then
-        redis.call('HDEL', wkk(pool), key)
+    local done = redis.call('ZRANGEBYSCORE', WF, '-inf', '(' .. ARGV[7], 'LIMIT', 0, int(batch))
+    for _, entry in ipairs(done) do
+      local pool, id = string.match(entry, '^(.-)/(.*)$')
+      if pool then
+        local key = redis.call('HGET', wk(pool, id), 'key')
+        if key and redis.call('HGET', wkk(pool), key) == id then
+          redis.call('HDEL', wkk(pool), key)
+        end
+        redis.call('DEL', wk(pool, id))
       end
-      redis.call('DEL', wk(pool, id))
+      redis.call('ZREM', WF, entry)
     end
-    redis.call('ZREM', WF, entry)
+    result = dropped
   end
-  result = dropped
+  return result
 end
+"""
+
+_DISPATCH = r"""
+local result = membership_and_messages() or wakes_and_housekeeping()
 
 flush()
 publish()
@@ -702,4 +716,15 @@ def _fill(lua: str) -> str:
     )
 
 
-POOLS = COMMON + REF_HOLDS + FUNCTIONS + _fill(_POOL_FUNCTIONS + _DISPATCH)
+#: What the pool functions keep during a call, reset at its start (`filters` caches decoded
+#: wake filters for one call only: a library's state lives as long as the server).
+_POOL_BEGIN = r"""
+ALL, WD, WF = P .. 'pl:all', P .. 'pl:wd', P .. 'pl:wf'
+filters = {}
+"""
+
+POOLS = Lua(
+    "pools",
+    (COMMON, Part(REF_HOLDS), FUNCTIONS, Part(_fill(_POOL_FUNCTIONS + _OPS), _POOL_BEGIN)),
+    _fill(_DISPATCH),
+)

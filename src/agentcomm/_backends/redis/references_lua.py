@@ -5,12 +5,9 @@ see `scripts.py` for the calling convention). Explicit references are counted pe
 from __future__ import annotations
 
 from .ref_holds import REF_HOLDS
-from .scripts import COMMON
+from .scripts import COMMON, Lua, Part
 
-REFS = (
-    COMMON
-    + REF_HOLDS
-    + r"""
+_DEFS = r"""
 local function stat(name, n)
   if n ~= 0 then hincr(P .. 'refs:stats', name, n) end
 end
@@ -82,6 +79,12 @@ local function holder_add(id, holder, delta)
   return true
 end
 
+"""
+
+REFS = Lua(
+    "refs",
+    (COMMON, Part(REF_HOLDS), Part(_DEFS)),
+    r"""
 local result = false
 -- the numbers of each op, checked before its first write
 if OP == 'put' or OP == 'commit' then
@@ -220,5 +223,5 @@ elseif OP == 'stats' then
 end
 
 return once_done(result)
-"""
+""",
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..._kv_records import DEFAULT_CHANGE_LOG, DEFAULT_HISTORY, TOMBSTONE_KEEP
 from .ref_holds import REF_HOLDS
-from .scripts import COMMON
+from .scripts import COMMON, Lua, Part
 
 # One space S = P kv:<owner>/<namespace>/ (neither part can contain "/"):
 #   S meta          HASH: seq (last change), floor, hist, clog, writes, conflicts, bytes
@@ -22,14 +22,9 @@ from .scripts import COMMON
 #   S h:<key>       ZSET: versions kept in history; S p:<key>:<version> HASH: one of them
 #   P kvspaces      SET: "<owner>/<namespace>" of every space written to
 
-KV = (
-    COMMON
-    + REF_HOLDS
-    + r"""
+_DEFS = r"""
 local PUT, DELETE, EXPIRE = 0, 1, 2
-local SP = ARGV[5]
-local S = P .. 'kv:' .. SP .. '/'
-local META = S .. 'meta'
+local SP, S, META
 local FIELDS = {'v', 'd', 'k', 'c', 'u', 'b', 'e'}
 
 local function row(key)
@@ -132,6 +127,27 @@ local function opt(value)
   return value
 end
 
+"""
+
+_BEGIN = r"""
+SP = ARGV[5]
+S = P .. 'kv:' .. SP .. '/'
+META = S .. 'meta'
+"""
+
+
+def _fill(lua: str) -> str:
+    return (
+        lua.replace("DEFAULT_HISTORY", str(DEFAULT_HISTORY))
+        .replace("DEFAULT_CHANGE_LOG", str(DEFAULT_CHANGE_LOG))
+        .replace("TOMBSTONE_KEEP", repr(TOMBSTONE_KEEP))
+    )
+
+
+KV = Lua(
+    "kv",
+    (COMMON, Part(REF_HOLDS), Part(_fill(_DEFS), _BEGIN)),
+    _fill(r"""
 -- every op but `counts` may write (an expiry is a change): the change-log sequence first
 local seq_now = redis.call('HGET', META, 'seq')
 if seq_now and not string.match(seq_now, '^%d+$') then
@@ -283,7 +299,5 @@ end
 
 publish()
 return once_done({result, touched_list})
-""".replace("DEFAULT_HISTORY", str(DEFAULT_HISTORY))
-    .replace("DEFAULT_CHANGE_LOG", str(DEFAULT_CHANGE_LOG))
-    .replace("TOMBSTONE_KEEP", repr(TOMBSTONE_KEEP))
+"""),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..._subjects import TOPICS_CHANNEL, consumer_channel
 from .ref_holds import REF_HOLDS
-from .scripts import COMMON
+from .scripts import COMMON, Lua, Part
 
 # Topic keys (P = prefix):
 #   P tp:seq            the last topic sequence number
@@ -45,12 +45,8 @@ local function topic_append(topic, snd, typ, data, kind, meta, at, origin)
 end
 """
 
-TOPICS = (
-    COMMON
-    + REF_HOLDS
-    + TOPIC_APPEND
-    + r"""
-local LOG, NAMES, CONS = P .. 'tp:log', P .. 'tp:names', P .. 'tp:cons'
+_DEFS = r"""
+local LOG, NAMES, CONS
 local function skey(topic) return P .. 'tp:s:' .. topic end
 local function ckey(name) return P .. 'tp:c:' .. name end
 local function head() return stored_num(redis.call('GET', P .. 'tp:seq')) or 0 end
@@ -77,6 +73,16 @@ local function next_wake(pk)
   return first[2] or false
 end
 
+"""
+
+_BEGIN = r"""
+LOG, NAMES, CONS = P .. 'tp:log', P .. 'tp:names', P .. 'tp:cons'
+"""
+
+TOPICS = Lua(
+    "topics",
+    (COMMON, Part(REF_HOLDS), Part(TOPIC_APPEND), Part(_DEFS, _BEGIN)),
+    r"""
 local result = false
 if OP == 'publish' then
   local topic, snd, typ, data, kind = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -330,5 +336,5 @@ if OP == 'publish' then return once_done(result) end
 return once_done({result, touched_list})
 """.replace("CONSUMER_CHANNEL", repr(consumer_channel(""))).replace(
         "TOPICS_CHANNEL", repr(TOPICS_CHANNEL)
-    )
+    ),
 )
