@@ -9,11 +9,12 @@ caller reads again.
 
 from __future__ import annotations
 
-from .scripts import COMMON
+from .scripts import COMMON, Lua
 
-LEASES = (
-    COMMON
-    + r"""
+LEASES = Lua(
+    "leases",
+    (COMMON,),
+    r"""
 local H, V = P .. 'leases', P .. 'leases:v'
 
 if OP == 'read' then
@@ -43,5 +44,5 @@ if OP == 'commit' then
 end
 
 error('unknown lease operation ' .. OP)
-"""
+""",
 )
