@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test soak lint bench clean
+.PHONY: demo serve test soak lint bench docs clean
 
 $(VENV)/.venv-created:
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.venv-created
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed-cli
 
+# the dashboard's browser tests drive Debian's chromium headless (Playwright's own browser
+# download is not used); installed here where it is missing (as root, or through sudo)
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.venv-created
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed-cli
@@ -26,7 +33,12 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.venv-created
 demo: $(VENV)/.installed-cli
 	$(BIN)/agentcomm demo
 
-test: $(VENV)/.installed-test
+# the HTTP server over the store at $(URL) (default as connect()); docs/server.md
+URL ?=
+serve: $(VENV)/.installed-test
+	$(BIN)/agentcomm serve $(URL)
+
+test: $(VENV)/.installed-test $(CHROMIUM)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
@@ -43,8 +55,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# the docs site (mkdocs.yml): built into site/, warnings are errors
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -32,6 +32,7 @@ MODULES = (
     "sandbox",
     "on_redis",
     "pools",
+    "server",
 )
 
 

@@ -15,10 +15,17 @@ from agentcomm._backends.sqlite.schema import FeatureSchema
 FIXTURE = Path(__file__).parent / "fixtures" / "sqlite_layout_1.sql"
 # what the fixture's store holds (see the comment at the top of the file)
 BIG = ("layout one " * 2000).encode()
-FEATURES = {"mailboxes", "shared_memory", "topics", "references", "pools"}
+FEATURES = {"mailboxes", "shared_memory", "topics", "references", "pools", "leases"}
 # the versions this code writes: references 2 adds per-holder references, mailboxes 2
 # the agents' last_active and 3 the reply slots' attempts
-CURRENT = {"mailboxes": 3, "shared_memory": 1, "topics": 1, "references": 2, "pools": 1}
+CURRENT = {
+    "mailboxes": 3,
+    "shared_memory": 1,
+    "topics": 1,
+    "references": 2,
+    "pools": 1,
+    "leases": 1,
+}
 
 
 def previous_layout(path: Path) -> str:

@@ -5,13 +5,15 @@ Open a hub with `agentcomm.connect(url)`; get agents from it with `await hub.age
 
 from contextlib import suppress as _suppress
 
-from . import sandbox
+from . import dashboard, sandbox
 from ._agent import Agent, Outgoing
+from ._coord_leases import Leases
 from ._errors import (
     ActionRejected,
     AgentCommError,
     AlreadySettled,
     AsyncMisuse,
+    AuthenticationFailed,
     BackendError,
     BackendUnavailable,
     ConfigurationError,
@@ -23,7 +25,9 @@ from ._errors import (
     LeaseLost,
     NotAMember,
     NotFound,
+    PermissionDenied,
     PoolConfigConflict,
+    RateLimited,
     RefNotFound,
     RefNotHeld,
     Reject,
@@ -37,13 +41,17 @@ from ._errors import (
     WrongEventLoop,
 )
 from ._hub import Hub, connect
+from ._lease_models import Lease, LeaseConflict, LeaseResult
 from ._mailbox import Message, Reply
 from ._models import (
     AgentInfo,
     CheckReport,
+    ConsumerInfo,
     DeadLetter,
     HubStats,
     MailboxStats,
+    NamespaceInfo,
+    PeekedMessage,
     PendingInfo,
     PruneReport,
     PublishResult,
@@ -78,6 +86,7 @@ __all__ = [
     "AgentInfo",
     "AlreadySettled",
     "AsyncMisuse",
+    "AuthenticationFailed",
     "AutoPromote",
     "BackendError",
     "BackendUnavailable",
@@ -85,6 +94,7 @@ __all__ = [
     "Change",
     "CheckReport",
     "ConfigurationError",
+    "ConsumerInfo",
     "DeadLetter",
     "EncodeError",
     "Entry",
@@ -96,14 +106,21 @@ __all__ = [
     "InvalidName",
     "InvalidTopic",
     "KVStats",
+    "Lease",
+    "LeaseConflict",
     "LeaseLost",
+    "LeaseResult",
+    "Leases",
     "Limits",
     "MailboxStats",
     "Message",
+    "NamespaceInfo",
     "NotAMember",
     "NotFound",
     "Outgoing",
+    "PeekedMessage",
     "PendingInfo",
+    "PermissionDenied",
     "Pool",
     "PoolConfig",
     "PoolConfigConflict",
@@ -113,6 +130,7 @@ __all__ = [
     "Presence",
     "PruneReport",
     "PublishResult",
+    "RateLimited",
     "Receipt",
     "Ref",
     "RefConfig",
@@ -143,6 +161,7 @@ __all__ = [
     "WakeResult",
     "WrongEventLoop",
     "connect",
+    "dashboard",
     "sandbox",
     "sync",
 ]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -137,13 +137,21 @@ def inspect(
         str | None,
         typer.Argument(help="Store URL. [default: $AGENTCOMM_URL, else sqlite:///agentcomm.db]"),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Show a store's agents, queue depths, in-flight messages, dead letters and schedules."""
     console = Console(highlight=False)
     with _reported():
         snap = asyncio.run(_snapshot(url))
+    if as_json:
+        typer.echo(msgspec.json.encode(snap, enc_hook=repr).decode())
+        return
     console.print(Text(f"agentcomm store {snap.url}", style="bold"))
     _print_store(console, snap)
+    if not snap.agents:  # Redis: the data may be under another prefix
+        from ._cli_ops import print_prefix_hint
+
+        print_prefix_hint(console, url)
 
 
 async def _snapshot(url: str | None) -> StoreSnapshot:
@@ -303,3 +311,260 @@ def _stats_table(stats: HubStats) -> Table:
         table.add_column(name.replace("_", " "), justify="right")
     table.add_row(*(str(getattr(stats, name)) for name in fields))
     return table
+
+
+# --- agents on the command line: the MCP server and the inbox hook -------------------------------
+
+
+@app.command(name="mcp")
+def mcp_command(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="Store URL. [default: $AGENTCOMM_URL, else sqlite:///agentcomm.db]"),
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help="The agent this server acts as. [default: $AGENTCOMM_AGENT]"),
+    ] = None,
+    tools: Annotated[
+        str, typer.Option(help="Tool profile: 'default' (about a dozen) or 'all'.")
+    ] = "default",
+    retire_after: Annotated[
+        float,
+        typer.Option(help="Seconds an agent must be gone to be retired (skipped by broadcasts)."),
+    ] = 3600.0,
+) -> None:
+    """Serve agentcomm as MCP tools over stdio, as one agent (for a coding agent's config)."""
+    try:
+        from ._mcp import McpOptions, run_stdio
+    except ImportError as exc:
+        _fail(f"The MCP server needs the mcp extra: pip install 'agentcomm[mcp]' ({exc}).")
+        return
+    name = agent or os.environ.get("AGENTCOMM_AGENT")
+    if not name:
+        _fail("Name the agent: --agent NAME, or set $AGENTCOMM_AGENT.")
+        return
+    if tools not in ("default", "all"):
+        _fail(f"--tools takes 'default' or 'all', not {tools!r}.")
+    options = McpOptions(tools="all" if tools == "all" else "default", retire_after=retire_after)
+    with _reported():
+        asyncio.run(run_stdio(url, name, options))
+
+
+@app.command(name="inbox")
+def inbox_command(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="Store URL. [default: $AGENTCOMM_URL, else sqlite:///agentcomm.db]"),
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", help="Whose inbox. [default: $AGENTCOMM_AGENT]"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wait: Annotated[
+        float, typer.Option(help="Wait up to this many seconds for mail to arrive.")
+    ] = 0.0,
+    limit: Annotated[int, typer.Option(help="Most messages to show.")] = 20,
+) -> None:
+    """Show an agent's unread mail without consuming it; exit 0 if there is mail, 1 if not.
+
+    Made for a coding agent's hooks (session start, after a tool call) to tell the model.
+    """
+    name = agent or os.environ.get("AGENTCOMM_AGENT")
+    if not name:
+        _fail("Name the agent: --agent NAME, or set $AGENTCOMM_AGENT.")
+        return
+    with _reported():
+        listed = asyncio.run(_inbox(url, name, wait, limit))
+    now = time.time()
+    if as_json:
+        typer.echo(json.dumps({"agent": name, "count": len(listed), "messages": listed},
+                              separators=(",", ":"), ensure_ascii=False, default=str))  # fmt: skip
+    else:
+        console = Console(highlight=False)
+        if not listed:
+            console.print(f"No mail for {name}.")
+        for m in listed:
+            thread = f"  thread {m['thread']}" if m.get("thread") else ""
+            age = _span(now - m["sent_at"])
+            console.print(f"{m['id']}  from {m['from']}  {m['type']}  {age} ago{thread}",
+                          soft_wrap=True)  # fmt: skip
+            console.print(f"  {m['preview']}", soft_wrap=True)
+    if not listed:
+        raise typer.Exit(1)
+
+
+async def _inbox(url: str | None, agent: str, wait: float, limit: int) -> list[dict[str, Any]]:
+    async with _existing(url) as hub:
+        if wait > 0:
+            await hub.wait_for_mail(agent, timeout=wait)
+        listed = await hub.peek(agent, limit=max(1, min(limit, 1000)))
+    out: list[dict[str, Any]] = []
+    for p in listed:
+        if p.state != "ready" and not p.visible_at <= time.time():
+            continue  # leased by someone, or delayed: not unread mail now
+        body = p.data if isinstance(p.data, str) else json.dumps(p.data, default=str)
+        out.append({
+            "id": p.id, "from": p.sender, "type": p.type, "sent_at": p.enqueued_at,
+            "thread": (p.metadata or {}).get("thread"), "request": p.correlation_id is not None,
+            "preview": body if len(body) <= 300 else body[:300] + "…",
+        })  # fmt: skip
+    return out
+
+
+def _register_commands() -> None:
+    """The command groups kept in their own modules (operators: `_cli_ops.py`; the dashboard:
+    `_dashboard/command.py`)."""
+    from ._cli_ops import register as register_ops
+    from ._dashboard.command import register as register_dashboard
+
+    register_ops(app)
+    register_dashboard(app)
+
+
+_register_commands()
+
+
+# --- the server: `agentcomm serve` and `agentcomm token ...` -----------------------------------
+
+token_app = typer.Typer(help="Bearer tokens of the agentcomm server (kept in the store as hashes).")
+app.add_typer(token_app, name="token")
+
+
+@app.command()
+def serve(
+    url: Annotated[
+        str | None,
+        typer.Argument(help="Store URL (default: $AGENTCOMM_URL, else the default file)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8700,
+    max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 above).")] = 8
+    * 1024
+    * 1024,
+    max_wait: Annotated[float, typer.Option(help="Longest long poll, in seconds.")] = 60.0,
+    rate: Annotated[
+        float, typer.Option(help="Requests/s per token on average (0: unlimited).")
+    ] = 0.0,
+    burst: Annotated[int, typer.Option(help="Requests per token in a burst.")] = 200,
+    ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    mcp: Annotated[
+        bool, typer.Option("--mcp/--no-mcp", help="Serve the MCP tools at /mcp (docs/mcp.md).")
+    ] = True,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard/--no-dashboard",
+            help="Serve the live dashboard at /dashboard, for admin tokens (docs/dashboard.md).",
+        ),
+    ] = True,
+) -> None:
+    """Serve the store over HTTP (`/v1`, docs/server.md), the MCP tools at `/mcp` and the
+    dashboard at `/dashboard`, until SIGTERM or Ctrl-C."""
+    try:
+        from ._server.limits import ServerSettings
+        from ._server.run import serve as run
+    except ImportError as exc:
+        if exc.name not in ("starlette", "uvicorn", "httpx"):
+            raise
+        _fail(f"agentcomm serve needs {exc.name!r}: pip install 'agentcomm[server]'.")
+        return
+    settings = ServerSettings(max_body=max_body, max_wait=max_wait, rate=rate, burst=burst)
+    mounts: dict[str, Any] = {}
+    try:
+        from ._server.mounts import dashboard_mount, mcp_mount
+
+        if mcp:
+            mounts["/mcp"] = mcp_mount()
+        if dashboard:
+            mounts["/dashboard"] = dashboard_mount()
+    except ImportError as exc:
+        flag = "--no-mcp" if mcp and exc.name and exc.name.startswith("mcp") else "--no-dashboard"
+        _fail(f"agentcomm serve needs {exc.name!r} for {flag.removeprefix('--no-')}: pip install "
+              f"'agentcomm[mcp,dashboard]', or pass {flag}.")  # fmt: skip
+        return
+    tls: dict[str, Any] = {}
+    if ssl_certfile:
+        tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    with _reported():
+        run(url, host=host, port=port, settings=settings, mounts=mounts, **tls)
+
+
+def _tokens_run(url: str | None, work: Any) -> Any:
+    from ._server.tokens import TokenStore
+
+    async def go() -> Any:
+        async with connect(url, background=False) as hub:
+            return await work(TokenStore(hub._ctx.backend))
+
+    with _reported():
+        return asyncio.run(go())
+
+
+@token_app.command("create")
+def token_create(
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", help="Agent name or glob to act as (repeat).")
+    ] = None,
+    publish: Annotated[
+        list[str] | None, typer.Option("--publish", help="Topic pattern to publish within.")
+    ] = None,
+    subscribe: Annotated[
+        list[str] | None, typer.Option("--subscribe", help="Topic pattern to subscribe within.")
+    ] = None,
+    kv: Annotated[
+        list[str] | None, typer.Option("--kv", help="NAMESPACE:r or NAMESPACE:rw (glob allowed).")
+    ] = None,
+    pool: Annotated[list[str] | None, typer.Option("--pool", help="Pool name or glob.")] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="Inspect, redrive, purge, tokens.")
+    ] = False,
+    label: Annotated[str, typer.Option(help="A note to recognize the token by.")] = "",
+    url: Annotated[str | None, typer.Option(help="Store URL (default as connect()).")] = None,
+) -> None:
+    """Create a token and print it once (the store keeps only its hash)."""
+    from ._server.authz import Principal
+
+    spaces = {}
+    for item in kv or []:
+        name, _, access = item.rpartition(":")
+        if not name or access not in ("r", "rw"):
+            _fail(f"--kv takes NAMESPACE:r or NAMESPACE:rw, not {item!r}.")
+        spaces[name] = access
+    principal = Principal(
+        agents=agent or [], publish=publish or [], subscribe=subscribe or [], kv=spaces,
+        pools=pool or [], admin=admin,
+    )  # fmt: skip
+    token, info = _tokens_run(url, lambda store: store.create(principal, label))
+    Console(stderr=True).print(f"token {info.id} created; it is shown once:")
+    print(token)
+
+
+@token_app.command("list")
+def token_list(
+    url: Annotated[str | None, typer.Option(help="Store URL (default as connect()).")] = None,
+) -> None:
+    """List the tokens (never their secrets)."""
+    infos = _tokens_run(url, lambda store: store.list())
+    table = Table("id", "label", "agents", "publish", "subscribe", "kv", "pools", "admin",
+                  "created")  # fmt: skip
+    for i in infos:
+        p = i.principal
+        table.add_row(
+            i.id, i.label, " ".join(p.agents), " ".join(p.publish), " ".join(p.subscribe),
+            " ".join(f"{k}:{v}" for k, v in p.kv.items()), " ".join(p.pools),
+            "yes" if p.admin else "", _when(i.created_at),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (token list shows them).")],
+    url: Annotated[str | None, typer.Option(help="Store URL (default as connect()).")] = None,
+) -> None:
+    """Revoke a token: the next request carrying it answers 401."""
+    _tokens_run(url, lambda store: store.revoke(token_id))
+    Console(stderr=True).print(f"token {token_id} revoked")

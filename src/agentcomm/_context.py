@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._backends.contracts import (
     Backend,
+    LeaseStore,
     MailboxStore,
     PoolStore,
     ReferenceStore,
@@ -144,6 +145,12 @@ class Context:
     def pools(self) -> PoolStore:
         """The backend's agent pools (ConfigurationError if it has none)."""
         store: PoolStore = self._feature("pools", self.backend.pools)
+        return store
+
+    @property
+    def lease_store(self) -> LeaseStore:
+        """The backend's coordination leases (ConfigurationError if it has none)."""
+        store: LeaseStore = self._feature("leases", self.backend.leases)
         return store
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

@@ -25,6 +25,9 @@
     ├── HubClosed                    the hub is closed or was never opened
     ├── AsyncMisuse (TypeError)      an async call used without `await` / `async with`
     ├── WrongEventLoop (RuntimeError) a hub used from another event loop than the one it opened in
+    ├── AuthenticationFailed         the server knows no such token, or it was revoked
+    ├── PermissionDenied             the server's token does not allow this operation
+    ├── RateLimited                  the server's rate limit for this token was reached
     ├── SandboxError                 a sandbox channel cannot do what was asked
     │   └── ActionRejected           a sandbox action handler refused the request
     └── BackendError                 the storage engine failed
@@ -40,6 +43,7 @@ __all__ = [
     "AgentCommError",
     "AlreadySettled",
     "AsyncMisuse",
+    "AuthenticationFailed",
     "BackendError",
     "BackendUnavailable",
     "ConfigurationError",
@@ -51,7 +55,9 @@ __all__ = [
     "LeaseLost",
     "NotAMember",
     "NotFound",
+    "PermissionDenied",
     "PoolConfigConflict",
+    "RateLimited",
     "RefNotFound",
     "RefNotHeld",
     "Reject",
@@ -307,6 +313,28 @@ class BackendError(AgentCommError):
 
 class BackendUnavailable(BackendError):
     """The storage engine cannot be reached, or stayed locked past the busy timeout."""
+
+
+class AuthenticationFailed(AgentCommError):
+    """The agentcomm server does not know the token (never issued, revoked, or malformed):
+    HTTP 401. Ask an admin for a token (`agentcomm token create`)."""
+
+
+class PermissionDenied(AgentCommError):
+    """The agentcomm server's token does not allow this operation (HTTP 403); nothing was
+    changed. `agentcomm token create --help` lists the permissions a token can carry."""
+
+
+class RateLimited(AgentCommError):
+    """The agentcomm server's rate limit for this token was reached (HTTP 429); retry after
+    `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (RateLimited, str(self), {"retry_after": self.retry_after}))
 
 
 class SandboxError(AgentCommError):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -16,11 +17,12 @@ import msgspec
 from ._agent import Agent
 from ._awaiting import awaitable
 from ._backends import DEFAULT_URL, open_backend, with_prefix
-from ._backends.common import SCHEDULES_CHANNEL
+from ._backends.common import SCHEDULES_CHANNEL, consumer_filter, mail_channel
 from ._backends.contracts import Backend
 from ._backends.pool_engine import POOL_WAKES_CHANNEL
-from ._codec import StoredRef, decode_payload
+from ._codec import StoredRef, decode_metadata, decode_payload
 from ._context import Clock, Context
+from ._coord_leases import Leases
 from ._errors import (
     AgentCommError,
     AsyncMisuse,
@@ -28,6 +30,7 @@ from ._errors import (
     ConfigurationError,
     HubClosed,
     IntegrityError,
+    NotFound,
     RefNotFound,
     UnknownAgent,
     ValidationError,
@@ -37,28 +40,34 @@ from ._leases import release
 from ._models import (
     AgentInfo,
     CheckReport,
+    ConsumerInfo,
     DeadLetter,
     HubStats,
     MailboxStats,
+    NamespaceInfo,
+    PeekedMessage,
     PendingInfo,
     PruneReport,
     ScheduleInfo,
     TopicStats,
 )
 from ._pool_models import PoolConfig
-from ._pools import Pool, open_pool
+from ._pools import Pool, PoolSnapshot, open_pool
 from ._presence import state_of
+from ._records import PeekRecord
 from ._ref_records import REF_FLAG
 from ._references import Policy, PolicyTable, RefConfig, RefStore
 from ._settings import Backoff, HubSettings, Limits, Presence, Retention
 from ._shared_memory import SharedMemory
 from ._subjects import parse_topic
+from ._subscription import DEFAULT_BUFFER, Subscribing
 from ._topic_bus import TopicBus
 from ._validation import (
     check_attempts,
     check_bool,
     check_int,
     check_name,
+    check_non_negative,
     check_positive,
     check_seconds,
     check_text,
@@ -94,6 +103,7 @@ def connect(
     clock: Clock = time.time,
     limits: Limits | None = None,
     presence: Presence | None = None,
+    token: str | None = None,
 ) -> Hub:
     """Make a hub for `url`; use it as `async with connect(url) as hub` or `await connect(url)`.
 
@@ -116,6 +126,10 @@ def connect(
     delays. `presence` (`Presence`) sets how often agents' activity is written and the
     thresholds `hub.agents()` reports their state by. Every argument is checked here: a bad
     URL raises ConfigurationError, a bad value ValidationError.
+
+    `http://` and `https://` URLs reach an agentcomm server (`agentcomm serve`,
+    docs/server.md) with bearer `token` (default `$AGENTCOMM_TOKEN`); the same API works
+    over it, within what the token allows (PermissionDenied otherwise).
     """
     if url is None or url == "":
         url = os.environ.get("AGENTCOMM_URL") or DEFAULT_URL
@@ -130,8 +144,13 @@ def connect(
         url = _parsing(base, lambda: with_prefix(base, prefix))
     limits = _setting("limits", limits, Limits)
     lease = check_positive("lease", lease, limits.max_delay)
+    if token is None:
+        token = os.environ.get("AGENTCOMM_TOKEN") or None
+    if token is not None and not isinstance(token, str):
+        raise ConfigurationError(f"token must be a string, not {type(token).__name__}.")
     return Hub(
         url,
+        token=token,
         auto_register=check_bool("auto_register", auto_register),
         default_ttl=check_seconds("default_ttl", default_ttl, positive=True, allow_inf=True),
         max_attempts=check_attempts(max_attempts),
@@ -189,6 +208,7 @@ class Hub:
         clock: Clock = time.time,
         limits: Limits | None = None,
         presence: Presence | None = None,
+        token: str | None = None,
     ) -> None:
         if not callable(clock):
             raise ValidationError(
@@ -196,7 +216,7 @@ class Hub:
             )
         self.url = url
         self._background = background
-        self._backend: Backend = _parsing(url, lambda: open_backend(url, retention))
+        self._backend: Backend = _parsing(url, lambda: open_backend(url, retention, token))
         config = refs or RefConfig()
         self._backend.ref_gc_strategy = config.gc
         settings = HubSettings(
@@ -210,6 +230,8 @@ class Hub:
         self.refs = RefStore(ctx, config)
         ctx.refs = RefHolder(ctx, self.refs)
         ctx.bus = self._topic_bus = TopicBus(ctx)
+        #: Coordination leases on file globs: advisory locks agents take before editing files.
+        self.leases = Leases(ctx)
         self._agents: dict[str, Agent] = {}
         self._pool_wakes_started = False
 
@@ -268,7 +290,7 @@ class Hub:
         await self._backend.open()
         self._ctx.loop = asyncio.get_running_loop()
         self._ctx.state = "open"
-        if self._background:
+        if self._background and not self._backend.housekeeping_elsewhere:
             self._ctx.spawn(self._run_schedules())
             self._ctx.spawn(self._run_retention())
         return self
@@ -390,7 +412,11 @@ class Hub:
         `config=None` or an equal one it returns the same pool. See `Pool`."""
         ctx = self._require_backend()
         pool = await open_pool(ctx, ctx.pools, name, config)
-        if self._background and not self._pool_wakes_started:
+        if (
+            self._background
+            and not self._pool_wakes_started
+            and not self._backend.housekeeping_elsewhere
+        ):
             self._pool_wakes_started = True
             ctx.spawn(self._run_pool_wakes())
         return pool
@@ -454,10 +480,37 @@ class Hub:
 
     async def pending(self, agent: str, *, limit: int = 100) -> list[PendingInfo]:
         """Messages waiting for or leased by `agent`, best first, without payloads
-        (UnknownAgent if no such agent was registered)."""
+        (UnknownAgent if no such agent was registered); `peek` lists them with payloads."""
         check_name("agent name", agent)
         check_int("limit", limit, 1, MAX_LISTING)
         return await (await self._known(agent)).mailboxes.pending(agent, limit=limit)
+
+    async def wait_for_mail(self, agent: str, *, timeout: float | None = None) -> bool:
+        """Wait until a message is ready for `agent`, without receiving it (a peek: nothing
+        is leased or counted); True then, False if `timeout` seconds pass first (`None`
+        waits as long as it takes, 0 only looks). Wakes on the send itself, also from other
+        processes, never by polling; ends with HubClosed if the hub closes.
+
+        Ready means deliverable now: sent and not delayed, or a delivery whose lease ended.
+        """
+        check_name("agent name", agent)
+        if timeout is not None:
+            check_non_negative("timeout", timeout)
+        ctx = await self._known(agent)
+        with ctx.wakeups(mail_channel(agent), timeout=timeout) as wakeups:
+            while True:
+                ctx.check_open()
+                wakeups.rearm()
+                now = ctx.now()
+                due: float | None = None
+                for info in await ctx.mailboxes.pending(agent, limit=MAX_LISTING):
+                    if info.expires_at is not None and info.expires_at <= now:
+                        continue
+                    if info.state == "ready" or info.visible_at <= now:
+                        return True
+                    due = info.visible_at if due is None else min(due, info.visible_at)
+                if not await wakeups.wait(due):
+                    return False
 
     async def dead_letters(self, agent: str, *, limit: int = 100) -> list[DeadLetter]:
         """Dead-lettered messages of `agent`, with reason and attempts, oldest first
@@ -498,6 +551,153 @@ class Hub:
         backend = await self._known(agent)
         return await backend.mailboxes.requeue_dead(agent, ids, now=self._ctx.now())
 
+    # --- operators -----------------------------------------------------------------------------
+
+    async def peek(self, agent: str, *, limit: int = 100) -> list[PeekedMessage]:
+        """Messages waiting for or leased by `agent` (ready, delayed, in flight), best first,
+        with their payloads and metadata, without consuming them (UnknownAgent if no such
+        agent was registered). A payload stored by reference is loaded; one that cannot be
+        read is listed with `data=None` and the reason in `error`."""
+        check_name("agent name", agent)
+        check_int("limit", limit, 1, MAX_LISTING)
+        ctx = await self._known(agent)
+        return [await self._peeked(r) for r in await ctx.mailboxes.peek(agent, limit=limit)]
+
+    async def _peeked(self, r: PeekRecord) -> PeekedMessage:
+        i = r.info
+        data: Any = None
+        metadata: dict[str, Any] = {}
+        ref: str | None = None
+        error = r.error
+        if error is None:
+            try:
+                data = decode_payload(r.data, r.data_kind)
+                metadata = decode_metadata(r.metadata)
+                if isinstance(data, StoredRef):
+                    ref = data.id
+                    raw, kind, _ = await self._ctx.refs.load(
+                        ref.encode("ascii"), data.kind | REF_FLAG
+                    )
+                    data = decode_payload(raw, kind)
+            except AgentCommError as exc:  # the blob is gone or damaged, or cannot be decoded
+                data, error = None, str(exc)
+        return PeekedMessage(
+            id=i.id, sender=i.sender, recipient=i.recipient, type=i.type, priority=i.priority,
+            state=i.state, attempt=i.attempt, max_attempts=r.max_attempts,
+            enqueued_at=i.enqueued_at, visible_at=i.visible_at, expires_at=i.expires_at,
+            size=i.size, data=data, metadata=metadata, correlation_id=r.correlation_id,
+            ref=ref, error=error,
+        )  # fmt: skip
+
+    async def delete_message(self, agent: str, message_id: str) -> bool:
+        """Remove message `message_id` from `agent`'s mailbox, whether ready, delayed, in
+        flight or dead-lettered; False if it holds no such message (UnknownAgent if no such
+        agent was registered). A consumer holding it in flight can no longer settle it; a
+        request removed so gets no reply (its requester waits until its timeout)."""
+        check_name("agent name", agent)
+        check_text("message id", message_id, longest=64, empty=False)
+        ctx = await self._known(agent)
+        return await ctx.mailboxes.delete_message(agent, message_id, now=ctx.now())
+
+    async def purge(self, agent: str, *, dead_letters: bool = False) -> int:
+        """Remove every message waiting for or leased by `agent` (ready, delayed, in flight)
+        and, with `dead_letters=True`, its dead letters too; returns how many were removed
+        (UnknownAgent if no such agent was registered). Cannot be undone."""
+        check_name("agent name", agent)
+        check_bool("dead_letters", dead_letters)
+        ctx = await self._known(agent)
+        return await ctx.mailboxes.purge(agent, dead=dead_letters, now=ctx.now())
+
+    async def remove_agent(self, agent: str) -> bool:
+        """Unregister `agent`: remove it, every message addressed to it (dead letters
+        included) and the schedules that send to it; False if it was not registered.
+
+        A hub still serving it finds an empty mailbox; a send to it then raises UnknownAgent
+        (unless `auto_register`). Hubs of other processes on SQLite may still send to it
+        until they reopen the store (they remember agents they have checked)."""
+        check_name("agent name", agent)
+        ctx = self._require_backend()
+        removed = await ctx.mailboxes.remove_agent(agent, now=ctx.now())
+        self._agents.pop(agent, None)
+        return removed
+
+    async def consumers(self) -> list[ConsumerInfo]:
+        """Every durable topic consumer (`subscribe(..., durable=name)`) by name, with its
+        position in the topic log, its lag (retained records after its position that it will
+        receive), its pending deliveries (leased, not acked) and the records it lost to
+        retention since its last claim."""
+        ctx = self._require_backend()
+        topics = ctx.topics
+        records = await topics.list_consumers()
+        head = await topics.topic_head()
+        lags = [0] * len(records)
+        filters = [consumer_filter(r.spec) for r in records]
+        after = min((r.position for r in records), default=head)
+        while after < head:  # one pass over the retained log after the earliest position
+            batch = await topics.read_topics(after, exclude_origin="\0", limit=1000)
+            for rec in batch.records:
+                for i, r in enumerate(records):
+                    if rec.seq > r.position and filters[i].matches(
+                        rec.topic, rec.sender, rec.type, rec.metadata
+                    ):
+                        lags[i] += 1
+            if batch.through <= after:
+                break
+            after = batch.through
+        return [
+            ConsumerInfo(
+                name=r.spec.name,
+                pattern=r.spec.pattern,
+                senders=r.spec.senders,
+                types=r.spec.types,
+                position=r.position,
+                head=max(head, r.position),
+                lag=lags[i],
+                pending=r.pending,
+                lost=r.lost,
+            )
+            for i, r in enumerate(records)
+        ]
+
+    async def namespaces(self) -> list[NamespaceInfo]:
+        """Every shared-memory namespace written to, with its live keys and their bytes and
+        its writes and conflicts: shared ones (`owner` None) and agents' private ones."""
+        ctx = self._require_backend()
+        store = ctx.shared_memory
+        now = ctx.now()
+        out = []
+        for space in await store.kv_spaces():
+            c = await store.kv_counts(space, now=now)
+            owner = space.owner or None
+            out.append(
+                NamespaceInfo(space.namespace, owner, c.keys, c.bytes, c.writes, c.conflicts)
+            )
+        return sorted(out, key=lambda n: (n.owner is not None, n.owner or "", n.namespace))
+
+    async def pools(self) -> list[PoolSnapshot]:
+        """A snapshot of every agent pool (see `Pool.snapshot`), by name."""
+        ctx = self._require_backend()
+        store = ctx.pools
+        out = []
+        for name in await store.pool_names():
+            try:  # its config comes from the snapshot: the one given here is not used
+                out.append(await Pool(ctx, store, name, PoolConfig()).snapshot())
+            except NotFound:  # removed since it was listed
+                continue
+        return out
+
+    async def prefixes(self) -> dict[str, int]:
+        """Redis only: every key prefix on the server that holds agentcomm data, with its key
+        count (this hub's own included if it holds any). A hub on another backend raises
+        ConfigurationError. It scans the whole keyspace: an operator's call, not a hot one."""
+        found = await self._require_backend().backend.prefixes()
+        if found is None:
+            raise ConfigurationError(
+                f"{self.url.split(':', 1)[0]}:// stores have no key prefixes; only redis:// "
+                "stores do."
+            )
+        return found
+
     # --- schedules -----------------------------------------------------------------------------
 
     async def schedules(self) -> list[ScheduleInfo]:
@@ -514,6 +714,26 @@ class Hub:
     async def topics(self) -> list[TopicStats]:
         """Stats of every topic published to (and still within retention), by name."""
         return await self._topic_bus.stats(None)
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        senders: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> Subscribing:
+        """Watch publishes to topics matching `pattern` as an observer, not as an agent (a
+        monitor, `agentcomm tail --topic`): a live subscription, as `agent.subscribe` without
+        `durable`, that registers no agent. Use it as `sub = await hub.subscribe(...)` or
+        `async with hub.subscribe(...) as sub:`."""
+        ctx = self._ctx
+        subscribe = functools.partial(
+            ctx.bus.subscribe, pattern, senders=senders, types=types, metadata=metadata,
+            buffer=buffer, durable=None, start=None, lease=ctx.settings.lease,
+        )  # fmt: skip
+        return Subscribing(subscribe)
 
     async def topic_stats(self, name: str) -> TopicStats:
         """Published, delivered, dropped, subscribers and last publish of topic `name`.

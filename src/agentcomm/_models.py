@@ -9,9 +9,12 @@ import msgspec
 __all__ = [
     "AgentInfo",
     "CheckReport",
+    "ConsumerInfo",
     "DeadLetter",
     "HubStats",
     "MailboxStats",
+    "NamespaceInfo",
+    "PeekedMessage",
     "PendingInfo",
     "PruneReport",
     "PublishResult",
@@ -73,6 +76,35 @@ class PendingInfo(msgspec.Struct, frozen=True):
     visible_at: float
     expires_at: float | None
     size: int
+
+
+class PeekedMessage(msgspec.Struct, frozen=True):
+    """A message waiting in (or leased from) a mailbox, with its payload, as `hub.peek` lists
+    it without consuming it.
+
+    `state` is "ready", "delayed" or "in_flight"; `attempt` counts its deliveries so far;
+    `size` is the payload's size in bytes (the original size of a blob it refers to, whose id
+    is `ref`). `data` and `metadata` are decoded; when they cannot be read (the blob is gone,
+    or the stored bytes cannot be decoded), `data` is None and `error` says why.
+    """
+
+    id: str
+    sender: str
+    recipient: str
+    type: str
+    priority: int
+    state: str
+    attempt: int
+    max_attempts: int
+    enqueued_at: float
+    visible_at: float
+    expires_at: float | None
+    size: int
+    data: Any
+    metadata: dict[str, Any]
+    correlation_id: str | None = None
+    ref: str | None = None
+    error: str | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -155,6 +187,41 @@ class PublishResult(msgspec.Struct, frozen=True, gc=False):
     sequence: int
 
 
+class ConsumerInfo(msgspec.Struct, frozen=True):
+    """A durable topic consumer: its pattern and filters, where it is in the topic log, and
+    how far behind.
+
+    `position` is the highest log sequence it has scanned, `head` the latest sequence of the
+    log; `lag` counts the retained records after `position` that match its pattern and
+    filters (what it has still to receive), `pending` the deliveries leased to it and not
+    acked yet, `lost` the records it lost to retention since its last claim.
+    """
+
+    name: str
+    pattern: str
+    senders: list[str] | None
+    types: list[str] | None
+    position: int
+    head: int
+    lag: int
+    pending: int
+    lost: int
+
+
+class NamespaceInfo(msgspec.Struct, frozen=True):
+    """A shared-memory namespace with its counts: live keys and their bytes, writes and
+    version conflicts since it was created. `owner` is None for a shared namespace
+    (`hub.memory(name)`), else the agent whose private namespace it is (`agent.memory()`,
+    whose `namespace` is "")."""
+
+    namespace: str
+    owner: str | None
+    keys: int
+    bytes: int
+    writes: int
+    conflicts: int
+
+
 class TopicStats(msgspec.Struct, frozen=True):
     """Counters of one topic: publishes, deliveries, drops (buffers full), subscribers."""
 
@@ -165,3 +232,6 @@ class TopicStats(msgspec.Struct, frozen=True):
     subscribers: int
     last_publish: float | None
     last_sequence: int
+    #: Records of the topic still in the topic log (within retention): what a durable
+    #: consumer starting at "all" would read.
+    retained: int = 0

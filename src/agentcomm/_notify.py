@@ -7,7 +7,7 @@ and the wait is never lost: the wait then returns at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 ALL = "*"
@@ -69,13 +69,23 @@ class Notifier:
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[Listener]] = {}
+        #: Callables given every notified channel list (the server forwards them to its
+        #: clients' event streams); each must be quick and never raise.
+        self.taps: list[Callable[[list[str]], None]] = []
 
     def listen(self, *channels: str) -> Listener:
-        """Register a listener on `channels`; use it as a context manager."""
+        """Register a listener on `channels`; use it as a context manager.
+
+        A listener on `"*"` (`ALL`) is woken by every notification, whatever its channels
+        (the dashboard's feed uses one to follow every change of the store)."""
         return Listener(self, channels)
 
     def notify(self, channels: Iterable[str]) -> None:
         """Wake every listener on any of `channels` (`"*"` wakes all)."""
+        if self.taps:
+            channels = list(channels)
+            for tap in self.taps:
+                tap(channels)
         listeners = self._listeners
         if not listeners:
             return
@@ -89,6 +99,10 @@ class Notifier:
             if group:
                 for listener in list(group):
                     listener._fire()
+        taps = listeners.get(ALL)
+        if taps:
+            for listener in list(taps):
+                listener._fire()
 
     def wake_all(self) -> None:
         """Wake every listener (used on close and by the safety re-check)."""

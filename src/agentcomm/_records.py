@@ -6,6 +6,8 @@ from enum import IntEnum
 
 import msgspec
 
+from ._models import PendingInfo
+
 
 class State(IntEnum):
     """Where a stored message is in its life. Values are stored on disk: do not renumber."""
@@ -224,3 +226,26 @@ class TopicClaim(msgspec.Struct):
     lease_until: float
     lost: int
     next_wake: float | None
+
+
+class PeekRecord(msgspec.Struct):
+    """A pending message as `MailboxStore.peek` returns it: its description and its payload,
+    still encoded (`error` set, and `data` empty, when the stored message cannot be read)."""
+
+    info: PendingInfo
+    max_attempts: int
+    correlation_id: str | None
+    data: bytes
+    data_kind: int
+    metadata: bytes | None
+    error: str | None = None
+
+
+class ConsumerRecord(msgspec.Struct):
+    """A durable consumer as `TopicStore.list_consumers` returns it: its definition, the
+    highest sequence it scanned, its outstanding deliveries and the records it lost."""
+
+    spec: ConsumerSpec
+    position: int
+    pending: int
+    lost: int

@@ -12,14 +12,14 @@ from .contracts import Backend
 __all__ = ["Backend", "DEFAULT_URL", "open_backend", "with_prefix"]
 
 DEFAULT_URL = "sqlite:///agentcomm.db"
-_SCHEMES = ("sqlite", "memory", "redis", "rediss")
+_SCHEMES = ("sqlite", "memory", "redis", "rediss", "http", "https")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _MAX_BUSY_TIMEOUT_MS = 2**31 - 1  # SQLite takes an int
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
-def open_backend(url: str, retention: Retention) -> Backend:
-    """Build the backend named by `url` (not yet opened)."""
+def open_backend(url: str, retention: Retention, token: str | None = None) -> Backend:
+    """Build the backend named by `url` (not yet opened); `token` is for http(s):// only."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -31,6 +31,10 @@ def open_backend(url: str, retention: Retention) -> Backend:
         return _sqlite(parts.path, query, retention)
     if scheme in ("redis", "rediss"):
         return _redis(url, retention)
+    if scheme in ("http", "https"):
+        from .http import HttpBackend
+
+        return HttpBackend(url, retention, token)
     raise ConfigurationError(
         f"Unknown backend scheme {scheme!r} in {url!r}; use one of: "
         + ", ".join(f"{s}://" for s in _SCHEMES)

@@ -25,6 +25,7 @@ import abc
 from collections.abc import Mapping, Sequence
 
 from .._kv_records import KVChanges, KVCounts, KVOutcome, KVRecord, KVSnapshot, KVWrite, Space
+from .._lease_models import Lease, LeaseResult, LeaseWant
 from .._models import (
     AgentInfo,
     CheckReport,
@@ -49,9 +50,11 @@ from .._pool_records import (
 )
 from .._records import (
     Claimed,
+    ConsumerRecord,
     ConsumerSpec,
     NewMessage,
     NewTopicRecord,
+    PeekRecord,
     ScheduleSpec,
     Settle,
     StoredReply,
@@ -151,6 +154,31 @@ class MailboxStore(abc.ABC):
     @abc.abstractmethod
     async def requeue_dead(self, agent: str, ids: Sequence[str] | None, *, now: float) -> int:
         """Make dead letters ready again with a fresh attempt count; None means all of them."""
+
+    # --- operators -----------------------------------------------------------------------------
+    # Removing a message (delete, purge, remove_agent) drops the reference its payload holds
+    # in the same transaction, as a prune does, and notifies `mail:<agent>`. A removed request
+    # gets no failure reply: its requester waits until its timeout.
+
+    @abc.abstractmethod
+    async def peek(self, agent: str, *, limit: int) -> list[PeekRecord]:
+        """What `pending` lists, with each message's encoded payload, metadata, max attempts
+        and correlation id; changes nothing."""
+
+    @abc.abstractmethod
+    async def delete_message(self, agent: str, message_id: str, *, now: float) -> bool:
+        """Remove the message `message_id` of `agent`'s mailbox if it is ready, delayed, in
+        flight or dead; False if there is none (a lease on it is then lost)."""
+
+    @abc.abstractmethod
+    async def purge(self, agent: str, *, dead: bool, now: float) -> int:
+        """Remove every ready, delayed and in-flight message of `agent` (and, with `dead`,
+        its dead letters); returns how many."""
+
+    @abc.abstractmethod
+    async def remove_agent(self, name: str, *, now: float) -> bool:
+        """Unregister agent `name`: remove it, every message addressed to it (in any state)
+        and the schedules that send to it; False if it was not registered."""
 
     # --- request / reply ---------------------------------------------------------------------
 
@@ -252,6 +280,11 @@ class TopicStore(abc.ABC):
         to retention since the last claim; `next_wake` is its earliest lease end.
         """
 
+    @abc.abstractmethod
+    async def list_consumers(self) -> list[ConsumerRecord]:
+        """Every durable consumer with its position, outstanding deliveries and lost count,
+        by name."""
+
 
 class SharedMemoryStore(abc.ABC):
     """Versioned key-value spaces with a change log."""
@@ -296,6 +329,10 @@ class SharedMemoryStore(abc.ABC):
     @abc.abstractmethod
     async def kv_counts(self, space: Space, *, now: float) -> KVCounts:
         """Live keys and their bytes; writes and conflicts since the space was created."""
+
+    @abc.abstractmethod
+    async def kv_spaces(self) -> list[Space]:
+        """Every space written to (and not dropped), by owner and namespace."""
 
 
 class ReferenceStore(abc.ABC):
@@ -446,6 +483,49 @@ class PoolStore(abc.ABC):
     async def pool_expire_wakes(self, *, now: float) -> float | None:
         """Time out every due wake of every pool; returns the next deadline, if any."""
 
+    @abc.abstractmethod
+    async def pool_names(self) -> list[str]:
+        """The name of every pool, sorted."""
+
+
+class LeaseStore(abc.ABC):
+    """Coordination leases: owners hold file globs, exclusively or shared, until they expire.
+
+    The rules are in `lease_engine` (which every backend applies to a snapshot of its leases
+    inside one atomic step). Each method that changes leases is atomic against other hubs and
+    processes, deletes the expired leases it finds, and notifies `lease_engine.LEASES_CHANNEL`
+    when anything changed.
+    """
+
+    @abc.abstractmethod
+    async def lease_acquire(
+        self,
+        owner: str,
+        wants: Sequence[LeaseWant],
+        *,
+        ttl: float,
+        reason: str | None,
+        partial: bool,
+        now: float,
+    ) -> LeaseResult:
+        """Grant `wants` (distinct patterns) to `owner` as `lease_engine.acquire` decides."""
+
+    @abc.abstractmethod
+    async def lease_renew(
+        self, owner: str, selectors: frozenset[str] | None, *, ttl: float, now: float
+    ) -> list[Lease]:
+        """Extend `owner`'s live leases as `lease_engine.renew` decides; returns them."""
+
+    @abc.abstractmethod
+    async def lease_release(
+        self, owner: str, selectors: frozenset[str] | None, *, now: float
+    ) -> list[Lease]:
+        """Release `owner`'s live leases as `lease_engine.release` decides; returns them."""
+
+    @abc.abstractmethod
+    async def lease_list(self, *, now: float) -> list[Lease]:
+        """Every live lease, by owner, then pattern."""
+
 
 class Backend(abc.ABC):
     """A storage engine behind a hub. One instance serves one hub, on one event loop.
@@ -464,12 +544,18 @@ class Backend(abc.ABC):
     references: ReferenceStore | None = None
     #: Agent pools.
     pools: PoolStore | None = None
+    #: Coordination leases on file globs.
+    leases: LeaseStore | None = None
 
     #: The reference GC strategy (`_ref_records.GC_STRATEGIES`); set by the hub before `open`.
     ref_gc_strategy: str = "ref_counting"
 
     notifier: Notifier
     retention: Retention
+
+    #: True when another process (the agentcomm server) runs the housekeeping: firing
+    #: schedules, retention passes and pool wake timeouts; the hub then starts none of it.
+    housekeeping_elsewhere: bool = False
 
     #: Seconds between safety re-checks while waiting. A backend whose notifications reach
     #: every process sets this high; one that may miss a wake-up sets it low.
@@ -503,6 +589,11 @@ class Backend(abc.ABC):
             type(self).__name__.removesuffix("Backend").lower(), "nothing to check", []
         )
 
+    async def prefixes(self) -> dict[str, int] | None:
+        """The key prefixes that hold agentcomm data on this store's server, with their key
+        counts; None for a backend without prefixes (only Redis has them)."""
+        return None
+
     @property
     def capabilities(self) -> frozenset[str]:
         """The names of the features this backend implements."""
@@ -510,4 +601,4 @@ class Backend(abc.ABC):
 
 
 #: The optional features a backend may carry, by attribute name.
-FEATURES = ("mailboxes", "topics", "shared_memory", "references", "pools")
+FEATURES = ("mailboxes", "topics", "shared_memory", "references", "pools", "leases")

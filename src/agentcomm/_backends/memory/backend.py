@@ -16,6 +16,7 @@ from ..._models import HubStats, PruneReport
 from ..._notify import Notifier
 from ..._settings import Retention
 from ..contracts import Backend
+from .leases import LeaseState, MemoryLeases
 from .mailbox import MailboxState, MemoryMailboxes
 from .pools import MemoryPools, PoolState
 from .references import MemoryReferences, RefHolds, RefTable
@@ -36,6 +37,7 @@ class MemoryStore:
         self.shared_memory = SharedMemoryState()
         self.references = RefTable()
         self.pools = PoolState()
+        self.leases = LeaseState()
 
 
 _named_stores: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
@@ -63,6 +65,7 @@ class MemoryBackend(Backend):
     shared_memory: MemorySharedMemory
     references: MemoryReferences
     pools: MemoryPools
+    leases: MemoryLeases
 
     def __init__(self, name: str, retention: Retention) -> None:
         self.retention = retention
@@ -77,6 +80,7 @@ class MemoryBackend(Backend):
         self.shared_memory = MemorySharedMemory(store.shared_memory, txn, holds)
         self.references = MemoryReferences(store.references, txn)
         self.pools = MemoryPools(store.pools, txn, self.mailboxes, retention)
+        self.leases = MemoryLeases(store.leases, txn)
 
     async def open(self) -> None:
         self._txn.attach()

@@ -28,6 +28,7 @@ from ..._records import (
     DataKind,
     NewMessage,
     NewTopicRecord,
+    PeekRecord,
     ScheduleSpec,
     Settle,
     SettleKind,
@@ -467,6 +468,80 @@ class MemoryMailboxes(MailboxStore):
             if count:
                 touched.add(mail_channel(agent))
             return count
+
+        return self._txn.run(op)
+
+    # --- operators -----------------------------------------------------------------------------
+
+    async def peek(self, agent: str, *, limit: int) -> list[PeekRecord]:
+        with self._txn.lock:
+            rows = [
+                r
+                for r in self._state.rows.values()
+                if r.msg.recipient == agent and r.state in PENDING_STATE_NAMES
+            ]
+            rows.sort(key=lambda r: (-r.msg.priority, r.seq))
+            rows = rows[:limit]
+            sizes = [self._holds.size_of(r.msg.data, r.msg.data_kind) for r in rows]
+        return [
+            PeekRecord(
+                _pending_info(r, size),
+                r.msg.max_attempts,
+                r.msg.correlation_id,
+                r.msg.data,
+                r.msg.data_kind,
+                r.msg.metadata,
+            )
+            for r, size in zip(rows, sizes, strict=True)
+        ]
+
+    def _remove(self, rows: list[_Row], touched: set[str]) -> int:
+        """Remove rows still holding their payload (ready, delayed, in flight or dead); the
+        caller holds the store's lock."""
+        for row in rows:
+            del self._state.rows[row.seq]
+            self._holds.drop(row.msg.data, row.msg.data_kind)
+            touched.add(mail_channel(row.msg.recipient))
+        return len(rows)
+
+    def _held_rows(self, agent: str, dead: bool) -> list[_Row]:
+        states = {State.READY, State.DELAYED, State.IN_FLIGHT}
+        if dead:
+            states.add(State.DEAD)
+        return [
+            r for r in self._state.rows.values() if r.msg.recipient == agent and r.state in states
+        ]
+
+    async def delete_message(self, agent: str, message_id: str, *, now: float) -> bool:
+        def op(touched: set[str]) -> bool:
+            rows = [r for r in self._held_rows(agent, True) if r.msg.id == message_id]
+            return self._remove(rows, touched) > 0
+
+        return self._txn.run(op)
+
+    async def purge(self, agent: str, *, dead: bool, now: float) -> int:
+        return self._txn.run(lambda touched: self._remove(self._held_rows(agent, dead), touched))
+
+    async def remove_agent(self, name: str, *, now: float) -> bool:
+        def op(touched: set[str]) -> bool:
+            st = self._state
+            if st.agents.pop(name, None) is None:
+                return False
+            self._remove(self._held_rows(name, True), touched)
+            for seq in [s for s, r in st.rows.items() if r.msg.recipient == name]:
+                del st.rows[seq]  # acked or expired: they released their payload already
+            st.boxes.pop(name, None)
+            for sid, sched in list(st.schedules.items()):
+                try:
+                    recipient = sched.spec.recipient
+                except AttributeError:  # a spec that is not one: kept, cancellable
+                    continue
+                if recipient == name:
+                    del st.schedules[sid]
+                    self._holds.drop(sched.spec.data, sched.spec.data_kind)
+                    touched.add(SCHEDULES_CHANNEL)
+            touched.add(mail_channel(name))
+            return True
 
         return self._txn.run(op)
 

@@ -299,6 +299,10 @@ class MemoryPools(PoolStore):
 
         return self._run(op)
 
+    async def pool_names(self) -> list[str]:
+        with self._txn.lock:
+            return sorted(self._state.pools)
+
     def prune_step(self, now: float) -> int:
         """Drop log records beyond the retention policy, and receipts and finished wakes older
         than the dedupe window; the caller holds the store's lock. Returns records dropped."""

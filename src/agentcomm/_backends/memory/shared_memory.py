@@ -228,6 +228,10 @@ class MemorySharedMemory(SharedMemoryStore):
 
         return self._txn.run(op)
 
+    async def kv_spaces(self) -> list[Space]:
+        with self._txn.lock:
+            return sorted(self._spaces, key=lambda s: (s.owner, s.namespace))
+
     def prune_step(self, now: float, touched: set[str]) -> None:
         """Record due expiries in every space and drop tombstones older than TOMBSTONE_KEEP;
         the caller holds the store's lock."""

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import msgspec
 
 from ..._errors import NotFound
 from ..._models import TopicStats
-from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
+from ..._records import (
+    ConsumerRecord,
+    ConsumerSpec,
+    NewTopicRecord,
+    TopicBatch,
+    TopicClaim,
+    TopicRecord,
+)
 from ..._ref_records import REF_FLAG
 from ..._settings import Retention
 from ..._subjects import TOPICS_CHANNEL, consumer_channel, topic_channel
@@ -130,13 +138,14 @@ class MemoryTopics(TopicStore):
             st = self._state
             names = sorted(st.stats) if name is None else [name]
             filters = [c.filter for c in st.consumers.values()]
+            retained = Counter(r.topic for r in st.log)
             out = []
             for n in names:
                 s = st.stats.get(n) or _Stats()
                 subscribers = sum(1 for f in filters if f.matches_topic(n))
                 stat = TopicStats(
                     n, s.published, s.delivered, s.dropped, subscribers, s.last_publish,
-                    s.last_seq,
+                    s.last_seq, retained[n],
                 )  # fmt: skip
                 out.append(stat)
             return out
@@ -215,6 +224,13 @@ class MemoryTopics(TopicStore):
             return TopicClaim(out, until, lost, next_wake)
 
         return self._txn.run(op)
+
+    async def list_consumers(self) -> list[ConsumerRecord]:
+        with self._txn.lock:
+            return [
+                ConsumerRecord(c.spec, c.delivered, len(c.pending), c.lost)
+                for _, c in sorted(self._state.consumers.items())
+            ]
 
     def prune_step(self, now: float) -> int:
         """Drop log records beyond retention, counting what each durable consumer lost; the

@@ -31,6 +31,7 @@ from ..._notify import Notifier
 from ..._settings import Retention
 from ..contracts import Backend
 from .errors import CLOSE_ERRORS, redis_errors, text
+from .leases import RedisLeases
 from .mailbox import RedisMailboxes
 from .pools import RedisPools
 from .references import RedisReferences
@@ -57,6 +58,12 @@ def check_prefix(prefix: str) -> str:
             f"Invalid Redis key prefix {prefix!r}: use 1-64 letters, digits or '_ . : @ -'."
         )
     return prefix
+
+
+#: Keys only agentcomm writes at the top of a prefix: `prefixes()` finds prefixes by them.
+_MARKERS = tuple(
+    f":{name}" for name in ("agents", "seq", "counters", "tp:seq", "kvspaces", "pl:all", "refs")
+)
 
 
 class RedisBackend(Backend):
@@ -102,6 +109,7 @@ class RedisBackend(Backend):
         self.references = RedisReferences(self._scripts, lambda: self.ref_gc_strategy)
         self._pools = RedisPools(self._scripts, retention)
         self.pools = self._pools
+        self.leases = RedisLeases(self._scripts)
         self._closed = False
         self._closing = asyncio.Event()  # set with `_closed`: wakes the watchdog and backoffs
         self._listener: asyncio.Task[None] | None = None
@@ -271,6 +279,34 @@ class RedisBackend(Backend):
             expired, dead, pruned, dedupe, requests, topic_records,
             pruned_pool_records=pool_records,
         )  # fmt: skip
+
+    async def prefixes(self) -> dict[str, int]:
+        """Every key prefix on this server that holds agentcomm data, with its key count: a
+        prefix is recognised by a key only agentcomm writes at its top (`<prefix>:agents`,
+        `<prefix>:tp:seq`, ...). One SCAN over the whole keyspace."""
+        names: set[str] = set()
+        found: set[str] = set()
+        cursor: int = 0
+        while True:
+            cursor, keys = await self._scripts.command(self._client.scan(cursor, count=1000))
+            for key in keys:
+                name = text(key)
+                names.add(name)
+                for marker in _MARKERS:
+                    if name.endswith(marker) and _PREFIX.fullmatch(name[: -len(marker)]):
+                        found.add(name[: -len(marker)])
+            if cursor == 0:
+                break
+        # a marker inside another prefix's keys (a topic named "agents": `P:tp:s:agents`)
+        # is not a prefix of its own
+        prefixes = sorted(found, key=len)
+        kept = [p for p in prefixes if not any(p.startswith(q + ":") for q in prefixes if q != p)]
+        out = dict.fromkeys(sorted(kept), 0)
+        for name in names:
+            owner = max((p for p in kept if name.startswith(p + ":")), key=len, default=None)
+            if owner is not None:
+                out[owner] += 1
+        return out
 
     async def stats(self) -> HubStats:
         s = self._scripts

@@ -26,6 +26,7 @@ from ..._records import (
     PENDING_STATE_NAMES,
     Claimed,
     NewMessage,
+    PeekRecord,
     ScheduleSpec,
     Settle,
     SettleKind,
@@ -184,6 +185,17 @@ def _decoded_pending(r: list[Any]) -> PendingInfo:
         state=PENDING_STATE_NAMES[State(int(r[1]))], attempt=int(r[2]), enqueued_at=b.enqueued_at,
         visible_at=float(r[3]), expires_at=b.expires_at, size=size,
     )  # fmt: skip
+
+
+def _peeked(r: list[Any], agent: str) -> PeekRecord:
+    """From the pending script's row (see `_pending`): the description and the payload; an
+    entry that cannot be decoded has its error and no payload."""
+    info = _pending(r, agent)
+    try:
+        b = _body_decoder.decode(r[4])
+    except _UNDECODABLE as exc:
+        return PeekRecord(info, 0, None, b"", 0, None, error=_why(exc))
+    return PeekRecord(info, b.max_attempts, b.correlation_id, b.data, b.data_kind, b.metadata)
 
 
 def _dead_letter(r: list[Any], agent: str) -> DeadLetter:
@@ -362,6 +374,32 @@ class RedisMailboxes(MailboxStore):
         selection = ["0"] if ids is None else ["1", *ids]
         count: int = await self._mail("requeue", now, agent, *selection, token=new_id())
         return count
+
+    # --- operators -----------------------------------------------------------------------------
+
+    async def peek(self, agent: str, *, limit: int) -> list[PeekRecord]:
+        rows = await self._mail("pending", 0.0, agent, limit)
+        peeked = ((_peeked(r, agent), r[0]) for r in rows)
+        ranked = sorted(peeked, key=lambda p: (-p[0].info.priority, p[1]))
+        return [record for record, _ in ranked[:limit]]
+
+    async def delete_message(self, agent: str, message_id: str, *, now: float) -> bool:
+        return bool(await self._mail("delete", now, agent, message_id, token=new_id()))
+
+    async def purge(self, agent: str, *, dead: bool, now: float) -> int:
+        return int(await self._mail("purge", now, agent, 1 if dead else 0, token=new_id()))
+
+    async def remove_agent(self, name: str, *, now: float) -> bool:
+        # the schedules that send to it: their specs are read here (the script cannot decode
+        # them); one added between this read and the script is kept
+        ids = []
+        for blob, _, _, sched_id in await self._mail("sched_list", 0.0):
+            try:
+                if blob is not None and _spec_decoder.decode(blob).recipient == name:
+                    ids.append(sched_id)
+            except _UNDECODABLE:
+                continue  # kept, listed with its error, cancellable
+        return bool(await self._mail("remove_agent", now, name, *ids, token=new_id()))
 
     # --- request / reply -----------------------------------------------------------------------
 

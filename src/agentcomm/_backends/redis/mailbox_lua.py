@@ -214,15 +214,7 @@ elseif OP == 'sched_add' then
   end
 
 elseif OP == 'sched_cancel' then
-  local id = ARGV[5]
-  result = redis.call('ZREM', P .. 'sched:next', id)
-  redis.call('HDEL', P .. 'sched', id)
-  redis.call('HDEL', P .. 'sched:runs', id)
-  local ref = redis.call('HGET', P .. 'sched:ref', id)
-  if ref then
-    redis.call('HDEL', P .. 'sched:ref', id)
-    ref_drop(ref)
-  end
+  result = cancel_schedule(ARGV[5])
   if result == 1 then touch('schedules') end
 
 elseif OP == 'sched_list' then
@@ -351,6 +343,55 @@ elseif OP == 'requeue' then
   end
   if n > 0 then touch(MAIL_CHANNEL .. agent) end
   result = n
+
+elseif OP == 'delete' then
+  -- agent, message id: remove that message if ready, delayed, in flight or dead
+  local agent, id = ARGV[5], ARGV[6]
+  local n = 0
+  for _, zk in ipairs({'r:', 't:', 'd:'}) do
+    for _, sid in ipairs(redis.call('ZRANGE', P .. zk .. agent, 0, -1)) do
+      if n == 0 and redis.call('HGET', mkey(sid), 'id') == id then
+        n = remove_message(sid, agent)
+      end
+    end
+  end
+  if n > 0 then touch(MAIL_CHANNEL .. agent) end
+  result = n
+
+elseif OP == 'purge' then
+  -- agent, '1' to remove its dead letters too
+  local agent = ARGV[5]
+  local keys = {'r:', 't:'}
+  if ARGV[6] == '1' then keys[3] = 'd:' end
+  local n = 0
+  for _, zk in ipairs(keys) do
+    for _, sid in ipairs(redis.call('ZRANGE', P .. zk .. agent, 0, -1)) do
+      n = n + remove_message(sid, agent)
+    end
+  end
+  if n > 0 then touch(MAIL_CHANNEL .. agent) end
+  result = n
+
+elseif OP == 'remove_agent' then
+  -- name, then the ids of the schedules that send to it
+  local name = ARGV[5]
+  if redis.call('HDEL', P .. 'agents', name) == 0 then
+    result = 0
+  else
+    redis.call('HDEL', P .. 'seen', name)
+    redis.call('HDEL', P .. 'active', name)
+    for _, zk in ipairs({'r:', 't:', 'd:'}) do
+      for _, sid in ipairs(redis.call('ZRANGE', P .. zk .. name, 0, -1)) do
+        remove_message(sid, name)
+      end
+      redis.call('DEL', P .. zk .. name)
+    end
+    for i = 6, #ARGV do
+      if cancel_schedule(ARGV[i]) == 1 then touch('schedules') end
+    end
+    touch(MAIL_CHANNEL .. name)
+    result = 1
+  end
 
 elseif OP == 'prune' then
   local keep = {['5'] = ARGV[5], ['4'] = ARGV[6], ['3'] = ARGV[7]}

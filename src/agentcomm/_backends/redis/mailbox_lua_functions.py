@@ -267,6 +267,33 @@ local function make_ready(sid, rcp, pri, exp)
   if stored_num(exp) then redis.call('ZADD', P .. 'exp', exp, sid) end
 end
 
+-- an operator removes a message (delete, purge, remove_agent): a ready, delayed, in-flight or
+-- dead one drops the reference its payload holds; returns 1, or 0 if it was not stored
+local function remove_message(sid, rcp)
+  local mk = mkey(sid)
+  local v = redis.call('HMGET', mk, 'st', 'ref')
+  unindex(sid, rcp)
+  redis.call('ZREM', P .. 'd:' .. rcp, sid)
+  if not v[1] then return 0 end
+  if STATE_KEY[v[1]] then redis.call('ZREM', P .. STATE_KEY[v[1]], sid) end
+  if v[2] and (v[1] == '0' or v[1] == '1' or v[1] == '2' or v[1] == '3') then ref_drop(v[2]) end
+  redis.call('DEL', mk)
+  return 1
+end
+
+-- delete a schedule and drop the reference its payload holds; returns 1, or 0 if none
+local function cancel_schedule(id)
+  local gone = redis.call('ZREM', P .. 'sched:next', id)
+  redis.call('HDEL', P .. 'sched', id)
+  redis.call('HDEL', P .. 'sched:runs', id)
+  local ref = redis.call('HGET', P .. 'sched:ref', id)
+  if ref then
+    redis.call('HDEL', P .. 'sched:ref', id)
+    ref_drop(ref)
+  end
+  return gone
+end
+
 -- a stored message whose fields cannot be read becomes a dead letter saying so (counted as
 -- undecodable), instead of failing every call that meets it
 local function unreadable(sid, rcp, what)

@@ -231,6 +231,10 @@ class RedisPools(PoolStore):
         first = await self._op("expire", now)
         return None if first is None else float(first)
 
+    async def pool_names(self) -> list[str]:
+        s = self._scripts
+        return sorted(text(m) for m in await s.command(s.client.smembers(s.prefix + "pl:all")))
+
     async def prune(self, now: float) -> int:
         """Trim each pool's log to the retention limits and drop receipts and finished wakes
         older than the dedupe window; returns the log records deleted."""

@@ -142,6 +142,15 @@ class RedisSharedMemory(SharedMemoryStore):
         keys, size, writes, conflicts = await self._kv_op("counts", space, now)
         return KVCounts(int(keys), int(size), int(writes), int(conflicts))
 
+    async def kv_spaces(self) -> list[Space]:
+        scripts = self._scripts
+        members = await scripts.command(scripts.client.smembers(scripts.prefix + "kvspaces"))
+        spaces = []
+        for member in members:
+            owner, _, namespace = text(member).partition("/")
+            spaces.append(Space(owner, namespace))
+        return sorted(spaces, key=lambda s: (s.owner, s.namespace))
+
     async def prune(self, now: float) -> None:
         """Record due expiries in every space and drop tombstones older than TOMBSTONE_KEEP."""
         scripts = self._scripts

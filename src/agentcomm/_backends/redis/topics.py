@@ -27,11 +27,19 @@ import msgspec
 from ..._errors import NotFound, RefNotFound
 from ..._ids import new_id
 from ..._models import TopicStats
-from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
+from ..._records import (
+    ConsumerRecord,
+    ConsumerSpec,
+    NewTopicRecord,
+    TopicBatch,
+    TopicClaim,
+    TopicRecord,
+)
 from ..._settings import Retention
 from ..._subjects import TOPICS_CHANNEL, TopicFilter, topic_channel
 from ..common import conflict, consumer_filter
 from ..contracts import TopicStore
+from .errors import text
 from .scripts import Scripts, num, opt_float
 from .topics_lua import TOPICS
 
@@ -134,13 +142,44 @@ class RedisTopics(TopicStore):
         rows, definitions = await self._topic_op("stats", 0.0, *args)
         filters = [self._filter_of(d) for d in definitions]
         out = []
-        for n, pub, dl, dr, at, last in rows:
+        for n, pub, dl, dr, at, last, kept in rows:
             topic = n.decode()
             subscribers = sum(1 for f in filters if f.matches_topic(topic))
             out.append(
-                TopicStats(topic, int(pub), int(dl), int(dr), subscribers, opt_float(at), int(last))
+                TopicStats(
+                    topic,
+                    int(pub),
+                    int(dl),
+                    int(dr),
+                    subscribers,
+                    opt_float(at),
+                    int(last),
+                    max(int(kept), 0),
+                )
             )
         out.sort(key=lambda s: s.name)
+        return out
+
+    async def list_consumers(self) -> list[ConsumerRecord]:
+        s = self._scripts
+        stored = await s.command(s.client.hgetall(s.prefix + "tp:cons"))
+        definitions: dict[str, bytes] = {text(k): _raw(v) for k, v in stored.items()}
+        names = sorted(definitions)
+        async with s.client.pipeline(transaction=True) as pipe:
+            for name in names:
+                key = s.prefix + "tp:c:" + name
+                pipe.hmget(key, "pos", "lost")
+                pipe.zcard(key + ":p")
+            replies = await s.command(pipe.execute())
+        out = []
+        for i, name in enumerate(names):
+            (pos, lost), pending = replies[2 * i], replies[2 * i + 1]
+            try:
+                pattern, senders, types, metadata = _def_decoder.decode(definitions[name])
+            except (msgspec.DecodeError, ValueError, TypeError):
+                continue  # a damaged definition: its claims report it
+            spec = ConsumerSpec(name, pattern, senders, types, metadata)
+            out.append(ConsumerRecord(spec, int(pos or 0), int(pending), int(lost or 0)))
         return out
 
     async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
@@ -284,3 +323,8 @@ class RedisTopics(TopicStore):
 
 def _no_consumer(name: str) -> NotFound:
     return NotFound(f"Durable consumer {name!r} does not exist; subscribe again.")
+
+
+def _raw(value: bytes | str) -> bytes:
+    """A reply value as bytes (the client returns bytes; its types allow str too)."""
+    return value.encode() if isinstance(value, str) else value

@@ -124,9 +124,9 @@ elseif OP == 'stats' then
   if ARGV[5] == '1' then names = {ARGV[6]} else names = redis.call('ZRANGE', NAMES, 0, -1) end
   local rows = {}
   for _, name in ipairs(names) do
-    local v = redis.call('HMGET', skey(name), 'pub', 'dl', 'dr', 'at', 'last')
+    local v = redis.call('HMGET', skey(name), 'pub', 'dl', 'dr', 'at', 'last', 'kept')
     rows[#rows + 1] = {name, v[1] or '0', v[2] or '0', v[3] or '0', v[4] or false,
-      v[5] or '0'}
+      v[5] or '0', v[6] or '0'}
   end
   result = {rows, redis.call('HVALS', CONS)}
 

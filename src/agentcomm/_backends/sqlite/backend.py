@@ -20,8 +20,9 @@ from ..._models import CheckReport, HubStats, PruneReport
 from ..._notify import Notifier
 from ..._settings import Retention
 from ..contracts import Backend
-from . import files, pools, references, schema, shared_memory, topics
+from . import files, leases, pools, references, schema, shared_memory, topics
 from .access import Access
+from .leases import SQLiteLeases
 from .mailbox import SQLiteMailboxes
 from .pools import SQLitePools
 from .references import SQLiteReferences
@@ -31,7 +32,10 @@ from .wake import WakeBus, wake_dir_for
 from .writer import Writer, map_sqlite_error
 
 #: Every feature's tables, in the order they are created.
-SCHEMAS = (schema.MAILBOXES, shared_memory.SCHEMA, topics.SCHEMA, references.SCHEMA, pools.SCHEMA)
+SCHEMAS = (
+    schema.MAILBOXES, shared_memory.SCHEMA, topics.SCHEMA, references.SCHEMA, pools.SCHEMA,
+    leases.SCHEMA,
+)  # fmt: skip
 
 
 class SQLiteBackend(Backend):
@@ -42,6 +46,7 @@ class SQLiteBackend(Backend):
     shared_memory: SQLiteSharedMemory
     references: SQLiteReferences
     pools: SQLitePools
+    leases: SQLiteLeases
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class SQLiteBackend(Backend):
         self.shared_memory = SQLiteSharedMemory(self._db)
         self.references = SQLiteReferences(self._db)
         self.pools = SQLitePools(self._db, self.mailboxes, retention)
+        self.leases = SQLiteLeases(self._db)
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -31,6 +31,7 @@ from ..._records import (
     DataKind,
     NewMessage,
     NewTopicRecord,
+    PeekRecord,
     ScheduleSpec,
     Settle,
     SettleKind,
@@ -512,6 +513,110 @@ class SQLiteMailboxes(MailboxStore):
             return int(count)
 
         result: int = await self._db.do(op)
+        return result
+
+    # --- operators -----------------------------------------------------------------------------
+
+    async def peek(self, agent: str, *, limit: int) -> list[PeekRecord]:
+        cols = (
+            "id, sender, recipient, type, priority, state, attempt, enqueued_at, visible_at,"
+            f" expires_at, {PAYLOAD_SIZE}, seq, max_attempts, correlation_id, data, data_kind,"
+            " metadata"
+        )
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[Any, ...]]:
+            ready = conn.execute(
+                f"SELECT {cols} FROM messages WHERE recipient = ? AND state = {READY}"
+                " ORDER BY priority DESC, seq LIMIT ?",
+                (agent, limit),
+            ).fetchall()
+            timers = conn.execute(
+                f"SELECT {cols} FROM messages WHERE recipient = ? AND state IN {TIMED}"
+                " ORDER BY visible_at LIMIT ?",
+                (agent, limit),
+            ).fetchall()
+            return ready + timers
+
+        rows: list[tuple[Any, ...]] = await self._db.read(op)
+        rows.sort(key=lambda r: (-r[4], r[11]))
+        return [
+            PeekRecord(
+                PendingInfo(
+                    id=r[0],
+                    sender=r[1],
+                    recipient=r[2],
+                    type=r[3],
+                    priority=r[4],
+                    state=PENDING_STATE_NAMES[State(r[5])],
+                    attempt=r[6],
+                    enqueued_at=r[7],
+                    visible_at=r[8],
+                    expires_at=r[9],
+                    size=r[10],
+                ),
+                r[12],
+                r[13],
+                r[14],
+                r[15],
+                r[16],
+            )
+            for r in rows[:limit]
+        ]
+
+    async def delete_message(self, agent: str, message_id: str, *, now: float) -> bool:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> bool:
+            gone = conn.execute(
+                f"DELETE FROM messages WHERE recipient = ? AND id = ? AND state <= {DEAD}"
+                f" RETURNING {REF_COL}",
+                (agent, message_id),
+            ).fetchall()
+            drop_refs(conn, (row[0] for row in gone))
+            if gone:
+                touched.add(mail_channel(agent))
+            return bool(gone)
+
+        result: bool = await self._db.do(op)
+        return result
+
+    async def purge(self, agent: str, *, dead: bool, now: float) -> int:
+        last = DEAD if dead else DELAYED  # the states a purge removes: READY up to `last`
+
+        def op(conn: sqlite3.Connection, touched: set[str]) -> int:
+            gone = conn.execute(
+                f"DELETE FROM messages WHERE recipient = ? AND state <= ? RETURNING {REF_COL}",
+                (agent, last),
+            ).fetchall()
+            drop_refs(conn, (row[0] for row in gone))
+            if gone:
+                touched.add(mail_channel(agent))
+            return len(gone)
+
+        result: int = await self._db.do(op)
+        return result
+
+    async def remove_agent(self, name: str, *, now: float) -> bool:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> bool:
+            self._known_agents.discard(name)
+            if conn.execute("DELETE FROM agents WHERE name = ?", (name,)).rowcount == 0:
+                return False
+            # acked and expired messages released their payload's reference when they finished
+            gone = conn.execute(
+                f"DELETE FROM messages WHERE recipient = ?"
+                f" RETURNING CASE WHEN state <= {DEAD} THEN {REF_COL} END",
+                (name,),
+            ).fetchall()
+            drop_refs(conn, (row[0] for row in gone))
+            for sched_id, blob in conn.execute("SELECT id, spec FROM schedules").fetchall():
+                try:
+                    recipient = schedules.decode_spec(blob).recipient
+                except (ValueError, msgspec.DecodeError):
+                    continue  # kept, listed with its error, cancellable
+                if recipient == name and schedules.cancel_in(conn, sched_id):
+                    touched.add(SCHEDULES_CHANNEL)
+            touched.add(mail_channel(name))
+            return True
+
+        result: bool = await self._db.do(op)
         return result
 
     # --- request / reply -----------------------------------------------------------------------

@@ -425,6 +425,13 @@ class SQLitePools(PoolStore):
 
         return await self._write(op)
 
+    async def pool_names(self) -> list[str]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[str]:
+            return [name for (name,) in conn.execute("SELECT name FROM pools ORDER BY name")]
+
+        result: list[str] = await self._db.read(op)
+        return result
+
     def prune_in(self, conn: sqlite3.Connection, now: float) -> int:
         """Drop log records beyond the retention policy, and receipts and finished wakes older
         than the dedupe window, in the caller's transaction. Returns the records dropped."""

@@ -426,6 +426,14 @@ class SQLiteSharedMemory(SharedMemoryStore):
         result: KVCounts = await self._db.do(op)
         return result
 
+    async def kv_spaces(self) -> list[Space]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[Space]:
+            rows = conn.execute("SELECT owner, namespace FROM kv_spaces ORDER BY owner, namespace")
+            return [Space(owner, namespace) for owner, namespace in rows]
+
+        result: list[Space] = await self._db.read(op)
+        return result
+
     @staticmethod
     def prune_in(conn: sqlite3.Connection, now: float, touched: set[str]) -> None:
         """The prune step: record due expiries in every space, drop tombstones older than

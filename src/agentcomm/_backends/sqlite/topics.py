@@ -16,7 +16,14 @@ import msgspec
 
 from ..._errors import BackendUnavailable, NotFound
 from ..._models import TopicStats
-from ..._records import ConsumerSpec, NewTopicRecord, TopicBatch, TopicClaim, TopicRecord
+from ..._records import (
+    ConsumerRecord,
+    ConsumerSpec,
+    NewTopicRecord,
+    TopicBatch,
+    TopicClaim,
+    TopicRecord,
+)
 from ..._settings import Retention
 from ..._subjects import TOPICS_CHANNEL, TopicFilter, consumer_channel, is_literal, topic_channel
 from ..common import conflict, consumer_filter, same_definition, same_start
@@ -187,26 +194,41 @@ class SQLiteTopics(TopicStore):
                 rows = conn.execute(
                     f"SELECT {cols} FROM topic_stats WHERE name = ?", (name,)
                 ).fetchall()
-            stats = {r[0]: list(r[1:]) for r in rows}
+            stats = {r[0]: [*r[1:], 0] for r in rows}
             for topic, count, last_seq in kept:
-                entry = stats.setdefault(topic, [0, 0, 0, None, 0])
+                entry = stats.setdefault(topic, [0, 0, 0, None, 0, 0])
                 entry[0] += count
+                entry[5] = count
                 entry[3] = conn.execute(
                     "SELECT published_at FROM topic_log WHERE seq = ?", (last_seq,)
                 ).fetchone()[0]
                 entry[4] = last_seq
             if name is not None and not stats:
-                stats[name] = [0, 0, 0, None, 0]
+                stats[name] = [0, 0, 0, None, 0, 0]
             filters = [self._filter(b) for (b,) in conn.execute("SELECT spec FROM topic_consumers")]
             out = []
             for n in sorted(stats):
-                pub, dl, dr, last, last_seq = stats[n]
+                pub, dl, dr, last, last_seq, retained = stats[n]
                 subscribers = sum(1 for f in filters if f.matches_topic(n))
-                out.append(TopicStats(n, pub, dl, dr, subscribers, last, last_seq))
+                out.append(TopicStats(n, pub, dl, dr, subscribers, last, last_seq, retained))
             return out
 
         result: list[TopicStats] = await self._db.read(op)
         return result
+
+    async def list_consumers(self) -> list[ConsumerRecord]:
+        def op(conn: sqlite3.Connection, touched: set[str]) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT c.spec, c.delivered, c.lost,"
+                " (SELECT COUNT(*) FROM topic_pending p WHERE p.consumer = c.name)"
+                " FROM topic_consumers c ORDER BY c.name"
+            ).fetchall()
+
+        rows: list[tuple[Any, ...]] = await self._db.read(op)
+        return [
+            ConsumerRecord(_spec_decoder.decode(blob), position, pending, lost)
+            for blob, position, lost, pending in rows
+        ]
 
     async def open_consumer(self, spec: ConsumerSpec, *, now: float) -> None:
         blob = _spec_encoder.encode(spec)

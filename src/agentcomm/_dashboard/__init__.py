@@ -1,0 +1,1 @@
+"""The live dashboard (`agentcomm dashboard`, `agentcomm.dashboard.build_dashboard_app`)."""

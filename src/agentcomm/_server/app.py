@@ -1,0 +1,244 @@
+"""The Starlette application: `build_app(url)` (the hook other parts mount into)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .._errors import AgentCommError, AuthenticationFailed, ValidationError
+from .._hub import Hub, connect
+from . import routes_admin, routes_kv, routes_messages, routes_refs, routes_streams  # noqa: F401 (routes)
+from .api import ENDPOINTS, Call, Endpoint, Receipts
+from .errors import error_response
+from .limits import RateLimiter, ServerSettings
+from .openapi import openapi_document
+from .rpc import events, invoke
+from .schemas import Health
+from .tokens import TokenInfo, TokenStore
+
+__all__ = ["DRAIN_CHANNEL", "ServerState", "build_app"]
+
+#: The wake-up channel a stopping server notifies, so long polls answer at once.
+DRAIN_CHANNEL = "server-drain"
+_FIELD = re.compile(r"at `\$\.?([^`\[]*)")
+
+
+class ServerState:
+    """What every request of one server shares: the hub, the tokens, the limits."""
+
+    def __init__(self, url: str | None, settings: ServerSettings, hub_options: Mapping[str, Any]):
+        self.settings = settings
+        self.hub: Hub = connect(url, **hub_options)
+        self.tokens = TokenStore(self.hub._ctx.backend, self.hub._ctx.now)
+        self.receipts = Receipts(b"")
+        self.limiter = RateLimiter(settings.rate, settings.burst)
+        self.stopping = asyncio.Event()  # bound to a loop on first wait
+        self.drain = DRAIN_CHANNEL
+        self.taps: set[Callable[[list[str]], None]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Lifespans of mounted apps, entered after the hub opens and left before it closes.
+        self.lifespans: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
+        #: Called (on the loop) when the server begins to stop, e.g. to end event streams.
+        self.on_stop: list[Callable[[], None]] = []
+
+    async def open(self) -> None:
+        """Open the hub and load the receipt secret."""
+        await self.hub.open()
+        self.loop = asyncio.get_running_loop()
+        self.receipts = Receipts(await self.tokens.secret("receipts"))
+        self.hub._ctx.notifier.taps.append(self._tap)
+
+    def _tap(self, channels: list[str]) -> None:
+        for tap in list(self.taps):
+            tap(channels)
+
+    def stop(self) -> None:
+        """Begin shutting down: long polls and streams answer now; new ones do not wait."""
+        self.stopping.set()
+        for hook in self.on_stop:
+            hook()
+        with contextlib.suppress(AgentCommError):
+            self.hub._ctx.notifier.notify((self.drain,))
+
+    async def close(self) -> None:
+        """Close the hub (after the HTTP server stopped taking requests)."""
+        self.stop()
+        await self.hub.aclose()
+
+    async def authenticate(self, request: Request) -> TokenInfo:
+        """The request's token (401 if missing, unknown or revoked)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationFailed(
+                "Send a token: 'Authorization: Bearer act_...' (agentcomm token create)."
+            )
+        return await self.tokens.authenticate(token.strip())
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 (ValidationError) once it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _TooLarge(ValidationError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The request body is larger than the server's limit of {limit} bytes.")
+
+
+def _decode(raw: bytes, body_type: type) -> Any:
+    try:
+        return msgspec.json.decode(raw or b"{}", type=body_type)
+    except msgspec.ValidationError as exc:
+        m = _FIELD.search(str(exc))
+        raise _BadField(str(exc), m.group(1) if m else None) from None
+    except msgspec.DecodeError as exc:
+        raise _BadField(f"The body is not valid JSON: {exc}", None) from None
+
+
+class _BadField(ValidationError):
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _failure(exc: BaseException) -> Response:
+    if isinstance(exc, ClientDisconnect):  # nobody reads the answer: not a server error
+        return Response(status_code=400)
+    if isinstance(exc, _TooLarge):
+        return error_response(exc, status=413, field="body")
+    if isinstance(exc, _BadField):
+        return error_response(exc, field=exc.field)
+    return error_response(exc)
+
+
+def _json_endpoint(ep: Endpoint) -> Callable[[Request], Any]:
+    async def handle(request: Request) -> Response:
+        server: ServerState = request.app.state.server
+        try:
+            token = await server.authenticate(request)
+            server.limiter.take(token.id)
+            call = Call(request, server, token)
+            if ep.body is not None:
+                call.body = _decode(await read_body(request, server.settings.max_body), ep.body)
+            result = await ep.handler(call)
+            if isinstance(result, Response):
+                return result
+            return Response(msgspec.json.encode(result), media_type="application/json")
+        except Exception as exc:  # typed errors become bodies; anything else a bare 500
+            return _failure(exc)
+
+    return handle
+
+
+async def _store_call(request: Request) -> Response:
+    server: ServerState = request.app.state.server
+    try:
+        token = await server.authenticate(request)
+        server.limiter.take(token.id)
+        raw = await read_body(request, server.settings.max_body)
+        call = Call(request, server, token)
+        feature, method = request.path_params["feature"], request.path_params["method"]
+        return Response(await invoke(call, feature, method, raw), media_type="application/msgpack")
+    except Exception as exc:
+        return _failure(exc)
+
+
+async def _events(request: Request) -> Response:
+    server: ServerState = request.app.state.server
+    try:
+        token = await server.authenticate(request)
+        server.limiter.take(token.id)
+    except Exception as exc:
+        return _failure(exc)
+    return StreamingResponse(
+        events(Call(request, server, token)), media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
+    )  # fmt: skip
+
+
+async def _health(request: Request) -> Response:
+    server: ServerState = request.app.state.server
+    backend = type(server.hub._ctx.backend).__name__.removesuffix("Backend").lower()
+    return Response(msgspec.json.encode(Health("ok", backend)), media_type="application/json")
+
+
+class _AtRoot:
+    """A mounted app answering at its mount path itself (`/mcp` as `/mcp/`, no redirect)."""
+
+    def __init__(self, path: str, app: ASGIApp) -> None:
+        self.path, self.app = path, app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root = scope.get("root_path", "")
+        scope = {**scope, "root_path": root + self.path, "path": root + self.path + "/"}
+        await self.app(scope, receive, send)
+
+
+def build_app(
+    url: str | None = None,
+    *,
+    settings: ServerSettings | None = None,
+    hub_options: Mapping[str, Any] | None = None,
+    mounts: Mapping[str, Callable[[ServerState], ASGIApp]] | None = None,
+) -> Starlette:
+    """The agentcomm server as an ASGI app over the store at `url` (default as `connect()`).
+
+    `mounts` maps a path (e.g. "/mcp", "/dashboard") to a factory given the `ServerState`
+    (its `hub`, `tokens` and `authenticate`) that returns the ASGI app to mount there; it
+    answers at `path` itself and under `path/`. Mounted apps check their own requests (e.g.
+    `await state.authenticate(request)` and `authz.need_admin`); a factory that needs a
+    lifespan appends it to `state.lifespans` (entered once the hub is open, left before it
+    closes) and a stop hook to `state.on_stop`. The hub opens with the app's lifespan and
+    closes after the last request.
+    """
+    server = ServerState(url, settings or ServerSettings(), hub_options or {})
+    routes: list[BaseRoute] = [
+        Route("/healthz", _health, methods=["GET"]),
+        Route(
+            "/openapi.json",
+            lambda r: Response(openapi_document(), media_type="application/json"),
+            methods=["GET"],
+        ),
+        Route("/v1/store/events", _events, methods=["GET"]),
+        Route("/v1/store/{feature}/{method}", _store_call, methods=["POST"]),
+    ]
+    for ep in ENDPOINTS:
+        routes.append(Route(ep.path, _json_endpoint(ep), methods=[ep.method]))
+    for path, factory in (mounts or {}).items():
+        sub = factory(server)
+        routes += [Route(path, _AtRoot(path, sub)), Mount(path, app=sub)]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await server.open()
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for mounted in server.lifespans:
+                    await stack.enter_async_context(mounted())
+                yield
+        finally:
+            await server.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.server = server
+    return app
