@@ -15,6 +15,7 @@ import redis
 
 import agentcomm
 from agentcomm._backends.redis import RedisBackend
+from agentcomm._backends.redis.leases_lua import LEASES
 from agentcomm._backends.redis.mailbox_lua import MAILBOX
 from agentcomm._backends.redis.pools_lua import POOLS
 from agentcomm._backends.redis.references_lua import REFS
@@ -25,7 +26,7 @@ from redis_server import BINARY, drop_prefixes
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
 
-ALL_SCRIPTS = [MAILBOX, TOPICS, KV, REFS, POOLS]
+ALL_SCRIPTS = [MAILBOX, TOPICS, KV, REFS, POOLS, LEASES]
 
 
 @pytest.fixture

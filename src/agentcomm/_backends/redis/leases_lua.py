@@ -9,13 +9,12 @@ caller reads again.
 
 from __future__ import annotations
 
-from .scripts import COMMON, Lua
+from .scripts import COMMON, Lua, Part
 
 LEASES = Lua(
     "leases",
-    (COMMON,),
+    (COMMON, Part("\nlocal H, V\n", "\nH, V = P .. 'leases', P .. 'leases:v'\n")),
     r"""
-local H, V = P .. 'leases', P .. 'leases:v'
 
 if OP == 'read' then
   return {redis.call('GET', V) or '0', redis.call('HGETALL', H)}

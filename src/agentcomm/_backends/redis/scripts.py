@@ -3,9 +3,9 @@
 Every state change of the Redis backend is one script call, so it is atomic against every
 other hub on the same server and costs one round trip. Each feature has one script beside it
 (`mailbox_lua.py`, whose functions are in `mailbox_lua_functions.py`, `topics_lua.py`,
-`shared_memory_lua.py`, `references_lua.py`, `pools_lua.py`), dispatching on an operation
-name; each starts with `COMMON` and, when its rows carry payloads, the reference holds of
-`ref_holds.py`.
+`shared_memory_lua.py`, `references_lua.py`, `pools_lua.py`, `leases_lua.py`), dispatching on
+an operation name; each starts with `COMMON` and, when its rows carry payloads, the reference
+holds of `ref_holds.py`.
 
 A script is a `Lua`: parts whose definitions (state and functions) are set up once and whose
 `begin` resets that state on each call, then a body run on each call. On Redis 7 and newer
