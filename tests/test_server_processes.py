@@ -117,6 +117,15 @@ async def main(url, token, role):
 """
 
 
+def _wait_for_agents(store: str, names: set[str], timeout: float = 60.0) -> None:
+    """Wait until `names` are registered agents of the store (the clients' first step)."""
+    deadline = time.monotonic() + timeout
+    with agentcomm.sync.connect(store) as hub:
+        while not names <= {a.name for a in hub.agents()}:
+            assert time.monotonic() < deadline, f"{names} were not registered in {timeout} s"
+            time.sleep(0.05)
+
+
 def test_three_client_processes_on_separate_tokens(served: ServerProcess) -> None:
     tokens = _tokens(served.store, [
         Principal(agents=["c1"], publish=["jobs.>"]),
@@ -127,7 +136,7 @@ def test_three_client_processes_on_separate_tokens(served: ServerProcess) -> Non
     # c2 and c3 first, so the requests and mail find their agents registered
     c2 = spawn(CLIENT, served.url, tokens[1], "c2")
     c3 = spawn(CLIENT, served.url, tokens[2], "c3")
-    time.sleep(3)
+    _wait_for_agents(served.store, {"c2", "c3"})
     c1 = spawn(CLIENT, served.url, tokens[0], "c1")
     out1, out2, out3 = finish(c1, 120), finish(c2, 120), finish(c3, 120)
     assert "reply 42" in out1
