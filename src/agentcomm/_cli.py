@@ -518,6 +518,10 @@ def token_create(
         list[str] | None, typer.Option("--kv", help="NAMESPACE:r or NAMESPACE:rw (glob allowed).")
     ] = None,
     pool: Annotated[list[str] | None, typer.Option("--pool", help="Pool name or glob.")] = None,
+    lease: Annotated[
+        list[str] | None,
+        typer.Option("--lease", help="Glob over the file patterns it may lease (src/api/*)."),
+    ] = None,
     admin: Annotated[
         bool, typer.Option("--admin", help="Inspect, redrive, purge, tokens.")
     ] = False,
@@ -535,7 +539,7 @@ def token_create(
         spaces[name] = access
     principal = Principal(
         agents=agent or [], publish=publish or [], subscribe=subscribe or [], kv=spaces,
-        pools=pool or [], admin=admin,
+        pools=pool or [], leases=lease or [], admin=admin,
     )  # fmt: skip
     token, info = _tokens_run(url, lambda store: store.create(principal, label))
     Console(stderr=True).print(f"token {info.id} created; it is shown once:")
@@ -548,14 +552,14 @@ def token_list(
 ) -> None:
     """List the tokens (never their secrets)."""
     infos = _tokens_run(url, lambda store: store.list())
-    table = Table("id", "label", "agents", "publish", "subscribe", "kv", "pools", "admin",
-                  "created")  # fmt: skip
+    table = Table("id", "label", "agents", "publish", "subscribe", "kv", "pools", "leases",
+                  "admin", "created")  # fmt: skip
     for i in infos:
         p = i.principal
         table.add_row(
             i.id, i.label, " ".join(p.agents), " ".join(p.publish), " ".join(p.subscribe),
             " ".join(f"{k}:{v}" for k, v in p.kv.items()), " ".join(p.pools),
-            "yes" if p.admin else "", _when(i.created_at),
+            " ".join(p.leases), "yes" if p.admin else "", _when(i.created_at),
         )  # fmt: skip
     Console().print(table)
 
