@@ -22,7 +22,7 @@ ADMIN_TOKEN = "act_feedfacecafe_test-secret-0123456789abcdef"
 EVERYTHING = Principal(
     agents=["*"], publish=[">"], subscribe=[">"], kv={"*": "rw"}, pools=["*"], leases=["*"],
     admin=True,
-)
+)  # fmt: skip
 
 
 class LiveServer:

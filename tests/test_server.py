@@ -17,8 +17,9 @@ from agentcomm._subjects import parse_pattern
 from live_server import LiveServer
 
 ALICE = Principal(agents=["alice"], publish=["a.>"], subscribe=["a.>"], kv={"proj": "rw"},
-                  pools=["p-*"])  # fmt: skip
-BOB = Principal(agents=["bob"], publish=["b.>"], subscribe=["b.>"], kv={"other": "rw"})
+                  pools=["p-*"], leases=["src/*"])  # fmt: skip
+BOB = Principal(agents=["bob"], publish=["b.>"], subscribe=["b.>"], kv={"other": "rw"},
+                leases=["*"])  # fmt: skip
 
 
 @pytest.fixture
@@ -68,7 +69,8 @@ def _state(admin: Api) -> Any:
     keys = admin.ok("GET", "/v1/kv/proj")["keys"]
     values = [admin.ok("GET", f"/v1/kv/proj/{k}")["version"] for k in keys]
     topics = admin.ok("GET", "/v1/admin/stats")
-    return queues, keys, values, topics
+    leases = admin.ok("GET", "/v1/leases")["leases"]
+    return queues, keys, values, topics, leases
 
 
 def _receipt(alice: Api) -> str:
@@ -102,8 +104,12 @@ MATRIX: list[tuple[str, str, str, Any]] = [
     ("dead-letters", "GET", "/v1/admin/agents/alice/dead-letters", None),
     ("redrive", "POST", "/v1/admin/agents/alice/dead-letters/redrive", {}),
     ("token-create", "POST", "/v1/admin/tokens", {"principal": {"agents": ["x"]}}),
+    ("purge", "POST", "/v1/admin/agents/alice/purge", {"dead_letters": True}),
+    ("lease-acquire", "POST", "/v1/agents/alice/leases", {"patterns": ["src/a.py"]}),
+    ("lease-renew", "POST", "/v1/agents/alice/leases/renew", {"ttl": 99}),
+    ("lease-release", "POST", "/v1/agents/alice/leases/release", {}),
 ]  # fmt: skip
-_ADMIN_ONLY = {"stats", "queues", "dead-letters", "redrive", "token-create"}
+_ADMIN_ONLY = {"stats", "queues", "dead-letters", "redrive", "token-create", "purge"}
 
 
 @pytest.mark.parametrize(("name", "method", "path", "body"), MATRIX, ids=[m[0] for m in MATRIX])
@@ -114,6 +120,7 @@ def test_authorization_matrix(
     admin.ok("POST", "/v1/agents/bob/send", {"to": "alice", "data": "hi"})
     admin.ok("PUT", "/v1/kv/proj/k", {"value": 1})
     admin.ok("PUT", "/v1/agents/alice/memory/k", {"value": 1})
+    admin.ok("POST", "/v1/agents/alice/leases", {"patterns": ["src/held.py"], "ttl": 60})
     receipt = _receipt(alice) if callable(body) else ""
     payload = body(receipt) if callable(body) else body
     # another agent's token: 403 with a typed body, and the store unchanged
@@ -127,6 +134,47 @@ def test_authorization_matrix(
     owner = admin if name in _ADMIN_ONLY else alice
     done = owner(method, path, payload)
     assert done.status_code == 200, done.text
+
+
+def test_admin_purge_empties_a_mailbox(apis: tuple[Api, Api, Api]) -> None:
+    admin, alice, _ = apis
+    for n in range(3):
+        admin.ok("POST", "/v1/agents/bob/send", {"to": "alice", "data": n})
+    alice.ok("POST", "/v1/agents/alice/receive", {"max_messages": 1})  # one in flight
+    denied = alice("POST", "/v1/admin/agents/alice/purge", {})
+    assert denied.status_code == 403 and denied.json()["error"]["type"] == "PermissionDenied"
+    assert admin.ok("POST", "/v1/admin/agents/alice/purge", {}) == {"agent": "alice",
+                                                                     "removed": 3}  # fmt: skip
+    box = next(q for q in admin.ok("GET", "/v1/admin/queues")["queues"] if q["agent"] == "alice")
+    assert box["ready"] == box["in_flight"] == 0
+    assert admin.ok("POST", "/v1/admin/agents/alice/purge", {})["removed"] == 0
+    unknown = admin("POST", "/v1/admin/agents/nobody/purge", {})
+    assert unknown.status_code == 404
+
+
+def test_leases_need_the_owner_and_a_grant(apis: tuple[Api, Api, Api]) -> None:
+    admin, alice, bob = apis
+    got = alice.ok("POST", "/v1/agents/alice/leases",
+                   {"patterns": ["src/api.py", "src/**"], "reason": "refactor"})  # fmt: skip
+    assert [g["pattern"] for g in got["granted"]] == ["src/api.py", "src/**"]
+    outside = alice("POST", "/v1/agents/alice/leases", {"patterns": ["src/x.py", "docs/a.md"]})
+    assert outside.status_code == 403 and "docs/a.md" in outside.json()["error"]["message"]
+    # bob may lease anything, as bob: the conflict names alice's lease
+    clash = bob.ok("POST", "/v1/agents/bob/leases", {"patterns": ["src/api.py"]})
+    assert clash["granted"] == [] and clash["conflicts"][0]["lease"]["owner"] == "alice"
+    bob.ok("POST", "/v1/agents/bob/leases", {"patterns": ["docs/**"], "exclusive": False})
+    # alice sees her own and those her grant covers; an admin sees all
+    seen = alice.ok("GET", "/v1/leases")["leases"]
+    assert {x["pattern"] for x in seen} == {"src/api.py", "src/**"}
+    assert len(admin.ok("GET", "/v1/leases")["leases"]) == 3
+    mine = alice.ok("GET", "/v1/leases?overlapping=src/api.py")["leases"]
+    assert {x["pattern"] for x in mine} == {"src/api.py", "src/**"}
+    renewed = alice.ok("POST", "/v1/agents/alice/leases/renew", {"patterns": ["src/**"],
+                                                                 "ttl": 10})  # fmt: skip
+    assert [x["pattern"] for x in renewed["leases"]] == ["src/**"]
+    released = alice.ok("POST", "/v1/agents/alice/leases/release", {})
+    assert {x["pattern"] for x in released["leases"]} == {"src/api.py", "src/**"}
+    assert [x["owner"] for x in admin.ok("GET", "/v1/leases")["leases"]] == ["bob"]
 
 
 def test_a_receipt_works_only_under_its_agent(apis: tuple[Api, Api, Api]) -> None:
@@ -247,6 +295,17 @@ async def test_python_client_is_held_to_its_token(server: LiveServer) -> None:
         await bob.publish("b.x", 1)
         await hub.memory("other").put("k", 1)
         assert [a.name for a in await hub.agents()] == ["bob"]
+        with pytest.raises(agentcomm.PermissionDenied):
+            await hub.leases.acquire("alice", ["src/x.py"])
+        with pytest.raises(agentcomm.PermissionDenied):
+            await hub.leases.release("alice")
+        assert (await hub.leases.acquire("bob", ["lib/x.py"])).ok
+    async with agentcomm.connect(server.url, token=server.token_for(ALICE)) as hub:
+        with pytest.raises(agentcomm.PermissionDenied):
+            await hub.leases.acquire("alice", ["docs/x.md"])
+        assert await hub.leases.list() == []  # bob's lib/x.py: not alice's, nor her grant's
+        assert (await hub.leases.acquire("alice", ["src/y.py"])).ok
+        assert [x.pattern for x in await hub.leases.list()] == ["src/y.py"]
     with pytest.raises(agentcomm.AuthenticationFailed):
         await agentcomm.connect(server.url, token="act_00_nope-nope-nope-nope-nope")
 

@@ -17,7 +17,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._errors import AgentCommError, AuthenticationFailed, ValidationError
 from .._hub import Hub, connect
-from . import routes_admin, routes_kv, routes_messages, routes_refs, routes_streams  # noqa: F401 (routes)
+from . import (  # noqa: F401 (routes)
+    routes_admin,
+    routes_kv,
+    routes_leases,
+    routes_messages,
+    routes_refs,
+    routes_streams,
+)
 from .api import ENDPOINTS, Call, Endpoint, Receipts
 from .errors import error_response
 from .limits import RateLimiter, ServerSettings

@@ -3,9 +3,10 @@
 A token names a `Principal`: the agents it may act as (exact names or globs), the topic
 patterns it may publish and subscribe within, the shared-memory namespaces it may read (`r`)
 or read and write (`rw`), the pools it may join and act in, the file globs it may take
-coordination leases on, and `admin` (inspect, redrive, purge, tokens). A check either returns or raises `PermissionDenied`, naming what the token
-lacks. The routes of the JSON API and the store calls of the Python client call these
-functions before they touch the store; nothing else decides who may do what.
+coordination leases on, and `admin` (inspect, redrive, purge, tokens). A check either
+returns or raises `PermissionDenied`, naming what the token lacks. The routes of the JSON
+API and the store calls of the Python client call these functions before they touch the
+store; nothing else decides who may do what.
 """
 
 from __future__ import annotations

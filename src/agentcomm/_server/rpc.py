@@ -21,10 +21,10 @@ from typing import Any
 import msgspec
 
 from .._backends.http.calls import CALLS, StoreCall, wire_result
-from .._errors import NotFound, PermissionDenied, ValidationError
-from .._records import TopicBatch
 from .._coord_leases import MAX_PATTERNS, MAX_REASON
+from .._errors import NotFound, PermissionDenied, ValidationError
 from .._globs import normalize
+from .._records import TopicBatch
 from .._validation import check_name, check_positive, check_text
 from . import authz
 from .api import Call
