@@ -3,6 +3,9 @@ Python client's permissions, and schemathesis over /openapi.json (bounded)."""
 
 from __future__ import annotations
 
+import hashlib
+import random
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -266,6 +269,82 @@ def test_references_upload_and_download_checksummed(server: LiveServer) -> None:
     bad = api.http.post("/v1/refs", content=b"x", headers={"X-Checksum": "sha256:00"})
     assert bad.json()["error"]["type"] == "IntegrityError"
     assert api.http.get("/v1/refs/sha256:" + "0" * 64).status_code == 404
+
+
+_MIB = 1024 * 1024
+
+
+def _stored(db: Path) -> tuple[int, int, int]:
+    """Rows of blobs, uploads (staged or committed) and chunks in a SQLite store."""
+    with sqlite3.connect(db) as conn:
+        return tuple(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[return-value]
+                     for t in ("refs", "ref_blobs", "ref_chunks"))  # fmt: skip
+
+
+def _body(data: bytes, piece: int = 50_000) -> Iterator[bytes]:
+    """`data` as a chunked request body (no Content-Length)."""
+    for i in range(0, len(data), piece):
+        yield data[i : i + piece]
+
+
+def test_references_stream_past_max_body_and_back(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    settings = ServerSettings(max_body=64 * 1024, max_blob=6 * _MIB)
+    with LiveServer(f"sqlite:///{db}", settings) as server:
+        api = Api(server, server.token)
+        staged: list[int] = []
+        refs = server.state.hub._ctx.backend.references
+        assert refs is not None
+        stage = refs.ref_stage
+
+        async def counting(upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
+            staged.append(len(chunk))
+            return await stage(upload, n, chunk, now=now)
+
+        refs.ref_stage = counting  # type: ignore[method-assign]
+        noise = random.Random(7).randbytes(3 * _MIB + 12345)  # incompressible: stored as is
+        text = b"".join(b"line %d of a log\n" % i for i in range(300_000))  # compressible
+        for blob in (noise, text):
+            staged.clear()
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            up = api.http.post("/v1/refs", content=_body(blob), headers={"X-Checksum": digest})
+            assert up.status_code == 200, up.text
+            out = up.json()
+            assert out["id"] == digest and out["size"] == len(blob)
+            # read and stored piece by piece, each a fraction of the blob
+            assert len(staged) == -(-len(blob) // _MIB) and max(staged) <= _MIB + 64
+            with api.http.stream("GET", f"/v1/refs/{digest}") as got:
+                assert got.headers["X-Checksum"] == digest
+                assert int(got.headers["Content-Length"]) == len(blob)
+                assert b"".join(got.iter_bytes()) == blob
+        assert out["compression"] == "zstd" and out["stored_size"] < len(text) // 4
+        assert _stored(db)[0] == 2
+        # a blob of one piece is stored whole, with a Content-Length body too
+        small = api.http.post("/v1/refs?content_type=text/plain", content=b"x" * 100_000)
+        assert small.status_code == 200 and small.json()["content_type"] == "text/plain"
+
+
+def test_references_refused_uploads_store_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    settings = ServerSettings(max_body=64 * 1024, max_blob=3 * _MIB)
+    with LiveServer(f"sqlite:///{db}", settings) as server:
+        api = Api(server, server.token)
+        before = _stored(db)
+        blob = random.Random(8).randbytes(2 * _MIB + 1)
+        wrong = "sha256:" + hashlib.sha256(b"other").hexdigest()
+        bad = api.http.post("/v1/refs", content=_body(blob), headers={"X-Checksum": wrong})
+        assert bad.status_code == 422 and bad.json()["error"]["type"] == "IntegrityError"
+        assert _stored(db) == before
+        # over max_blob: streamed (found out while reading) and declared (refused at once)
+        big = random.Random(9).randbytes(3 * _MIB + 1)
+        over = api.http.post("/v1/refs", content=_body(big))
+        assert over.status_code == 413 and over.json()["error"]["field"] == "body"
+        assert _stored(db) == before
+        declared = api.http.post("/v1/refs", content=big)
+        assert declared.status_code == 413 and _stored(db) == before
+        digest = "sha256:" + hashlib.sha256(big).hexdigest()
+        assert api.http.get(f"/v1/refs/{digest}").status_code == 404
+        assert api.http.get("/v1/refs/sha256:nothex").status_code == 422
 
 
 def test_pattern_covers() -> None:

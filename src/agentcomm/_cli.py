@@ -443,6 +443,9 @@ def serve(
     max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 above).")] = 8
     * 1024
     * 1024,
+    max_blob: Annotated[
+        int, typer.Option(help="Largest blob POST /v1/refs takes, in bytes (413 above).")
+    ] = 1024 * 1024 * 1024,
     max_wait: Annotated[float, typer.Option(help="Longest long poll, in seconds.")] = 60.0,
     rate: Annotated[
         float, typer.Option(help="Requests/s per token on average (0: unlimited).")
@@ -471,7 +474,9 @@ def serve(
             raise
         _fail(f"agentcomm serve needs {exc.name!r}: pip install 'agentcomm[server]'.")
         return
-    settings = ServerSettings(max_body=max_body, max_wait=max_wait, rate=rate, burst=burst)
+    settings = ServerSettings(
+        max_body=max_body, max_blob=max_blob, max_wait=max_wait, rate=rate, burst=burst
+    )
     mounts: dict[str, Any] = {}
     try:
         from ._server.mounts import dashboard_mount, mcp_mount
