@@ -33,7 +33,7 @@ def _out(ref: Ref) -> RefOut:
        "server's max_blob; header X-Checksum: sha256:<hex> is verified when sent, nothing is "
        "stored on a mismatch); kept at least `ttl` seconds", tag=TAG, response=RefOut,
        query=[("ttl", "number", "Seconds the blob is kept at least (default 86400)."),
-              ("content_type", "string", "Its media type.")])  # fmt: skip
+              ("content_type", "string", "Its media type.")], raw_body=True)  # fmt: skip
 async def upload(call: Call) -> RefOut:
     from .app import read_stream
 
