@@ -347,6 +347,24 @@ def test_references_refused_uploads_store_nothing(tmp_path: Path) -> None:
         assert api.http.get("/v1/refs/sha256:nothex").status_code == 422
 
 
+def test_a_damaged_blob_downloads_short_of_its_length(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with LiveServer(f"sqlite:///{db}") as server:
+        api = Api(server, server.token)
+        blob = random.Random(10).randbytes(3 * _MIB)  # three stored chunks, uncompressed
+        ref_id = api.http.post("/v1/refs", content=blob).json()["id"]
+        with sqlite3.connect(db) as conn:  # flip one byte of the middle chunk
+            key, data = conn.execute("SELECT key, data FROM ref_chunks ORDER BY key").fetchall()[1]
+            conn.execute("UPDATE ref_chunks SET data = ? WHERE key = ?",
+                         (bytes([data[0] ^ 1]) + data[1:], key))  # fmt: skip
+        got = bytearray()
+        with pytest.raises(httpx.HTTPError), api.http.stream("GET", f"/v1/refs/{ref_id}") as r:
+            assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(blob)
+            for piece in r.iter_bytes():
+                got += piece
+        assert len(got) < len(blob)
+
+
 def test_pattern_covers() -> None:
     def covers(a: str, b: str) -> bool:
         return pattern_covers(parse_pattern(a), parse_pattern(b))
