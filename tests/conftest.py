@@ -19,19 +19,52 @@ BACKENDS = ["memory", "sqlite", "redis", "http"]
 #: SQLite store, hubs with an all-permissions admin token) in every run. Set
 #: AGENTCOMM_TEST_HTTP=1 to run every conformance test over it (slower: a server per store).
 HTTP_FILES = {"test_mailbox.py", "test_requests.py", "test_leases.py"}
-#: Conformance tests that do not hold over the server, and why (docs/server.md).
+#: Why a conformance test cannot hold over the server (docs/server.md "Conformance over the
+#: server"): each is a consequence of the server running the store, its clock and its
+#: housekeeping, not a gap in the client.
+_CLOCK = (
+    "a client's clock= does not move the server's clock, which decides TTLs, leases and due times"
+)
+_SERVER_SETTINGS = (
+    "retention=, RefConfig(gc=...) and prune passes are the server hub's, not the client's"
+)
+_TIMING = "its 0.2 s lease can pass within the round trips of a loaded machine"
+#: Conformance tests that do not hold over the server (test name, or name[params]) -> why.
 HTTP_DIFFERS = {
-    "test_retention_prunes_acked_and_dead_rows": "retention= is the server hub's, not the client's",
-    "test_housekeeping_survives_an_unexpected_error": "housekeeping runs on the server",
-    "test_unacked_message_is_redelivered_after_lease": "its 0.2 s lease can pass within the "
-    "round trips of a loaded machine",
-    "test_leases_expire_by_ttl": "expiry is decided by the server's clock, not the client's "
-    "fake one",
-    "test_grants_and_conflicts_follow_a_model": "expiry is decided by the server's clock, not "
-    "the client's fake one",
-    "test_store_matches_a_dict_model": "hypothesis reports flaky data generation over the "
-    "server (not investigated yet)",
-}
+    **dict.fromkeys([
+        "test_a_ttl_passes_when_the_clock_moves",
+        "test_a_delay_becomes_due_when_the_clock_moves",
+        "test_a_lease_expires_when_the_clock_moves",
+        "test_a_shared_memory_ttl_passes_when_the_clock_moves",
+        "test_wait_for_mail_sees_a_delayed_message_fall_due_and_a_lease_end",
+        "test_released_deliveries_never_count_as_attempts",
+        "test_a_request_that_expires_fails_as_expired",
+        "test_release_skips_a_delivery_whose_lease_passed_to_another",
+        "test_presence_reports_active_idle_and_gone",
+        "test_a_wake_times_out_with_nobody_watching",
+        "test_leases_expire_by_ttl",
+        "test_grants_and_conflicts_follow_a_model",
+    ], _CLOCK),
+    **dict.fromkeys([
+        "test_retention_prunes_acked_and_dead_rows",
+        "test_housekeeping_survives_an_unexpected_error",
+        "test_watch_reports_a_gap_when_retention_dropped_records",
+        "test_dead_letters_hold_until_pruned",
+        "test_pruned_topic_records_release_their_payloads",
+        "test_refcounts_follow_a_model[http-manual-1]",
+        "test_refcounts_follow_a_model[http-manual-2]",
+        "test_refcounts_follow_a_model[http-manual-3]",
+        "test_manual_evicts_only_on_gc",
+        "test_ttl_evicts_expired_unreferenced_only",
+        "test_background_passes_evict_except_under_manual[http-manual]",
+        "test_ttl_never_evicts_what_a_live_message_holds",
+        "test_a_request_dead_lettered_by_a_prune_pass_fails",
+        "test_pruned_after_lease_ended_counts_as_lost",
+        "test_consumer_behind_retention_is_told_what_it_lost",
+        "test_retention_by_age",
+    ], _SERVER_SETTINGS),
+    "test_unacked_message_is_redelivered_after_lease": _TIMING,
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -47,7 +80,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not everything and item.path.name not in HTTP_FILES:
             dropped.append(item)
             continue
-        reason = HTTP_DIFFERS.get(getattr(item, "originalname", item.name))
+        reason = HTTP_DIFFERS.get(item.name) or HTTP_DIFFERS.get(getattr(item, "originalname", ""))
         if reason is not None:
             item.add_marker(pytest.mark.skip(reason=f"over the server: {reason}"))
         kept.append(item)
@@ -115,7 +148,10 @@ def fresh_url(
         if backend_name == "http":  # a server of its own over a fresh SQLite store
             from live_server import LiveServer
 
-            servers.append(LiveServer(f"sqlite:///{tmp_path / name}.db").__enter__())
+            # a module may set the server hub's options (HTTP_HUB_OPTIONS: e.g. no passes)
+            options = getattr(request.module, "HTTP_HUB_OPTIONS", None)
+            server = LiveServer(f"sqlite:///{tmp_path / name}.db", hub_options=options)
+            servers.append(server.__enter__())
             return str(servers[-1].url)
         if backend_name == "redis":
             # a key prefix of its own isolates this store on the shared server

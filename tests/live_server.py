@@ -33,14 +33,17 @@ class LiveServer:
         store_url: str,
         settings: ServerSettings | None = None,
         mounts: Mapping[str, Callable[[ServerState], ASGIApp]] | None = None,
+        hub_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.store_url = store_url
         self.app = build_app(
-            store_url, settings=settings or ServerSettings(max_wait=60.0), mounts=mounts
-        )
+            store_url, settings=settings or ServerSettings(max_wait=60.0), mounts=mounts,
+            hub_options=hub_options,
+        )  # fmt: skip
         self.state: ServerState = self.app.state.server
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=5)  # fmt: skip
+                                lifespan="on", timeout_graceful_shutdown=5,
+                                timeout_keep_alive=30)  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = ""

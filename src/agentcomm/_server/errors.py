@@ -82,7 +82,8 @@ _STATUS: tuple[tuple[type[AgentCommError], int], ...] = (
 
 #: The attributes of an error that travel with it (all plain values).
 _ATTRS = ("key", "expected", "actual", "received", "attempts", "recipient", "correlation_id",
-          "reason", "expired", "retry_after", "type", "message", "data", "sender")  # fmt: skip
+          "reason", "expired", "retry_after", "type", "message", "data", "sender", "ref_id",
+          "holder")  # fmt: skip
 
 
 def status_of(exc: AgentCommError) -> int:

@@ -28,6 +28,9 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     burst: int = 200
     #: Seconds in-flight requests get to finish on shutdown (long polls are answered at once).
     shutdown_grace: float = 10.0
+    #: Seconds an idle keep-alive connection stays open. Longer than the Python client keeps
+    #: idle connections (10 s), so the server never closes one as the client reuses it.
+    keep_alive: float = 30.0
 
 
 class RateLimiter:

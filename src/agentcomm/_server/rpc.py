@@ -22,7 +22,7 @@ import msgspec
 
 from .._backends.http.calls import CALLS, StoreCall, wire_result
 from .._coord_leases import MAX_PATTERNS, MAX_REASON
-from .._errors import NotFound, PermissionDenied, ValidationError
+from .._errors import NotFound, PermissionDenied, RefNotHeld, ValidationError
 from .._globs import normalize
 from .._records import TopicBatch
 from .._validation import check_name, check_positive, check_text
@@ -270,17 +270,23 @@ async def invoke(call: Call, feature: str, name: str, raw: bytes) -> bytes:
         raise ValidationError(f"Arguments of {feature}.{name} must be a msgpack map.") from None
     await CHECKS[(feature, name)](call, args)
     kwargs = msgspec.structs.asdict(args)
-    if "holder" in kwargs and kwargs["holder"] is not None:  # holders are per token
-        kwargs["holder"] = f"{call.token.id}:{kwargs['holder']}"
+    holder = kwargs.get("holder")
+    if holder is not None:  # holders are per token
+        kwargs["holder"] = f"{call.token.id}:{holder}"
     if spec.takes_now:
         kwargs["now"] = call.server.hub._ctx.now()
-    result = await getattr(_target(call, feature), name)(**kwargs)
+    try:
+        result = await getattr(_target(call, feature), name)(**kwargs)
+    except RefNotHeld as exc:  # name the caller's holder, not the server's namespaced one
+        raise RefNotHeld(exc.ref_id, holder or exc.holder) from None
     result = _filter(call, feature, name, result)
     return msgspec.msgpack.encode(wire_result(spec, result))
 
 
 def _filter(call: Call, feature: str, name: str, result: Any) -> Any:
     p = _p(call)
+    if name == "kv_spaces":  # the server's own namespace is no one's to see
+        return [s for s in result if s.namespace != authz.RESERVED_NAMESPACE]
     if p.admin and name != "read_topics":
         return result
     if name == "list_agents":

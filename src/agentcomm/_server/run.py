@@ -46,6 +46,7 @@ def serve(
     app = build_app(url, settings=settings, mounts=mounts)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace) or None, **uvicorn_options,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
+        timeout_keep_alive=max(1, round(settings.keep_alive)), **uvicorn_options,
     )  # fmt: skip
     _Server(config, app.state.server).run()

@@ -40,6 +40,7 @@ logger = logging.getLogger("agentcomm.http")
 #: Seconds one store call may take before it fails with BackendUnavailable.
 CALL_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
+KEEPALIVE_EXPIRY = 10.0
 _CLOSE_GRACE = 2.0
 
 
@@ -73,6 +74,9 @@ class _Link:
         self.client = httpx.AsyncClient(
             base_url=base, headers=headers,
             timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
+            # idle connections close well before the server's keep-alive (30 s) ends them, so
+            # a call never goes out on a connection the server is closing
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
         )  # fmt: skip
 
     async def call(self, spec: StoreCall, args: dict[str, Any]) -> Any:
