@@ -17,8 +17,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._errors import AgentCommError, AuthenticationFailed, ValidationError
 from .._hub import Hub, connect
-from . import routes_admin, routes_kv, routes_messages, routes_refs, routes_streams  # noqa: F401 (routes)
-from .api import ENDPOINTS, Call, Endpoint, Receipts
+from . import (  # noqa: F401 (routes)
+    routes_admin,
+    routes_kv,
+    routes_messages,
+    routes_pools,
+    routes_refs,
+    routes_streams,
+)
+from .api import ENDPOINTS, Call, Endpoint, FieldError, Receipts
 from .errors import error_response
 from .limits import RateLimiter, ServerSettings
 from .openapi import openapi_document
@@ -110,15 +117,9 @@ def _decode(raw: bytes, body_type: type) -> Any:
         return msgspec.json.decode(raw or b"{}", type=body_type)
     except msgspec.ValidationError as exc:
         m = _FIELD.search(str(exc))
-        raise _BadField(str(exc), m.group(1) if m else None) from None
+        raise FieldError(str(exc), m.group(1) if m else None) from None
     except msgspec.DecodeError as exc:
-        raise _BadField(f"The body is not valid JSON: {exc}", None) from None
-
-
-class _BadField(ValidationError):
-    def __init__(self, message: str, field: str | None) -> None:
-        super().__init__(message)
-        self.field = field
+        raise FieldError(f"The body is not valid JSON: {exc}", None) from None
 
 
 def _failure(exc: BaseException) -> Response:
@@ -126,7 +127,7 @@ def _failure(exc: BaseException) -> Response:
         return Response(status_code=400)
     if isinstance(exc, _TooLarge):
         return error_response(exc, status=413, field="body")
-    if isinstance(exc, _BadField):
+    if isinstance(exc, FieldError):
         return error_response(exc, field=exc.field)
     return error_response(exc)
 
