@@ -38,6 +38,7 @@ __all__ = ["DRAIN_CHANNEL", "ServerState", "build_app"]
 #: The wake-up channel a stopping server notifies, so long polls answer at once.
 DRAIN_CHANNEL = "server-drain"
 _FIELD = re.compile(r"at `\$\.?([^`\[]*)")
+_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
 
 
 class ServerState:
@@ -116,10 +117,20 @@ def _decode(raw: bytes, body_type: type) -> Any:
     try:
         return msgspec.json.decode(raw or b"{}", type=body_type)
     except msgspec.ValidationError as exc:
-        m = _FIELD.search(str(exc))
-        raise FieldError(str(exc), m.group(1) if m else None) from None
+        raise FieldError(str(exc), _field_of(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise FieldError(f"The body is not valid JSON: {exc}", None) from None
+
+
+def _field_of(message: str) -> str | None:
+    """The body field a msgspec error is about: `to.run` for "Object missing required field
+    `run` - at `$.to`", `filter.kinds` for "... - at `$.filter.kinds[0]`"."""
+    at = _FIELD.search(message)
+    where = at.group(1) if at else ""
+    named = _NAMED.search(message)
+    if named:
+        return f"{where}.{named.group(1)}" if where else named.group(1)
+    return where or None
 
 
 def _failure(exc: BaseException) -> Response:
