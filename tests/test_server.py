@@ -574,3 +574,23 @@ def test_a_stopping_server_ends_pool_watches_and_wake_polls(server: LiveServer) 
         t.join(10)
     assert not any(t.is_alive() for t in threads)
     assert seqs == [1, 2, 3] and polled == ["registered"]
+
+
+async def test_the_server_times_out_pool_wakes_that_nobody_reads(server: LiveServer) -> None:
+    """Wakes registered through the Python client's store calls time out on the server's own
+    pass: a watcher gets the `wake_timed_out` record without anyone reading the wake."""
+    async with agentcomm.connect(server.url, token=server.token) as hub:
+        pool = await hub.pool("p-expire")
+        await pool.join("r1", agent="a")
+        cursor = (await pool.snapshot()).cursor
+        await pool.wait_for("r1", agentcomm.EventFilter(kinds={"event"}), timeout=0.3)
+    api = Api(server, server.token)
+    with api.http.stream("GET", f"/v1/pools/p-expire/watch?after={cursor}",
+                         timeout=httpx.Timeout(10.0)) as stream:  # fmt: skip
+        kinds = []
+        for line in stream.iter_lines():  # a read timeout (10 s) fails the test
+            if line.startswith("data: "):
+                kinds.append(line.split('"kind":"')[1].split('"')[0])
+                if kinds[-1] != "wake_registered":
+                    break
+    assert kinds == ["wake_registered", "wake_timed_out"]

@@ -63,6 +63,8 @@ class ServerState:
         """Open the hub and load the receipt secret."""
         await self.hub.open()
         self.loop = asyncio.get_running_loop()
+        if self.hub._ctx.backend.pools is not None:  # wakes time out here, read or not
+            self.hub._start_pool_wakes()
         self.receipts = Receipts(await self.tokens.secret("receipts"))
         self.hub._ctx.notifier.taps.append(self._tap)
 
