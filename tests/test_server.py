@@ -499,6 +499,7 @@ _INVALID: list[tuple[str, str, Any, str]] = [
     ("POST", "/join", {"run": "bad run", "agent": "alice"}, "run"),
     ("POST", "/join", {"agent": "alice"}, "run"),
     ("POST", "/join", {"run": "alice@2", "agent": "alice", "topics": ["ok", ""]}, "topics"),
+    ("POST", "/join", {"run": "alice@2\n", "agent": "alice"}, "run"),
     ("POST", "/send", {"sender": "alice@1", "to": {"kind": "nowhere"}}, "to.kind"),
     ("POST", "/send", {"sender": "alice@1", "to": {"kind": "run"}}, "to.run"),
     ("POST", "/send", {"sender": "alice@1", "to": {"kind": "pool"}, "priority": 2**40},
@@ -536,6 +537,10 @@ def test_pool_validation_errors_name_the_field(apis: tuple[Api, Api, Api]) -> No
     bad_name = alice("GET", "/v1/pools/-v")
     assert bad_name.status_code == 422 and bad_name.json()["error"]["field"] == "pool"
     assert alice.ok("GET", p) == before
+    # a rejected join does not create the pool it names
+    r = alice("POST", "/v1/pools/p-new/join", {"run": "alice@1\n", "agent": "alice"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "run"
+    assert alice("GET", "/v1/pools/p-new").status_code == 404
 
 
 def test_a_stopping_server_ends_pool_watches_and_wake_polls(server: LiveServer) -> None:

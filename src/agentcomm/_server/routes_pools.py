@@ -212,6 +212,11 @@ async def join(call: Call) -> PoolMember:
     name = _pool_name(call)
     authz.need_act_as(call.principal, b.agent, "join pools as")
     authz.need_act_as(call.principal, b.run, "join pools as run")
+    for field, values in (("run", [b.run]), ("agent", [b.agent]), ("topics", b.topics),
+                          ("policy_refs", b.policy_refs)):  # fmt: skip
+        with _field(field):  # before the pool is created: a rejected join stores nothing
+            for value in values:
+                check_name(field, value)
     pool = await call.server.hub.pool(name)
     return await pool.join(b.run, agent=b.agent, topics=b.topics, policy_refs=b.policy_refs)
 
