@@ -20,8 +20,9 @@ from agentcomm._server.limits import ServerSettings
 #: The token every test server accepts (all permissions, admin).
 ADMIN_TOKEN = "act_feedfacecafe_test-secret-0123456789abcdef"
 EVERYTHING = Principal(
-    agents=["*"], publish=[">"], subscribe=[">"], kv={"*": "rw"}, pools=["*"], admin=True
-)
+    agents=["*"], publish=[">"], subscribe=[">"], kv={"*": "rw"}, pools=["*"], leases=["*"],
+    admin=True,
+)  # fmt: skip
 
 
 class LiveServer:

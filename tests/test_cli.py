@@ -238,3 +238,17 @@ def test_console_script_reports_errors_without_traceback() -> None:
     assert proc.returncode == 1
     assert "Unknown backend scheme 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_token_create_grants_leases(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "t.db")
+    code, out = invoke("token", "create", "--agent", "dev", "--lease", "src/api/*",
+                       "--lease", "docs/*", "--label", "dev", "--url", url)  # fmt: skip
+    token = out.strip().splitlines()[-1]
+    assert code == 0 and token.startswith("act_")
+    code, out = invoke("token", "list", "--url", url)
+    header = next(x for x in out.splitlines() if "leases" in x).replace("┃", "|").split("|")
+    cells = row(out, token.split("_")[1])
+    assert code == 0 and cells[[c.strip() for c in header].index("leases") - 1] == (
+        "src/api/* docs/*"
+    )

@@ -3,6 +3,9 @@ Python client's permissions, and schemathesis over /openapi.json (bounded)."""
 
 from __future__ import annotations
 
+import hashlib
+import random
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,9 @@ from agentcomm._subjects import parse_pattern
 from live_server import LiveServer
 
 ALICE = Principal(agents=["alice", "alice@*"], publish=["a.>"], subscribe=["a.>"],
-                  kv={"proj": "rw"}, pools=["p-*"])  # fmt: skip
-BOB = Principal(agents=["bob"], publish=["b.>"], subscribe=["b.>"], kv={"other": "rw"})
+                  kv={"proj": "rw"}, pools=["p-*"], leases=["src/*"])  # fmt: skip
+BOB = Principal(agents=["bob"], publish=["b.>"], subscribe=["b.>"], kv={"other": "rw"},
+                leases=["*"])  # fmt: skip
 
 
 @pytest.fixture
@@ -68,8 +72,9 @@ def _state(admin: Api) -> Any:
     keys = admin.ok("GET", "/v1/kv/proj")["keys"]
     values = [admin.ok("GET", f"/v1/kv/proj/{k}")["version"] for k in keys]
     topics = admin.ok("GET", "/v1/admin/stats")
+    leases = admin.ok("GET", "/v1/leases")["leases"]
     pool = admin("GET", "/v1/pools/p-1")  # members, wakes, counts and the log's cursor
-    return queues, keys, values, topics, pool.status_code, pool.json()
+    return queues, keys, values, topics, leases, pool.status_code, pool.json()
 
 
 def _pool_setup(admin: Api) -> None:
@@ -116,6 +121,10 @@ MATRIX: list[tuple[str, str, str, Any]] = [
     ("dead-letters", "GET", "/v1/admin/agents/alice/dead-letters", None),
     ("redrive", "POST", "/v1/admin/agents/alice/dead-letters/redrive", {}),
     ("token-create", "POST", "/v1/admin/tokens", {"principal": {"agents": ["x"]}}),
+    ("purge", "POST", "/v1/admin/agents/alice/purge", {"dead_letters": True}),
+    ("lease-acquire", "POST", "/v1/agents/alice/leases", {"patterns": ["src/a.py"]}),
+    ("lease-renew", "POST", "/v1/agents/alice/leases/renew", {"ttl": 99}),
+    ("lease-release", "POST", "/v1/agents/alice/leases/release", {}),
     ("pool-open", "POST", "/v1/pools/p-1", {}),
     ("pool-snapshot", "GET", "/v1/pools/p-1", None),
     ("pool-join", "POST", "/v1/pools/p-1/join", {"run": "alice@r3", "agent": "alice"}),
@@ -130,7 +139,7 @@ MATRIX: list[tuple[str, str, str, Any]] = [
     ("pool-wake-cancel", "POST", "/v1/pools/p-1/wake/cancel", {"key": "w1"}),
     ("pool-records", "GET", "/v1/pools/p-1/records?after=1&limit=10", None),
 ]  # fmt: skip
-_ADMIN_ONLY = {"stats", "queues", "dead-letters", "redrive", "token-create"}
+_ADMIN_ONLY = {"stats", "queues", "dead-letters", "redrive", "token-create", "purge"}
 
 
 @pytest.mark.parametrize(("name", "method", "path", "body"), MATRIX, ids=[m[0] for m in MATRIX])
@@ -141,6 +150,7 @@ def test_authorization_matrix(
     admin.ok("POST", "/v1/agents/bob/send", {"to": "alice", "data": "hi"})
     admin.ok("PUT", "/v1/kv/proj/k", {"value": 1})
     admin.ok("PUT", "/v1/agents/alice/memory/k", {"value": 1})
+    admin.ok("POST", "/v1/agents/alice/leases", {"patterns": ["src/held.py"], "ttl": 60})
     if name.startswith("pool-"):
         _pool_setup(admin)
     receipt = _receipt(alice) if callable(body) else ""
@@ -186,6 +196,47 @@ def test_pool_routes_need_the_run_as_well_as_the_pool(
     else:
         assert r.status_code == 200, r.text
     assert _state(admin) == before
+
+
+def test_admin_purge_empties_a_mailbox(apis: tuple[Api, Api, Api]) -> None:
+    admin, alice, _ = apis
+    for n in range(3):
+        admin.ok("POST", "/v1/agents/bob/send", {"to": "alice", "data": n})
+    alice.ok("POST", "/v1/agents/alice/receive", {"max_messages": 1})  # one in flight
+    denied = alice("POST", "/v1/admin/agents/alice/purge", {})
+    assert denied.status_code == 403 and denied.json()["error"]["type"] == "PermissionDenied"
+    assert admin.ok("POST", "/v1/admin/agents/alice/purge", {}) == {"agent": "alice",
+                                                                     "removed": 3}  # fmt: skip
+    box = next(q for q in admin.ok("GET", "/v1/admin/queues")["queues"] if q["agent"] == "alice")
+    assert box["ready"] == box["in_flight"] == 0
+    assert admin.ok("POST", "/v1/admin/agents/alice/purge", {})["removed"] == 0
+    unknown = admin("POST", "/v1/admin/agents/nobody/purge", {})
+    assert unknown.status_code == 404
+
+
+def test_leases_need_the_owner_and_a_grant(apis: tuple[Api, Api, Api]) -> None:
+    admin, alice, bob = apis
+    got = alice.ok("POST", "/v1/agents/alice/leases",
+                   {"patterns": ["src/api.py", "src/**"], "reason": "refactor"})  # fmt: skip
+    assert [g["pattern"] for g in got["granted"]] == ["src/api.py", "src/**"]
+    outside = alice("POST", "/v1/agents/alice/leases", {"patterns": ["src/x.py", "docs/a.md"]})
+    assert outside.status_code == 403 and "docs/a.md" in outside.json()["error"]["message"]
+    # bob may lease anything, as bob: the conflict names alice's lease
+    clash = bob.ok("POST", "/v1/agents/bob/leases", {"patterns": ["src/api.py"]})
+    assert clash["granted"] == [] and clash["conflicts"][0]["lease"]["owner"] == "alice"
+    bob.ok("POST", "/v1/agents/bob/leases", {"patterns": ["docs/**"], "exclusive": False})
+    # alice sees her own and those her grant covers; an admin sees all
+    seen = alice.ok("GET", "/v1/leases")["leases"]
+    assert {x["pattern"] for x in seen} == {"src/api.py", "src/**"}
+    assert len(admin.ok("GET", "/v1/leases")["leases"]) == 3
+    mine = alice.ok("GET", "/v1/leases?overlapping=src/api.py")["leases"]
+    assert {x["pattern"] for x in mine} == {"src/api.py", "src/**"}
+    renewed = alice.ok("POST", "/v1/agents/alice/leases/renew", {"patterns": ["src/**"],
+                                                                 "ttl": 10})  # fmt: skip
+    assert [x["pattern"] for x in renewed["leases"]] == ["src/**"]
+    released = alice.ok("POST", "/v1/agents/alice/leases/release", {})
+    assert {x["pattern"] for x in released["leases"]} == {"src/api.py", "src/**"}
+    assert [x["owner"] for x in admin.ok("GET", "/v1/leases")["leases"]] == ["bob"]
 
 
 def test_a_receipt_works_only_under_its_agent(apis: tuple[Api, Api, Api]) -> None:
@@ -279,6 +330,100 @@ def test_references_upload_and_download_checksummed(server: LiveServer) -> None:
     assert api.http.get("/v1/refs/sha256:" + "0" * 64).status_code == 404
 
 
+_MIB = 1024 * 1024
+
+
+def _stored(db: Path) -> tuple[int, int, int]:
+    """Rows of blobs, uploads (staged or committed) and chunks in a SQLite store."""
+    with sqlite3.connect(db) as conn:
+        return tuple(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[return-value]
+                     for t in ("refs", "ref_blobs", "ref_chunks"))  # fmt: skip
+
+
+def _body(data: bytes, piece: int = 50_000) -> Iterator[bytes]:
+    """`data` as a chunked request body (no Content-Length)."""
+    for i in range(0, len(data), piece):
+        yield data[i : i + piece]
+
+
+def test_references_stream_past_max_body_and_back(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    settings = ServerSettings(max_body=64 * 1024, max_blob=6 * _MIB)
+    with LiveServer(f"sqlite:///{db}", settings) as server:
+        api = Api(server, server.token)
+        staged: list[int] = []
+        refs = server.state.hub._ctx.backend.references
+        assert refs is not None
+        stage = refs.ref_stage
+
+        async def counting(upload: int | None, n: int, chunk: bytes, *, now: float) -> int:
+            staged.append(len(chunk))
+            return await stage(upload, n, chunk, now=now)
+
+        refs.ref_stage = counting  # type: ignore[method-assign]
+        noise = random.Random(7).randbytes(3 * _MIB + 12345)  # incompressible: stored as is
+        text = b"".join(b"line %d of a log\n" % i for i in range(300_000))  # compressible
+        for blob in (noise, text):
+            staged.clear()
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            up = api.http.post("/v1/refs", content=_body(blob), headers={"X-Checksum": digest})
+            assert up.status_code == 200, up.text
+            out = up.json()
+            assert out["id"] == digest and out["size"] == len(blob)
+            # read and stored piece by piece, each a fraction of the blob
+            assert len(staged) == -(-len(blob) // _MIB) and max(staged) <= _MIB + 64
+            with api.http.stream("GET", f"/v1/refs/{digest}") as got:
+                assert got.headers["X-Checksum"] == digest
+                assert int(got.headers["Content-Length"]) == len(blob)
+                assert b"".join(got.iter_bytes()) == blob
+        assert out["compression"] == "zstd" and out["stored_size"] < len(text) // 4
+        assert _stored(db)[0] == 2
+        # a blob of one piece is stored whole, with a Content-Length body too
+        small = api.http.post("/v1/refs?content_type=text/plain", content=b"x" * 100_000)
+        assert small.status_code == 200 and small.json()["content_type"] == "text/plain"
+
+
+def test_references_refused_uploads_store_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    settings = ServerSettings(max_body=64 * 1024, max_blob=3 * _MIB)
+    with LiveServer(f"sqlite:///{db}", settings) as server:
+        api = Api(server, server.token)
+        before = _stored(db)
+        blob = random.Random(8).randbytes(2 * _MIB + 1)
+        wrong = "sha256:" + hashlib.sha256(b"other").hexdigest()
+        bad = api.http.post("/v1/refs", content=_body(blob), headers={"X-Checksum": wrong})
+        assert bad.status_code == 422 and bad.json()["error"]["type"] == "IntegrityError"
+        assert _stored(db) == before
+        # over max_blob: streamed (found out while reading) and declared (refused at once)
+        big = random.Random(9).randbytes(3 * _MIB + 1)
+        over = api.http.post("/v1/refs", content=_body(big))
+        assert over.status_code == 413 and over.json()["error"]["field"] == "body"
+        assert _stored(db) == before
+        declared = api.http.post("/v1/refs", content=big)
+        assert declared.status_code == 413 and _stored(db) == before
+        digest = "sha256:" + hashlib.sha256(big).hexdigest()
+        assert api.http.get(f"/v1/refs/{digest}").status_code == 404
+        assert api.http.get("/v1/refs/sha256:nothex").status_code == 422
+
+
+def test_a_damaged_blob_downloads_short_of_its_length(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    with LiveServer(f"sqlite:///{db}") as server:
+        api = Api(server, server.token)
+        blob = random.Random(10).randbytes(3 * _MIB)  # three stored chunks, uncompressed
+        ref_id = api.http.post("/v1/refs", content=blob).json()["id"]
+        with sqlite3.connect(db) as conn:  # flip one byte of the middle chunk
+            key, data = conn.execute("SELECT key, data FROM ref_chunks ORDER BY key").fetchall()[1]
+            conn.execute("UPDATE ref_chunks SET data = ? WHERE key = ?",
+                         (bytes([data[0] ^ 1]) + data[1:], key))  # fmt: skip
+        got = bytearray()
+        with pytest.raises(httpx.HTTPError), api.http.stream("GET", f"/v1/refs/{ref_id}") as r:
+            assert r.status_code == 200 and int(r.headers["Content-Length"]) == len(blob)
+            for piece in r.iter_bytes():
+                got += piece
+        assert len(got) < len(blob)
+
+
 def test_pattern_covers() -> None:
     def covers(a: str, b: str) -> bool:
         return pattern_covers(parse_pattern(a), parse_pattern(b))
@@ -306,6 +451,17 @@ async def test_python_client_is_held_to_its_token(server: LiveServer) -> None:
         await bob.publish("b.x", 1)
         await hub.memory("other").put("k", 1)
         assert [a.name for a in await hub.agents()] == ["bob"]
+        with pytest.raises(agentcomm.PermissionDenied):
+            await hub.leases.acquire("alice", ["src/x.py"])
+        with pytest.raises(agentcomm.PermissionDenied):
+            await hub.leases.release("alice")
+        assert (await hub.leases.acquire("bob", ["lib/x.py"])).ok
+    async with agentcomm.connect(server.url, token=server.token_for(ALICE)) as hub:
+        with pytest.raises(agentcomm.PermissionDenied):
+            await hub.leases.acquire("alice", ["docs/x.md"])
+        assert await hub.leases.list() == []  # bob's lib/x.py: not alice's, nor her grant's
+        assert (await hub.leases.acquire("alice", ["src/y.py"])).ok
+        assert [x.pattern for x in await hub.leases.list()] == ["src/y.py"]
     with pytest.raises(agentcomm.AuthenticationFailed):
         await agentcomm.connect(server.url, token="act_00_nope-nope-nope-nope-nope")
 

@@ -443,6 +443,9 @@ def serve(
     max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 above).")] = 8
     * 1024
     * 1024,
+    max_blob: Annotated[
+        int, typer.Option(help="Largest blob POST /v1/refs takes, in bytes (413 above).")
+    ] = 1024 * 1024 * 1024,
     max_wait: Annotated[float, typer.Option(help="Longest long poll, in seconds.")] = 60.0,
     rate: Annotated[
         float, typer.Option(help="Requests/s per token on average (0: unlimited).")
@@ -471,7 +474,9 @@ def serve(
             raise
         _fail(f"agentcomm serve needs {exc.name!r}: pip install 'agentcomm[server]'.")
         return
-    settings = ServerSettings(max_body=max_body, max_wait=max_wait, rate=rate, burst=burst)
+    settings = ServerSettings(
+        max_body=max_body, max_blob=max_blob, max_wait=max_wait, rate=rate, burst=burst
+    )
     mounts: dict[str, Any] = {}
     try:
         from ._server.mounts import dashboard_mount, mcp_mount
@@ -518,6 +523,10 @@ def token_create(
         list[str] | None, typer.Option("--kv", help="NAMESPACE:r or NAMESPACE:rw (glob allowed).")
     ] = None,
     pool: Annotated[list[str] | None, typer.Option("--pool", help="Pool name or glob.")] = None,
+    lease: Annotated[
+        list[str] | None,
+        typer.Option("--lease", help="Glob over the file patterns it may lease (src/api/*)."),
+    ] = None,
     admin: Annotated[
         bool, typer.Option("--admin", help="Inspect, redrive, purge, tokens.")
     ] = False,
@@ -535,7 +544,7 @@ def token_create(
         spaces[name] = access
     principal = Principal(
         agents=agent or [], publish=publish or [], subscribe=subscribe or [], kv=spaces,
-        pools=pool or [], admin=admin,
+        pools=pool or [], leases=lease or [], admin=admin,
     )  # fmt: skip
     token, info = _tokens_run(url, lambda store: store.create(principal, label))
     Console(stderr=True).print(f"token {info.id} created; it is shown once:")
@@ -548,14 +557,14 @@ def token_list(
 ) -> None:
     """List the tokens (never their secrets)."""
     infos = _tokens_run(url, lambda store: store.list())
-    table = Table("id", "label", "agents", "publish", "subscribe", "kv", "pools", "admin",
-                  "created")  # fmt: skip
+    table = Table("id", "label", "agents", "publish", "subscribe", "kv", "pools", "leases",
+                  "admin", "created")  # fmt: skip
     for i in infos:
         p = i.principal
         table.add_row(
             i.id, i.label, " ".join(p.agents), " ".join(p.publish), " ".join(p.subscribe),
             " ".join(f"{k}:{v}" for k, v in p.kv.items()), " ".join(p.pools),
-            "yes" if p.admin else "", _when(i.created_at),
+            " ".join(p.leases), "yes" if p.admin else "", _when(i.created_at),
         )  # fmt: skip
     Console().print(table)
 

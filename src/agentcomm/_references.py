@@ -23,7 +23,7 @@ import stat
 import threading
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any, Literal, TypeAlias
 
 import msgspec
@@ -311,6 +311,38 @@ async def _pieces(ctx: Context, ref_id: str, batch: int, found_box: list[Ref]) -
     unpack.verify()
 
 
+async def stream_blob(ctx: Context, ref_id: str) -> tuple[Ref, AsyncIterator[bytes]]:
+    """The record of blob `ref_id` (RefNotFound first) and its original bytes piece by piece.
+
+    The last piece is held back until the whole matched its id: on damage the iterator
+    raises IntegrityError before the blob's last bytes, so a reader never gets all of a
+    damaged blob's bytes as if they were good."""
+    found: list[Ref] = []
+    pieces = _pieces(ctx, ref_id_of(ref_id), 2, found)
+    first = await anext(pieces, None)
+
+    async def lagged() -> AsyncIterator[bytes]:
+        held = first
+        try:
+            async for piece in pieces:
+                if held is not None:
+                    yield held
+                held = piece
+        finally:
+            await pieces.aclose()
+        if held is not None:
+            yield held
+
+    return found[0], lagged()
+
+
+def _verify_expected(ref_id: str, expected: str | None) -> None:
+    if expected is not None and expected != ref_id:
+        raise IntegrityError(
+            f"The body's checksum is {ref_id}, not the {expected} sent; nothing was stored."
+        )
+
+
 # --- the store ----------------------------------------------------------------------------------
 
 
@@ -475,6 +507,78 @@ class RefStore:
                     await backend.references.ref_abort(upload)
             raise
         return _PREFIX + digest.hexdigest(), algo, stored, upload, size
+
+    async def _store_stream(
+        self,
+        body: AsyncIterable[bytes],
+        *,
+        content_type: str = _DEFAULT_TYPE,
+        ttl: float | None = None,
+        expected: str | None = None,
+    ) -> Ref:
+        """Store what `body` yields, with a reference held by this hub's holder, without
+        holding more than about one CHUNK_SIZE piece: hashed, compressed and staged piece by
+        piece (the server's streamed upload).
+
+        A blob of one piece is stored as `store` does. A larger one is compressed ("auto")
+        when its first piece shrinks by 3 % or more; the body cannot be read twice, so that
+        choice is kept to the end. `expected` ("sha256:<hex>"): if the bytes' id differs, the
+        staged upload is dropped and IntegrityError raised. Any error while reading `body`
+        (e.g. a size limit its producer enforces) drops the staged upload too: nothing is
+        stored unless the whole blob is.
+        """
+        check_text("content_type", content_type, longest=255)
+        buffer = bytearray()
+        stream = aiter(body)
+        async for part in stream:
+            buffer += part
+            if len(buffer) > CHUNK_SIZE:
+                break
+        else:  # one piece: the in-memory path (hashed once more for the check; it is small)
+            data = bytes(buffer)
+            _verify_expected(_digest(data), expected)
+            return await self._store_as(self.holder, data, content_type=content_type, ttl=ttl)
+        backend = self._backend()
+        now = self._ctx.now()
+        expires_at = self._expiry(ttl, now)
+        algo = _choose("auto", CHUNK_SIZE, content_type, self.config.compress_threshold)
+        if algo != "none" and len(_compress(bytes(buffer[:_SAMPLE]), algo)) > _SAMPLE * 0.97:
+            algo = "none"
+        digest = hashlib.sha256()
+        upload: int | None = None
+        n = size = stored = 0
+
+        def pack(piece: bytes) -> bytes:
+            digest.update(piece)
+            return piece if algo == "none" else _compress(piece, algo)
+
+        async def stage(piece: bytes) -> None:
+            nonlocal upload, n, size, stored
+            out = await asyncio.to_thread(pack, piece)
+            upload = await backend.references.ref_stage(upload, n, out, now=now)
+            n, size, stored = n + 1, size + len(piece), stored + len(out)
+
+        try:
+            while True:
+                while len(buffer) >= CHUNK_SIZE:
+                    await stage(bytes(buffer[:CHUNK_SIZE]))
+                    del buffer[:CHUNK_SIZE]
+                try:
+                    buffer += await anext(stream)
+                except StopAsyncIteration:
+                    break
+            if buffer:
+                await stage(bytes(buffer))
+            assert upload is not None  # more than one piece was staged
+            ref_id = _PREFIX + digest.hexdigest()
+            _verify_expected(ref_id, expected)
+        except BaseException:
+            if upload is not None:
+                with contextlib.suppress(Exception):
+                    await backend.references.ref_abort(upload)
+            raise
+        meta = RefMeta(ref_id, size, stored, algo, content_type, expires_at)
+        return await backend.references.ref_commit(upload, meta, holder=self.holder, now=now)
 
     async def _restart(
         self, backend: Context, upload: int | None, path: str | os.PathLike[str]

@@ -100,6 +100,8 @@ class Endpoint:
     kind: str = "json"
     query: list[tuple[str, str, str]] = field(default_factory=list)
     public: bool = False
+    #: The handler reads the raw request body itself (streamed; `body` is None then).
+    raw_body: bool = False
 
 
 ENDPOINTS: list[Endpoint] = []
@@ -115,14 +117,16 @@ def route(
     response: Any = None,
     kind: str = "json",
     query: list[tuple[str, str, str]] | None = None,
+    raw_body: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Declare a `/v1` route (see the module docstring). `query` lists (name, JSON type,
-    description) of its query parameters."""
+    description) of its query parameters; `raw_body`: the handler reads the request body
+    itself, as bytes (not bounded by `max_body`)."""
 
     def register(fn: Handler) -> Handler:
-        ENDPOINTS.append(
-            Endpoint(method, path, fn, summary, tag, body, response, kind, query or [])
-        )
+        ep = Endpoint(method, path, fn, summary, tag, body, response, kind, query or [])
+        ep.raw_body = raw_body
+        ENDPOINTS.append(ep)
         return fn
 
     return register

@@ -15,18 +15,19 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._errors import AgentCommError, AuthenticationFailed, ValidationError
+from .._errors import AgentCommError, AuthenticationFailed
 from .._hub import Hub, connect
 from . import (  # noqa: F401 (routes)
     routes_admin,
     routes_kv,
+    routes_leases,
     routes_messages,
     routes_pools,
     routes_refs,
     routes_streams,
 )
 from .api import ENDPOINTS, Call, Endpoint, FieldError, Receipts
-from .errors import error_response
+from .errors import BodyTooLarge, error_response
 from .limits import RateLimiter, ServerSettings
 from .openapi import openapi_document
 from .rpc import events, invoke
@@ -97,22 +98,25 @@ class ServerState:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 (ValidationError) once it passes `limit` bytes."""
+    """The request body, or 413 (BodyTooLarge) once it passes `limit` bytes."""
+    return b"".join([chunk async for chunk in read_stream(request, limit)])
+
+
+async def read_stream(
+    request: Request, limit: int, what: str = "request body"
+) -> AsyncIterator[bytes]:
+    """The request body as it arrives, chunk by chunk; 413 (BodyTooLarge) once it passes
+    `limit` bytes, or at once if its Content-Length does."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(limit)
-    chunks, size = [], 0
+        raise BodyTooLarge(limit, what)
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _TooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class _TooLarge(ValidationError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"The request body is larger than the server's limit of {limit} bytes.")
+            raise BodyTooLarge(limit, what)
+        if chunk:
+            yield chunk
 
 
 def _decode(raw: bytes, body_type: type) -> Any:
@@ -138,7 +142,7 @@ def _field_of(message: str) -> str | None:
 def _failure(exc: BaseException) -> Response:
     if isinstance(exc, ClientDisconnect):  # nobody reads the answer: not a server error
         return Response(status_code=400)
-    if isinstance(exc, _TooLarge):
+    if isinstance(exc, BodyTooLarge):
         return error_response(exc, status=413, field="body")
     if isinstance(exc, FieldError):
         return error_response(exc, field=exc.field)

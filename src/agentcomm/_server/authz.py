@@ -2,10 +2,11 @@
 
 A token names a `Principal`: the agents it may act as (exact names or globs), the topic
 patterns it may publish and subscribe within, the shared-memory namespaces it may read (`r`)
-or read and write (`rw`), the pools it may join and act in, and `admin` (inspect, redrive,
-purge, tokens). A check either returns or raises `PermissionDenied`, naming what the token
-lacks. The routes of the JSON API and the store calls of the Python client call these
-functions before they touch the store; nothing else decides who may do what.
+or read and write (`rw`), the pools it may join and act in, the file globs it may take
+coordination leases on, and `admin` (inspect, redrive, purge, tokens). A check either
+returns or raises `PermissionDenied`, naming what the token lacks. The routes of the JSON
+API and the store calls of the Python client call these functions before they touch the
+store; nothing else decides who may do what.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from .._subjects import parse_pattern, parse_topic
 __all__ = [
     "RESERVED_NAMESPACE",
     "Principal",
+    "may_see_lease",
     "may_subscribe_topic",
     "need_act_as",
     "need_admin",
     "need_kv",
+    "need_lease",
     "need_pool",
     "need_publish",
     "need_subscribe",
@@ -55,6 +58,9 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     kv: dict[str, str] = {}
     #: Pool names or globs the token may open, join and act in.
     pools: list[str] = []
+    #: Globs over the text of the file patterns the token may take coordination leases on
+    #: (`src/api/*` allows `src/api/users.py` and `src/api/**`); its agents hold them.
+    leases: list[str] = []
     #: Inspect every agent, redrive and purge dead letters, manage tokens.
     admin: bool = False
 
@@ -70,7 +76,7 @@ def check_principal(p: Principal) -> Principal:
     for ns, access in p.kv.items():
         if access not in ("r", "rw"):
             raise ValidationError(f"kv access for {ns!r} must be 'r' or 'rw', not {access!r}.")
-    for glob in (*p.agents, *p.pools, *p.kv):
+    for glob in (*p.agents, *p.pools, *p.leases, *p.kv):
         if not glob or len(glob) > 256:
             raise ValidationError(f"A token pattern must be 1-256 characters, not {glob!r}.")
     return p
@@ -202,6 +208,24 @@ def need_pool(p: Principal, pool: str) -> None:
         raise _deny(
             f"This token may not use pool {pool!r}; it may use "
             f"{', '.join(p.pools) or 'no pool'} (token create --pool GLOB)."
+        )
+
+
+def may_see_lease(p: Principal, owner: str, pattern: str) -> bool:
+    """Whether a lease (its owner, pattern and reason) may be shown to the token."""
+    return p.admin or p.acts_as(owner) or any(fnmatchcase(pattern, g) for g in p.leases)
+
+
+def need_lease(p: Principal, pattern: str) -> None:
+    """Taking a coordination lease on the file glob `pattern` (normalized).
+
+    The token's `leases` globs are matched against the pattern's text with `fnmatch`, where
+    `*` also matches `/` and glob characters: grant `src/api/*` covers every pattern written
+    under `src/api/` (`src/api/**` too), and `*` every pattern."""
+    if not any(fnmatchcase(pattern, glob) for glob in p.leases):
+        raise _deny(
+            f"This token may not take leases on {pattern!r}; it may lease "
+            f"{', '.join(p.leases) or 'no pattern'} (token create --lease GLOB)."
         )
 
 

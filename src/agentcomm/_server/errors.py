@@ -33,9 +33,17 @@ from .._errors import (
     VersionConflict,
 )
 
-__all__ = ["ErrorBody", "ErrorDetail", "error_response", "status_of"]
+__all__ = ["BodyTooLarge", "ErrorBody", "ErrorDetail", "error_response", "status_of"]
 
 logger = logging.getLogger("agentcomm.server")
+
+
+class BodyTooLarge(ValidationError):
+    """A request body (or uploaded blob) over the server's limit: answered 413."""
+
+    def __init__(self, limit: int, what: str = "request body") -> None:
+        super().__init__(f"The {what} is larger than the server's limit of {limit} bytes; "
+                         "nothing was stored.")  # fmt: skip
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):

@@ -15,9 +15,11 @@ __all__ = ["RateLimiter", "ServerSettings"]
 class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Limits the server enforces on every request."""
 
-    #: The largest request body in bytes (413 above it); reference uploads stream in
-    #: chunks of at most this size each.
+    #: The largest request body in bytes (413 above it), except `POST /v1/refs`, which
+    #: streams; the Python client's reference uploads send chunks of 1 MiB each.
     max_body: int = 8 * 1024 * 1024
+    #: The largest blob `POST /v1/refs` takes, in bytes (413 above it, nothing stored).
+    max_blob: int = 1024 * 1024 * 1024
     #: The longest a long poll (`wait`, request `timeout`) may wait, in seconds.
     max_wait: float = 60.0
     #: Requests per second each token may make on average (0: no limit) ...

@@ -59,6 +59,9 @@ def openapi_document() -> bytes:
         if ep.body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": by_type[ep.body]}}}  # fmt: skip
+        if ep.raw_body:
+            op["requestBody"] = {"required": False, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}}  # fmt: skip
         if ep.kind == "bytes":
             ok = {"description": "The blob's bytes",
                   "content": {"application/octet-stream": {"schema": {"type": "string",

@@ -13,6 +13,8 @@ from .schemas import (
     DeadLetterList,
     HubStats,
     Ok,
+    PurgeBody,
+    Purged,
     QueueList,
     RedriveBody,
     TokenBody,
@@ -65,6 +67,17 @@ async def redrive(call: Call) -> Count:
     authz.need_admin(call.principal, "Redriving dead letters")
     agent = check_name("agent name", call.path("agent"))
     return Count(await call.server.hub.requeue_dead_letters(agent, call.body.ids))
+
+
+@route("POST", "/v1/admin/agents/{agent}/purge",
+       summary="Remove every ready, delayed and in-flight message of an agent (with "
+       "dead_letters: its dead letters too); cannot be undone", tag=TAG, body=PurgeBody,
+       response=Purged)  # fmt: skip
+async def purge(call: Call) -> Purged:
+    authz.need_admin(call.principal, "Purging a mailbox")
+    agent = check_name("agent name", call.path("agent"))
+    removed = await call.server.hub.purge(agent, dead_letters=call.body.dead_letters)
+    return Purged(agent=agent, removed=removed)
 
 
 @route("POST", "/v1/admin/prune", summary="Run a retention pass now", tag=TAG, response=Ok)

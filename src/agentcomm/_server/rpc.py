@@ -21,9 +21,11 @@ from typing import Any
 import msgspec
 
 from .._backends.http.calls import CALLS, StoreCall, wire_result
+from .._coord_leases import MAX_PATTERNS, MAX_REASON
 from .._errors import NotFound, PermissionDenied, ValidationError
+from .._globs import normalize
 from .._records import TopicBatch
-from .._validation import check_name
+from .._validation import check_name, check_positive, check_text
 from . import authz
 from .api import Call
 
@@ -208,6 +210,37 @@ async def _pool_wait(call: Call, a: Any) -> None:
     authz.need_act_as(_p(call), a.spec.run, "wait as run")
 
 
+@check("leases.lease_acquire")
+async def _lease_acquire(call: Call, a: Any) -> None:
+    authz.need_act_as(_p(call), check_name("owner", a.owner), "hold leases as")
+    _lease_ttl(call, a.ttl)
+    if a.reason is not None:
+        check_text("reason", a.reason, longest=MAX_REASON)
+    if not 0 < len(a.wants) <= MAX_PATTERNS:
+        raise ValidationError(f"Give 1 to {MAX_PATTERNS} patterns per call.")
+    for want in a.wants:  # the engine takes normalized patterns: a client could send others
+        if normalize(want.pattern) != want.pattern:
+            raise ValidationError(f"Lease pattern {want.pattern!r} is not normalized.")
+        authz.need_lease(_p(call), want.pattern)
+
+
+@check("leases.lease_renew", "leases.lease_release")
+async def _lease_owner(call: Call, a: Any) -> None:
+    """Only the owner's own leases change (granted when acquired)."""
+    authz.need_act_as(_p(call), check_name("owner", a.owner), "hold leases as")
+    if hasattr(a, "ttl"):
+        _lease_ttl(call, a.ttl)
+
+
+def _lease_ttl(call: Call, ttl: float) -> None:
+    check_positive("ttl", ttl, call.server.hub._ctx.settings.limits.max_delay)
+
+
+@check("leases.lease_list")
+async def _lease_list(call: Call, a: Any) -> None:
+    """Any token: the list is filtered to the leases it may see."""
+
+
 _missing = sorted(f"{f}.{n}" for f, n in CALLS if (f, n) not in CHECKS)
 if _missing:  # every call must have a check: fail at import, not at run time
     raise RuntimeError(f"store calls without an authorization check: {_missing}")
@@ -252,6 +285,8 @@ def _filter(call: Call, feature: str, name: str, result: Any) -> Any:
         return result
     if name == "list_agents":
         return [i for i in result if p.acts_as(i.name)]
+    if name == "lease_list":
+        return [lease for lease in result if authz.may_see_lease(p, lease.owner, lease.pattern)]
     if name == "list_schedules":
         return [s for s in result if p.acts_as(s.sender)]
     if name == "read_topics":

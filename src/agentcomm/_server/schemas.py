@@ -283,6 +283,20 @@ class RedriveBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ids: list[str] | None = None
 
 
+class PurgeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What to purge: the agent's ready, delayed and in-flight messages, and with
+    `dead_letters` its dead letters too."""
+
+    dead_letters: bool = False
+
+
+class Purged(msgspec.Struct, kw_only=True):
+    """How many messages of `agent` a purge removed."""
+
+    agent: str
+    removed: int
+
+
 class Count(msgspec.Struct):
     """How many items the operation affected."""
 

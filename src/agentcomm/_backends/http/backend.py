@@ -126,6 +126,7 @@ _TOPICS = _remote("topics", contracts.TopicStore)
 _SHARED = _remote("shared_memory", contracts.SharedMemoryStore)
 _REFS = _remote("references", contracts.ReferenceStore)
 _POOLS = _remote("pools", contracts.PoolStore)
+_LEASES = _remote("leases", contracts.LeaseStore)
 
 
 class HttpBackend(contracts.Backend):
@@ -161,6 +162,7 @@ class HttpBackend(contracts.Backend):
         self.shared_memory = _SHARED(link)
         self.references = _REFS(link)
         self.pools = _POOLS(link)
+        self.leases = _LEASES(link)
 
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(name)

@@ -23,6 +23,7 @@ FEATURES: dict[str, type] = {
     "shared_memory": contracts.SharedMemoryStore,
     "references": contracts.ReferenceStore,
     "pools": contracts.PoolStore,
+    "leases": contracts.LeaseStore,
     "backend": contracts.Backend,
 }
 _SKIP = {"open", "close", "check"}
