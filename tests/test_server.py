@@ -19,8 +19,8 @@ from agentcomm._server.limits import ServerSettings
 from agentcomm._subjects import parse_pattern
 from live_server import LiveServer
 
-ALICE = Principal(agents=["alice"], publish=["a.>"], subscribe=["a.>"], kv={"proj": "rw"},
-                  pools=["p-*"], leases=["src/*"])  # fmt: skip
+ALICE = Principal(agents=["alice", "alice@*"], publish=["a.>"], subscribe=["a.>"],
+                  kv={"proj": "rw"}, pools=["p-*"], leases=["src/*"])  # fmt: skip
 BOB = Principal(agents=["bob"], publish=["b.>"], subscribe=["b.>"], kv={"other": "rw"},
                 leases=["*"])  # fmt: skip
 
@@ -73,7 +73,21 @@ def _state(admin: Api) -> Any:
     values = [admin.ok("GET", f"/v1/kv/proj/{k}")["version"] for k in keys]
     topics = admin.ok("GET", "/v1/admin/stats")
     leases = admin.ok("GET", "/v1/leases")["leases"]
-    return queues, keys, values, topics, leases
+    pool = admin("GET", "/v1/pools/p-1")  # members, wakes, counts and the log's cursor
+    return queues, keys, values, topics, leases, pool.status_code, pool.json()
+
+
+def _pool_setup(admin: Api) -> None:
+    """Pool p-1 with two runs of alice, a receipt under key k0 and a registered wake w1."""
+    for run in ("alice@r1", "alice@r2"):
+        admin.ok("POST", "/v1/pools/p-1/join", {"run": run, "agent": "alice", "topics": ["t"]})
+    admin.ok("POST", "/v1/pools/p-1/send", {"sender": "alice@r1", "idempotency_key": "k0",
+                                            "to": {"kind": "run", "run": "alice@r2"}})  # fmt: skip
+    admin.ok(
+        "POST",
+        "/v1/pools/p-1/wait-for",
+        {"run": "alice@r1", "filter": {"kinds": ["event"]}, "idempotency_key": "w1"},
+    )
 
 
 def _receipt(alice: Api) -> str:
@@ -111,6 +125,19 @@ MATRIX: list[tuple[str, str, str, Any]] = [
     ("lease-acquire", "POST", "/v1/agents/alice/leases", {"patterns": ["src/a.py"]}),
     ("lease-renew", "POST", "/v1/agents/alice/leases/renew", {"ttl": 99}),
     ("lease-release", "POST", "/v1/agents/alice/leases/release", {}),
+    ("pool-open", "POST", "/v1/pools/p-1", {}),
+    ("pool-snapshot", "GET", "/v1/pools/p-1", None),
+    ("pool-join", "POST", "/v1/pools/p-1/join", {"run": "alice@r3", "agent": "alice"}),
+    ("pool-leave", "POST", "/v1/pools/p-1/leave", {"run": "alice@r2"}),
+    ("pool-send", "POST", "/v1/pools/p-1/send",
+     {"sender": "alice@r1", "to": {"kind": "topic", "topic": "t"}, "data": 1}),
+    ("pool-receipt", "GET", "/v1/pools/p-1/receipt?key=k0", None),
+    ("pool-emit", "POST", "/v1/pools/p-1/emit", {"run": "alice@r1", "type": "done"}),
+    ("pool-wait-for", "POST", "/v1/pools/p-1/wait-for",
+     {"run": "alice@r2", "filter": {"types": ["done"]}, "timeout": 60}),
+    ("pool-wake", "GET", "/v1/pools/p-1/wake?key=w1", None),
+    ("pool-wake-cancel", "POST", "/v1/pools/p-1/wake/cancel", {"key": "w1"}),
+    ("pool-records", "GET", "/v1/pools/p-1/records?after=1&limit=10", None),
 ]  # fmt: skip
 _ADMIN_ONLY = {"stats", "queues", "dead-letters", "redrive", "token-create", "purge"}
 
@@ -124,6 +151,8 @@ def test_authorization_matrix(
     admin.ok("PUT", "/v1/kv/proj/k", {"value": 1})
     admin.ok("PUT", "/v1/agents/alice/memory/k", {"value": 1})
     admin.ok("POST", "/v1/agents/alice/leases", {"patterns": ["src/held.py"], "ttl": 60})
+    if name.startswith("pool-"):
+        _pool_setup(admin)
     receipt = _receipt(alice) if callable(body) else ""
     payload = body(receipt) if callable(body) else body
     # another agent's token: 403 with a typed body, and the store unchanged
@@ -137,6 +166,36 @@ def test_authorization_matrix(
     owner = admin if name in _ADMIN_ONLY else alice
     done = owner(method, path, payload)
     assert done.status_code == 200, done.text
+    if name in _POOL_ACTING:  # the owner's call changed the pool: the check above can fail
+        assert _state(admin) != before
+
+
+#: The pool routes that act as a run: the pool's glob alone does not allow them.
+_POOL_ACTING = {"pool-join", "pool-leave", "pool-send", "pool-emit", "pool-wait-for",
+                "pool-wake-cancel"}  # fmt: skip
+_POOL_ROWS = [m for m in MATRIX if m[0].startswith("pool-")]
+
+
+@pytest.mark.parametrize(("name", "method", "path", "body"), _POOL_ROWS,
+                         ids=[m[0] for m in _POOL_ROWS])  # fmt: skip
+def test_pool_routes_need_the_run_as_well_as_the_pool(
+    server: LiveServer, apis: tuple[Api, Api, Api], name: str, method: str, path: str,
+    body: Any,
+) -> None:  # fmt: skip
+    """A token holding the pool's glob but acting as other agents may read the pool and
+    attach to it, but neither join, leave, send, emit, wait nor cancel as alice's runs."""
+    admin = apis[0]
+    _pool_setup(admin)
+    other = Api(server, server.token_for(Principal(agents=["bob", "bob@*"], pools=["p-*"])))
+    before = _state(admin)
+    r = other(method, path, body)
+    if name in _POOL_ACTING:
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["type"] == "PermissionDenied"
+        assert "alice" in r.json()["error"]["message"]
+    else:
+        assert r.status_code == 200, r.text
+    assert _state(admin) == before
 
 
 def test_admin_purge_empties_a_mailbox(apis: tuple[Api, Api, Api]) -> None:
@@ -462,7 +521,237 @@ def _fuzz(server: LiveServer) -> None:
 
     for result in schema.get_all_operations():
         operation = result.ok()
-        if operation.path.endswith(("/subscribe", "/messages")) or "kv-watch" in operation.path:
+        if (
+            operation.path.endswith(("/subscribe", "/messages", "/watch"))
+            or "kv-watch" in operation.path
+        ):
             continue  # streams never end by themselves; covered by their own tests
         run(operation)
     assert failures == []
+
+
+def _sse_records(response: httpx.Response, until_seq: int) -> list[Any]:
+    """The records of a pool watch stream, up to the one with seq `until_seq`."""
+    import json
+
+    got: list[Any] = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            got.append(json.loads(line[6:]))
+            if got[-1]["seq"] >= until_seq:
+                break
+    return got
+
+
+def test_pool_flow_over_json(apis: tuple[Api, Api, Api]) -> None:
+    """Open, join two runs, send with a key (deduplicated), receipts, the recipient's
+    mailbox, a wake fired by an event while long-polling, snapshot, records and the watch
+    stream (the same records, and resumable from Last-Event-ID), leave."""
+    import threading
+
+    _admin, alice, _bob = apis
+    p = "/v1/pools/p-flow"
+    snap = alice.ok("POST", p, {"config": {"required_policy_refs": ["ok"]}})
+    assert snap["config"]["required_policy_refs"] == ["ok"] and snap["members"] == []
+    conflict = alice("POST", p, {"config": {}})
+    assert conflict.status_code == 409 and conflict.json()["error"]["type"] == "PoolConfigConflict"
+    for run, topics in (("alice@lead", []), ("alice@critic", ["code"])):
+        join = {"run": run, "agent": "alice", "topics": topics, "policy_refs": ["ok"]}
+        member = alice.ok("POST", p + "/join", join)
+        assert member["run"] == run and member["topics"] == topics
+    cursor = alice.ok("GET", p)["cursor"]
+
+    review = {"sender": "alice@lead", "to": {"kind": "topic", "topic": "code"},
+              "type": "review", "data": {"diff": "+x"}, "policy_refs": ["ok"],
+              "idempotency_key": "rev/17"}  # fmt: skip
+    first = alice.ok("POST", p + "/send", review)
+    assert first["status"] == "delivered" and first["delivered_to"] == ["alice@critic"]
+    assert first["duplicate"] is False
+    again = alice.ok("POST", p + "/send", review)
+    assert again["duplicate"] is True and again["message_id"] == first["message_id"]
+    unrefd = alice.ok("POST", p + "/send", {"sender": "alice@lead", "to": {"kind": "pool"}})
+    assert unrefd["status"] == "failed" and unrefd["reason"] and unrefd["delivered_to"] == []
+    by_key = alice.ok("GET", p + "/receipt?key=rev%2F17")
+    assert by_key == alice.ok("GET", p + f"/receipt?key={first['message_id']}")
+    assert by_key["message_id"] == first["message_id"] and by_key["status"] == "delivered"
+    missing = alice("GET", p + "/receipt?key=nope")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFound"
+
+    got = alice.ok("POST", "/v1/agents/alice@critic/receive", {"wait": 5})["messages"]
+    assert [m["data"] for m in got] == [{"diff": "+x"}] and got[0]["type"] == "review"
+    assert got[0]["metadata"]["pool.name"] == "p-flow"
+    assert got[0]["metadata"]["pool.message_id"] == first["message_id"]
+
+    verdicts = {"run": "alice@lead", "filter": {"kinds": ["event"], "types": ["verdict"]},
+                "idempotency_key": "v1", "resume": "full", "timeout": 60}  # fmt: skip
+    wake = alice.ok("POST", p + "/wait-for", verdicts)
+    assert wake["status"] == "registered" and wake["filter"]["types"] == ["verdict"]
+    assert alice.ok("POST", p + "/wait-for", verdicts)["id"] == wake["id"]
+    polled: list[Any] = []
+    poll = threading.Thread(
+        target=lambda: polled.append(alice.ok("GET", p + "/wake?key=v1&wait=20"))
+    )
+    poll.start()  # answers when the event below triggers the wake (at once if it came first)
+    event = alice.ok("POST", p + "/emit", {"run": "alice@critic", "type": "verdict",
+                                           "data": {"ok": True}})  # fmt: skip
+    poll.join(30)
+    assert not poll.is_alive() and polled[0]["status"] == "triggered"
+    assert polled[0]["trigger_seq"] == event["seq"]
+    assert polled[0]["record"]["data"] == {"ok": True}
+    assert polled[0]["record"]["run"] == "alice@critic"
+    assert alice.ok("GET", p + f"/wake?key={wake['id']}")["status"] == "triggered"
+    assert alice.ok("POST", p + "/wake/cancel", {"key": "v1"}) == {"cancelled": False}
+
+    snap = alice.ok("GET", p)
+    assert [m["run"] for m in snap["members"]] == ["alice@critic", "alice@lead"]
+    assert snap["topics"] == ["code"] and snap["pending_wakes"] == []
+    assert snap["counts"]["duplicates"] == 1 and snap["counts"]["events"] == 1
+    records = alice.ok("GET", p + f"/records?after={cursor}")["records"]
+    assert [r["seq"] for r in records] == list(range(cursor + 1, snap["cursor"] + 1))
+    message = next(r for r in records if r["message_id"] == first["message_id"])
+    assert message["kind"] == "message" and message["data"] == {"diff": "+x"}
+    assert message["to"] == {"kind": "topic", "topic": "code"}
+    assert message["receipt"]["delivered_to"] == ["alice@critic"]
+    assert any(r["kind"] == "wake_triggered" and r["trigger_seq"] == event["seq"]
+               for r in records)  # fmt: skip
+    page = alice.ok("GET", p + f"/records?after={cursor}&limit=2")["records"]
+    assert page == records[:2]
+
+    with alice.http.stream("GET", p + f"/watch?after={cursor}") as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert _sse_records(stream, snap["cursor"]) == records
+    last = str(snap["cursor"] - 1)
+    with alice.http.stream("GET", p + "/watch", headers={"Last-Event-ID": last}) as stream:
+        assert _sse_records(stream, snap["cursor"]) == records[-1:]
+
+    alice.ok("POST", p + "/leave", {"run": "alice@critic"})
+    assert [m["run"] for m in alice.ok("GET", p)["members"]] == ["alice@lead"]
+    gone = alice("POST", p + "/leave", {"run": "alice@critic"})
+    assert gone.status_code == 404 and gone.json()["error"]["type"] == "NotAMember"
+
+
+def test_pool_wake_long_poll_answers_when_the_wake_times_out(apis: tuple[Api, Api, Api]) -> None:
+    _admin, alice, _bob = apis
+    p = "/v1/pools/p-timeout"
+    alice.ok("POST", p + "/join", {"run": "alice@1", "agent": "alice"})
+    wake = alice.ok("POST", p + "/wait-for", {"run": "alice@1", "timeout": 0.3,
+                                              "filter": {"kinds": ["event"]}})  # fmt: skip
+    got = alice.ok("GET", p + f"/wake?key={wake['id']}&wait=20")
+    assert got["status"] == "timed_out" and got["record"] is None
+
+
+def test_pool_watch_and_wake_need_the_pool(apis: tuple[Api, Api, Api]) -> None:
+    admin, _alice, bob = apis
+    _pool_setup(admin)
+    for path in ("/v1/pools/p-1/watch", "/v1/pools/p-1/wake?key=w1&wait=5"):
+        r = bob("GET", path)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "PermissionDenied"
+    missing = admin("GET", "/v1/pools/p-none/watch")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "NotFound"
+
+
+_INVALID: list[tuple[str, str, Any, str]] = [
+    ("POST", "/join", {"run": "bad run", "agent": "alice"}, "run"),
+    ("POST", "/join", {"agent": "alice"}, "run"),
+    ("POST", "/join", {"run": "alice@2", "agent": "alice", "topics": ["ok", ""]}, "topics"),
+    ("POST", "/join", {"run": "alice@2\n", "agent": "alice"}, "run"),
+    ("POST", "/send", {"sender": "alice@1", "to": {"kind": "nowhere"}}, "to.kind"),
+    ("POST", "/send", {"sender": "alice@1", "to": {"kind": "run"}}, "to.run"),
+    ("POST", "/send", {"sender": "alice@1", "to": {"kind": "pool"}, "priority": 2**40},
+     "priority"),
+    ("POST", "/send", {"sender": "alice@1", "to": {"kind": "pool"},
+                       "metadata": {"pool.seq": 1}}, "metadata"),
+    ("POST", "/send", {"sender": "alice@1", "to": {"kind": "pool"}, "idempotency_key": ""},
+     "idempotency_key"),
+    ("POST", "/emit", {"run": "alice@1", "type": "x", "extra": 1}, "extra"),
+    ("POST", "/wait-for", {"run": "alice@1", "filter": {"kinds": ["bogus"]}}, "filter.kinds"),
+    ("POST", "/wait-for", {"run": "alice@1", "filter": {"metadata": {"k": 1.5}}},
+     "filter.metadata"),
+    ("POST", "/wait-for", {"run": "alice@1", "timeout": -1}, "timeout"),
+    ("POST", "/wait-for", {"run": "alice@1", "resume": "all"}, "resume"),
+    ("GET", "/records?limit=0", None, "limit"),
+    ("GET", "/records?after=x", None, "after"),
+    ("GET", "/records?as_run=-x", None, "as_run"),
+    ("GET", "/wake", None, "key"),
+    ("GET", "/wake?key=w&wait=soon", None, "wait"),
+    ("GET", "/receipt", None, "key"),
+]  # fmt: skip
+
+
+def test_pool_validation_errors_name_the_field(apis: tuple[Api, Api, Api]) -> None:
+    """Each bad request answers 422 (ValidationError) naming the field, and stores nothing."""
+    _admin, alice, _bob = apis
+    p = "/v1/pools/p-v"
+    alice.ok("POST", p + "/join", {"run": "alice@1", "agent": "alice"})
+    before = alice.ok("GET", p)
+    for method, path, body, field in _INVALID:
+        r = alice(method, p + path, body)
+        assert r.status_code == 422, (path, body, r.text)
+        error = r.json()["error"]
+        assert error["type"] == "ValidationError" and error["field"] == field, (body, error)
+    bad_name = alice("GET", "/v1/pools/-v")
+    assert bad_name.status_code == 422 and bad_name.json()["error"]["field"] == "pool"
+    assert alice.ok("GET", p) == before
+    # a rejected join does not create the pool it names
+    r = alice("POST", "/v1/pools/p-new/join", {"run": "alice@1\n", "agent": "alice"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "run"
+    assert alice("GET", "/v1/pools/p-new").status_code == 404
+
+
+def test_a_stopping_server_ends_pool_watches_and_wake_polls(server: LiveServer) -> None:
+    import threading
+    import time
+
+    api = Api(server, server.token)
+    p = "/v1/pools/p-stop"
+    api.ok("POST", p + "/join", {"run": "r1", "agent": "a"})
+    api.ok("POST", p + "/wait-for", {"run": "r1", "filter": {"kinds": ["event"]},
+                                     "idempotency_key": "w"})  # fmt: skip
+    watching = threading.Event()
+    seqs: list[int] = []
+    polled: list[str] = []
+
+    def watch() -> None:
+        with api.http.stream("GET", p + "/watch") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    seqs.append(int(line.split('"seq":')[1].split(",")[0]))
+                    watching.set()
+
+    threads = [
+        threading.Thread(target=watch),
+        threading.Thread(
+            target=lambda: polled.append(api.ok("GET", p + "/wake?key=w&wait=50")["status"])
+        ),
+    ]
+    for t in threads:
+        t.start()
+    assert watching.wait(10)
+    time.sleep(0.5)  # the wake poll is waiting by now (if not, it answers at once anyway)
+    assert server.state.loop is not None
+    server.state.loop.call_soon_threadsafe(server.state.stop)
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert seqs == [1, 2, 3] and polled == ["registered"]
+
+
+async def test_the_server_times_out_pool_wakes_that_nobody_reads(server: LiveServer) -> None:
+    """Wakes registered through the Python client's store calls time out on the server's own
+    pass: a watcher gets the `wake_timed_out` record without anyone reading the wake."""
+    async with agentcomm.connect(server.url, token=server.token) as hub:
+        pool = await hub.pool("p-expire")
+        await pool.join("r1", agent="a")
+        cursor = (await pool.snapshot()).cursor
+        await pool.wait_for("r1", agentcomm.EventFilter(kinds={"event"}), timeout=0.3)
+    api = Api(server, server.token)
+    with api.http.stream("GET", f"/v1/pools/p-expire/watch?after={cursor}",
+                         timeout=httpx.Timeout(10.0)) as stream:  # fmt: skip
+        kinds = []
+        for line in stream.iter_lines():  # a read timeout (10 s) fails the test
+            if line.startswith("data: "):
+                kinds.append(line.split('"kind":"')[1].split('"')[0])
+                if kinds[-1] != "wake_registered":
+                    break
+    assert kinds == ["wake_registered", "wake_timed_out"]

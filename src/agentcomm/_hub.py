@@ -412,14 +412,20 @@ class Hub:
         `config=None` or an equal one it returns the same pool. See `Pool`."""
         ctx = self._require_backend()
         pool = await open_pool(ctx, ctx.pools, name, config)
+        self._start_pool_wakes()
+        return pool
+
+    def _start_pool_wakes(self) -> None:
+        """Start the pass that times out due pool wakes (once; not for a hub whose store
+        runs it elsewhere). A server starts it when it opens: its clients' store calls never
+        go through `pool()`."""
         if (
             self._background
             and not self._pool_wakes_started
             and not self._backend.housekeeping_elsewhere
         ):
             self._pool_wakes_started = True
-            ctx.spawn(self._run_pool_wakes())
-        return pool
+            self._ctx.spawn(self._run_pool_wakes())
 
     @awaitable
     async def agent(self, name: str, *, create: bool = True) -> Agent:

@@ -24,7 +24,15 @@ from .tokens import TokenInfo
 if TYPE_CHECKING:
     from .app import ServerState
 
-__all__ = ["ENDPOINTS", "Call", "Endpoint", "Receipts", "route"]
+__all__ = ["ENDPOINTS", "Call", "Endpoint", "FieldError", "Receipts", "route"]
+
+
+class FieldError(ValidationError):
+    """A ValidationError naming the request field at fault (the `field` of its 422 body)."""
+
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -57,8 +65,20 @@ class Call:
         try:
             return float(raw)
         except ValueError:
-            raise ValidationError(
-                f"Query parameter {name} must be a number, not {raw!r}."
+            raise FieldError(
+                f"Query parameter {name} must be a number, not {raw!r}.", name
+            ) from None
+
+    def query_int(self, name: str, default: int) -> int:
+        """A whole-number query parameter (422 naming it if it is not one)."""
+        raw = self.request.query_params.get(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise FieldError(
+                f"Query parameter {name} must be a whole number, not {raw!r}.", name
             ) from None
 
 

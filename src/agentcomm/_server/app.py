@@ -15,17 +15,18 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._errors import AgentCommError, AuthenticationFailed, ValidationError
+from .._errors import AgentCommError, AuthenticationFailed
 from .._hub import Hub, connect
 from . import (  # noqa: F401 (routes)
     routes_admin,
     routes_kv,
     routes_leases,
     routes_messages,
+    routes_pools,
     routes_refs,
     routes_streams,
 )
-from .api import ENDPOINTS, Call, Endpoint, Receipts
+from .api import ENDPOINTS, Call, Endpoint, FieldError, Receipts
 from .errors import BodyTooLarge, error_response
 from .limits import RateLimiter, ServerSettings
 from .openapi import openapi_document
@@ -38,6 +39,7 @@ __all__ = ["DRAIN_CHANNEL", "ServerState", "build_app"]
 #: The wake-up channel a stopping server notifies, so long polls answer at once.
 DRAIN_CHANNEL = "server-drain"
 _FIELD = re.compile(r"at `\$\.?([^`\[]*)")
+_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
 
 
 class ServerState:
@@ -62,6 +64,8 @@ class ServerState:
         """Open the hub and load the receipt secret."""
         await self.hub.open()
         self.loop = asyncio.get_running_loop()
+        if self.hub._ctx.backend.pools is not None:  # wakes time out here, read or not
+            self.hub._start_pool_wakes()
         self.receipts = Receipts(await self.tokens.secret("receipts"))
         self.hub._ctx.notifier.taps.append(self._tap)
 
@@ -119,16 +123,20 @@ def _decode(raw: bytes, body_type: type) -> Any:
     try:
         return msgspec.json.decode(raw or b"{}", type=body_type)
     except msgspec.ValidationError as exc:
-        m = _FIELD.search(str(exc))
-        raise _BadField(str(exc), m.group(1) if m else None) from None
+        raise FieldError(str(exc), _field_of(str(exc))) from None
     except msgspec.DecodeError as exc:
-        raise _BadField(f"The body is not valid JSON: {exc}", None) from None
+        raise FieldError(f"The body is not valid JSON: {exc}", None) from None
 
 
-class _BadField(ValidationError):
-    def __init__(self, message: str, field: str | None) -> None:
-        super().__init__(message)
-        self.field = field
+def _field_of(message: str) -> str | None:
+    """The body field a msgspec error is about: `to.run` for "Object missing required field
+    `run` - at `$.to`", `filter.kinds` for "... - at `$.filter.kinds[0]`"."""
+    at = _FIELD.search(message)
+    where = at.group(1) if at else ""
+    named = _NAMED.search(message)
+    if named:
+        return f"{where}.{named.group(1)}" if where else named.group(1)
+    return where or None
 
 
 def _failure(exc: BaseException) -> Response:
@@ -136,7 +144,7 @@ def _failure(exc: BaseException) -> Response:
         return Response(status_code=400)
     if isinstance(exc, BodyTooLarge):
         return error_response(exc, status=413, field="body")
-    if isinstance(exc, _BadField):
+    if isinstance(exc, FieldError):
         return error_response(exc, field=exc.field)
     return error_response(exc)
 

@@ -3,17 +3,19 @@ OpenAPI document from these same definitions)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
 from .._backends.http.calls import AgentInfoWire as AgentInfo
 from .._backends.http.calls import DeadLetterWire as DeadLetter
 from .._models import HubStats, MailboxStats, PublishResult, TopicStats
+from .._pool_models import PoolConfig, PoolMember, Receipt
 from .authz import Principal
 
 __all__ = [
-    "AgentInfo", "DeadLetter", "HubStats", "MailboxStats", "PublishResult", "TopicStats",
+    "AgentInfo", "DeadLetter", "HubStats", "MailboxStats", "PoolConfig", "PoolMember",
+    "PublishResult", "Receipt", "TopicStats",
 ]  # fmt: skip
 
 
@@ -337,3 +339,201 @@ class Health(msgspec.Struct):
 
     status: str
     backend: str
+
+
+# --- agent pools ---------------------------------------------------------------------------
+
+#: A pool, run, agent, topic, policy ref or type name (the rule of `check_name`).
+Name = Annotated[
+    str,
+    msgspec.Meta(
+        pattern="^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$",
+        description="1-128 letters, digits or `_ . : @ -`, starting with a letter, digit or `_`",
+    ),
+]
+#: An idempotency key (or a wake id or message id where the field says so).
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+RecordKind = Literal[
+    "opened", "member_joined", "member_left", "message", "event", "wake_registered",
+    "wake_triggered", "wake_timed_out", "wake_cancelled",
+]  # fmt: skip
+
+
+class PoolConfigBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A pool's config (see `agentcomm.PoolConfig`), fixed when the pool is created."""
+
+    required_policy_refs: list[Name] = []
+    include_sender_in_broadcast: bool = False
+    observe_policy_refs: list[Name] = []
+
+
+class PoolOpenBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Create the pool, or attach to it (`config` omitted: any existing config, or the
+    default for a new pool; another config than the stored one answers 409)."""
+
+    config: PoolConfigBody | None = None
+
+
+class JoinBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Run `run` of agent `agent` joins (again: its topics and policy refs are updated)."""
+
+    run: Name
+    agent: Name
+    topics: list[Name] = []
+    policy_refs: list[Name] = []
+
+
+class RunBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A member run."""
+
+    run: Name
+
+
+class ToRunTarget(msgspec.Struct, tag_field="kind", tag="run", forbid_unknown_fields=True):
+    """One member run."""
+
+    run: Name
+
+
+class ToAgentTarget(msgspec.Struct, tag_field="kind", tag="agent", forbid_unknown_fields=True):
+    """Every member run of an agent."""
+
+    agent: Name
+
+
+class ToTopicTarget(msgspec.Struct, tag_field="kind", tag="topic", forbid_unknown_fields=True):
+    """Every member holding a topic."""
+
+    topic: Name
+
+
+class ToPoolTarget(msgspec.Struct, tag_field="kind", tag="pool", forbid_unknown_fields=True):
+    """Every member (minus the sender unless the pool's config includes it)."""
+
+
+#: Where a pool message goes: `{"kind": "run", "run": ...}`, `{"kind": "agent", "agent": ...}`,
+#: `{"kind": "topic", "topic": ...}` or `{"kind": "pool"}`.
+Target = Union[ToRunTarget, ToAgentTarget, ToTopicTarget, ToPoolTarget]  # noqa: UP007
+
+
+class PoolSendBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A pool message from member run `sender` (see `Pool.send`); `ttl` omitted: the server
+    hub's default. A repeated `idempotency_key` answers the first receipt (`duplicate`)."""
+
+    sender: Name
+    to: Target
+    data: Any = None
+    type: Name = "message"
+    policy_refs: list[Name] = []
+    idempotency_key: Key | None = None
+    ttl: float | None = None
+    metadata: dict[str, Any] | None = None
+    priority: int = 0
+    max_attempts: int | None = None
+
+
+class EmitBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A custom event of member run `run` (it can trigger wakes)."""
+
+    run: Name
+    type: Name
+    data: Any = None
+    metadata: dict[str, Any] | None = None
+
+
+class FilterBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which records a wake is after (see `agentcomm.EventFilter`): fields are ANDed, an
+    omitted one matches any value."""
+
+    kinds: list[RecordKind] | None = None
+    runs: list[Name] | None = None
+    senders: list[Name] | None = None
+    agents: list[Name] | None = None
+    types: list[Name] | None = None
+    topics: list[Name] | None = None
+    to_me: bool | None = None
+    metadata: dict[str, str | int | bool | None] | None = None
+
+
+class WaitForBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A wake for member run `run` (see `Pool.wait_for`); `timeout` in seconds, omitted:
+    never. The same `idempotency_key` answers the wake registered with it."""
+
+    run: Name
+    filter: FilterBody = msgspec.field(default_factory=FilterBody)
+    timeout: float | None = None
+    idempotency_key: Key | None = None
+    replay: bool = False
+    resume: Literal["envelope", "full"] = "envelope"
+
+
+class WakeKeyBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A wake, by id or idempotency key."""
+
+    key: Key
+
+
+class PoolRecordOut(msgspec.Struct, kw_only=True):
+    """One entry of a pool's log (see `agentcomm.PoolRecord`); `data` is null where withheld."""
+
+    seq: int
+    kind: str
+    pool: str
+    run: str | None
+    at: float
+    agent: str | None = None
+    topics: list[str] = []
+    policy_refs: list[str] = []
+    message_id: str | None = None
+    to: Target | None = None
+    type: str | None = None
+    data: Any = None
+    metadata: dict[str, Any] | None = None
+    receipt: Receipt | None = None
+    wake_id: str | None = None
+    trigger_seq: int | None = None
+    config: PoolConfig | None = None
+    missed: int = 0
+
+
+class PoolRecords(msgspec.Struct):
+    """A page of a pool's log, oldest first."""
+
+    records: list[PoolRecordOut]
+
+
+class WakeOut(msgspec.Struct, kw_only=True):
+    """A wake: `status` "registered", "triggered" (`record`: the record that triggered it, its
+    payload withheld unless `resume` is "full"), "timed_out" or "cancelled"."""
+
+    id: str
+    pool: str
+    run: str
+    filter: FilterBody
+    idempotency_key: str | None
+    resume: str
+    status: str
+    registered_at: float
+    deadline: float | None
+    trigger_seq: int | None
+    record: PoolRecordOut | None = None
+
+
+class Cancelled(msgspec.Struct):
+    """Whether a registered wake was cancelled (False: it had ended)."""
+
+    cancelled: bool
+
+
+class PoolSnapshotOut(msgspec.Struct, kw_only=True):
+    """A pool's config, members, topics, registered wakes, counts, and `cursor` (the last
+    record's seq) to read or watch from."""
+
+    name: str
+    config: PoolConfig
+    created_at: float
+    members: list[PoolMember]
+    topics: list[str]
+    pending_wakes: list[WakeOut]
+    counts: dict[str, int]
+    cursor: int
