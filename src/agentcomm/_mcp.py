@@ -6,6 +6,11 @@ the name a bearer token resolves to over streamable HTTP (`http_app`, for `agent
 to mount at `/mcp`). Results are compact JSON text; a call that cannot be done is a tool error
 (`isError`) whose text says what to do.
 
+Each call also carries `Checks`: what it may do beyond acting as its agent. Over stdio every
+operation is allowed (the process opened the store itself); under `agentcomm serve` they are
+the token's grants (`agentcomm._server.authz.ToolChecks`), checked before the store is
+touched, so a refused call changes nothing.
+
 What a session keeps between calls, per agent: the messages it received and has not settled
 yet (so `acknowledge` / `release` / `reply` find them by id). They are released when the hub
 closes (the server exits), like any unsettled delivery.
@@ -15,7 +20,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, Protocol
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -23,9 +28,11 @@ from pydantic import Field
 from starlette.types import ASGIApp
 
 from ._agent import Agent
+from ._coord_leases import _patterns
 from ._errors import (
     AgentCommError,
     LeaseLost,
+    PermissionDenied,
     RemoteError,
     RequestFailed,
     RequestTimeout,
@@ -37,7 +44,17 @@ from ._lease_models import Lease
 from ._mailbox import Message
 from ._models import AgentInfo, PeekedMessage
 
-__all__ = ["DEFAULT_TOOLS", "EXTRA_TOOLS", "McpOptions", "build_server", "http_app", "run_stdio"]
+__all__ = [
+    "DEFAULT_TOOLS",
+    "EXTRA_TOOLS",
+    "UNCHECKED",
+    "Caller",
+    "Checks",
+    "McpOptions",
+    "build_server",
+    "http_app",
+    "run_stdio",
+]
 
 #: The default tool set, in the order a client lists them.
 DEFAULT_TOOLS = (
@@ -52,8 +69,73 @@ MAX_WAIT = 600
 #: The namespace memory tools use when none is given.
 SHARED_NAMESPACE = "shared"
 
-#: Resolves the agent a tool call acts as (raises ToolError when the caller is not allowed).
-Identity = Callable[[Context], str | Awaitable[str]]
+
+class Checks(Protocol):
+    """What a tool call may do beyond acting as its agent. A check raises PermissionDenied
+    (an `AgentCommError`); a `sees_` filter says whether a listing shows an entry."""
+
+    def read_memory(self, namespace: str) -> None:
+        """Reading a shared namespace."""
+
+    def write_memory(self, namespace: str) -> None:
+        """Writing or deleting in a shared namespace."""
+
+    def publish(self, topic: str) -> None:
+        """Publishing to a topic."""
+
+    def subscribe(self, pattern: str) -> None:
+        """Reading the topics a pattern matches."""
+
+    def take_leases(self, patterns: list[str]) -> None:
+        """Reserving normalized file patterns."""
+
+    def sees_agent(self, agent: str) -> bool:
+        """Whether an agent is listed and reached by `send_message(to="*")`."""
+
+    def sees_lease(self, owner: str, pattern: str) -> bool:
+        """Whether another agent's reservation is listed."""
+
+
+class _Unchecked:
+    """Everything allowed: the stdio server, whose process opened the store itself."""
+
+    def read_memory(self, namespace: str) -> None:
+        return None
+
+    def write_memory(self, namespace: str) -> None:
+        return None
+
+    def publish(self, topic: str) -> None:
+        return None
+
+    def subscribe(self, pattern: str) -> None:
+        return None
+
+    def take_leases(self, patterns: list[str]) -> None:
+        return None
+
+    def sees_agent(self, agent: str) -> bool:
+        return True
+
+    def sees_lease(self, owner: str, pattern: str) -> bool:
+        return True
+
+
+#: The checks of a caller that may do everything (stdio).
+UNCHECKED: Checks = _Unchecked()
+
+
+class Caller(NamedTuple):
+    """Who a tool call acts as: the agent, and the checks its operations must pass."""
+
+    agent: str
+    checks: Checks = UNCHECKED
+
+
+#: Resolves who a tool call acts as (raises ToolError when the caller is not allowed).
+Identity = Callable[[Context], Caller | Awaitable[Caller]]
+#: What a bearer token resolves to: an agent name (unchecked), a `Caller`, or None (invalid).
+Resolved = str | Caller | None
 
 
 class McpOptions:
@@ -95,6 +177,8 @@ def _cut(body: Any, limit: int) -> tuple[Any, bool]:
 
 def _tool_error(exc: AgentCommError) -> ToolError:
     """An agentcomm error as a tool error whose text tells a model what to do."""
+    if isinstance(exc, PermissionDenied):
+        return ToolError(f"PermissionDenied: {exc} Nothing was changed.")
     if isinstance(exc, UnknownAgent):
         return ToolError(
             f"No agent named {exc.name!r}. Call list_agents to see who exists (names are exact)."
@@ -127,19 +211,32 @@ class AgentTools:
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    async def _session(self, ctx: Context) -> _Session:
-        """The calling agent's session; the call counts as its activity."""
-        name = self._identity(ctx)
-        if not isinstance(name, str):
-            name = await name
+    async def _session(
+        self, ctx: Context, check: Callable[[Checks], object] | None = None
+    ) -> _Session:
+        """The calling agent's session, once `check` passed; the call counts as its
+        activity."""
+        return (await self._caller(ctx, check))[0]
+
+    async def _caller(
+        self, ctx: Context, check: Callable[[Checks], object] | None = None
+    ) -> tuple[_Session, Checks]:
+        """The calling agent's session and checks. `check(checks)` runs before anything
+        touches the store (not even presence), so a refused call changes nothing."""
+        caller = self._identity(ctx)
+        if not isinstance(caller, Caller):
+            caller = await caller
+        name = caller.agent
         session = self._sessions.get(name)
         try:
+            if check is not None:
+                check(caller.checks)
             if session is None:
                 session = self._sessions[name] = _Session(await self.hub.agent(name))
             await self.hub._ctx.presence.note(name, active=True)
         except AgentCommError as exc:
             raise _tool_error(exc) from exc
-        return session
+        return session, caller.checks
 
     def _now(self) -> float:
         return self.hub._ctx.now()
@@ -229,7 +326,7 @@ class AgentTools:
         """Agents on this store and their presence: active (acted recently), idle (running,
         quiet) or gone (no process seen lately); agents gone for long are retired and skipped
         by broadcasts until they act again."""
-        session = await self._session(ctx)
+        session, checks = await self._caller(ctx)
         try:
             infos = await self.hub.agents()
         except AgentCommError as exc:
@@ -237,6 +334,8 @@ class AgentTools:
         now = self._now()
         out = []
         for info in infos:
+            if not checks.sees_agent(info.name):
+                continue
             retired = self._retired(info, now)
             if retired and not include_retired:
                 continue
@@ -277,7 +376,7 @@ class AgentTools:
     ) -> str:
         """Send a message to another agent's inbox (it stays there until received and
         acknowledged). Returns the message id per recipient."""
-        session = await self._session(ctx)
+        session, checks = await self._caller(ctx)
         me = session.agent.name
         try:
             skipped: list[str] = []
@@ -285,7 +384,7 @@ class AgentTools:
                 now = self._now()
                 recipients = []
                 for info in await self.hub.agents():
-                    if info.name == me:
+                    if info.name == me or not checks.sees_agent(info.name):
                         continue
                     if self._retired(info, now):
                         skipped.append(info.name)
@@ -513,7 +612,7 @@ class AgentTools:
     ) -> str:
         """Announce something on a topic: every agent reading the topic sees it (nobody's
         inbox fills up)."""
-        session = await self._session(ctx)
+        session = await self._session(ctx, lambda c: c.publish(topic))
         try:
             result = await session.agent.publish(topic, body, type=type)
         except AgentCommError as exc:
@@ -531,7 +630,7 @@ class AgentTools:
     ) -> str:
         """Read what was published on a topic since your last read of it (your position is
         kept across sessions; the first read starts at the oldest kept)."""
-        session = await self._session(ctx)
+        session = await self._session(ctx, lambda c: c.subscribe(topic))
         digest = hashlib.sha256(topic.encode()).hexdigest()[:16]
         durable = f"mcp.{session.agent.name}.{digest}"[:128]
         out: list[dict[str, Any]] = []
@@ -564,7 +663,7 @@ class AgentTools:
         namespace: Annotated[str, Field(description="A shared namespace.")] = SHARED_NAMESPACE,
     ) -> str:
         """Read a key of shared memory: its value and version (version 0: absent)."""
-        session = await self._session(ctx)
+        session = await self._session(ctx, lambda c: c.read_memory(namespace))
         try:
             entry = await session.agent.memory(namespace).get(key)
         except AgentCommError as exc:
@@ -590,7 +689,7 @@ class AgentTools:
         namespace: Annotated[str, Field(description="A shared namespace.")] = SHARED_NAMESPACE,
     ) -> str:
         """Write a key of shared memory; returns its new version."""
-        session = await self._session(ctx)
+        session = await self._session(ctx, lambda c: c.write_memory(namespace))
         try:
             entry = await session.agent.memory(namespace).put(
                 key, value, expected_version=expected_version
@@ -607,7 +706,7 @@ class AgentTools:
         namespace: str = SHARED_NAMESPACE,
     ) -> str:
         """Delete a key of shared memory (checked against expected_version when given)."""
-        session = await self._session(ctx)
+        session = await self._session(ctx, lambda c: c.write_memory(namespace))
         try:
             deleted = await session.agent.memory(namespace).delete(
                 key, expected_version=expected_version
@@ -638,11 +737,18 @@ class AgentTools:
         """Reserve files before editing them, so other agents do not edit the same ones. All
         or nothing: if another agent holds an overlapping reservation, nothing is reserved and
         the conflicts say who holds what until when (ask them, or wait)."""
-        session = await self._session(ctx)
+        patterns: list[str] = []
+
+        def check(checks: Checks) -> None:
+            patterns.extend(_patterns(paths, what="paths"))
+            checks.take_leases(patterns)
+
+        session = await self._session(ctx, check)
         try:
             result = await self.hub.leases.acquire(
-                session.agent.name, paths, ttl=ttl_seconds, exclusive=exclusive, reason=reason
-            )
+                session.agent.name, patterns, ttl=ttl_seconds, exclusive=exclusive,
+                reason=reason,
+            )  # fmt: skip
         except AgentCommError as exc:
             raise _tool_error(exc) from exc
         now = self._now()
@@ -691,13 +797,14 @@ class AgentTools:
         ] = None,
     ) -> str:
         """Who has reserved which files, until when and why."""
-        await self._session(ctx)
+        _, checks = await self._caller(ctx)
         try:
             leases = await self.hub.leases.list(overlapping=path)
         except AgentCommError as exc:
             raise _tool_error(exc) from exc
         now = self._now()
-        return _json({"reservations": [self._lease(x, now) for x in leases]})
+        shown = [x for x in leases if checks.sees_lease(x.owner, x.pattern)]
+        return _json({"reservations": [self._lease(x, now) for x in shown]})
 
     async def dead_letters(
         self, ctx: Context, limit: Annotated[int, Field(ge=1, le=100)] = 20
@@ -739,8 +846,8 @@ def build_server(
 def fixed(name: str) -> Identity:
     """The identity of a stdio server: every call acts as `name`."""
 
-    def identity(ctx: Context) -> str:
-        return name
+    def identity(ctx: Context) -> Caller:
+        return Caller(name)
 
     return identity
 
@@ -763,36 +870,38 @@ async def run_stdio(url: str | None, agent: str, options: McpOptions, **connect:
         await build_server(hub, fixed(agent), options).run_stdio_async()
 
 
-def bearer(resolve: Callable[[str], str | Awaitable[str | None] | None]) -> Identity:
+def bearer(resolve: Callable[[str], Resolved | Awaitable[Resolved]]) -> Identity:
     """The identity of an HTTP call: the agent its bearer token resolves to (`resolve(token)`
-    returns the agent name, or None for a token that is not valid)."""
+    returns the agent name, a `Caller` with the token's checks, or None for a token that is
+    not valid; a bare name is not checked further)."""
 
-    async def identity(ctx: Context) -> str:
+    async def identity(ctx: Context) -> Caller:
         headers: Mapping[str, str] = ctx.headers or {}
         auth = headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ToolError("Send an 'Authorization: Bearer <token>' header naming your agent.")
-        name = resolve(token.strip())
-        if not isinstance(name, str | None):
-            name = await name
-        if name is None:
+        got = resolve(token.strip())
+        if not isinstance(got, str | Caller | None):
+            got = await got
+        if got is None:
             raise ToolError("The bearer token is not valid here; ask for a token of your agent.")
-        return name
+        return Caller(got) if isinstance(got, str) else got
 
     return identity
 
 
 def http_app(
     hub: Hub,
-    resolve: Callable[[str], str | Awaitable[str | None] | None],
+    resolve: Callable[[str], Resolved | Awaitable[Resolved]],
     options: McpOptions | None = None,
     *,
     path: str = "/",
     host_check: bool = True,
 ) -> tuple[ASGIApp, Callable[[], contextlib.AbstractAsyncContextManager[None]]]:
     """A streamable-HTTP MCP app on an open `hub`, each call acting as the agent its bearer
-    token resolves to, and the lifespan to run around it (the SDK's session manager).
+    token resolves to (with that token's checks when `resolve` returns a `Caller`), and the
+    lifespan to run around it (the SDK's session manager).
 
     Mount it where the tools should be (`Mount("/mcp", app)` with `path="/"`) and enter the
     lifespan in the host application's own (`async with lifespan(): ...`). `host_check=False`

@@ -5,8 +5,8 @@ patterns it may publish and subscribe within, the shared-memory namespaces it ma
 or read and write (`rw`), the pools it may join and act in, the file globs it may take
 coordination leases on, and `admin` (inspect, redrive, purge, tokens). A check either
 returns or raises `PermissionDenied`, naming what the token lacks. The routes of the JSON
-API and the store calls of the Python client call these functions before they touch the
-store; nothing else decides who may do what.
+API, the store calls of the Python client and the MCP tools at `/mcp` (`ToolChecks`) call
+these functions before they touch the store; nothing else decides who may do what.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from .._subjects import parse_pattern, parse_topic
 __all__ = [
     "RESERVED_NAMESPACE",
     "Principal",
+    "ToolChecks",
+    "may_see_agent",
     "may_see_lease",
     "may_subscribe_topic",
     "need_act_as",
@@ -99,6 +101,12 @@ def need_act_as(p: Principal, agent: str, what: str = "act as") -> None:
             f"This token may not {what} agent {agent!r}; it acts as "
             f"{', '.join(p.agents) or 'no agent'} (token create --agent NAME)."
         )
+
+
+def may_see_agent(p: Principal, agent: str) -> bool:
+    """Whether an agent (its name and presence) may be shown to the token: its own agents,
+    every agent for an admin."""
+    return p.admin or p.acts_as(agent)
 
 
 def need_any_act_as(p: Principal, agents: Iterable[str], what: str) -> None:
@@ -227,6 +235,51 @@ def need_lease(p: Principal, pattern: str) -> None:
             f"This token may not take leases on {pattern!r}; it may lease "
             f"{', '.join(p.leases) or 'no pattern'} (token create --lease GLOB)."
         )
+
+
+class ToolChecks:
+    """The checks of the MCP tools served at `/mcp`, for one token (`agentcomm._mcp.Checks`).
+
+    Each tool calls the check of its operation before it touches the store, so a tool allows
+    what the `/v1` route of the same operation allows: shared memory by `kv` grant (`r` to
+    read, `rw` to write), topics by `publish` / `subscribe` pattern, file reservations by
+    `leases` grant, and listings of agents and leases filtered as `/v1/agents` and
+    `/v1/leases` filter them. Acting as the one agent is checked when the token is resolved
+    (`mounts.agent_of`); the rest of the tools touch only that agent's own mailbox, dead
+    letters and leases.
+    """
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    def read_memory(self, namespace: str) -> None:
+        """Reading a shared namespace (`--kv NAMESPACE:r`)."""
+        need_kv(self.principal, Space("", namespace), write=False)
+
+    def write_memory(self, namespace: str) -> None:
+        """Writing or deleting in a shared namespace (`--kv NAMESPACE:rw`)."""
+        need_kv(self.principal, Space("", namespace), write=True)
+
+    def publish(self, topic: str) -> None:
+        """Publishing to `topic` (`--publish`)."""
+        need_publish(self.principal, topic)
+
+    def subscribe(self, pattern: str) -> None:
+        """Reading topics matching `pattern` with a durable cursor (`--subscribe`)."""
+        need_subscribe(self.principal, pattern)
+
+    def take_leases(self, patterns: Iterable[str]) -> None:
+        """Reserving every one of the (normalized) file `patterns` (`--lease`)."""
+        for pattern in patterns:
+            need_lease(self.principal, pattern)
+
+    def sees_agent(self, agent: str) -> bool:
+        """Whether `agent` is listed (and reached by a broadcast) for this token."""
+        return may_see_agent(self.principal, agent)
+
+    def sees_lease(self, owner: str, pattern: str) -> bool:
+        """Whether a reservation is listed for this token."""
+        return may_see_lease(self.principal, owner, pattern)
 
 
 def notification_visible(p: Principal, channel: str, kv_channels: Mapping[str, Space]) -> bool:

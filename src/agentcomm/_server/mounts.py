@@ -5,7 +5,9 @@
   The tools act as the one agent the token names exactly: its `agents` must hold exactly one
   name without glob characters (`token create --agent alice`); a token of several agents, of
   globs only, or none is refused (403), an unknown or revoked one too (401). No tool takes an
-  agent name to act as, so a token reaches only its own agent's inbox.
+  agent name to act as, so a token reaches only its own agent's inbox. Every other grant is
+  checked per tool call by `authz.ToolChecks` (shared memory, topics, file reservations, and
+  which agents and reservations are listed), as on `/v1`.
 - `/dashboard`: every request (pages, the event stream, static files, the redrive POST)
   needs an admin token (401 without one, 403 for a non-admin token): a bearer header, or for
   a browser `?token=act_...` once, which sets an HttpOnly cookie and redirects to the same page
@@ -23,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._errors import AgentCommError, AuthenticationFailed, PermissionDenied
 from .app import ServerState
-from .authz import need_act_as, need_admin
+from .authz import ToolChecks, need_act_as, need_admin
 from .errors import error_response
 from .tokens import TokenInfo
 
@@ -83,12 +85,13 @@ def mcp_mount(
     see the module docstring for how a token picks the agent."""
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from .._mcp import http_app
+    from .._mcp import Caller, http_app
 
     def factory(state: ServerState) -> ASGIApp:
-        async def resolve(token: str) -> str:
+        async def resolve(token: str) -> Caller:
             try:  # checked per call too: a token revoked mid-session stops at its next call
-                return agent_of(await state.tokens.authenticate(token))
+                info = await state.tokens.authenticate(token)
+                return Caller(agent_of(info), ToolChecks(info.principal))
             except AgentCommError as exc:
                 raise ToolError(str(exc)) from exc
 

@@ -66,7 +66,7 @@ def _outgoing(body: SendBody) -> Outgoing:
 async def list_agents(call: Call) -> AgentList:
     infos = await call.server.hub.agents()
     p = call.principal
-    return AgentList([_agent(i) for i in infos if p.admin or p.acts_as(i.name)])
+    return AgentList([_agent(i) for i in infos if authz.may_see_agent(p, i.name)])
 
 
 @route("POST", "/v1/agents/{agent}", summary="Register an agent (or attach to it)", tag=TAG,

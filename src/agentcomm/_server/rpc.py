@@ -290,7 +290,7 @@ def _filter(call: Call, feature: str, name: str, result: Any) -> Any:
     if p.admin and name != "read_topics":
         return result
     if name == "list_agents":
-        return [i for i in result if p.acts_as(i.name)]
+        return [i for i in result if authz.may_see_agent(p, i.name)]
     if name == "lease_list":
         return [lease for lease in result if authz.may_see_lease(p, lease.owner, lease.pattern)]
     if name == "list_schedules":
