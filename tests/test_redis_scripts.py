@@ -5,6 +5,7 @@ EVALSHA. Both ways must behave alike (the retry tests of test_redis_retries.py r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -150,3 +151,43 @@ async def test_a_user_who_may_not_run_functions_falls_back_to_evalsha(
 def test_a_bad_scripts_option_is_refused(redis_url: str) -> None:
     with pytest.raises(agentcomm.ConfigurationError, match="scripts"):
         agentcomm.connect(f"{redis_url}?scripts=lua")
+
+
+@pytest.mark.parametrize("query", ["", "&scripts=eval"])
+async def test_reply_slots_read_by_pub_sub_are_dropped(
+    redis_url: str, prefix: str, raw: redis.Redis, query: str
+) -> None:
+    # two hubs: the replies reach the requester's hub whole on the wake channel, and its slots
+    # are dropped afterwards, several in one call
+    url = f"{redis_url}?prefix={prefix}{query}"
+    async with agentcomm.connect(url) as asking, agentcomm.connect(url) as answering:
+        requester, responder = await asking.agent("asker"), await answering.agent("answerer")
+
+        async def answer(n: int) -> None:
+            for _ in range(n):
+                msg = await responder.receive(timeout=5)
+                assert msg is not None
+                await msg.reply(msg.data * 2)
+
+        backend = asking._backend
+        assert isinstance(backend, RedisBackend)
+        ops: list[Any] = []
+        execute = backend._scripts._execute
+
+        async def recording(*args: Any) -> Any:
+            if args[0] in ("FCALL", "EVALSHA"):
+                ops.append(args[6])  # ARGV 4: the operation
+            return await execute(*args)
+
+        backend._scripts._execute = recording
+        answering_task = asyncio.ensure_future(answer(3))
+        replies = [(await requester.request("answerer", i, timeout=5)).data for i in range(3)]
+        await answering_task
+        assert replies == [0, 2, 4]
+        for _ in range(100):  # dropped after a short delay: wait up to 2 s
+            if raw.hlen(f"{prefix}:req") == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert raw.hlen(f"{prefix}:req") == 0
+        assert raw.zcard(f"{prefix}:req:dl") == 0 and raw.hlen(f"{prefix}:req:att") == 0
+        assert "drop" in ops and not any(str(op).startswith("take") for op in ops)

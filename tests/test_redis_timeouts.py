@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import agentcomm
+from agentcomm._backends.redis import RedisBackend
 from agentcomm._backends.redis.scripts import MARGIN
 from redis_server import BINARY, RedisServer
 
@@ -135,3 +136,22 @@ async def test_the_hub_works_again_after_the_server_thaws(
 def test_a_bad_command_timeout_is_refused(value: str) -> None:
     with pytest.raises(agentcomm.ConfigurationError, match="command_timeout"):
         agentcomm.connect(f"redis://127.0.0.1:1/0?command_timeout={value}")
+
+
+@pytest.mark.parametrize(("query", "expected"), [("", None), ("?socket_timeout=2", 2.0)])
+async def test_round_trips_have_no_socket_timeout_unless_the_url_sets_one(
+    server: RedisServer, query: str, expected: float | None
+) -> None:
+    # redis-py 8.1 defaults to 5 s, which arms a task per send and a timer per read; the
+    # watchdog bounds every round trip instead
+    async with agentcomm.connect(server.url + query) as hub:
+        backend = hub._backend
+        assert isinstance(backend, RedisBackend)
+        agent = await hub.agent("a")
+        await agent.send("a", 1)
+        for client in (backend._scripts.client, backend._wake_client):
+            conn = await client.connection_pool.get_connection()
+            try:
+                assert conn.socket_timeout == expected
+            finally:
+                await client.connection_pool.release(conn)

@@ -325,6 +325,9 @@ def _connect(url: str, retry: Retry) -> aioredis.Redis:
         url,
         retry=retry,
         socket_connect_timeout=5.0,
+        # explicitly none: redis-py 8.1 defaults to 5 s, which costs a task (`wait_for`) per
+        # send and a timer per read; every round trip is bounded by `Scripts.bound` instead
+        socket_timeout=None,
         # RESP2 unless the URL asks otherwise: its pure-Python parser is the faster one; with
         # hiredis installed (the `hiredis` extra) redis-py parses either in C
         protocol=2,

@@ -50,6 +50,10 @@ from .mailbox_lua import MAILBOX
 from .scripts import Scripts, num, opt_float
 
 _PRUNE_BATCH = 10_000
+#: Seconds a reply slot read by pub/sub waits to be dropped with the others read meanwhile
+#: (one script call for many requests instead of one each).
+_DROP_DELAY = 0.05
+_DROP_BATCH = 1_000
 
 logger = logging.getLogger("agentcomm")
 
@@ -245,6 +249,8 @@ class RedisMailboxes(MailboxStore):
         self._awaiting: dict[str, float] = {}  # correlation id -> request deadline
         self._inbox: dict[str, bytes] = {}
         self._cleanup: set[asyncio.Task[Any]] = set()
+        self._drops: list[str] = []  # reply slots to drop, by `_drop_slots`
+        self._dropper: asyncio.Task[None] | None = None
 
     async def _mail(self, op: str, now: float, *args: Any, token: str | None = None) -> Any:
         return await self._scripts.run(self._script, op, now, args, token)
@@ -419,12 +425,14 @@ class RedisMailboxes(MailboxStore):
     async def take_reply(self, correlation_id: str, *, abandon: bool) -> StoredReply | None:
         blob = self._inbox.pop(correlation_id, None)
         if blob is not None:
-            # it came by pub/sub: the slot is removed off the requester's path (and by a
-            # prune pass if this fails)
+            # it came by pub/sub: the slot is removed off the requester's path, with the
+            # others read meanwhile (and by a prune pass if this fails)
             self._awaiting.pop(correlation_id, None)
-            task = asyncio.get_running_loop().create_task(self._drop_slot(correlation_id))
-            self._cleanup.add(task)
-            task.add_done_callback(self._cleanup.discard)
+            self._drops.append(correlation_id)
+            if self._dropper is None:
+                task = self._dropper = asyncio.get_running_loop().create_task(self._drop_slots())
+                self._cleanup.add(task)
+                task.add_done_callback(self._cleanup.discard)
             return decode_reply(blob)
         blob = await self._bare("take", 0.0, correlation_id, 1 if abandon else 0, token=new_id())
         if blob is not None or abandon:
@@ -435,9 +443,14 @@ class RedisMailboxes(MailboxStore):
     async def request_attempts(self, correlation_id: str) -> int:
         return int(await self._mail("attempts", 0.0, correlation_id))
 
-    async def _drop_slot(self, correlation_id: str) -> None:
-        with contextlib.suppress(BackendError):
-            await self._bare("take", 0.0, correlation_id, 1)
+    async def _drop_slots(self) -> None:
+        try:
+            await asyncio.sleep(_DROP_DELAY)
+        finally:
+            cids, self._drops, self._dropper = self._drops, [], None
+        for i in range(0, len(cids), _DROP_BATCH):
+            with contextlib.suppress(BackendError):
+                await self._bare("drop", 0.0, *cids[i : i + _DROP_BATCH])
 
     # --- schedules -----------------------------------------------------------------------------
 

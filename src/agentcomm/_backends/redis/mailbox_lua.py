@@ -191,6 +191,17 @@ elseif OP == 'take' then
   end
   if cur and cur ~= '' then result = cur end
 
+elseif OP == 'drop' then
+  -- the slots of replies that reached their requester by pub/sub (and were read there)
+  local cids = {}
+  for i = 5, #ARGV do cids[#cids + 1] = ARGV[i] end
+  if #cids > 0 then
+    redis.call('HDEL', P .. 'req', unpack(cids))
+    redis.call('HDEL', P .. 'req:ref', unpack(cids))
+    redis.call('HDEL', P .. 'req:att', unpack(cids))
+    redis.call('ZREM', P .. 'req:dl', unpack(cids))
+  end
+
 elseif OP == 'attempts' then
   result = redis.call('HGET', P .. 'req:att', ARGV[5]) or 0
 

@@ -121,7 +121,8 @@ local function count(name, n)
 end
 
 local STATE_KEY = {['3'] = 'fin:3', ['4'] = 'fin:4', ['5'] = 'fin:5'}
-local BARE = {enqueue = true, claim = true, settle = true, reply = true, take = true}
+local BARE = {enqueue = true, claim = true, settle = true, reply = true, take = true,
+  drop = true}
 
 -- sorted-set writes of a batch, sent as one command per key at the end (see `flush`); used
 -- only where nothing reads the key in between and no member is both added and removed
