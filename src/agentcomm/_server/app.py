@@ -176,9 +176,24 @@ async def _store_call(request: Request) -> Response:
         raw = await read_body(request, server.settings.max_body)
         call = Call(request, server, token)
         feature, method = request.path_params["feature"], request.path_params["method"]
-        return Response(await invoke(call, feature, method, raw), media_type="application/msgpack")
+        wait = _seconds(request.query_params.get("wait"))
+        result = await invoke(call, feature, method, raw, wait)
+        return Response(result, media_type="application/msgpack")
     except Exception as exc:
         return _failure(exc)
+
+
+def _seconds(raw: str | None) -> float:
+    """A `?wait=` query parameter (0 when absent)."""
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"Query parameter wait must be seconds, not {raw!r}.") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValidationError(f"Query parameter wait must be seconds >= 0, not {raw!r}.")
+    return value
 
 
 async def _events(request: Request) -> Response:

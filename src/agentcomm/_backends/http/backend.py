@@ -30,6 +30,7 @@ from ..._errors import (
 )
 from ..._models import CheckReport, HubStats, PruneReport
 from ..._notify import Notifier
+from ..._records import Claimed, StoredReply
 from ..._settings import Retention
 from .. import contracts
 from .calls import CALLS, StoreCall, from_wire
@@ -86,12 +87,15 @@ class _Link:
         self.wire_error = wire.WireError
         self.pool = wire.Pool(base, headers, timeout=CALL_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
 
-    async def call(self, spec: StoreCall, args: dict[str, Any]) -> Any:
+    async def call(self, spec: StoreCall, args: dict[str, Any], wait: float = 0.0) -> Any:
+        """Run one store call; with `wait`, the server may wait that long for a result (see
+        `HttpBackend.claim_waiting`)."""
         payload = msgspec.msgpack.encode(spec.args_type(**args))
+        path = f"/v1/store/{spec.feature}/{spec.name}"
+        if wait > 0:
+            path += f"?wait={wait:.3f}"
         try:
-            status, body = await self.pool.post(
-                f"/v1/store/{spec.feature}/{spec.name}", payload, "application/msgpack"
-            )
+            status, body = await self.pool.post(path, payload, "application/msgpack")
         except self.wire_error as exc:
             if self.closed:  # the hub closed while the call was in flight
                 raise HubClosed("The hub was closed during the call.") from None
@@ -151,6 +155,9 @@ class HttpBackend(contracts.Backend):
     housekeeping_elsewhere = True
     #: Safety re-check while waiting: the event stream normally wakes waits at once.
     recheck_interval = 5.0
+    #: Receives and requests wait on the server, in their call, this long at most (well
+    #: under `CALL_TIMEOUT`); the event stream wakes every other wait.
+    remote_wait = 5.0
 
     def __init__(self, url: str, retention: Retention, token: str | None) -> None:
         parts = urlsplit(url)
@@ -258,6 +265,29 @@ class HttpBackend(contracts.Backend):
                 await asyncio.wait((self._events,), timeout=1.0)
         if self._link is not None:
             await self._link.aclose()
+
+    async def claim_waiting(
+        self, agent: str, *, max_messages: int, lease: float, now: float, wait: float
+    ) -> Claimed:
+        """A claim the server answers once a message is claimed or `wait` seconds passed:
+        a receive that has to wait costs this one call, not a wake-up and another claim."""
+        args = {"agent": agent, "max_messages": max_messages, "lease": lease}
+        return await self._checked_link().call(  # type: ignore[no-any-return]
+            CALLS[("mailboxes", "claim")], args, wait=min(wait, self.remote_wait)
+        )
+
+    async def take_reply_waiting(self, correlation_id: str, *, wait: float) -> StoredReply | None:
+        """A take of the reply the server answers once the reply is there or `wait` seconds
+        passed: a request costs its send and this call."""
+        args = {"correlation_id": correlation_id, "abandon": False}
+        return await self._checked_link().call(  # type: ignore[no-any-return]
+            CALLS[("mailboxes", "take_reply")], args, wait=min(wait, self.remote_wait)
+        )
+
+    def _checked_link(self) -> _Link:
+        if self._link is None:
+            raise BackendError("The http backend is not open.")
+        return self._link
 
     async def _backend_call(self, name: str) -> Any:
         if self._link is None:
