@@ -75,17 +75,20 @@ class _Link:
         self.httpx = httpx
         self.closed = False
         self.base = base
+        # one trust store for both (httpx's: SSL_CERT_FILE or certifi); plain http has no
+        # certificates to check, so it skips loading a CA bundle (~60 ms)
+        tls = httpx.create_ssl_context() if base.startswith("https://") else None
         self.client = httpx.AsyncClient(
-            base_url=base, headers=headers,
+            base_url=base, headers=headers, verify=tls if tls is not None else False,
             timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
             # idle connections close well before the server's keep-alive (30 s) ends them, so
             # a call never goes out on a connection the server is closing
             limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
-            # plain http has no certificates to check: skip loading the CA bundle (~60 ms)
-            verify=not base.startswith("http://"),
         )  # fmt: skip
         self.wire_error = wire.WireError
-        self.pool = wire.Pool(base, headers, timeout=CALL_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
+        self.pool = wire.Pool(
+            base, headers, tls=tls, timeout=CALL_TIMEOUT, connect_timeout=CONNECT_TIMEOUT
+        )
 
     async def call(self, spec: StoreCall, args: dict[str, Any], wait: float = 0.0) -> Any:
         """Run one store call; with `wait`, the server may wait that long for a result (see

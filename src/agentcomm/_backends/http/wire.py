@@ -45,8 +45,16 @@ class Pool:
     """Keep-alive connections to one server, for POSTs with a body."""
 
     def __init__(
-        self, base: str, headers: dict[str, str], *, timeout: float, connect_timeout: float
+        self,
+        base: str,
+        headers: dict[str, str],
+        *,
+        timeout: float,
+        connect_timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """Connections to `base` (http:// or https://, verified by `tls`, default: the
+        system's trust store), sending `headers` with every request."""
         parts = urlsplit(base)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
@@ -55,7 +63,7 @@ class Pool:
         self._headers = [("Host", parts.netloc), *headers.items()]
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = tls
         self._idle: list[_Conn] = []
         self._busy: set[_Conn] = set()
         self._closed = False
