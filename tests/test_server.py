@@ -274,6 +274,19 @@ def test_send_receive_ack_request_reply(apis: tuple[Api, Api, Api]) -> None:
     assert reply["data"] == 42 and reply["sender"] == "alice"
 
 
+def test_a_token_revoked_through_the_store_stops_at_its_next_call(server: LiveServer) -> None:
+    """The server trusts a verified token briefly, and forgets it when the tokens' namespace
+    changes (here through another TokenStore on the store, as `agentcomm token revoke`)."""
+    from agentcomm._server.tokens import TokenStore
+
+    token = server.token_for(BOB)
+    api = Api(server, token)
+    assert api("GET", "/v1/whoami").status_code == 200  # verified (and kept)
+    elsewhere = TokenStore(server.state.hub._ctx.backend)
+    server.run(elsewhere.revoke(token.split("_")[1]))
+    assert api("GET", "/v1/whoami").status_code == 401
+
+
 def test_unknown_and_revoked_tokens_answer_401_at_once(apis: tuple[Api, Api, Api],
                                                         server: LiveServer) -> None:  # fmt: skip
     admin, alice, _ = apis
