@@ -71,7 +71,7 @@ async def echo() -> AsyncIterator[EchoServer]:
 
 
 def pool(url: str) -> Pool:
-    return Pool(url, {"Authorization": "Bearer t"}, timeout=10, connect_timeout=10)
+    return Pool(url, {"Authorization": "Bearer t"}, timeout=10, connect_timeout=10, keepalive=10)
 
 
 async def test_calls_reuse_one_connection(echo: EchoServer) -> None:

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._errors import AgentCommError, AuthenticationFailed
+from .._errors import AgentCommError, AuthenticationFailed, ValidationError
 from .._hub import Hub, connect
 from .._notify import ALL
 from . import (  # noqa: F401 (routes)

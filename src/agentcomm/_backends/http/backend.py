@@ -87,8 +87,9 @@ class _Link:
         )  # fmt: skip
         self.wire_error = wire.WireError
         self.pool = wire.Pool(
-            base, headers, tls=tls, timeout=CALL_TIMEOUT, connect_timeout=CONNECT_TIMEOUT
-        )
+            base, headers, tls=tls, timeout=CALL_TIMEOUT, connect_timeout=CONNECT_TIMEOUT,
+            keepalive=KEEPALIVE_EXPIRY,
+        )  # fmt: skip
 
     async def call(self, spec: StoreCall, args: dict[str, Any], wait: float = 0.0) -> Any:
         """Run one store call; with `wait`, the server may wait that long for a result (see

@@ -4,8 +4,8 @@ A store call is one small POST and its answer. Through `httpx.AsyncClient` each 
 2 ms of CPU in the client (its request building, cookie and redirect layers, httpcore, anyio),
 four to five times what the bytes need; this pool sends the request in one write and parses
 with h11 (the parser httpx itself uses). Idle connections are reused while younger than
-`KEEPALIVE` (below the server's keep-alive timeout) and not closed by the server, as httpcore
-does; nothing is retried. The event stream stays on httpx.
+`keepalive` seconds (below the server's keep-alive timeout) and not closed by the server, as
+httpcore does; nothing is retried. The event stream stays on httpx.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from urllib.parse import urlsplit
 
 import h11
 
-__all__ = ["KEEPALIVE", "Pool", "WireError"]
+__all__ = ["Pool", "WireError"]
 
-#: Seconds an idle connection is kept for reuse (uvicorn closes them after 5 s).
-KEEPALIVE = 4.0
 _READ = 65536
 
 
@@ -51,10 +49,12 @@ class Pool:
         *,
         timeout: float,
         connect_timeout: float,
+        keepalive: float,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         """Connections to `base` (http:// or https://, verified by `tls`, default: the
-        system's trust store), sending `headers` with every request."""
+        system's trust store), sending `headers` with every request; an idle connection is
+        reused for `keepalive` seconds."""
         parts = urlsplit(base)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
@@ -63,6 +63,7 @@ class Pool:
         self._headers = [("Host", parts.netloc), *headers.items()]
         self._timeout = timeout
         self._connect_timeout = connect_timeout
+        self._keepalive = keepalive
         self._ssl = tls
         self._idle: list[_Conn] = []
         self._busy: set[_Conn] = set()
@@ -84,7 +85,7 @@ class Pool:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if (now - conn.idle_since < KEEPALIVE and not conn.reader.at_eof()
+            if (now - conn.idle_since < self._keepalive and not conn.reader.at_eof()
                     and not conn.writer.is_closing()):  # fmt: skip
                 return conn
             conn.close()
