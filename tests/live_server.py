@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 from agentcomm._server.app import ServerState, build_app
 from agentcomm._server.authz import Principal
 from agentcomm._server.limits import ServerSettings
+from agentcomm._server.run import HttpProtocol
 
 #: The token every test server accepts (all permissions, admin).
 ADMIN_TOKEN = "act_feedfacecafe_test-secret-0123456789abcdef"
@@ -43,7 +44,7 @@ class LiveServer:
         self.state: ServerState = self.app.state.server
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
                                 lifespan="on", timeout_graceful_shutdown=5,
-                                timeout_keep_alive=30)  # fmt: skip
+                                timeout_keep_alive=30, http=HttpProtocol)  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = ""

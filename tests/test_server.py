@@ -3,6 +3,7 @@ Python client's permissions, and schemathesis over /openapi.json (bounded)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import sqlite3
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 import agentcomm
@@ -272,6 +274,19 @@ def test_send_receive_ack_request_reply(apis: tuple[Api, Api, Api]) -> None:
     assert reply["data"] == 42 and reply["sender"] == "alice"
 
 
+def test_a_token_revoked_through_the_store_stops_at_its_next_call(server: LiveServer) -> None:
+    """The server trusts a verified token briefly, and forgets it when the tokens' namespace
+    changes (here through another TokenStore on the store, as `agentcomm token revoke`)."""
+    from agentcomm._server.tokens import TokenStore
+
+    token = server.token_for(BOB)
+    api = Api(server, token)
+    assert api("GET", "/v1/whoami").status_code == 200  # verified (and kept)
+    elsewhere = TokenStore(server.state.hub._ctx.backend)
+    server.run(elsewhere.revoke(token.split("_")[1]))
+    assert api("GET", "/v1/whoami").status_code == 401
+
+
 def test_unknown_and_revoked_tokens_answer_401_at_once(apis: tuple[Api, Api, Api],
                                                         server: LiveServer) -> None:  # fmt: skip
     admin, alice, _ = apis
@@ -315,6 +330,46 @@ def test_a_stopping_server_answers_long_polls_at_once(server: LiveServer) -> Non
     server.state.loop.call_soon_threadsafe(server.state.stop)
     t.join(10)
     assert result == [200]
+
+
+async def test_a_waiting_claim_answers_when_its_message_comes(server: LiveServer) -> None:
+    async with agentcomm.connect(server.url, token=server.token) as hub:
+        a = await hub.agent("a")
+        backend = hub._ctx.backend
+        claim = asyncio.ensure_future(
+            backend.claim_waiting("a", max_messages=1, lease=30, now=0, wait=30)
+        )
+        await asyncio.sleep(0.3)
+        assert not claim.done()  # the server waits: an empty claim would have answered
+        mid = await a.send("a", 7)
+        claimed = await asyncio.wait_for(claim, 30)
+        assert [m.id for m in claimed.messages] == [mid]  # woken, not ended by its wait
+
+
+async def test_a_stopping_server_answers_waiting_store_calls_at_once(server: LiveServer) -> None:
+    async with agentcomm.connect(server.url, token=server.token) as hub:
+        await hub.agent("a")
+        backend = hub._ctx.backend
+        waits = [
+            backend.claim_waiting("a", max_messages=1, lease=30, now=0, wait=30),
+            backend.take_reply_waiting("no-such-request", wait=30),
+        ]
+        calls = [asyncio.ensure_future(w) for w in waits]
+        await asyncio.sleep(0.3)
+        assert server.state.loop is not None
+        server.state.loop.call_soon_threadsafe(server.state.stop)
+        # answered before their wait (5 s at most on the client) could end them
+        claimed, reply = await asyncio.wait_for(asyncio.gather(*calls), 4)
+        assert claimed.messages == [] and reply is None
+
+
+def test_a_bad_wait_is_refused(server: LiveServer) -> None:
+    api = Api(server, server.token)
+    body = msgspec.msgpack.encode({"agent": "a", "max_messages": 1, "lease": 30.0})
+    for wait in ("soon", "-1", "inf"):
+        r = api.http.post(f"/v1/store/mailboxes/claim?wait={wait}", content=body,
+                          headers={"Content-Type": "application/msgpack"})  # fmt: skip
+        assert r.status_code == 422 and "wait" in r.json()["error"]["message"]
 
 
 def test_references_upload_and_download_checksummed(server: LiveServer) -> None:

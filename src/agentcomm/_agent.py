@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -60,11 +61,15 @@ class Outgoing(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | None = None
 
 
-async def _take(ctx: Context, cid: str, abandon: bool) -> StoredReply | None:
+async def _take(ctx: Context, cid: str, abandon: bool, wait: float = 0.0) -> StoredReply | None:
     """Take the reply to `cid` if it arrived (see `MailboxStore.take_reply`), resolved; the
-    slot's reference to a payload stored by reference is released."""
+    slot's reference to a payload stored by reference is released. With `wait`, the store
+    waits up to that long for it (`Backend.take_reply_waiting`)."""
     ctx.check_open()
-    reply = await ctx.mailboxes.take_reply(cid, abandon=abandon)
+    if wait > 0 and not abandon:
+        reply = await ctx.backend.take_reply_waiting(cid, wait=wait)
+    else:
+        reply = await ctx.mailboxes.take_reply(cid, abandon=abandon)
     if reply is not None and reply.data_kind & REF_FLAG:
         ref_id = reply.data.decode("ascii")
         try:
@@ -312,6 +317,9 @@ class Agent:
         lease = ctx.settings.lease if lease is None else lease
         presence = ctx.presence
         channels = (mail_channel(name),) if wake is None else (mail_channel(name), wake)
+        # a backend whose store waits in the call (the http backend): one call per receive,
+        # unless a local `stop` must be heard while waiting
+        remote = 0.0 if stop is not None else ctx.backend.remote_wait
         with ctx.wakeups(*channels, timeout=timeout) as wakeups:
             while True:
                 ctx.check_open()  # raises HubClosed once the hub closes
@@ -319,9 +327,21 @@ class Agent:
                     return []
                 wakeups.rearm()
                 now = ctx.now()
-                claimed = await ctx.mailboxes.claim(
-                    name, max_messages=max_messages, lease=lease, now=now
-                )
+                waited = False
+                if remote:
+                    left = wakeups.remaining
+                    wait = max(0.0, min(remote, presence.due(name) - now,
+                                        remote if left is None else left))  # fmt: skip
+                    started = time.monotonic()
+                    claimed = await ctx.backend.claim_waiting(
+                        name, max_messages=max_messages, lease=lease, now=now, wait=wait
+                    )
+                    # an empty answer well before `wait` (a stopping server): wait here
+                    waited = wait > 0 and time.monotonic() - started >= wait / 2
+                else:
+                    claimed = await ctx.mailboxes.claim(
+                        name, max_messages=max_messages, lease=lease, now=now
+                    )
                 if claimed.messages:
                     got = []
                     for m in claimed.messages:
@@ -339,6 +359,10 @@ class Agent:
                     return got
                 # a waiting receive keeps the agent's last_seen fresh (see `Presence`)
                 await presence.note(name, active=False)
+                if waited:  # the store waited already
+                    if wakeups.expired:
+                        return []
+                    continue
                 next_wake = claimed.next_wake
                 due = presence.due(name)
                 if next_wake is None or due < next_wake:
@@ -484,19 +508,30 @@ class Agent:
                 note("messaging.message.id", msg.id)
                 await self._enqueue([msg], now)
             taking: asyncio.Future[StoredReply | None] | None = None
+            remote = ctx.backend.remote_wait  # the store waits in the take (http backend)
+            started, wait = 0.0, 0.0
             try:
                 while True:
-                    expired = not await wakeups.wait()
-                    if not expired:
-                        wakeups.rearm()
+                    # after an empty answer well before its wait (a stopping server), or
+                    # without remote waits, wait here for a wake-up
+                    if remote and (not wait or time.monotonic() - started >= wait / 2):
                         ctx.check_open()
-                        expired = wakeups.expired
+                        wait = max(min(remote, wakeups.remaining or 0.0), 0.0)
+                        started = time.monotonic()
+                        expired = wait <= 0
+                    else:
+                        wait = 0.0
+                        expired = not await wakeups.wait()
+                        if not expired:
+                            wakeups.rearm()
+                            ctx.check_open()
+                            expired = wakeups.expired
                     # shielded: a cancel while the reply is being taken must not lose it (and
                     # the reference it holds); `_abandon` waits for it
                     attempts = 0
                     if expired:  # read before the slot is closed: was it ever received?
                         attempts = await ctx.mailboxes.request_attempts(cid)
-                    taking = asyncio.ensure_future(_take(ctx, cid, expired))
+                    taking = asyncio.ensure_future(_take(ctx, cid, expired, wait))
                     reply = await asyncio.shield(taking)
                     if reply is not None:
                         return answer(cid, reply, to)

@@ -561,6 +561,26 @@ class Backend(abc.ABC):
     #: every process sets this high; one that may miss a wake-up sets it low.
     recheck_interval: float = 60.0
 
+    #: The longest `claim_waiting` / `take_reply_waiting` wait where the store is; 0 (the
+    #: default): they do not wait, and the hub waits for wake-ups. The http backend's server
+    #: waits, so a receive or request that has to wait costs one round trip instead of a
+    #: wake-up and another call.
+    remote_wait: float = 0.0
+
+    async def claim_waiting(
+        self, agent: str, *, max_messages: int, lease: float, now: float, wait: float
+    ) -> Claimed:
+        """`mailboxes.claim`, waiting up to `wait` seconds (at most `remote_wait`) where the
+        store is for a message to claim; the default claims without waiting."""
+        assert self.mailboxes is not None
+        return await self.mailboxes.claim(agent, max_messages=max_messages, lease=lease, now=now)
+
+    async def take_reply_waiting(self, correlation_id: str, *, wait: float) -> StoredReply | None:
+        """`mailboxes.take_reply` (not abandoning), waiting up to `wait` seconds (at most
+        `remote_wait`) where the store is for the reply; the default takes without waiting."""
+        assert self.mailboxes is not None
+        return await self.mailboxes.take_reply(correlation_id, abandon=False)
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Create or attach to the store; start any background machinery."""

@@ -15,8 +15,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._errors import AgentCommError, AuthenticationFailed
+from .._errors import AgentCommError, AuthenticationFailed, ValidationError
 from .._hub import Hub, connect
+from .._notify import ALL
 from . import (  # noqa: F401 (routes)
     routes_admin,
     routes_kv,
@@ -32,6 +33,7 @@ from .limits import RateLimiter, ServerSettings
 from .openapi import openapi_document
 from .rpc import events, invoke
 from .schemas import Health
+from .tokens import CHANNEL as TOKENS_CHANNEL
 from .tokens import TokenInfo, TokenStore
 
 __all__ = ["DRAIN_CHANNEL", "ServerState", "build_app"]
@@ -48,7 +50,7 @@ class ServerState:
     def __init__(self, url: str | None, settings: ServerSettings, hub_options: Mapping[str, Any]):
         self.settings = settings
         self.hub: Hub = connect(url, **hub_options)
-        self.tokens = TokenStore(self.hub._ctx.backend, self.hub._ctx.now)
+        self.tokens = TokenStore(self.hub._ctx.backend, self.hub._ctx.now, cache=True)
         self.receipts = Receipts(b"")
         self.limiter = RateLimiter(settings.rate, settings.burst)
         self.stopping = asyncio.Event()  # bound to a loop on first wait
@@ -70,6 +72,8 @@ class ServerState:
         self.hub._ctx.notifier.taps.append(self._tap)
 
     def _tap(self, channels: list[str]) -> None:
+        if TOKENS_CHANNEL in channels or ALL in channels:  # a token written or revoked
+            self.tokens.forget()
         for tap in list(self.taps):
             tap(channels)
 
@@ -176,9 +180,24 @@ async def _store_call(request: Request) -> Response:
         raw = await read_body(request, server.settings.max_body)
         call = Call(request, server, token)
         feature, method = request.path_params["feature"], request.path_params["method"]
-        return Response(await invoke(call, feature, method, raw), media_type="application/msgpack")
+        wait = _seconds(request.query_params.get("wait"))
+        result = await invoke(call, feature, method, raw, wait)
+        return Response(result, media_type="application/msgpack")
     except Exception as exc:
         return _failure(exc)
+
+
+def _seconds(raw: str | None) -> float:
+    """A `?wait=` query parameter (0 when absent)."""
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"Query parameter wait must be seconds, not {raw!r}.") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValidationError(f"Query parameter wait must be seconds >= 0, not {raw!r}.")
+    return value
 
 
 async def _events(request: Request) -> Response:

@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
+from starlette.requests import ClientDisconnect
 
+from .._backends.common import mail_channel, reply_channel
 from .._backends.http.calls import CALLS, StoreCall, wire_result
 from .._coord_leases import MAX_PATTERNS, MAX_REASON
 from .._errors import NotFound, PermissionDenied, RefNotHeld, ValidationError
@@ -29,7 +31,7 @@ from .._validation import check_name, check_positive, check_text
 from . import authz
 from .api import Call
 
-__all__ = ["CALLS", "StoreCall", "events", "invoke", "wire_result"]
+__all__ = ["CALLS", "WAITS", "StoreCall", "events", "invoke", "wire_result"]
 
 # --- authorization of each call --------------------------------------------------------------
 
@@ -257,8 +259,22 @@ def _target(call: Call, feature: str) -> Any:
     return target
 
 
-async def invoke(call: Call, feature: str, name: str, raw: bytes) -> bytes:
-    """Authorize and run one store call; returns its msgpack-encoded result."""
+#: The calls that may wait on the server (`?wait=` seconds) for a result worth answering
+#: with: the wake-up channel to wait on, and whether a result is still empty.
+WAITS: dict[tuple[str, str], tuple[Callable[[Any], str], Callable[[Any], bool]]] = {
+    ("mailboxes", "claim"): (lambda a: mail_channel(a.agent), lambda r: not r.messages),
+    ("mailboxes", "take_reply"): (
+        lambda a: reply_channel(a.correlation_id),
+        lambda r: r is None,
+    ),
+}
+
+
+async def invoke(call: Call, feature: str, name: str, raw: bytes, wait: float = 0.0) -> bytes:
+    """Authorize and run one store call; returns its msgpack-encoded result. A call of
+    `WAITS` with `wait` > 0 is run again on each wake-up of its channel until its result is
+    not empty or `wait` seconds (at most the server's `max_wait`) passed: a receive or request
+    that waits costs the client one round trip."""
     spec = CALLS.get((feature, name))
     if spec is None:
         raise NotFound(f"No store call {feature}.{name}.")
@@ -273,10 +289,30 @@ async def invoke(call: Call, feature: str, name: str, raw: bytes) -> bytes:
     holder = kwargs.get("holder")
     if holder is not None:  # holders are per token
         kwargs["holder"] = f"{call.token.id}:{holder}"
-    if spec.takes_now:
-        kwargs["now"] = call.server.hub._ctx.now()
+    method = getattr(_target(call, feature), name)
+    server = call.server
+    ctx = server.hub._ctx
+    waits = WAITS.get((feature, name))
+    wait = min(wait, server.settings.max_wait)
     try:
-        result = await getattr(_target(call, feature), name)(**kwargs)
+        if waits is None or wait <= 0 or server.stopping.is_set() or kwargs.get("abandon"):
+            if spec.takes_now:
+                kwargs["now"] = ctx.now()
+            result = await method(**kwargs)
+        else:
+            channel, empty = waits
+            with ctx.wakeups(channel(args), server.drain, timeout=wait) as wakeups:
+                while True:
+                    wakeups.rearm()
+                    if spec.takes_now:
+                        kwargs["now"] = ctx.now()
+                    result = await method(**kwargs)
+                    if not empty(result) or server.stopping.is_set():
+                        break
+                    if not await wakeups.wait(getattr(result, "next_wake", None)):
+                        break
+                    if await call.request.is_disconnected():  # nobody would get the claim
+                        raise ClientDisconnect()
     except RefNotHeld as exc:  # name the caller's holder, not the server's namespaced one
         raise RefNotHeld(exc.ref_id, holder or exc.holder) from None
     result = _filter(call, feature, name, result)

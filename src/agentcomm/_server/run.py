@@ -3,16 +3,67 @@ long polls and end streams at once, let in-flight requests finish (bounded), clo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import ServerState, build_app
 from .limits import ServerSettings
 
-__all__ = ["serve"]
+__all__ = ["HttpProtocol", "serve"]
+
+
+class _Coalescing:
+    """A transport that sends what is written during one turn of the loop in one write.
+
+    uvicorn writes a response's head and its body separately, and asyncio sends each write
+    at once: two syscalls and two segments for every store call, the peer woken twice. This
+    gathers the writes of one loop turn (a head and a body come in the same turn) and sends
+    them together at the end of it; everything else is the wrapped transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class HttpProtocol(H11Protocol):
+    """uvicorn's h11 protocol, sending each response's head and body in one write."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Wrap the connection's transport (see `_Coalescing`)."""
+        super().connection_made(_Coalescing(transport))  # type: ignore[arg-type]
 
 
 class _Server(uvicorn.Server):
@@ -45,7 +96,7 @@ def serve(
     settings = settings or ServerSettings()
     app = build_app(url, settings=settings, mounts=mounts)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on",
+        app, host=host, port=port, log_level=log_level, lifespan="on", http=HttpProtocol,
         timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
         timeout_keep_alive=max(1, round(settings.keep_alive)), **uvicorn_options,
     )  # fmt: skip

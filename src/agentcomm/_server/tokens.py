@@ -6,9 +6,12 @@ every process at once, with no new tables or contracts). The namespace's name is
 namespace name, so no hub can open it, and the server refuses it to every token.
 
 A token reads `act_<id>_<secret>`; the store keeps, under key `token.<id>`, the SHA-256 of the
-secret (a 256-bit random value, so a plain hash suffices) and the token's `Principal`. Every
-request reads its token's record, so a revocation (the record deleted) holds for the very next
-request, whichever process revoked it.
+secret (a 256-bit random value, so a plain hash suffices) and the token's `Principal`.
+
+The server (`cache=True`) keeps tokens it verified for at most `CACHE_SECONDS`, and forgets
+them all whenever the namespace's wake-up channel (`CHANNEL`) fires: a revocation, in this
+process or another (the store's notifications cross processes), holds for the next request.
+Without the cache (the CLI) every check reads the record.
 """
 
 from __future__ import annotations
@@ -27,9 +30,14 @@ from .._kv_records import KVWrite, Space
 from .._records import DataKind
 from .authz import RESERVED_NAMESPACE, Principal, check_principal
 
-__all__ = ["TokenInfo", "TokenStore"]
+__all__ = ["CACHE_SECONDS", "CHANNEL", "TokenInfo", "TokenStore"]
 
 SPACE = Space("", RESERVED_NAMESPACE)
+#: The wake-up channel of every write to the tokens' namespace.
+CHANNEL = SPACE.channel
+#: The longest a verified token is trusted without reading its record (a safety net: a
+#: write to the namespace forgets every verified token at once).
+CACHE_SECONDS = 1.0
 _PREFIX = "act_"
 _TOKEN_KEY = "token."
 
@@ -58,13 +66,24 @@ def _hash(secret: str) -> str:
 class TokenStore:
     """Create, list, revoke and check tokens in a backend's reserved namespace."""
 
-    def __init__(self, backend: Backend, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, backend: Backend, clock: Callable[[], float] = time.time, *, cache: bool = False
+    ) -> None:
         kv = backend.shared_memory
         if kv is None:
             raise ConfigurationError("The server keeps its tokens in shared memory, which this "
                                      "backend lacks.")  # fmt: skip
         self._kv: SharedMemoryStore = kv
         self._clock = clock
+        self._cache = cache
+        #: token -> (its record, when it was verified: time.monotonic())
+        self._verified: dict[str, tuple[TokenInfo, float]] = {}
+        self._generation = 0  # counts forget(): a read that a forget overtook is not kept
+
+    def forget(self) -> None:
+        """Drop every verified token (call on each wake-up of `CHANNEL`)."""
+        self._verified.clear()
+        self._generation += 1
 
     async def create(
         self, principal: Principal, label: str = "", *, token: str | None = None
@@ -98,6 +117,7 @@ class TokenStore:
         out = await self._kv.kv_delete(
             SPACE, _TOKEN_KEY + token_id, expected_version=None, by=None, now=self._clock()
         )
+        self.forget()
         if out.version == 0:
             raise NotFound(f"No token with id {token_id!r}; `agentcomm token list` shows them.")
 
@@ -107,11 +127,21 @@ class TokenStore:
         token_id, _, secret = body.partition("_")
         if not token_id or not secret or len(token) > 200 or not token_id.isalnum():
             raise AuthenticationFailed("Malformed token: send 'Authorization: Bearer act_...'.")
+        if self._cache:
+            hit = self._verified.get(token)
+            if hit is not None and time.monotonic() - hit[1] < CACHE_SECONDS:
+                return hit[0]
+        verified_at, generation = time.monotonic(), self._generation
         record = await self._kv.kv_get(SPACE, _TOKEN_KEY + token_id, now=self._clock())
         if record is not None:
             stored = msgspec.json.decode(record.data, type=_Stored)
             if hmac.compare_digest(stored.hash, _hash(secret)):
-                return _info(stored)
+                info = _info(stored)
+                if self._cache and generation == self._generation:
+                    if len(self._verified) > 10_000:
+                        self._verified.clear()
+                    self._verified[token] = (info, verified_at)
+                return info
         raise AuthenticationFailed(
             "Unknown or revoked token; ask an admin for one (agentcomm token create)."
         )

@@ -30,6 +30,7 @@ from ..._errors import (
 )
 from ..._models import CheckReport, HubStats, PruneReport
 from ..._notify import Notifier
+from ..._records import Claimed, StoredReply
 from ..._settings import Retention
 from .. import contracts
 from .calls import CALLS, StoreCall, from_wire
@@ -63,39 +64,58 @@ def _error(status: int, body: bytes) -> AgentCommError:
 
 
 class _Link:
-    """The HTTP connection of one backend."""
+    """The HTTP connections of one backend: the store calls' pool and httpx for the stream."""
 
     def __init__(self, base: str, token: str | None) -> None:
         import httpx
 
+        from . import wire  # h11 comes with httpx
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.httpx = httpx
         self.closed = False
+        self.base = base
+        # one trust store for both (httpx's: SSL_CERT_FILE or certifi); plain http has no
+        # certificates to check, so it skips loading a CA bundle (~60 ms)
+        tls = httpx.create_ssl_context() if base.startswith("https://") else None
         self.client = httpx.AsyncClient(
-            base_url=base, headers=headers,
+            base_url=base, headers=headers, verify=tls if tls is not None else False,
             timeout=httpx.Timeout(CALL_TIMEOUT, connect=CONNECT_TIMEOUT),
             # idle connections close well before the server's keep-alive (30 s) ends them, so
             # a call never goes out on a connection the server is closing
             limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
         )  # fmt: skip
+        self.wire_error = wire.WireError
+        self.pool = wire.Pool(
+            base, headers, tls=tls, timeout=CALL_TIMEOUT, connect_timeout=CONNECT_TIMEOUT,
+            keepalive=KEEPALIVE_EXPIRY,
+        )  # fmt: skip
 
-    async def call(self, spec: StoreCall, args: dict[str, Any]) -> Any:
+    async def call(self, spec: StoreCall, args: dict[str, Any], wait: float = 0.0) -> Any:
+        """Run one store call; with `wait`, the server may wait that long for a result (see
+        `HttpBackend.claim_waiting`)."""
         payload = msgspec.msgpack.encode(spec.args_type(**args))
+        path = f"/v1/store/{spec.feature}/{spec.name}"
+        if wait > 0:
+            path += f"?wait={wait:.3f}"
         try:
-            resp = await self.client.post(
-                f"/v1/store/{spec.feature}/{spec.name}", content=payload,
-                headers={"Content-Type": "application/msgpack"},
-            )  # fmt: skip
-        except self.httpx.HTTPError as exc:
+            status, body = await self.pool.post(path, payload, "application/msgpack")
+        except self.wire_error as exc:
             if self.closed:  # the hub closed while the call was in flight
                 raise HubClosed("The hub was closed during the call.") from None
             raise BackendUnavailable(
-                f"The agentcomm server at {self.client.base_url} cannot be reached ({exc!r}); "
+                f"The agentcomm server at {self.base} cannot be reached ({exc}); "
                 "is `agentcomm serve` running?"
             ) from None
-        if resp.status_code != 200:
-            raise _error(resp.status_code, resp.content)
-        return from_wire(spec.result_decoder.decode(resp.content))
+        if status != 200:
+            raise _error(status, body)
+        return from_wire(spec.result_decoder.decode(body))
+
+    async def aclose(self) -> None:
+        """Close the pool and the stream's client."""
+        self.closed = True
+        await self.pool.aclose()
+        await self.client.aclose()
 
 
 def _remote(feature: str, base: type) -> type:
@@ -139,6 +159,9 @@ class HttpBackend(contracts.Backend):
     housekeeping_elsewhere = True
     #: Safety re-check while waiting: the event stream normally wakes waits at once.
     recheck_interval = 5.0
+    #: Receives and requests wait on the server, in their call, this long at most (well
+    #: under `CALL_TIMEOUT`); the event stream wakes every other wait.
+    remote_wait = 5.0
 
     def __init__(self, url: str, retention: Retention, token: str | None) -> None:
         parts = urlsplit(url)
@@ -146,6 +169,7 @@ class HttpBackend(contracts.Backend):
             raise ConfigurationError(f"An http:// URL needs a host, e.g. http://127.0.0.1:8700, "
                                      f"not {url!r}.")  # fmt: skip
         try:
+            import h11  # noqa: F401
             import httpx  # noqa: F401
         except ImportError:
             raise ConfigurationError(
@@ -244,8 +268,30 @@ class HttpBackend(contracts.Backend):
                 self._events.cancel()
                 await asyncio.wait((self._events,), timeout=1.0)
         if self._link is not None:
-            self._link.closed = True
-            await self._link.client.aclose()
+            await self._link.aclose()
+
+    async def claim_waiting(
+        self, agent: str, *, max_messages: int, lease: float, now: float, wait: float
+    ) -> Claimed:
+        """A claim the server answers once a message is claimed or `wait` seconds passed:
+        a receive that has to wait costs this one call, not a wake-up and another claim."""
+        args = {"agent": agent, "max_messages": max_messages, "lease": lease}
+        return await self._checked_link().call(  # type: ignore[no-any-return]
+            CALLS[("mailboxes", "claim")], args, wait=min(wait, self.remote_wait)
+        )
+
+    async def take_reply_waiting(self, correlation_id: str, *, wait: float) -> StoredReply | None:
+        """A take of the reply the server answers once the reply is there or `wait` seconds
+        passed: a request costs its send and this call."""
+        args = {"correlation_id": correlation_id, "abandon": False}
+        return await self._checked_link().call(  # type: ignore[no-any-return]
+            CALLS[("mailboxes", "take_reply")], args, wait=min(wait, self.remote_wait)
+        )
+
+    def _checked_link(self) -> _Link:
+        if self._link is None:
+            raise BackendError("The http backend is not open.")
+        return self._link
 
     async def _backend_call(self, name: str) -> Any:
         if self._link is None:

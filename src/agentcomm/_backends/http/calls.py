@@ -26,7 +26,9 @@ FEATURES: dict[str, type] = {
     "leases": contracts.LeaseStore,
     "backend": contracts.Backend,
 }
-_SKIP = {"open", "close", "check"}
+#: Not remote calls: the hub's side of the connection, or (the `*_waiting` ones) a remote
+#: call with `?wait=` (see `HttpBackend.claim_waiting`).
+_SKIP = {"open", "close", "check", "claim_waiting", "take_reply_waiting"}
 
 
 class AgentInfoWire(msgspec.Struct):
