@@ -56,7 +56,7 @@ HTTP_DIFFERS = {
         "test_refcounts_follow_a_model[http-manual-3]",
         "test_manual_evicts_only_on_gc",
         "test_ttl_evicts_expired_unreferenced_only",
-        "test_background_passes_evict_except_under_manual[http-manual]",
+        "test_background_passes_evict_except_under_manual",
         "test_ttl_never_evicts_what_a_live_message_holds",
         "test_a_request_dead_lettered_by_a_prune_pass_fails",
         "test_pruned_after_lease_ended_counts_as_lost",
