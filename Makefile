@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo serve test soak lint bench docs clean
+.PHONY: demo serve test test-server soak lint bench docs clean
 
 $(VENV)/.venv-created:
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,11 @@ test: $(VENV)/.installed-test $(CHROMIUM)
 SOAK_SECONDS ?= 120
 soak: $(VENV)/.installed-test
 	AGENTCOMM_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -s -m faults tests/test_faults_sqlite.py tests/test_faults_redis.py
+
+# every conformance test over a live server (make test runs only tests/conftest.py HTTP_FILES
+# over it); about 12 minutes on 2 cores; docs/server.md "Conformance over the server"
+test-server: $(VENV)/.installed-test
+	AGENTCOMM_TEST_HTTP=1 $(BIN)/pytest -q -k http tests/
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
