@@ -521,6 +521,24 @@ async def test_python_client_is_held_to_its_token(server: LiveServer) -> None:
         await agentcomm.connect(server.url, token="act_00_nope-nope-nope-nope-nope")
 
 
+async def test_python_client_cancels_only_its_own_runs_wakes(server: LiveServer) -> None:
+    """The store call that cancels a wake needs the wake's run, as the JSON route does."""
+    mallory = Principal(agents=["bob"], pools=["p-*"])
+    async with agentcomm.connect(server.url, token=server.token_for(ALICE)) as hub:
+        pool = await hub.pool("p-one")
+        await pool.join("alice@1", agent="alice")
+        wake = await pool.wait_for("alice@1", agentcomm.EventFilter(kinds=["event"]))
+    async with agentcomm.connect(server.url, token=server.token_for(mallory)) as hub:
+        theirs = await (await hub.pool("p-one")).wake(wake.id)
+        assert theirs is not None and theirs.status == "registered"
+        with pytest.raises(agentcomm.PermissionDenied):
+            await theirs.cancel()
+    async with agentcomm.connect(server.url, token=server.token_for(ALICE)) as hub:
+        mine = await (await hub.pool("p-one")).wake(wake.id)
+        assert mine is not None and mine.status == "registered"  # unchanged by the refusal
+        assert await mine.cancel() is True
+
+
 async def _as(hub: agentcomm.Hub, name: str) -> agentcomm.Agent:
     from agentcomm._agent import Agent
 

@@ -182,9 +182,21 @@ async def _kv_delete(call: Call, a: Any) -> None:
 
 
 @check("pools.pool_open", "pools.pool_receipt", "pools.pool_wake", "pools.pool_snapshot",
-       "pools.pool_records", "pools.pool_cancel_wake")  # fmt: skip
+       "pools.pool_records")  # fmt: skip
 async def _pool(call: Call, a: Any) -> None:
     authz.need_pool(_p(call), getattr(a, "pool", None) or a.name)
+
+
+@check("pools.pool_cancel_wake")
+async def _pool_cancel_wake(call: Call, a: Any) -> None:
+    """Only the wake's own run cancels it (as the JSON route's check)."""
+    authz.need_pool(_p(call), a.pool)
+    pools = call.server.hub._ctx.backend.pools
+    wake = None if pools is None else await pools.pool_wake(
+        a.pool, wake_id=a.wake_id, key=None, now=call.server.hub._ctx.now()
+    )  # fmt: skip
+    if wake is not None:
+        authz.need_act_as(_p(call), wake.run, "cancel wakes of")
 
 
 @check("pools.pool_join")
