@@ -164,12 +164,16 @@ class Receipts:
 
 
 async def first_of(aw: Awaitable[Any], stop: asyncio.Event) -> Any:
-    """Await `aw` unless `stop` is set first (then None)."""
+    """Await `aw` unless `stop` is set first (then None). A step left pending is cancelled
+    and awaited (up to 1 s) before this returns, also when this is cancelled (the client
+    left), so a generator whose `__anext__` it was can be closed after."""
     task = asyncio.ensure_future(aw)
     stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    return None
+    try:
+        await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,), timeout=1.0)  # bounded: a step may swallow a cancel
+    return None if task.cancelled() or not task.done() else task.result()

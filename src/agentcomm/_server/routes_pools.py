@@ -9,7 +9,6 @@ only, as the store calls of the Python client do.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, cast
@@ -42,7 +41,7 @@ from .._validation import (
     check_seconds,
 )
 from . import authz
-from .api import Call, FieldError, route
+from .api import Call, FieldError, first_of, route
 from .schemas import (
     Cancelled,
     EmitBody,
@@ -370,24 +369,6 @@ async def records(call: Call) -> PoolRecords:
     return PoolRecords([record_out(r) for r in got])
 
 
-async def _next_or_stop(
-    gen: AsyncGenerator[PoolRecord, None], stop: asyncio.Event
-) -> PoolRecord | None:
-    """The generator's next item, or None once `stop` is set. The pending step is cancelled
-    and awaited before this returns (also when this is cancelled: the client left), so the
-    generator can be closed after."""
-    step = asyncio.ensure_future(gen.__anext__())
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((step, stopper), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not step.done():
-            step.cancel()
-            await asyncio.wait((step,))
-    return None if step.cancelled() else step.result()
-
-
 @route("GET", _P + "/watch",
        summary="The pool's log from `after` on, then new records as they are written "
        "(Server-Sent Events; each event's id is the record's seq)", tag=TAG, kind="sse",
@@ -408,7 +389,7 @@ async def watch(call: Call) -> StreamingResponse:
         changes = cast(AsyncGenerator[PoolRecord, None], pool.watch(after, as_run=as_run))
         try:
             while not server.stopping.is_set():
-                r = await _next_or_stop(changes, server.stopping)
+                r = await first_of(changes.__anext__(), server.stopping)
                 if r is None:
                     return
                 head = b"id: %d\n" % r.seq if r.seq else b""
