@@ -111,6 +111,37 @@ async def test_writes_past_the_budget_commit_together_in_order(
             assert [i for kk, i in got if kk == k] == list(range(20))
 
 
+async def test_a_loop_batch_past_its_time_commits_and_the_rest_follow_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "LOOP_BUDGET", 0.0)  # every write after the first batches
+    monkeypatch.setattr(writer, "LOOP_BATCH_TIME", 0.0)  # so every batch stops after one
+    flushes: list[tuple[int, int]] = []  # (operations handed in, operations committed)
+    flush = Writer._flush
+
+    def counting_flush(self: Writer, batch: list[Any]) -> None:
+        before = self.counts["batched"]
+        flush(self, batch)
+        flushes.append((len(batch), self.counts["batched"] - before))
+
+    monkeypatch.setattr(Writer, "_flush", counting_flush)
+    async with agentcomm.connect(_url(tmp_path)) as hub:
+        worker = await hub.agent("worker")
+        senders = [await hub.agent(f"s{k}") for k in range(8)]
+
+        async def send_all(k: int) -> None:
+            for i in range(10):
+                await senders[k].send("worker", [k, i])
+
+        await asyncio.gather(*(send_all(k) for k in range(8)))
+        assert any(handed > 1 for handed, _ in flushes), flushes  # batches did form
+        assert all(committed <= 1 for _, committed in flushes), flushes  # and were cut
+        got = [m.data for m in await worker.receive_many(500, timeout=5)]
+        assert sorted(got) == [[k, i] for k in range(8) for i in range(10)]
+        for k in range(8):  # each sender's messages in the order it sent them
+            assert [i for kk, i in got if kk == k] == list(range(10))
+
+
 async def test_a_failing_write_in_a_loop_batch_fails_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,6 +49,13 @@ from .files import REMEDY, is_damaged
 
 T = TypeVar("T")
 
+try:  # POSIX only; the burst diagnostics count preemptions where the OS reports them per thread
+    import resource
+
+    _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+except ImportError:  # pragma: no cover - Windows
+    _RUSAGE_THREAD = None
+
 #: An operation: runs on the writer's connection inside a transaction, adds the notification
 #: channels it touched to the set, and returns its result.
 Op = Callable[[sqlite3.Connection, set[str]], Any]
@@ -66,6 +73,11 @@ CHECKPOINT_INTERVAL = 0.5
 LOOP_BUDGET = 0.0005
 #: At most this many operations in one loop-thread transaction; the rest wait one more turn.
 LOOP_BATCH_MAX = 16
+#: A loop batch stops taking operations once it has run this long (seconds, wall time), and
+#: commits; the rest wait one more turn. Operations cost from ~25 µs (an idle machine) to
+#: several times that (a busy one, or bigger payloads), so a cap by count alone let a batch of
+#: 16 hold the loop past a millisecond; this keeps a batch with its commit near LOOP_BUDGET.
+LOOP_BATCH_TIME = 0.0003
 #: A loop write slower than this (seconds, wall time) counts as a strike against the breaker.
 #: Wall time also counts the process being preempted on a busy machine, so a few slow writes
 #: prove little: only when a good part of a window is slow (a slow or stalling disk, a
@@ -164,10 +176,12 @@ class Writer:
         #: held the lock, operations committed in loop batches, breaker trips.
         self.counts = {"loop": 0, "thread": 0, "contended": 0, "batched": 0, "tripped": 0}
         #: If a list, the loop time (s) each burst of back-to-back loop writes took is appended,
-        #: as (wall time, this thread's CPU time): the benchmarks' measure of the stalls loop
-        #: writes cause (CPU time leaves out the process being preempted on a busy machine).
-        self.bursts: list[tuple[float, float]] | None = None
+        #: as (wall time, this thread's CPU time, times the thread was preempted meanwhile): the
+        #: benchmarks' measure of the stalls loop writes cause (CPU time and the preemptions
+        #: tell a slow write from the process being descheduled on a busy machine).
+        self.bursts: list[tuple[float, float, int]] | None = None
         self._spent_cpu = 0.0  # the same in CPU time, while `bursts` is measured
+        self._preempted = 0  # ... and the involuntary context switches
         self._checkpointer = (
             None
             if read_only or connect_checkpointer is None
@@ -286,7 +300,7 @@ class Writer:
         touched: set[str] = set()
         clock = time.perf_counter
         started = clock()
-        cpu = time.thread_time() if self.bursts is not None else 0.0
+        probe = _probe() if self.bursts is not None else _NO_PROBE
         try:
             conn = self._conn
             if conn is None or not self._begin_here(conn):
@@ -302,7 +316,7 @@ class Writer:
         finally:
             self._conn_lock.release()
         self.counts["loop"] += 1
-        self._after_loop_commit(clock() - started, cpu, touched)
+        self._after_loop_commit(clock() - started, probe, touched)
         return result
 
     def _begin_here(self, conn: sqlite3.Connection) -> bool:
@@ -320,10 +334,12 @@ class Writer:
         return True
 
     def _after_loop_commit(
-        self, elapsed: float, cpu_start: float, touched: set[str], ops: int = 1
+        self, elapsed: float, probe: tuple[float, int], touched: set[str], ops: int = 1
     ) -> None:
         if self.bursts is not None:
-            self._spent_cpu += time.thread_time() - cpu_start
+            cpu, preempted = _probe()
+            self._spent_cpu += cpu - probe[0]
+            self._preempted += preempted - probe[1]
         if self._checkpointer is not None:
             self._checkpointer.committed()
         self._account(elapsed, ops)
@@ -355,8 +371,8 @@ class Writer:
         """The loop ran other callbacks since the burst of loop writes began: a new budget,
         and the batch that waited for it is committed (at most LOOP_BATCH_MAX of it)."""
         if self.bursts is not None:
-            self.bursts.append((self._spent, self._spent_cpu))
-            self._spent_cpu = 0.0
+            self.bursts.append((self._spent, self._spent_cpu, self._preempted))
+            self._spent_cpu, self._preempted = 0.0, 0
         self._spent = 0.0
         self._burst_end_pending = False
         self._burst_task = None
@@ -379,14 +395,19 @@ class Writer:
         touched: set[str] = set()
         clock = time.perf_counter
         started = clock()
-        cpu = time.thread_time() if self.bursts is not None else 0.0
+        probe = _probe() if self.bursts is not None else _NO_PROBE
         try:
             conn = self._conn
             if conn is None or not self._begin_here(conn):
                 self._to_thread(batch)
                 return
             try:
-                for job in batch:
+                for i, job in enumerate(batch):
+                    if i and clock() - started > LOOP_BATCH_TIME:
+                        # the rest go first next turn, before anything issued since
+                        batch, rest = batch[:i], batch[i:]
+                        self._batch = rest + self._batch if self._batch else rest
+                        break
                     if self._may_start(job):
                         job.result = job.fn(conn, touched)
                 conn.execute("COMMIT")
@@ -402,7 +423,7 @@ class Writer:
             self._conn_lock.release()
         self.counts["loop"] += 1
         self.counts["batched"] += len(batch)
-        self._after_loop_commit(clock() - started, cpu, touched, len(batch))
+        self._after_loop_commit(clock() - started, probe, touched, len(batch))
         for job in batch:
             if not job.future.done():
                 job.future.set_result(job.result)
@@ -587,6 +608,14 @@ def _deliver(jobs: list[_Job], touched: set[str], writer: Writer) -> None:
 
 
 _NOT_RUN: Any = object()  # a loop write did not run: use the thread
+_NO_PROBE = (0.0, 0)
+
+
+def _probe() -> tuple[float, int]:
+    """This thread's CPU time and involuntary context switches (-1 where not reported)."""
+    if _RUSAGE_THREAD is None:
+        return time.thread_time(), -1
+    return time.thread_time(), resource.getrusage(_RUSAGE_THREAD).ru_nivcsw
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
