@@ -68,16 +68,24 @@ IDLE_CHECKPOINT_AFTER = 0.02
 #: (seconds) since the last checkpoint, whichever comes first (a commit may hold many writes).
 CHECKPOINT_EVERY = 256
 CHECKPOINT_INTERVAL = 0.5
+#: A PASSIVE checkpoint never finishes while commits keep coming (each pass fsyncs, and frames
+#: arrive meanwhile), and the WAL only restarts from its start after a finished one: under
+#: steady load it grew by ~20 KB a message (420 MB in a 20,000-message W1). Past this many
+#: frames (4 KB pages) in the WAL, a pass that did not finish is followed by RESTART, which
+#: holds writers off for the rest of the copy (loop writes go to the thread meanwhile).
+CHECKPOINT_RESTART_FRAMES = 4096
 #: Loop writes issued back to back (no other callback ran between) get this much loop time
 #: (seconds); the next ones wait for the loop to run its other callbacks, then commit together.
 LOOP_BUDGET = 0.0005
 #: At most this many operations in one loop-thread transaction; the rest wait one more turn.
 LOOP_BATCH_MAX = 16
-#: A loop batch stops taking operations once it has run this long (seconds, wall time), and
-#: commits; the rest wait one more turn. Operations cost from ~25 µs (an idle machine) to
-#: several times that (a busy one, or bigger payloads), so a cap by count alone let a batch of
-#: 16 hold the loop past a millisecond; this keeps a batch with its commit near LOOP_BUDGET.
-LOOP_BATCH_TIME = 0.0003
+#: A loop batch stops taking operations once they used this much of the thread's CPU time
+#: (seconds), and commits; the rest wait one more turn. Operations cost from ~25 µs (an idle
+#: machine) to twice that and more (a busy one, or bigger payloads), so a cap by count alone
+#: let a batch of 16 hold the loop past a millisecond. CPU time, not wall time: a batch whose
+#: process was preempted has stalled the loop already, and cutting it short then only shrank
+#: batches (and throughput) on a loaded machine.
+LOOP_BATCH_TIME = 0.0004
 #: A loop write slower than this (seconds, wall time) counts as a strike against the breaker.
 #: Wall time also counts the process being preempted on a busy machine, so a few slow writes
 #: prove little: only when a good part of a window is slow (a slow or stalling disk, a
@@ -291,6 +299,7 @@ class Writer:
             and not self._stopped
             and self._loop is not None
             and (not self._tripped_until or self._breaker_closed())
+            and not (self._checkpointer is not None and self._checkpointer.wal_restarts)
         )
 
     def _try_loop_write(self, fn: Op) -> Any:
@@ -402,8 +411,9 @@ class Writer:
                 self._to_thread(batch)
                 return
             try:
+                cpu_started = time.thread_time()
                 for i, job in enumerate(batch):
-                    if i and clock() - started > LOOP_BATCH_TIME:
+                    if i and time.thread_time() - cpu_started > LOOP_BATCH_TIME:
                         # the rest go first next turn, before anything issued since
                         batch, rest = batch[:i], batch[i:]
                         self._batch = rest + self._batch if self._batch else rest
@@ -564,6 +574,7 @@ class Writer:
     def _committed(self) -> None:
         self.counts["thread"] += 1
         if self._checkpointer is not None:
+            self._checkpointer.wal_restarts = False  # this commit took the WAL's fsync
             self._checkpointer.committed()
 
     def _run_one_by_one(self, conn: sqlite3.Connection, jobs: list[_Job]) -> set[str]:
@@ -638,6 +649,11 @@ class _Checkpointer:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self.checkpoints = 0
+        self.restarts = 0  # checkpoints finished with RESTART (the WAL kept growing)
+        #: Set once a checkpoint copied the whole WAL: the next commit starts the WAL over,
+        #: and with `synchronous` NORMAL each connection's first commit into a new WAL fsyncs
+        #: it. The writer keeps its next commit on its thread, not the loop, and clears this.
+        self.wal_restarts = False
 
     def start(self) -> None:
         """Start the thread (it opens its connection there; failures only skip checkpoints)."""
@@ -687,10 +703,19 @@ class _Checkpointer:
                 self._kick.clear()
                 last = self._commits
                 with contextlib.suppress(sqlite3.Error):  # best effort: the next spell retries
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
+                    self._checkpoint(conn)
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.checkpoints += 1
+        if done < log and log > CHECKPOINT_RESTART_FRAMES:
+            # busy_timeout: waits for the write lock as long as the connection allows
+            _, log, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            self.restarts += 1
+        if 0 < log == done:
+            self.wal_restarts = True
 
 
 #: What `read_inline` returns when the database is momentarily locked.
