@@ -184,3 +184,44 @@ async def test_the_checkpointer_checkpoints_once_writes_pause(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.01)
         assert checkpointer.checkpoints >= 1
+
+
+async def test_the_first_commit_into_a_restarted_wal_runs_on_the_thread(tmp_path: Path) -> None:
+    async with agentcomm.connect(_url(tmp_path)) as hub:
+        sender = await hub.agent("sender")
+        await hub.agent("worker")
+        await sender.send("worker", 0)
+        w = _writer(hub)
+        checkpointer = w._checkpointer
+        assert checkpointer is not None
+        for _ in range(500):  # bounded: the idle checkpoint copies the whole WAL
+            if checkpointer.wal_restarts:
+                break
+            await asyncio.sleep(0.01)
+        assert checkpointer.wal_restarts
+        loop_before, thread_before = w.counts["loop"], w.counts["thread"]
+        await sender.send("worker", 1)  # starts the WAL over (an fsync): on the thread
+        assert (w.counts["loop"], w.counts["thread"]) == (loop_before, thread_before + 1)
+        assert not checkpointer.wal_restarts
+        for i in range(2, 5):  # and the loop takes the next ones again (the first may still
+            await sender.send("worker", i)  # find the thread releasing the connection)
+        assert w.counts["loop"] > loop_before
+        assert await hub.queue_depth("worker") == 5
+
+
+async def test_a_wal_that_keeps_growing_under_steady_writes_is_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "CHECKPOINT_RESTART_FRAMES", 8)
+    monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 4)  # checkpoint while writes go on
+    async with agentcomm.connect(_url(tmp_path)) as hub:
+        sender = await hub.agent("sender")
+        await hub.agent("worker")
+        checkpointer = _writer(hub)._checkpointer
+        assert checkpointer is not None
+        sent = 0
+        while not checkpointer.restarts and sent < 20_000:  # bounded; writes never pause
+            await sender.send_many([agentcomm.Outgoing(to="worker", data=sent)] * 4)
+            sent += 4
+        assert checkpointer.restarts >= 1
+        assert await hub.queue_depth("worker") == sent
