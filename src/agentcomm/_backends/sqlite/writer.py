@@ -68,11 +68,12 @@ IDLE_CHECKPOINT_AFTER = 0.02
 #: (seconds) since the last checkpoint, whichever comes first (a commit may hold many writes).
 CHECKPOINT_EVERY = 256
 CHECKPOINT_INTERVAL = 0.5
-#: A PASSIVE checkpoint never finishes while commits keep coming (each pass fsyncs, and frames
-#: arrive meanwhile), and the WAL only restarts from its start after a finished one: under
-#: steady load it grew by ~20 KB a message (420 MB in a 20,000-message W1). Past this many
-#: frames (4 KB pages) in the WAL, a pass that did not finish is followed by RESTART, which
-#: holds writers off for the rest of the copy (loop writes go to the thread meanwhile).
+#: The WAL starts over from its beginning only when a write transaction begins after a
+#: checkpoint copied every frame; under load that never pauses, frames arrive during each
+#: PASSIVE pass, so it never does: the WAL grew by ~15 KB a message (300-420 MB in a
+#: 20,000-message W1). Past this many frames (4 KB pages), a pass is followed by RESTART, which
+#: holds writers off while it copies the rest and waits for readers, so that the next write
+#: starts the WAL over (loop writes find the lock taken and go to the thread meanwhile).
 CHECKPOINT_RESTART_FRAMES = 4096
 #: Loop writes issued back to back (no other callback ran between) get this much loop time
 #: (seconds); the next ones wait for the loop to run its other callbacks, then commit together.
@@ -710,7 +711,7 @@ class _Checkpointer:
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
-        if done < log and log > CHECKPOINT_RESTART_FRAMES:
+        if log > CHECKPOINT_RESTART_FRAMES:  # the WAL never started over since it grew
             # busy_timeout: waits for the write lock as long as the connection allows
             _, log, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             self.restarts += 1
