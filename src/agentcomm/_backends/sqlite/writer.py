@@ -30,7 +30,9 @@ The statements used there allocate no large buffers (see `mailbox.py`), and no c
 inside a commit: automatic checkpoints are off on the writing connection and a checkpointer
 thread of its own runs `wal_checkpoint(PASSIVE)` on its own connection once writes pause
 (`IDLE_CHECKPOINT_AFTER`), or every `CHECKPOINT_EVERY` commits or `CHECKPOINT_INTERVAL`
-seconds under load that never pauses, beside the writers rather than in their way.
+seconds under load that never pauses, beside the writers rather than in their way; past
+`CHECKPOINT_RESTART_FRAMES` it finishes with RESTART so that the WAL starts over, and the first
+commit into a WAL that started over (which fsyncs it) runs on the writer thread, not the loop.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ CHECKPOINT_INTERVAL = 0.5
 #: 20,000-message W1). Past this many frames (4 KB pages), a pass is followed by RESTART, which
 #: holds writers off while it copies the rest and waits for readers, so that the next write
 #: starts the WAL over (loop writes find the lock taken and go to the thread meanwhile).
-CHECKPOINT_RESTART_FRAMES = 4096
+CHECKPOINT_RESTART_FRAMES = 16384
 #: Loop writes issued back to back (no other callback ran between) get this much loop time
 #: (seconds); the next ones wait for the loop to run its other callbacks, then commit together.
 LOOP_BUDGET = 0.0005
