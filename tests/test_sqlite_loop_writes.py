@@ -111,6 +111,37 @@ async def test_writes_past_the_budget_commit_together_in_order(
             assert [i for kk, i in got if kk == k] == list(range(20))
 
 
+async def test_a_loop_batch_past_its_time_commits_and_the_rest_follow_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "LOOP_BUDGET", 0.0)  # every write after the first batches
+    monkeypatch.setattr(writer, "LOOP_BATCH_TIME", 0.0)  # so every batch stops after one
+    flushes: list[tuple[int, int]] = []  # (operations handed in, operations committed)
+    flush = Writer._flush
+
+    def counting_flush(self: Writer, batch: list[Any]) -> None:
+        before = self.counts["batched"]
+        flush(self, batch)
+        flushes.append((len(batch), self.counts["batched"] - before))
+
+    monkeypatch.setattr(Writer, "_flush", counting_flush)
+    async with agentcomm.connect(_url(tmp_path)) as hub:
+        worker = await hub.agent("worker")
+        senders = [await hub.agent(f"s{k}") for k in range(8)]
+
+        async def send_all(k: int) -> None:
+            for i in range(10):
+                await senders[k].send("worker", [k, i])
+
+        await asyncio.gather(*(send_all(k) for k in range(8)))
+        assert any(handed > 1 for handed, _ in flushes), flushes  # batches did form
+        assert all(committed <= 1 for _, committed in flushes), flushes  # and were cut
+        got = [m.data for m in await worker.receive_many(500, timeout=5)]
+        assert sorted(got) == [[k, i] for k in range(8) for i in range(10)]
+        for k in range(8):  # each sender's messages in the order it sent them
+            assert [i for kk, i in got if kk == k] == list(range(10))
+
+
 async def test_a_failing_write_in_a_loop_batch_fails_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,3 +184,44 @@ async def test_the_checkpointer_checkpoints_once_writes_pause(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.01)
         assert checkpointer.checkpoints >= 1
+
+
+async def test_the_first_commit_into_a_restarted_wal_runs_on_the_thread(tmp_path: Path) -> None:
+    async with agentcomm.connect(_url(tmp_path)) as hub:
+        sender = await hub.agent("sender")
+        await hub.agent("worker")
+        await sender.send("worker", 0)
+        w = _writer(hub)
+        checkpointer = w._checkpointer
+        assert checkpointer is not None
+        for _ in range(500):  # bounded: the idle checkpoint copies the whole WAL
+            if checkpointer.wal_restarts:
+                break
+            await asyncio.sleep(0.01)
+        assert checkpointer.wal_restarts
+        loop_before, thread_before = w.counts["loop"], w.counts["thread"]
+        await sender.send("worker", 1)  # starts the WAL over (an fsync): on the thread
+        assert (w.counts["loop"], w.counts["thread"]) == (loop_before, thread_before + 1)
+        assert not checkpointer.wal_restarts
+        for i in range(2, 5):  # and the loop takes the next ones again (the first may still
+            await sender.send("worker", i)  # find the thread releasing the connection)
+        assert w.counts["loop"] > loop_before
+        assert await hub.queue_depth("worker") == 5
+
+
+async def test_a_wal_that_keeps_growing_under_steady_writes_is_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "CHECKPOINT_RESTART_FRAMES", 8)
+    monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 4)  # checkpoint while writes go on
+    async with agentcomm.connect(_url(tmp_path)) as hub:
+        sender = await hub.agent("sender")
+        await hub.agent("worker")
+        checkpointer = _writer(hub)._checkpointer
+        assert checkpointer is not None
+        sent = 0
+        while not checkpointer.restarts and sent < 20_000:  # bounded; writes never pause
+            await sender.send_many([agentcomm.Outgoing(to="worker", data=sent)] * 4)
+            sent += 4
+        assert checkpointer.restarts >= 1
+        assert await hub.queue_depth("worker") == sent

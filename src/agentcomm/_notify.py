@@ -13,6 +13,14 @@ from types import TracebackType
 ALL = "*"
 
 
+_TIMED_OUT = object()
+
+
+def _time_out(fut: asyncio.Future[object]) -> None:
+    if not fut.done():
+        fut.set_result(_TIMED_OUT)
+
+
 class Listener:
     """A registration on one or more channels; `wait()` returns when any of them is notified."""
 
@@ -21,13 +29,14 @@ class Listener:
     def __init__(self, notifier: Notifier, channels: tuple[str, ...]) -> None:
         self._notifier = notifier
         self._channels = channels
-        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         notifier._add(self)
 
     @property
     def notified(self) -> bool:
         """Whether a notification arrived since the last `rearm()`."""
-        return self._future.done()
+        fut = self._future
+        return fut.done() and not fut.cancelled() and fut.result() is None
 
     def rearm(self) -> None:
         """Forget earlier notifications; call before re-checking storage."""
@@ -41,8 +50,16 @@ class Listener:
             return True
         if timeout is not None and timeout <= 0:
             return False
-        done, _ = await asyncio.wait((fut,), timeout=timeout)
-        return bool(done)
+        # The notification wakes this task directly (asyncio.wait would take one more loop
+        # turn and a waiter of its own); a timeout resolves the same future with _TIMED_OUT.
+        # A notification after that, or after a cancellation, finds the future done and is
+        # dropped: harmless, as every caller re-arms and looks in storage before waiting again.
+        timer = None if timeout is None else fut.get_loop().call_later(timeout, _time_out, fut)
+        try:
+            return await fut is None
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _fire(self) -> None:
         if not self._future.done():

@@ -30,7 +30,9 @@ The statements used there allocate no large buffers (see `mailbox.py`), and no c
 inside a commit: automatic checkpoints are off on the writing connection and a checkpointer
 thread of its own runs `wal_checkpoint(PASSIVE)` on its own connection once writes pause
 (`IDLE_CHECKPOINT_AFTER`), or every `CHECKPOINT_EVERY` commits or `CHECKPOINT_INTERVAL`
-seconds under load that never pauses, beside the writers rather than in their way.
+seconds under load that never pauses, beside the writers rather than in their way; past
+`CHECKPOINT_RESTART_FRAMES` it finishes with RESTART so that the WAL starts over, and the first
+commit into a WAL that started over (which fsyncs it) runs on the writer thread, not the loop.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ from .files import REMEDY, is_damaged
 
 T = TypeVar("T")
 
+try:  # POSIX only; the burst diagnostics count preemptions where the OS reports them per thread
+    import resource
+
+    _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+except ImportError:  # pragma: no cover - Windows
+    _RUSAGE_THREAD = None
+
 #: An operation: runs on the writer's connection inside a transaction, adds the notification
 #: channels it touched to the set, and returns its result.
 Op = Callable[[sqlite3.Connection, set[str]], Any]
@@ -61,11 +70,25 @@ IDLE_CHECKPOINT_AFTER = 0.02
 #: (seconds) since the last checkpoint, whichever comes first (a commit may hold many writes).
 CHECKPOINT_EVERY = 256
 CHECKPOINT_INTERVAL = 0.5
+#: The WAL starts over from its beginning only when a write transaction begins after a
+#: checkpoint copied every frame; under load that never pauses, frames arrive during each
+#: PASSIVE pass, so it never does: the WAL grew by ~15 KB a message (300-420 MB in a
+#: 20,000-message W1). Past this many frames (4 KB pages), a pass is followed by RESTART, which
+#: holds writers off while it copies the rest and waits for readers, so that the next write
+#: starts the WAL over (loop writes find the lock taken and go to the thread meanwhile).
+CHECKPOINT_RESTART_FRAMES = 16384
 #: Loop writes issued back to back (no other callback ran between) get this much loop time
 #: (seconds); the next ones wait for the loop to run its other callbacks, then commit together.
 LOOP_BUDGET = 0.0005
 #: At most this many operations in one loop-thread transaction; the rest wait one more turn.
 LOOP_BATCH_MAX = 16
+#: A loop batch stops taking operations once they used this much of the thread's CPU time
+#: (seconds), and commits; the rest wait one more turn. Operations cost from ~25 µs (an idle
+#: machine) to twice that and more (a busy one, or bigger payloads), so a cap by count alone
+#: let a batch of 16 hold the loop past a millisecond. CPU time, not wall time: a batch whose
+#: process was preempted has stalled the loop already, and cutting it short then only shrank
+#: batches (and throughput) on a loaded machine.
+LOOP_BATCH_TIME = 0.0004
 #: A loop write slower than this (seconds, wall time) counts as a strike against the breaker.
 #: Wall time also counts the process being preempted on a busy machine, so a few slow writes
 #: prove little: only when a good part of a window is slow (a slow or stalling disk, a
@@ -164,10 +187,12 @@ class Writer:
         #: held the lock, operations committed in loop batches, breaker trips.
         self.counts = {"loop": 0, "thread": 0, "contended": 0, "batched": 0, "tripped": 0}
         #: If a list, the loop time (s) each burst of back-to-back loop writes took is appended,
-        #: as (wall time, this thread's CPU time): the benchmarks' measure of the stalls loop
-        #: writes cause (CPU time leaves out the process being preempted on a busy machine).
-        self.bursts: list[tuple[float, float]] | None = None
+        #: as (wall time, this thread's CPU time, times the thread was preempted meanwhile): the
+        #: benchmarks' measure of the stalls loop writes cause (CPU time and the preemptions
+        #: tell a slow write from the process being descheduled on a busy machine).
+        self.bursts: list[tuple[float, float, int]] | None = None
         self._spent_cpu = 0.0  # the same in CPU time, while `bursts` is measured
+        self._preempted = 0  # ... and the involuntary context switches
         self._checkpointer = (
             None
             if read_only or connect_checkpointer is None
@@ -277,6 +302,7 @@ class Writer:
             and not self._stopped
             and self._loop is not None
             and (not self._tripped_until or self._breaker_closed())
+            and not (self._checkpointer is not None and self._checkpointer.wal_restarts)
         )
 
     def _try_loop_write(self, fn: Op) -> Any:
@@ -286,7 +312,7 @@ class Writer:
         touched: set[str] = set()
         clock = time.perf_counter
         started = clock()
-        cpu = time.thread_time() if self.bursts is not None else 0.0
+        probe = _probe() if self.bursts is not None else _NO_PROBE
         try:
             conn = self._conn
             if conn is None or not self._begin_here(conn):
@@ -302,7 +328,7 @@ class Writer:
         finally:
             self._conn_lock.release()
         self.counts["loop"] += 1
-        self._after_loop_commit(clock() - started, cpu, touched)
+        self._after_loop_commit(clock() - started, probe, touched)
         return result
 
     def _begin_here(self, conn: sqlite3.Connection) -> bool:
@@ -320,10 +346,12 @@ class Writer:
         return True
 
     def _after_loop_commit(
-        self, elapsed: float, cpu_start: float, touched: set[str], ops: int = 1
+        self, elapsed: float, probe: tuple[float, int], touched: set[str], ops: int = 1
     ) -> None:
         if self.bursts is not None:
-            self._spent_cpu += time.thread_time() - cpu_start
+            cpu, preempted = _probe()
+            self._spent_cpu += cpu - probe[0]
+            self._preempted += preempted - probe[1]
         if self._checkpointer is not None:
             self._checkpointer.committed()
         self._account(elapsed, ops)
@@ -355,8 +383,8 @@ class Writer:
         """The loop ran other callbacks since the burst of loop writes began: a new budget,
         and the batch that waited for it is committed (at most LOOP_BATCH_MAX of it)."""
         if self.bursts is not None:
-            self.bursts.append((self._spent, self._spent_cpu))
-            self._spent_cpu = 0.0
+            self.bursts.append((self._spent, self._spent_cpu, self._preempted))
+            self._spent_cpu, self._preempted = 0.0, 0
         self._spent = 0.0
         self._burst_end_pending = False
         self._burst_task = None
@@ -379,14 +407,20 @@ class Writer:
         touched: set[str] = set()
         clock = time.perf_counter
         started = clock()
-        cpu = time.thread_time() if self.bursts is not None else 0.0
+        probe = _probe() if self.bursts is not None else _NO_PROBE
         try:
             conn = self._conn
             if conn is None or not self._begin_here(conn):
                 self._to_thread(batch)
                 return
             try:
-                for job in batch:
+                cpu_started = time.thread_time()
+                for i, job in enumerate(batch):
+                    if i and time.thread_time() - cpu_started > LOOP_BATCH_TIME:
+                        # the rest go first next turn, before anything issued since
+                        batch, rest = batch[:i], batch[i:]
+                        self._batch = rest + self._batch if self._batch else rest
+                        break
                     if self._may_start(job):
                         job.result = job.fn(conn, touched)
                 conn.execute("COMMIT")
@@ -402,7 +436,7 @@ class Writer:
             self._conn_lock.release()
         self.counts["loop"] += 1
         self.counts["batched"] += len(batch)
-        self._after_loop_commit(clock() - started, cpu, touched, len(batch))
+        self._after_loop_commit(clock() - started, probe, touched, len(batch))
         for job in batch:
             if not job.future.done():
                 job.future.set_result(job.result)
@@ -543,6 +577,7 @@ class Writer:
     def _committed(self) -> None:
         self.counts["thread"] += 1
         if self._checkpointer is not None:
+            self._checkpointer.wal_restarts = False  # this commit took the WAL's fsync
             self._checkpointer.committed()
 
     def _run_one_by_one(self, conn: sqlite3.Connection, jobs: list[_Job]) -> set[str]:
@@ -587,6 +622,14 @@ def _deliver(jobs: list[_Job], touched: set[str], writer: Writer) -> None:
 
 
 _NOT_RUN: Any = object()  # a loop write did not run: use the thread
+_NO_PROBE = (0.0, 0)
+
+
+def _probe() -> tuple[float, int]:
+    """This thread's CPU time and involuntary context switches (-1 where not reported)."""
+    if _RUSAGE_THREAD is None:
+        return time.thread_time(), -1
+    return time.thread_time(), resource.getrusage(_RUSAGE_THREAD).ru_nivcsw
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -609,6 +652,11 @@ class _Checkpointer:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self.checkpoints = 0
+        self.restarts = 0  # checkpoints finished with RESTART (the WAL kept growing)
+        #: Set once a checkpoint copied the whole WAL: the next commit starts the WAL over,
+        #: and with `synchronous` NORMAL each connection's first commit into a new WAL fsyncs
+        #: it. The writer keeps its next commit on its thread, not the loop, and clears this.
+        self.wal_restarts = False
 
     def start(self) -> None:
         """Start the thread (it opens its connection there; failures only skip checkpoints)."""
@@ -658,10 +706,19 @@ class _Checkpointer:
                 self._kick.clear()
                 last = self._commits
                 with contextlib.suppress(sqlite3.Error):  # best effort: the next spell retries
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
+                    self._checkpoint(conn)
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.checkpoints += 1
+        if log > CHECKPOINT_RESTART_FRAMES:  # the WAL never started over since it grew
+            # busy_timeout: waits for the write lock as long as the connection allows
+            _, log, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            self.restarts += 1
+        if 0 < log == done:
+            self.wal_restarts = True
 
 
 #: What `read_inline` returns when the database is momentarily locked.
