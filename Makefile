@@ -52,7 +52,7 @@ soak: $(VENV)/.installed-test
 	AGENTCOMM_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -s -m faults tests/test_faults_sqlite.py tests/test_faults_redis.py
 
 # every conformance test over a live server (make test runs only tests/conftest.py HTTP_FILES
-# over it); about 12 minutes on 2 cores; docs/server.md "Conformance over the server"
+# over it); about 5 minutes on 2 cores; docs/server.md "Conformance over the server"
 test-server: $(VENV)/.installed-test
 	AGENTCOMM_TEST_HTTP=1 $(BIN)/pytest -q -k http tests/
 
