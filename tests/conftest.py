@@ -42,6 +42,7 @@ HTTP_DIFFERS = {
         "test_release_skips_a_delivery_whose_lease_passed_to_another",
         "test_presence_reports_active_idle_and_gone",
         "test_a_wake_times_out_with_nobody_watching",
+        "test_looking_a_wake_up_times_out_the_due_wakes_in_registration_order",
         "test_leases_expire_by_ttl",
         "test_grants_and_conflicts_follow_a_model",
     ], _CLOCK),

@@ -7,12 +7,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agentcomm
 from agentcomm import EventFilter, PoolConfig, ToAgent, ToPool, ToRun, ToTopic
+from agentcomm._backends import open_backend
+from agentcomm._pool_records import ConfigSpec, FilterSpec, MemberRecord, WakeSpec
 from processes import finish, spawn
 
 
@@ -282,6 +285,34 @@ async def test_a_wake_times_out_with_nobody_watching(url: str) -> None:
         # an event after the deadline does not trigger it
         await pool.emit("critic@r1", "verdict")
         assert (await pool.wake(wake.id)).status == "timed_out"  # type: ignore[union-attr]
+
+
+async def test_looking_a_wake_up_times_out_the_due_wakes_in_registration_order(url: str) -> None:
+    # at the store, with no hub whose pass could time them out first: whether the wake looked
+    # up is due or not, the pool's due wakes time out at that call, oldest registration first
+    backend = open_backend(url, agentcomm.Retention())
+    await backend.open()
+    try:
+        store = backend.pools
+        assert store is not None
+        config = msgspec.json.encode(ConfigSpec([], False, []))
+        await store.pool_open("pl", config, config, now=100.0)
+        for run in ("r1", "r2", "r3"):
+            await store.pool_join("pl", MemberRecord(run, "a", [], [], 100.0), now=100.0)
+        for wake_id, run, key, deadline in [
+            ("w1", "r3", None, 105.0), ("w2", "r1", "k:3 \u00e9", 200.0), ("w3", "r2", None, 105.0)
+        ]:  # fmt: skip
+            spec = WakeSpec(
+                wake_id, "pl", run, FilterSpec(), key, False, "envelope", 100.0, deadline
+            )
+            await store.pool_wait_for(spec, now=100.0)
+        found = await store.pool_wake("pl", wake_id=None, key="k:3 \u00e9", now=110.0)
+        assert found is not None and (found.id, found.status) == ("w2", "registered")
+        records = (await store.pool_records("pl", 0, limit=100)).records
+        timed_out = [(r.wake_id, r.at) for r in records if r.kind == "wake_timed_out"]
+        assert timed_out == [("w1", 110.0), ("w3", 110.0)]
+    finally:
+        await backend.close()
 
 
 async def test_result_returns_at_the_timeout(hub: agentcomm.Hub) -> None:

@@ -294,6 +294,14 @@ _SCENARIOS = {
          _w("r2", replay=True, metadata={"x": 1}), _w("r2", replay=True, metadata={"x": True}),
          _w("r2", replay=True, metadata={"x": "1"})]
     ),
+    "a pool's due wakes time out in registration order, not in run order": (
+        [_j("r1"), _j("r2"), _j("r3"), _w("r3", 3.0), _w("r1", 20.0), _w("r2", 3.0),
+         ("tick", 30.0), ("wake", "k1")]
+    ),
+    "looking a wake up times out the pool's other due wakes": (
+        [_j("r1"), _j("r2"), ("wait", "r1", FilterSpec(kinds=["event"]), 20.0, "k:3 \u00e9", False),
+         _w("r2", 3.0), ("tick", 4.0), ("wake", "k:3 \u00e9"), ("receipt", "k1", 0)]
+    ),
     "a leaving run's wakes are cancelled before it leaves": (
         [_j("r1"), _j("r2"), _w("r1", kinds=["member_left"]), _w("r2", kinds=["member_left"]),
          ("leave", "r1")]

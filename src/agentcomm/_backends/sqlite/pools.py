@@ -283,16 +283,19 @@ class _Tables:
         if pool is None:
             rows = self._conn.execute(
                 "SELECT body FROM pool_wakes WHERE registered = 1 AND deadline IS NOT NULL"
-                " AND deadline <= ? ORDER BY deadline",
+                " AND deadline <= ? ORDER BY deadline, id",
                 (now,),
             )
-        else:
-            rows = self._conn.execute(
-                "SELECT body FROM pool_wakes WHERE pool = ? AND registered = 1"
-                " AND deadline IS NOT NULL AND deadline <= ?",
-                (pool, now),
-            )
-        return [_wake.decode(r[0]) for r in rows]
+            return [_wake.decode(r[0]) for r in rows]
+        rows = self._conn.execute(
+            "SELECT body FROM pool_wakes WHERE pool = ? AND registered = 1"
+            " AND deadline IS NOT NULL AND deadline <= ?",
+            (pool, now),
+        )
+        # a pool's due wakes time out in registration order (the row order is the index's)
+        wakes = [_wake.decode(r[0]) for r in rows]
+        wakes.sort(key=lambda w: w.registered_seq)
+        return wakes
 
     def next_deadline(self) -> float | None:
         row = self._conn.execute(
@@ -373,16 +376,17 @@ class SQLitePools(PoolStore):
     async def pool_wake(
         self, pool: str, *, wake_id: str | None, key: str | None, now: float
     ) -> WakeRecord | None:
-        def op(t: _Tables) -> WakeRecord | None:
-            found = t.wake(pool, wake_id=wake_id, key=key)
-            if found is None or found.status != "registered":
-                return found
-            if found.deadline is None or found.deadline > now:
-                return found
-            return None  # due: time it out in a write transaction
+        if wake_id is None and key is None:
+            return None
 
-        found = await self._read(op)
-        if found is not None or (wake_id is None and key is None):
+        def op(t: _Tables) -> tuple[bool, WakeRecord | None]:
+            # any due wake of the pool (not only this one) times out first, in a write
+            if t.due_wakes(pool, now):
+                return False, None
+            return True, t.wake(pool, wake_id=wake_id, key=key)
+
+        done, found = await self._read(op)
+        if done:
             return found
 
         def expire(t: _Tables) -> WakeRecord | None:
