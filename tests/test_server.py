@@ -313,6 +313,35 @@ def test_limits_413_422_429(tmp_path: Path) -> None:
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
 
 
+def test_store_calls_check_token_body_size_and_rate(tmp_path: Path) -> None:
+    """`POST /v1/store/...` (taken before Starlette's router) keeps every check of a route."""
+    settings = ServerSettings(max_body=1000, rate=5, burst=5)
+    msgpack = {"Content-Type": "application/msgpack"}
+    with LiveServer(f"sqlite:///{tmp_path / 's.db'}", settings) as server:
+        anon = httpx.Client(base_url=server.url, timeout=30)
+        _OPEN.append(anon)
+        body = msgspec.msgpack.encode({"agent": "a", "max_messages": 1, "lease": 30.0})
+        r = anon.post("/v1/store/mailboxes/claim", content=body, headers=msgpack)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "AuthenticationFailed"
+        alice = Api(server, server.token_for(ALICE))
+        r = alice.http.post("/v1/store/mailboxes/claim", content=body, headers=msgpack)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "PermissionDenied"
+        api = Api(server, server.token)
+        big = msgspec.msgpack.encode({"agent": "x" * 2000})
+        declared = api.http.post("/v1/store/mailboxes/claim", content=big, headers=msgpack)
+        chunked = api.http.post("/v1/store/mailboxes/claim", content=iter([big[:900], big[900:]]))
+        for r in (declared, chunked):
+            assert r.status_code == 413 and r.json()["error"]["field"] == "body"
+        r = api.http.post("/v1/store/mailboxes/no_such_call", content=body, headers=msgpack)
+        assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
+        assert api.http.get("/v1/store/mailboxes/claim").status_code == 405
+        codes = [api.http.post("/v1/store/mailboxes/claim", content=body).status_code
+                 for _ in range(20)]  # fmt: skip
+        assert 429 in codes
+        limited = api.http.post("/v1/store/mailboxes/claim", content=body)
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+
+
 def test_a_stopping_server_answers_long_polls_at_once(server: LiveServer) -> None:
     api = Api(server, server.token)
     api.ok("POST", "/v1/agents/a")
