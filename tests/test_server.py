@@ -392,6 +392,58 @@ async def test_a_stopping_server_answers_waiting_store_calls_at_once(server: Liv
         assert claimed.messages == [] and reply is None
 
 
+class _Recorder(asyncio.Transport):
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_responses_writes_of_one_loop_turn_go_out_in_one_write() -> None:
+    from agentcomm._server.run import _Coalescing
+
+    inner = _Recorder()
+    transport = _Coalescing(inner)
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(memoryview(b"body"))
+    assert inner.writes == [] and transport.get_write_buffer_size() == 23
+    await asyncio.sleep(0)
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    transport.write(b"next")
+    transport.close()  # flushes first
+    assert inner.writes[-1] == b"next"
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+async def test_the_client_works_over_either_http_parser(tmp_path: Path, parser: str) -> None:
+    from agentcomm._server.run import FastHttpProtocol, HttpProtocol
+
+    if parser == "httptools" and FastHttpProtocol is None:
+        pytest.skip("httptools is not installed")
+    protocol = HttpProtocol if parser == "h11" else FastHttpProtocol
+    with LiveServer(f"sqlite:///{tmp_path / 's.db'}", http=protocol) as server:
+        async with agentcomm.connect(server.url, token=server.token) as hub:
+            a, b = await hub.agent("a"), await hub.agent("b")
+            for i in range(3):
+                await a.send("b", {"i": i, "pad": "x" * 70_000 * i})  # up to 140 kB bodies
+                msg = await b.receive(timeout=10)
+                assert msg is not None and msg.data["i"] == i
+                await msg.ack()
+
+
 def test_a_bad_wait_is_refused(server: LiveServer) -> None:
     api = Api(server, server.token)
     body = msgspec.msgpack.encode({"agent": "a", "max_messages": 1, "lease": 30.0})
