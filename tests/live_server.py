@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 from agentcomm._server.app import ServerState, build_app
 from agentcomm._server.authz import Principal
 from agentcomm._server.limits import ServerSettings
-from agentcomm._server.run import HttpProtocol
+from agentcomm._server.run import FastHttpProtocol, HttpProtocol
 
 #: The token every test server accepts (all permissions, admin).
 ADMIN_TOKEN = "act_feedfacecafe_test-secret-0123456789abcdef"
@@ -35,6 +35,7 @@ class LiveServer:
         settings: ServerSettings | None = None,
         mounts: Mapping[str, Callable[[ServerState], ASGIApp]] | None = None,
         hub_options: Mapping[str, Any] | None = None,
+        http: type[asyncio.Protocol] | None = None,
     ) -> None:
         self.store_url = store_url
         self.app = build_app(
@@ -44,7 +45,8 @@ class LiveServer:
         self.state: ServerState = self.app.state.server
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
                                 lifespan="on", timeout_graceful_shutdown=5,
-                                timeout_keep_alive=30, http=HttpProtocol)  # fmt: skip
+                                timeout_keep_alive=30,
+                                http=http or FastHttpProtocol or HttpProtocol)  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = ""

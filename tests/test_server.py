@@ -313,6 +313,35 @@ def test_limits_413_422_429(tmp_path: Path) -> None:
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
 
 
+def test_store_calls_check_token_body_size_and_rate(tmp_path: Path) -> None:
+    """`POST /v1/store/...` (taken before Starlette's router) keeps every check of a route."""
+    settings = ServerSettings(max_body=1000, rate=5, burst=5)
+    msgpack = {"Content-Type": "application/msgpack"}
+    with LiveServer(f"sqlite:///{tmp_path / 's.db'}", settings) as server:
+        anon = httpx.Client(base_url=server.url, timeout=30)
+        _OPEN.append(anon)
+        body = msgspec.msgpack.encode({"agent": "a", "max_messages": 1, "lease": 30.0})
+        r = anon.post("/v1/store/mailboxes/claim", content=body, headers=msgpack)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "AuthenticationFailed"
+        alice = Api(server, server.token_for(ALICE))
+        r = alice.http.post("/v1/store/mailboxes/claim", content=body, headers=msgpack)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "PermissionDenied"
+        api = Api(server, server.token)
+        big = msgspec.msgpack.encode({"agent": "x" * 2000})
+        declared = api.http.post("/v1/store/mailboxes/claim", content=big, headers=msgpack)
+        chunked = api.http.post("/v1/store/mailboxes/claim", content=iter([big[:900], big[900:]]))
+        for r in (declared, chunked):
+            assert r.status_code == 413 and r.json()["error"]["field"] == "body"
+        r = api.http.post("/v1/store/mailboxes/no_such_call", content=body, headers=msgpack)
+        assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
+        assert api.http.get("/v1/store/mailboxes/claim").status_code == 405
+        codes = [api.http.post("/v1/store/mailboxes/claim", content=body).status_code
+                 for _ in range(20)]  # fmt: skip
+        assert 429 in codes
+        limited = api.http.post("/v1/store/mailboxes/claim", content=body)
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+
+
 def test_a_stopping_server_answers_long_polls_at_once(server: LiveServer) -> None:
     api = Api(server, server.token)
     api.ok("POST", "/v1/agents/a")
@@ -361,6 +390,58 @@ async def test_a_stopping_server_answers_waiting_store_calls_at_once(server: Liv
         # answered before their wait (5 s at most on the client) could end them
         claimed, reply = await asyncio.wait_for(asyncio.gather(*calls), 4)
         assert claimed.messages == [] and reply is None
+
+
+class _Recorder(asyncio.Transport):
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_responses_writes_of_one_loop_turn_go_out_in_one_write() -> None:
+    from agentcomm._server.run import _Coalescing
+
+    inner = _Recorder()
+    transport = _Coalescing(inner)
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(memoryview(b"body"))
+    assert inner.writes == [] and transport.get_write_buffer_size() == 23
+    await asyncio.sleep(0)
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    transport.write(b"next")
+    transport.close()  # flushes first
+    assert inner.writes[-1] == b"next"
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+async def test_the_client_works_over_either_http_parser(tmp_path: Path, parser: str) -> None:
+    from agentcomm._server.run import FastHttpProtocol, HttpProtocol
+
+    if parser == "httptools" and FastHttpProtocol is None:
+        pytest.skip("httptools is not installed")
+    protocol = HttpProtocol if parser == "h11" else FastHttpProtocol
+    with LiveServer(f"sqlite:///{tmp_path / 's.db'}", http=protocol) as server:
+        async with agentcomm.connect(server.url, token=server.token) as hub:
+            a, b = await hub.agent("a"), await hub.agent("b")
+            for i in range(3):
+                await a.send("b", {"i": i, "pad": "x" * 70_000 * i})  # up to 140 kB bodies
+                msg = await b.receive(timeout=10)
+                assert msg is not None and msg.data["i"] == i
+                await msg.ack()
 
 
 def test_a_bad_wait_is_refused(server: LiveServer) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from starlette.applications import Starlette
@@ -92,7 +93,10 @@ class ServerState:
 
     async def authenticate(self, request: Request) -> TokenInfo:
         """The request's token (401 if missing, unknown or revoked)."""
-        header = request.headers.get("authorization", "")
+        return await self.authenticate_header(request.headers.get("authorization", ""))
+
+    async def authenticate_header(self, header: str) -> TokenInfo:
+        """The token of an `Authorization` header's value (401 if missing, unknown or revoked)."""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationFailed(
@@ -172,19 +176,84 @@ def _json_endpoint(ep: Endpoint) -> Callable[[Request], Any]:
     return handle
 
 
-async def _store_call(request: Request) -> Response:
-    server: ServerState = request.app.state.server
+class _StoreCall:
+    """`POST /v1/store/{feature}/{method}` as a plain ASGI app: the Python client's every call
+    comes here, so it reads the scope itself instead of building Starlette's request objects,
+    with the same checks as every route (token, rate limit, body limit, authorization)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _store_call(scope, receive, send)
+
+
+async def _store_call(scope: Scope, receive: Receive, send: Send) -> None:
+    server: ServerState = scope["app"].state.server
+    feature, method = scope["path_params"]["feature"], scope["path_params"]["method"]
     try:
-        token = await server.authenticate(request)
+        authorization, declared = "", None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value.decode("latin-1")
+        token = await server.authenticate_header(authorization)
         server.limiter.take(token.id)
-        raw = await read_body(request, server.settings.max_body)
-        call = Call(request, server, token)
-        feature, method = request.path_params["feature"], request.path_params["method"]
-        wait = _seconds(request.query_params.get("wait"))
+        raw = await _read_raw(receive, declared, server.settings.max_body)
+        call = Call(Request(scope, receive), server, token)
+        query = scope.get("query_string", b"")
+        wait = _seconds(
+            dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("wait")
+            if query else None
+        )  # fmt: skip
         result = await invoke(call, feature, method, raw, wait)
-        return Response(result, media_type="application/msgpack")
     except Exception as exc:
-        return _failure(exc)
+        await _failure(exc)(scope, receive, send)
+        return
+    await send({
+        "type": "http.response.start", "status": 200,
+        "headers": [(b"content-length", str(len(result)).encode()),
+                    (b"content-type", b"application/msgpack")],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": result})
+
+
+async def _read_raw(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body from the ASGI `receive` (as `read_body`, without a Starlette request)."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit, "request body")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit, "request body")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+_STORE_PREFIX = "/v1/store/"
+
+
+class _App(Starlette):
+    """The Starlette app, with the store calls' route taken before Starlette's middleware
+    and router: the same handler either way, without their cost on the hot path."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http" and scope["method"] == "POST"
+            and not scope.get("root_path") and scope["path"].startswith(_STORE_PREFIX)
+        ):  # fmt: skip
+            feature, _, method = scope["path"][len(_STORE_PREFIX) :].partition("/")
+            if feature and method and "/" not in method:
+                scope["app"] = self
+                scope["path_params"] = {"feature": feature, "method": method}
+                await _store_call(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _seconds(raw: str | None) -> float:
@@ -257,7 +326,7 @@ def build_app(
             methods=["GET"],
         ),
         Route("/v1/store/events", _events, methods=["GET"]),
-        Route("/v1/store/{feature}/{method}", _store_call, methods=["POST"]),
+        Route("/v1/store/{feature}/{method}", _StoreCall(), methods=["POST"]),
     ]
     for ep in ENDPOINTS:
         routes.append(Route(ep.path, _json_endpoint(ep), methods=[ep.method]))
@@ -276,6 +345,6 @@ def build_app(
         finally:
             await server.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = _App(routes=routes, lifespan=lifespan)
     app.state.server = server
     return app

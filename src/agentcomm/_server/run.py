@@ -14,7 +14,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .app import ServerState, build_app
 from .limits import ServerSettings
 
-__all__ = ["HttpProtocol", "serve"]
+__all__ = ["FastHttpProtocol", "HttpProtocol", "serve"]
 
 
 class _Coalescing:
@@ -66,6 +66,21 @@ class HttpProtocol(H11Protocol):
         super().connection_made(_Coalescing(transport))  # type: ignore[arg-type]
 
 
+try:  # uvicorn's C parser (httptools), when installed: `pip install agentcomm[server]`
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpTools
+except ImportError:  # pragma: no cover - the server extra installs it
+    FastHttpProtocol: type[asyncio.Protocol] | None = None
+else:
+
+    class FastHttpProtocol(_HttpTools):  # type: ignore[no-redef]
+        """uvicorn's httptools protocol, sending each response's head and body in one write
+        (it writes them separately, as the h11 one does)."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            """Wrap the connection's transport (see `_Coalescing`)."""
+            super().connection_made(_Coalescing(transport))  # type: ignore[arg-type]
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, telling the app to drain when it begins to shut down (uvicorn would
     otherwise wait for long polls and streams before the app hears of it)."""
@@ -96,7 +111,8 @@ def serve(
     settings = settings or ServerSettings()
     app = build_app(url, settings=settings, mounts=mounts)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on", http=HttpProtocol,
+        app, host=host, port=port, log_level=log_level, lifespan="on",
+        http=FastHttpProtocol or HttpProtocol,
         timeout_graceful_shutdown=int(settings.shutdown_grace) or None,
         timeout_keep_alive=max(1, round(settings.keep_alive)), **uvicorn_options,
     )  # fmt: skip
