@@ -150,7 +150,7 @@ async def test_round_trips_have_no_socket_timeout_unless_the_url_sets_one(
         agent = await hub.agent("a")
         await agent.send("a", 1)
         for client in (backend._scripts.client, backend._wake_client):
-            conn = await client.connection_pool.get_connection()
+            conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 assert conn.socket_timeout == expected
             finally:

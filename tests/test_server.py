@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 import agentcomm
+from agentcomm._records import Claimed
 from agentcomm._server.authz import Principal, pattern_covers
 from agentcomm._server.limits import ServerSettings
 from agentcomm._subjects import parse_pattern
@@ -389,7 +390,7 @@ async def test_a_stopping_server_answers_waiting_store_calls_at_once(server: Liv
         server.state.loop.call_soon_threadsafe(server.state.stop)
         # answered before their wait (5 s at most on the client) could end them
         claimed, reply = await asyncio.wait_for(asyncio.gather(*calls), 4)
-        assert claimed.messages == [] and reply is None
+        assert isinstance(claimed, Claimed) and claimed.messages == [] and reply is None
 
 
 class _Recorder(asyncio.Transport):
@@ -472,8 +473,9 @@ _MIB = 1024 * 1024
 def _stored(db: Path) -> tuple[int, int, int]:
     """Rows of blobs, uploads (staged or committed) and chunks in a SQLite store."""
     with sqlite3.connect(db) as conn:
-        return tuple(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[return-value]
-                     for t in ("refs", "ref_blobs", "ref_chunks"))  # fmt: skip
+        blobs, uploads, chunks = (conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                                  for t in ("refs", "ref_blobs", "ref_chunks"))  # fmt: skip
+    return int(blobs), int(uploads), int(chunks)
 
 
 def _body(data: bytes, piece: int = 50_000) -> Iterator[bytes]:
