@@ -123,6 +123,23 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of its own on the session's Redis, its keys dropped after the test."""
+    p = f"t-{uuid4().hex[:8]}"
+    yield p
+    drop_prefixes(redis_url, [p])
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[Any]:
+    """A plain redis-py client of the session's Redis (`redis.Redis`)."""
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
 def backend_name(request: pytest.FixtureRequest) -> str:
     """The name of the backend under test."""
     return str(request.param)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -340,19 +340,6 @@ def test_meta_index_keeps_scalars_with_their_type(
 
 
 # --- Redis only: refused calls write nothing, reruns apply once ------------------------------
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    p = f"t-{uuid4().hex[:8]}"
-    yield p
-    drop_prefixes(redis_url, [p])
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_url) as client:
-        yield client
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from uuid import uuid4
 
 import pytest
 import redis
@@ -21,22 +20,9 @@ from redis import exceptions as rexc
 
 import agentcomm
 from agentcomm._backends.redis import RedisBackend
-from redis_server import BINARY, drop_prefixes
+from redis_server import BINARY
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    p = f"t-{uuid4().hex[:8]}"
-    yield p
-    drop_prefixes(redis_url, [p])
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_url) as client:
-        yield client
 
 
 @pytest.fixture(params=["auto", "eval"])

@@ -9,9 +9,8 @@ there, and with raw script arguments no caller sends: the scripts must hold on t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
-from uuid import uuid4
 
 import msgspec
 import pytest
@@ -23,25 +22,12 @@ from agentcomm._backends.redis import RedisBackend
 from agentcomm._kv_records import KVWrite, Space
 from agentcomm._records import NewMessage, ScheduleSpec, Settle, SettleKind
 from agentcomm._settings import Retention
-from redis_server import BINARY, drop_prefixes
+from redis_server import BINARY
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
 
 NAN = float("nan")
 GUARD = 30.0
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    p = f"t-{uuid4().hex[:8]}"
-    yield p
-    drop_prefixes(redis_url, [p])
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_url) as client:
-        yield client
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ EVALSHA. Both ways must behave alike (the retry tests of test_redis_retries.py r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
@@ -23,24 +22,11 @@ from agentcomm._backends.redis.references_lua import REFS
 from agentcomm._backends.redis.scripts import Lua
 from agentcomm._backends.redis.shared_memory_lua import KV
 from agentcomm._backends.redis.topics_lua import TOPICS
-from redis_server import BINARY, drop_prefixes
+from redis_server import BINARY
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
 
 ALL_SCRIPTS = [MAILBOX, TOPICS, KV, REFS, POOLS, LEASES]
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    p = f"t-{uuid4().hex[:8]}"
-    yield p
-    drop_prefixes(redis_url, [p])
-
-
-@pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    with redis.Redis.from_url(redis_url) as client:
-        yield client
 
 
 def functions_supported(raw: redis.Redis) -> bool:
