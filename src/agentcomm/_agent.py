@@ -318,8 +318,10 @@ class Agent:
         presence = ctx.presence
         channels = (mail_channel(name),) if wake is None else (mail_channel(name), wake)
         # a backend whose store waits in the call (the http backend): one call per receive,
-        # unless a local `stop` must be heard while waiting
-        remote = 0.0 if stop is not None else ctx.backend.remote_wait
+        # unless a local `stop` must be heard while waiting and the backend waits elsewhere;
+        # the redis backend waits here, for a message its store delivers to this receive
+        backend = ctx.backend
+        remote = backend.remote_wait if stop is None or backend.waits_locally else 0.0
         with ctx.wakeups(*channels, timeout=timeout) as wakeups:
             while True:
                 ctx.check_open()  # raises HubClosed once the hub closes
@@ -333,9 +335,10 @@ class Agent:
                     wait = max(0.0, min(remote, presence.due(name) - now,
                                         remote if left is None else left))  # fmt: skip
                     started = time.monotonic()
-                    claimed = await ctx.backend.claim_waiting(
-                        name, max_messages=max_messages, lease=lease, now=now, wait=wait
-                    )
+                    claimed = await backend.claim_waiting(
+                        name, max_messages=max_messages, lease=lease, now=now, wait=wait,
+                        also=channels[1:],
+                    )  # fmt: skip
                     # an empty answer well before `wait` (a stopping server): wait here
                     waited = wait > 0 and time.monotonic() - started >= wait / 2
                 else:

@@ -65,6 +65,10 @@ class Listener:
         if not self._future.done():
             self._future.set_result(None)
 
+    def fire(self) -> None:
+        """Wake this listener alone, as a notification of its channels would."""
+        self._fire()
+
     def close(self) -> None:
         """Stop listening."""
         self._notifier._remove(self)

@@ -567,11 +567,23 @@ class Backend(abc.ABC):
     #: wake-up and another call.
     remote_wait: float = 0.0
 
+    #: True when `claim_waiting` waits in this process (the redis backend: for a message its
+    #: store delivers), so it can also end on a wake-up of the channels `also` names.
+    waits_locally: bool = False
+
     async def claim_waiting(
-        self, agent: str, *, max_messages: int, lease: float, now: float, wait: float
+        self,
+        agent: str,
+        *,
+        max_messages: int,
+        lease: float,
+        now: float,
+        wait: float,
+        also: tuple[str, ...] = (),
     ) -> Claimed:
-        """`mailboxes.claim`, waiting up to `wait` seconds (at most `remote_wait`) where the
-        store is for a message to claim; the default claims without waiting."""
+        """`mailboxes.claim`, waiting up to `wait` seconds (at most `remote_wait`) for a
+        message to claim; a backend that `waits_locally` also ends the wait on a wake-up of a
+        channel of `also`. The default claims without waiting."""
         assert self.mailboxes is not None
         return await self.mailboxes.claim(agent, max_messages=max_messages, lease=lease, now=now)
 

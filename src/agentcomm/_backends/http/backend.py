@@ -271,10 +271,18 @@ class HttpBackend(contracts.Backend):
             await self._link.aclose()
 
     async def claim_waiting(
-        self, agent: str, *, max_messages: int, lease: float, now: float, wait: float
+        self,
+        agent: str,
+        *,
+        max_messages: int,
+        lease: float,
+        now: float,
+        wait: float,
+        also: tuple[str, ...] = (),
     ) -> Claimed:
         """A claim the server answers once a message is claimed or `wait` seconds passed:
-        a receive that has to wait costs this one call, not a wake-up and another claim."""
+        a receive that has to wait costs this one call, not a wake-up and another claim
+        (the server hears no channel of `also`: the hub does not wait here when it must)."""
         args = {"agent": agent, "max_messages": max_messages, "lease": lease}
         return await self._checked_link().call(  # type: ignore[no-any-return]
             CALLS[("mailboxes", "claim")], args, wait=min(wait, self.remote_wait)

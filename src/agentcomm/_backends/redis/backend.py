@@ -21,13 +21,15 @@ import logging
 import re
 
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
-from ..._errors import BackendUnavailable, ConfigurationError
+from ..._errors import BackendError, BackendUnavailable, ConfigurationError
 from ..._ids import new_id
 from ..._models import HubStats, PruneReport
 from ..._notify import Notifier
+from ..._records import Claimed, StoredReply
 from ..._settings import Retention
 from ..contracts import Backend
 from .errors import CLOSE_ERRORS, redis_errors, text
@@ -110,6 +112,9 @@ class RedisBackend(Backend):
         self._pools = RedisPools(self._scripts, retention)
         self.pools = self._pools
         self.leases = RedisLeases(self._scripts)
+        # a receive waits in `claim_waiting` (for a delivery or a wake-up) as long as the
+        # safety re-check would let it
+        self.remote_wait = recheck_interval
         self._closed = False
         self._closing = asyncio.Event()  # set with `_closed`: wakes the watchdog and backoffs
         self._listener: asyncio.Task[None] | None = None
@@ -160,6 +165,27 @@ class RedisBackend(Backend):
         await self._close_clients(left(1))
         self.notifier.wake_all()  # whoever began to wait meanwhile
 
+    waits_locally = True
+
+    async def claim_waiting(
+        self,
+        agent: str,
+        *,
+        max_messages: int,
+        lease: float,
+        now: float,
+        wait: float,
+        also: tuple[str, ...] = (),
+    ) -> Claimed:
+        """See `RedisMailboxes.claim_waiting`: a waiting receive gets its message delivered."""
+        return await self._mailboxes.claim_waiting(
+            agent, max_messages=max_messages, lease=lease, now=now, wait=wait, also=also
+        )
+
+    async def take_reply_waiting(self, correlation_id: str, *, wait: float) -> StoredReply | None:
+        """See `RedisMailboxes.take_reply_waiting`: the reply comes by pub/sub."""
+        return await self._mailboxes.take_reply_waiting(correlation_id, wait=wait)
+
     async def _leave(self) -> None:
         """No longer count as a hub to wake (see `publish` in scripts.py)."""
         with contextlib.suppress(*CLOSE_ERRORS):
@@ -173,17 +199,39 @@ class RedisBackend(Backend):
                 )
 
     async def _subscribe(self) -> aioredis.client.PubSub:
-        """A pub/sub connection subscribed to the wake channel, confirmed by the server."""
+        """A pub/sub connection subscribed to the wake channel and to this hub's own channel
+        (the messages the mailbox script delivers to its waiting receives), confirmed by the
+        server. A user who may not use the hub's own channel gets the wake channel alone:
+        its receives then claim after their wake-up, as before deliveries existed."""
+        wake = self._prefix + "wake"
+        channels = [wake]
+        if self._mailboxes.deliveries:
+            channels.append(f"{wake}:{self._origin}")
+        try:
+            return await self._subscribe_to(channels)
+        except BackendError as exc:
+            if len(channels) == 1 or not isinstance(exc.__cause__, rexc.NoPermissionError):
+                raise
+            self._mailboxes.deliveries = False
+            log.info(
+                "Redis at %s refused this hub's own channel (%s); its receives claim after "
+                "each wake-up instead of having messages delivered",
+                self._where, exc.__cause__,
+            )  # fmt: skip
+            return await self._subscribe_to([wake])
+
+    async def _subscribe_to(self, channels: list[str]) -> aioredis.client.PubSub:
         pubsub = self._pubsub = self._wake_client.pubsub()
         try:
             with redis_errors(self._where):
-                await pubsub.subscribe(self._prefix + "wake")
-                while True:  # the confirmation: from now on no wake-up is missed
+                await pubsub.subscribe(*channels)
+                confirmed = 0
+                while confirmed < len(channels):  # from now on no wake-up is missed
                     msg = await pubsub.get_message(timeout=5.0)
                     if msg is None:
                         raise BackendUnavailable(f"Redis at {self._where} did not subscribe.")
                     if msg["type"] == "subscribe":
-                        break
+                        confirmed += 1
                 # only now, subscribed, does this hub count as one to wake (see `publish`)
                 await self._client.sadd(self._prefix + "hubs", self._origin)
                 return pubsub
@@ -228,6 +276,7 @@ class RedisBackend(Backend):
         origin = self._origin.encode()
         notify = self.notifier.notify
         deliver_reply = self._mailboxes.deliver_reply
+        deliver = self._mailboxes.deliver
         loop = asyncio.get_running_loop()
         while not self._closed:
             # no read timeout: redis-py would arm a timer for every message (see
@@ -240,6 +289,9 @@ class RedisBackend(Backend):
             if data[:1] == b"\1":
                 cid, _, reply = data[1:].partition(b"\n")
                 deliver_reply(cid.decode(), reply)
+                continue
+            if data[:1] == b"\2":
+                deliver(data[1:])
                 continue
             sender, _, channels = data.partition(b"\n")
             if sender != origin:

@@ -4,7 +4,9 @@ one call of the `MAILBOX` script (`mailbox_lua.py`, which lists the keys).
 A message is stored as a hash: the fields the script reads, and one msgpack blob (`Body`) of
 everything it never looks into. Replies travel to the waiting hub by pub/sub (the backend's
 listener hands them to `deliver_reply`), so a requester usually needs no round trip to fetch
-its reply.
+its reply. Messages do the same for a receive that waits (`claim_waiting`): the sender's
+script leases the message to the waiting hub and sends it there whole (`deliver`), so the
+receiver needs no claim after its wake-up.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -22,6 +26,7 @@ from ..._codec import decode_metadata, decode_payload
 from ..._errors import BackendError, UnknownAgent, ValidationError
 from ..._ids import new_id
 from ..._models import AgentInfo, DeadLetter, MailboxStats, PendingInfo, ScheduleInfo
+from ..._notify import Listener
 from ..._records import (
     PENDING_STATE_NAMES,
     Claimed,
@@ -237,6 +242,35 @@ def _settle_arg(op: Settle) -> str:
     return f"{int(op.kind)}\0{op.seq:016d}\0{int(op.attempt)}\0{op.until!r}\0{op.reason}"
 
 
+def parse_delivery(payload: bytes) -> tuple[str, float, list[tuple[bytes, int, bytes]]]:
+    """A delivery of the script's `deliver`: the agent, the lease end, and the sid, attempt and
+    body of each message (`agent NUL lease_until NUL count`, then `NUL sid NUL attempt NUL
+    length NUL body` for each)."""
+    agent, lease_until, count, rest = payload.split(b"\0", 3)
+    out = []
+    pos = 0
+    for _ in range(int(count)):
+        sid_end = rest.index(b"\0", pos)
+        att_end = rest.index(b"\0", sid_end + 1)
+        len_end = rest.index(b"\0", att_end + 1)
+        size = int(rest[att_end + 1 : len_end])
+        body = rest[len_end + 1 : len_end + 1 + size]
+        out.append((rest[pos:sid_end], int(rest[sid_end + 1 : att_end]), body))
+        pos = len_end + 2 + size
+    return agent.decode(), float(lease_until), out
+
+
+class _Waiter:
+    """A receive of this hub waiting in `claim_waiting`: its listener, and the delivery the
+    backend's listener handed it (`RedisMailboxes.deliver`)."""
+
+    __slots__ = ("delivery", "listener")
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.delivery: bytes | None = None
+
+
 class RedisMailboxes(MailboxStore):
     """Agents, mailboxes, replies and schedules on Redis."""
 
@@ -251,6 +285,11 @@ class RedisMailboxes(MailboxStore):
         self._cleanup: set[asyncio.Task[Any]] = set()
         self._drops: list[str] = []  # reply slots to drop, by `_drop_slots`
         self._dropper: asyncio.Task[None] | None = None
+        # receives of this hub waiting for an agent's next message, first come first served
+        self._waiters: dict[str, deque[_Waiter]] = {}
+        #: whether waiting receives register for deliveries (off when the hub may not
+        #: subscribe to its own channel)
+        self.deliveries = True
 
     async def _mail(self, op: str, now: float, *args: Any, token: str | None = None) -> Any:
         return await self._scripts.run(self._script, op, now, args, token)
@@ -264,6 +303,33 @@ class RedisMailboxes(MailboxStore):
         if correlation_id in self._awaiting:
             self._inbox[correlation_id] = reply
             self._notify((reply_channel(correlation_id),))
+
+    def deliver(self, payload: bytes) -> None:
+        """Messages the script leased to this hub for a waiting receive (see `deliver` in
+        mailbox_lua_functions.py): handed to the first receive still waiting for that agent,
+        else given back at once."""
+        agent = payload[: payload.index(b"\0")].decode()
+        waiters = self._waiters.get(agent)
+        while waiters:
+            waiter = waiters.popleft()
+            if waiter.delivery is None:
+                waiter.delivery = payload
+                waiter.listener.fire()
+                return
+        self._give_back(payload)
+
+    def _give_back(self, payload: bytes) -> None:
+        """Release delivered messages no receive took (it left meanwhile), in the background."""
+        agent, _, messages = parse_delivery(payload)
+        ops = [Settle(SettleKind.RELEASE, agent, int(sid), att) for sid, att, _ in messages]
+        task = asyncio.get_running_loop().create_task(self._release_quietly(ops))
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+
+    async def _release_quietly(self, ops: list[Settle]) -> None:
+        # a failure leaves them leased: they are delivered again when their lease ends
+        with contextlib.suppress(BackendError):
+            await self.release(ops, now=time.time())
 
     def pending_cleanup(self) -> set[asyncio.Task[Any]]:
         """The reply slots still being dropped (a prune pass drops those never finished)."""
@@ -317,17 +383,82 @@ class RedisMailboxes(MailboxStore):
         result = await self._bare("enqueue", now, *args, token=messages[0].id)
         if isinstance(result, bytes):
             raise UnknownAgent(result.decode())
-        self._notify({mail_channel(m.recipient) for m in messages})
+        deduplicated, quiet, mine = result
+        for payload in mine:  # delivered to receives of this hub waiting for them
+            self.deliver(payload)
+        # the recipients whose messages all went to waiting receives have nothing to wake for
+        skip = {r.decode() for r in quiet}
+        self._notify({mail_channel(m.recipient) for m in messages if m.recipient not in skip})
         ids = [m.id for m in messages]
-        for i in range(0, len(result), 2):  # the deduplicated ones: position, first id
-            ids[int(result[i]) - 1] = result[i + 1].decode()
+        for i in range(0, len(deduplicated), 2):  # the deduplicated ones: position, first id
+            ids[int(deduplicated[i]) - 1] = deduplicated[i + 1].decode()
         return ids
 
     async def claim(self, agent: str, *, max_messages: int, lease: float, now: float) -> Claimed:
+        return await self._claim(agent, max_messages, lease, now, None)
+
+    async def claim_waiting(
+        self,
+        agent: str,
+        *,
+        max_messages: int,
+        lease: float,
+        now: float,
+        wait: float,
+        also: tuple[str, ...] = (),
+    ) -> Claimed:
+        """`claim`; when nothing is ready, wait up to `wait` seconds for a message delivered to
+        this receive by the sender's script (`deliver`), or for a wake-up of the agent's
+        mailbox or of a channel of `also` (after which the caller claims again)."""
+        if wait <= 0 or not self.deliveries:
+            return await self._claim(agent, max_messages, lease, now, None)
+        waiter = _Waiter(self._scripts.notifier.listen(mail_channel(agent), *also))
+        waiters = self._waiters.setdefault(agent, deque())
+        waiters.append(waiter)
+        taken = False
+        try:
+            claimed = await self._claim(agent, max_messages, lease, now, now + wait)
+            if not claimed.messages and waiter.delivery is None:
+                if claimed.next_wake is not None:
+                    wait = min(wait, max(claimed.next_wake - now, 0.0) + 0.001)
+                await waiter.listener.wait(wait)
+            if waiter.delivery is not None and not claimed.messages:
+                claimed = await self._delivered(waiter.delivery, now)
+                taken = True
+            # else: an earlier registration's delivery came as this claim found messages
+            # (given back below), or none came
+            taken = taken or waiter.delivery is None
+            return claimed
+        finally:
+            waiter.listener.close()
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+            if not waiters and self._waiters.get(agent) is waiters:
+                del self._waiters[agent]
+            if waiter.delivery is not None and not taken:  # cancelled as it came
+                self._give_back(waiter.delivery)
+
+    async def _delivered(self, payload: bytes, now: float) -> Claimed:
+        agent, lease_until, flat = parse_delivery(payload)
+        messages, buried = [], []
+        for sid, attempt, body in flat:
+            try:
+                messages.append(_stored(sid, attempt, body, lease_until))
+            except _UNDECODABLE as exc:  # never delivered: a dead letter saying why
+                buried += [sid, attempt, _why(exc)]
+        await self._bury(agent, buried, now)
+        return Claimed(messages, None)
+
+    async def _claim(
+        self, agent: str, max_messages: int, lease: float, now: float, wait_until: float | None
+    ) -> Claimed:
         if not 0 < lease < math.inf:
             raise ValidationError("lease must be a finite number of seconds > 0.")
         lease_until = now + lease
-        flat = await self._bare("claim", now, agent, num(lease_until), max_messages)
+        args: tuple[Any, ...] = (agent, num(lease_until), max_messages)
+        if wait_until is not None:
+            args += (num(wait_until), num(lease))
+        flat = await self._bare("claim", now, *args)
         head = flat[0]  # the next wake-up, then what to log
         if len(head) > 1:
             _log_events(head[1:])
@@ -337,13 +468,16 @@ class RedisMailboxes(MailboxStore):
                 messages.append(_stored(flat[i], flat[i + 1], flat[i + 2], lease_until))
             except _UNDECODABLE as exc:  # never delivered: a dead letter saying why
                 buried += [flat[i], flat[i + 1], _why(exc)]
+        await self._bury(agent, buried, now)
+        return Claimed(messages, opt_float(head[0]))
+
+    async def _bury(self, agent: str, buried: list[Any], now: float) -> None:
         if buried:
             logger.warning(
                 "agentcomm: %d message(s) for %r cannot be decoded; moved to its dead letters",
                 len(buried) // 3, agent,
             )  # fmt: skip
             await self._mail("bury", now, agent, *buried)
-        return Claimed(messages, opt_float(head[0]))
 
     async def settle(self, op: Settle, *, now: float) -> bool:
         return (await self.settle_many((op,), now=now))[0]
@@ -439,6 +573,15 @@ class RedisMailboxes(MailboxStore):
             self._awaiting.pop(correlation_id, None)
             self._inbox.pop(correlation_id, None)
         return None if blob is None else decode_reply(blob)
+
+    async def take_reply_waiting(self, correlation_id: str, *, wait: float) -> StoredReply | None:
+        """`take_reply`, after waiting up to `wait` seconds for the reply to come by pub/sub
+        (then taking it needs no round trip)."""
+        if wait > 0 and correlation_id not in self._inbox:
+            with self._scripts.notifier.listen(reply_channel(correlation_id)) as listener:
+                if correlation_id not in self._inbox:
+                    await listener.wait(wait)
+        return await self.take_reply(correlation_id, abandon=False)
 
     async def request_attempts(self, correlation_id: str) -> int:
         return int(await self._mail("attempts", 0.0, correlation_id))

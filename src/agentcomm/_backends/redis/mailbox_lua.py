@@ -10,6 +10,8 @@ Mailbox keys (P = prefix):
   P m:<sid>               HASH: one message (fields below)
   P r:<agent>             ZSET: ready messages, score -priority, member sid (FIFO by member)
   P t:<agent>             ZSET: delayed messages and leases, score visible_at
+  P w:<agent>             ZSET: the hubs waiting in receive for the agent's next message,
+                          score: until when; member "origin NUL lease NUL max_messages"
   P d:<agent>             ZSET: dead letters, score seq
   P exp                   ZSET: expires_at of undelivered messages that have one (and of
                           in-flight ones until a prune pass drops them)
@@ -25,6 +27,7 @@ Mailbox keys (P = prefix):
   P sched:ref             HASH: schedule id -> the reference its payload holds
   P counters              HASH: event counters
   P hubs                  SET: the open hubs (their origin ids), subscribed to P wake
+  P wake:<origin>         pub/sub channel of one hub: the messages delivered to it (`deliver`)
   P once:<token>          STRING: the answer of a call with a token, for a rerun (scripts.py)
 """
 
@@ -104,50 +107,38 @@ elseif OP == 'enqueue' then
       end
     end
     save_seq()
-    result = out
+    -- the recipients a hub waits for get their messages now (see `deliver`)
+    local quiet, mine = {}, {}
+    for _, rcp in ipairs(recipients) do
+      if redis.call('EXISTS', P .. 'w:' .. rcp) == 1 then
+        flush()
+        if deliver(rcp, mine) then quiet[#quiet + 1] = rcp end
+      end
+    end
+    result = {out, quiet, mine}
   end
 
 elseif OP == 'claim' then
+  -- agent, lease_until, max_messages; then, to wait for the agent's next message, the time
+  -- this hub waits until and the lease (see `deliver`)
   local agent, lease_until, want = ARGV[5], ARGV[6], arg_num(ARGV[7], 'max_messages')
   arg_num(lease_until, 'lease_until')
+  local wait_until = ARGV[8]
+  if wait_until then
+    arg_num(wait_until, 'wait_until')
+    arg_num(ARGV[9], 'lease')
+  end
   fire_timers(agent, 1000)
-  local rk, tk = P .. 'r:' .. agent, P .. 't:' .. agent
   -- flat: {the next wake-up (or false), events...}, then sid, attempt, body of each message
   local out = {false}
-  local got = 0
-  while got < want do
-    local sids = redis.call('ZRANGE', rk, 0, want - got - 1)
-    if #sids == 0 then break end
-    redis.call('ZREM', rk, unpack(sids))
-    for _, sid in ipairs(sids) do
-      local mk = mkey(sid)
-      local v = redis.call('HMGET', mk, 'exp', 'att', 'b', 'ref', 'cid')
-      if not v[3] and not v[2] then
-        -- an index entry without its message: nothing to deliver
-        redis.call('ZREM', tk, sid)
-        redis.call('ZREM', P .. 'exp', sid)
-      elseif not v[3] or not stored_num(v[2]) or (v[1] and not stored_num(v[1])) then
-        unreadable(sid, agent, 'body, attempt or expiry missing or not a number')
-      elseif v[1] and tonumber(v[1]) <= now then
-        finish(sid, agent, '4', nil, v[4])
-      else
-        local att = tonumber(v[2]) + 1
-        redis.call('HSET', mk, 'st', 1, 'vis', lease_until, 'att', att)
-        zadd_later(tk, lease_until, sid)
-        if v[5] and redis.call('HEXISTS', P .. 'req', v[5]) == 1 then
-          redis.call('HSET', P .. 'req:att', v[5], att)  -- the request was received
-        end
-        out[#out + 1] = sid
-        out[#out + 1] = att
-        out[#out + 1] = v[3]
-        got = got + 1
-      end
-    end
-  end
+  local got = take_ready(agent, lease_until, want, out)
   local head = {false}
   if got == 0 then
-    local first = redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')
+    local first = redis.call('ZRANGE', P .. 't:' .. agent, 0, 0, 'WITHSCORES')
     if first[2] then head[1] = first[2] end
+    if wait_until then
+      redis.call('ZADD', P .. 'w:' .. agent, wait_until, ORIGIN .. '\0' .. ARGV[9] .. '\0' .. want)
+    end
   end
   for _, e in ipairs(events) do head[#head + 1] = e end
   out[1] = head

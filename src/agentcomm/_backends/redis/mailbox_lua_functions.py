@@ -332,6 +332,105 @@ local function fire_timers(agent, limit)
   return ready, dead
 end
 
+-- lease up to `want` of the agent's ready messages, best first, until `lease_until`: appends
+-- sid, attempt, body of each to `out`; returns how many
+local function take_ready(agent, lease_until, want, out)
+  local rk, tk = P .. 'r:' .. agent, P .. 't:' .. agent
+  local got = 0
+  while got < want do
+    local sids = redis.call('ZRANGE', rk, 0, want - got - 1)
+    if #sids == 0 then break end
+    redis.call('ZREM', rk, unpack(sids))
+    for _, sid in ipairs(sids) do
+      local mk = mkey(sid)
+      local v = redis.call('HMGET', mk, 'exp', 'att', 'b', 'ref', 'cid')
+      if not v[3] and not v[2] then
+        -- an index entry without its message: nothing to deliver
+        redis.call('ZREM', tk, sid)
+        redis.call('ZREM', P .. 'exp', sid)
+      elseif not v[3] or not stored_num(v[2]) or (v[1] and not stored_num(v[1])) then
+        unreadable(sid, agent, 'body, attempt or expiry missing or not a number')
+      elseif v[1] and tonumber(v[1]) <= now then
+        finish(sid, agent, '4', nil, v[4])
+      else
+        local att = tonumber(v[2]) + 1
+        redis.call('HSET', mk, 'st', 1, 'vis', lease_until, 'att', att)
+        zadd_later(tk, lease_until, sid)
+        if v[5] and redis.call('HEXISTS', P .. 'req', v[5]) == 1 then
+          redis.call('HSET', P .. 'req:att', v[5], att)  -- the request was received
+        end
+        out[#out + 1] = sid
+        out[#out + 1] = att
+        out[#out + 1] = v[3]
+        got = got + 1
+      end
+    end
+  end
+  return got
+end
+
+local function untouch(channel)
+  if touched[channel] then
+    touched[channel] = nil
+    for i, c in ipairs(touched_list) do
+      if c == channel then
+        table.remove(touched_list, i)
+        break
+      end
+    end
+  end
+end
+
+-- whether a hub listens on `channel` (false, and nothing delivered, for a user who may not ask)
+local function subscribed(channel)
+  local n = redis.pcall('PUBSUB', 'NUMSUB', channel)
+  return type(n) == 'table' and not n.err and tonumber(n[2]) ~= nil and tonumber(n[2]) > 0
+end
+
+-- A hub whose receive found the agent's mailbox empty waits for its next message (the claim
+-- op's registration in `P w:<agent>`): the message is leased to that hub here, and goes to it
+-- whole, with no claim round trip, by pub/sub on its own channel, or in this call's reply
+-- (`mine`) when the hub is the caller. A hub that is no longer subscribed gets nothing (a
+-- crashed hub's registration is dropped); one whose receive left meanwhile hands the messages
+-- back (`release`). Returns whether the agent has no ready message left, so waking its
+-- waiters would be for nothing.
+local function deliver(rcp, mine)
+  local wk, rk = P .. 'w:' .. rcp, P .. 'r:' .. rcp
+  redis.call('ZREMRANGEBYSCORE', wk, '-inf', '(' .. NOW_S)
+  for _, reg in ipairs(redis.call('ZRANGE', wk, 0, -1)) do
+    redis.call('ZREM', wk, reg)
+    local f = split(reg, 3)
+    local lease, want = stored_num(f[2]), stored_num(f[3])
+    local channel = P .. 'wake:' .. f[1]
+    if lease and want and want >= 1 and (f[1] == ORIGIN or subscribed(channel)) then
+      local lease_until = string.format('%.17g', now + lease)
+      local out = {}
+      local got = take_ready(rcp, lease_until, want, out)
+      flush()
+      if got > 0 then
+        local parts = {rcp, lease_until, got}
+        for i = 1, #out, 3 do
+          parts[#parts + 1] = out[i]
+          parts[#parts + 1] = out[i + 1]
+          parts[#parts + 1] = #out[i + 2]
+          parts[#parts + 1] = out[i + 2]
+        end
+        local payload = table.concat(parts, '\0')
+        if f[1] == ORIGIN then
+          mine[#mine + 1] = payload
+        else
+          redis.call('PUBLISH', channel, '\2' .. payload)
+        end
+      end
+      if redis.call('EXISTS', rk) == 0 then
+        untouch(MAIL_CHANNEL .. rcp)
+        return true
+      end
+    end
+  end
+  return false
+end
+
 -- the sequence number of the last stored message: the first store of a script INCRs it,
 -- later ones count in this local, written back by `save_seq`
 local last_seq, stored
