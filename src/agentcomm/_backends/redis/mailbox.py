@@ -457,7 +457,8 @@ class RedisMailboxes(MailboxStore):
         lease_until = now + lease
         args: tuple[Any, ...] = (agent, num(lease_until), max_messages)
         if wait_until is not None:
-            args += (num(wait_until), num(lease))
+            # one registration per waiting receive (its task), so each gets a delivery
+            args += (num(wait_until), num(lease), f"{id(asyncio.current_task()):x}")
         flat = await self._bare("claim", now, *args)
         head = flat[0]  # the next wake-up, then what to log
         if len(head) > 1:

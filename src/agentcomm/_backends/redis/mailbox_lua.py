@@ -10,8 +10,8 @@ Mailbox keys (P = prefix):
   P m:<sid>               HASH: one message (fields below)
   P r:<agent>             ZSET: ready messages, score -priority, member sid (FIFO by member)
   P t:<agent>             ZSET: delayed messages and leases, score visible_at
-  P w:<agent>             ZSET: the hubs waiting in receive for the agent's next message,
-                          score: until when; member "origin NUL lease NUL max_messages"
+  P w:<agent>             ZSET: the receives waiting for the agent's next message, score:
+                          until when; member "origin NUL lease NUL max_messages NUL receive"
   P d:<agent>             ZSET: dead letters, score seq
   P exp                   ZSET: expires_at of undelivered messages that have one (and of
                           in-flight ones until a prune pass drops them)
@@ -120,7 +120,7 @@ elseif OP == 'enqueue' then
 
 elseif OP == 'claim' then
   -- agent, lease_until, max_messages; then, to wait for the agent's next message, the time
-  -- this hub waits until and the lease (see `deliver`)
+  -- this hub waits until, the lease and which of the hub's receives waits (see `deliver`)
   local agent, lease_until, want = ARGV[5], ARGV[6], arg_num(ARGV[7], 'max_messages')
   arg_num(lease_until, 'lease_until')
   local wait_until = ARGV[8]
@@ -137,7 +137,8 @@ elseif OP == 'claim' then
     local first = redis.call('ZRANGE', P .. 't:' .. agent, 0, 0, 'WITHSCORES')
     if first[2] then head[1] = first[2] end
     if wait_until then
-      redis.call('ZADD', P .. 'w:' .. agent, wait_until, ORIGIN .. '\0' .. ARGV[9] .. '\0' .. want)
+      redis.call('ZADD', P .. 'w:' .. agent, wait_until,
+        ORIGIN .. '\0' .. ARGV[9] .. '\0' .. want .. '\0' .. (ARGV[10] or ''))
     end
   end
   for _, e in ipairs(events) do head[#head + 1] = e end

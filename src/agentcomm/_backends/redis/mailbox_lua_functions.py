@@ -399,7 +399,7 @@ local function deliver(rcp, mine)
   redis.call('ZREMRANGEBYSCORE', wk, '-inf', '(' .. NOW_S)
   for _, reg in ipairs(redis.call('ZRANGE', wk, 0, -1)) do
     redis.call('ZREM', wk, reg)
-    local f = split(reg, 3)
+    local f = split(reg, 4)
     local lease, want = stored_num(f[2]), stored_num(f[3])
     local channel = P .. 'wake:' .. f[1]
     if lease and want and want >= 1 and (f[1] == ORIGIN or subscribed(channel)) then
