@@ -246,3 +246,58 @@ async def test_a_user_who_may_not_use_its_own_channel_still_receives(
             await msg.ack()
     finally:
         raw.acl_deluser(user)
+
+
+async def test_receives_that_time_out_or_are_cancelled_lose_no_message(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    # two hubs, receives of both that time out quickly or are cancelled mid-wait, while two
+    # senders send: every message is acked exactly once, and none is left anywhere
+    import random
+
+    rng = random.Random(1234)
+    url = f"{redis_url}?prefix={prefix}"
+    total = 300
+    acked: list[Any] = []
+    sent: list[str] = []
+    async with agentcomm.connect(url) as one, agentcomm.connect(url) as two:
+        hubs = [one, two]
+        workers = [await hub.agent("worker") for hub in hubs]
+        senders = [await hub.agent(f"sender{i}") for i, hub in enumerate(hubs)]
+        stop = asyncio.Event()
+
+        async def receive(worker: agentcomm.Agent) -> agentcomm.Message | None:
+            # a short lease: a receive cancelled during its claim's round trip leaves what
+            # the claim leased in flight until the lease ends (as on every backend over a
+            # network), and the test waits for that
+            return await worker.receive(timeout=rng.choice([0.01, 0.05]), lease=1.0)
+
+        async def consume(worker: agentcomm.Agent) -> None:
+            while not stop.is_set():
+                task = asyncio.ensure_future(receive(worker))
+                if rng.random() < 0.3:
+                    await asyncio.sleep(rng.random() * 0.02)
+                    task.cancel()
+                got = (await asyncio.gather(task, return_exceptions=True))[0]
+                if isinstance(got, agentcomm.Message):
+                    try:
+                        await got.ack()
+                    except agentcomm.LeaseLost:
+                        continue  # delivered again, acked by whoever has it then
+                    acked.append(got.data)
+
+        async def produce(sender: agentcomm.Agent, first: int) -> None:
+            for i in range(first, total, 2):
+                sent.append(await sender.send("worker", i))
+                if i % 7 == 0:
+                    await asyncio.sleep(0.005)
+
+        consumers = [asyncio.ensure_future(consume(w)) for w in workers for _ in range(3)]
+        await asyncio.gather(*(produce(s, k) for k, s in enumerate(senders)))
+        await until(lambda: len(acked) >= total, "every message acked", timeout=30)
+        stop.set()
+        await asyncio.gather(*consumers)
+        assert sorted(acked) == list(range(total))  # each exactly once
+        stats = await one.mailbox_stats("worker")
+        assert (stats.ready, stats.delayed, stats.in_flight) == (0, 0, 0)
+    assert len(sent) == total

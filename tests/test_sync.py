@@ -378,6 +378,11 @@ async def test_the_explaining_coroutines_still_work_as_coroutines(hub: agentcomm
     await msg.ack()
     both = await asyncio.gather(hub.agent("b"), agent.receive(timeout=0))
     assert both[0].name == "b" and both[1] is None
+    # a task of one has a repr (asyncio's logs and debuggers print it), and is cancellable
+    waiting = asyncio.ensure_future(agent.receive(timeout=WAIT))
+    assert "receive()" in repr(waiting)
+    waiting.cancel()
+    assert isinstance((await asyncio.gather(waiting, return_exceptions=True))[0], BaseException)
 
 
 def test_with_on_the_async_hub_explains() -> None:

@@ -70,7 +70,9 @@ class Pending(Coroutine[Any, Any, _T]):
     if not TYPE_CHECKING:  # at runtime only, so that type checkers flag `receive().data`
 
         def __getattr__(self, name: str) -> Any:
-            if name.startswith(("_", "cr_")):  # asyncio and debuggers look at the coroutine's
+            # asyncio and debuggers probe the coroutine's own attributes (a task's repr asks
+            # `hasattr(coro, "gi_frame")`): theirs, or AttributeError, never AsyncMisuse
+            if name.startswith(("_", "cr_", "gi_", "ag_")):
                 return getattr(self._coro, name)
             self._fail(f"attribute {name!r}")
 
