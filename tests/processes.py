@@ -34,6 +34,23 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     return out
 
 
+def kill_and_read_rest(proc: subprocess.Popen[str], timeout: float = 10) -> str:
+    """SIGKILL `proc` (read with `proc.stdout.readline` so far) and return what it printed
+    that was not read yet.
+
+    Read through the same buffered stream as the lines before: `communicate()` reads the
+    pipe itself and would skip whatever that stream's buffer already holds (a line cut in
+    two, seen as a lost "confirmed" id under load)."""
+    assert proc.stdout is not None
+    proc.kill()
+    proc.wait(timeout)
+    rest = proc.stdout.read()  # the child is gone: its end of the pipe is closed
+    for stream in (proc.stdout, proc.stderr, proc.stdin):
+        if stream is not None:
+            stream.close()
+    return rest
+
+
 def run_file(path: Path, *args: str, stderr: Path) -> subprocess.Popen[bytes]:
     """Run the script at `path` in a fresh interpreter, its stderr to the file `stderr` (a
     pipe nobody reads could fill up and stall a long-running child)."""

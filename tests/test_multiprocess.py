@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import agentcomm
-from processes import finish, spawn
+from processes import finish, kill_and_read_rest, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -134,8 +134,7 @@ async def test_kill_9_of_a_producer_loses_no_confirmed_send(tmp_path: Path) -> N
         proc = spawn(PRODUCER_TO_KILL, url)
         assert proc.stdout is not None
         confirmed = [await asyncio.to_thread(proc.stdout.readline) for _ in range(300)]
-        os.kill(proc.pid, signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=10)
+        rest = kill_and_read_rest(proc)
         confirmed_ids = {c.strip() for c in confirmed + rest.splitlines() if c.strip()}
     async with agentcomm.connect(url) as hub:  # reopen: what was confirmed is on disk
         consumer = await hub.agent("consumer")

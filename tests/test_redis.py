@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +12,7 @@ from uuid import uuid4
 import pytest
 
 import agentcomm
-from processes import finish, spawn
+from processes import finish, kill_and_read_rest, spawn
 from redis_server import BINARY, RedisServer, drop_prefixes
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="redis-server is not installed")
@@ -329,8 +327,7 @@ async def test_restart_with_aof_mid_stream_loses_nothing_acknowledged(server: Re
         await asyncio.sleep(0.3)
         await asyncio.to_thread(server.start)
         confirmed += [await asyncio.to_thread(proc.stdout.readline) for _ in range(300)]
-        os.kill(proc.pid, signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=10)
+        rest = kill_and_read_rest(proc)
         confirmed_ids = {c.strip() for c in confirmed + rest.splitlines() if c.strip()}
         await _until_back(lambda: held.ack())  # the lease survived the restart too
         stored = {held.id}
