@@ -301,3 +301,21 @@ async def test_receives_that_time_out_or_are_cancelled_lose_no_message(
         stats = await one.mailbox_stats("worker")
         assert (stats.ready, stats.delayed, stats.in_flight) == (0, 0, 0)
     assert len(sent) == total
+
+
+async def test_a_delayed_send_wakes_a_waiting_receive_for_its_due_time(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    # nothing to deliver yet, but the waiting receive must learn of the new due time; with a
+    # 60 s re-check it would otherwise sleep through it
+    url = f"{redis_url}?prefix={prefix}&recheck=60"
+    async with agentcomm.connect(url) as sending, agentcomm.connect(url) as receiving:
+        sender, worker = await sending.agent("sender"), await receiving.agent("worker")
+        for hub_sending in (sending, receiving):  # another hub's receive, then the same hub's
+            task = asyncio.ensure_future(worker.receive(timeout=5))
+            await waiting(raw, prefix, "worker")
+            await (await hub_sending.agent("sender")).send("worker", "later", delay=0.3)
+            msg = await task
+            assert msg is not None and msg.data == "later"
+            await msg.ack()
+        assert sender.name == "sender"

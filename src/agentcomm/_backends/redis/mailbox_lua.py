@@ -107,12 +107,20 @@ elseif OP == 'enqueue' then
       end
     end
     save_seq()
-    -- the recipients a hub waits for get their messages now (see `deliver`)
+    -- the recipients a receive waits for get their messages now (see `deliver`); those left
+    -- with nothing ready and no new timer need no wake-up
+    local delayed = {}
+    for _, h in ipairs(headers) do
+      if tonumber(h[5]) > now then delayed[h[3]] = true end
+    end
     local quiet, mine = {}, {}
     for _, rcp in ipairs(recipients) do
       if redis.call('EXISTS', P .. 'w:' .. rcp) == 1 then
         flush()
-        if deliver(rcp, mine) then quiet[#quiet + 1] = rcp end
+        if deliver(rcp, mine) and not delayed[rcp] then
+          untouch(MAIL_CHANNEL .. rcp)
+          quiet[#quiet + 1] = rcp
+        end
       end
     end
     result = {out, quiet, mine}

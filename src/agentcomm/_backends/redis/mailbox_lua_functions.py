@@ -392,8 +392,7 @@ end
 -- whole, with no claim round trip, by pub/sub on its own channel, or in this call's reply
 -- (`mine`) when the hub is the caller. A hub that is no longer subscribed gets nothing (a
 -- crashed hub's registration is dropped); one whose receive left meanwhile hands the messages
--- back (`release`). Returns whether the agent has no ready message left, so waking its
--- waiters would be for nothing.
+-- back (`release`). Returns whether the agent has no ready message left.
 local function deliver(rcp, mine)
   local wk, rk = P .. 'w:' .. rcp, P .. 'r:' .. rcp
   redis.call('ZREMRANGEBYSCORE', wk, '-inf', '(' .. NOW_S)
@@ -422,10 +421,7 @@ local function deliver(rcp, mine)
           redis.call('PUBLISH', channel, '\2' .. payload)
         end
       end
-      if redis.call('EXISTS', rk) == 0 then
-        untouch(MAIL_CHANNEL .. rcp)
-        return true
-      end
+      if redis.call('EXISTS', rk) == 0 then return true end
     end
   end
   return false
