@@ -192,3 +192,33 @@ async def test_a_store_from_a_newer_agentcomm_is_refused(
     with pytest.raises(agentcomm.ConfigurationError, match=f"{message}.*Upgrade agentcomm"):
         async with agentcomm.connect(url):
             pass
+
+
+def test_connections_opening_a_new_file_at_once_all_switch_it_to_wal(tmp_path: Path) -> None:
+    # the switch to WAL can find the file locked without SQLite waiting out the busy timeout
+    # (it failed about one round in twenty here); each connection retries within its timeout
+    import threading
+
+    errors: list[BaseException] = []
+    for round_ in range(80):
+        path = str(tmp_path / f"new-{round_}.db")
+        start = threading.Barrier(6)
+
+        def open_one(path: str = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                conn = schema.connect(path, synchronous="NORMAL", busy_timeout_ms=5000)
+            except sqlite3.Error as exc:
+                errors.append(exc)
+                return
+            try:
+                assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=open_one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []

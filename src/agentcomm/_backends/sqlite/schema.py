@@ -17,6 +17,7 @@ finish times of rows awaiting pruning.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -158,7 +159,7 @@ def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Con
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _wal(conn, busy_timeout_ms / 1000)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         # The writer checkpoints when idle (see writer.py); this only bounds the WAL under
         # sustained load.
@@ -167,6 +168,23 @@ def connect(path: str, *, synchronous: str, busy_timeout_ms: int) -> sqlite3.Con
         conn.close()
         raise
     return conn
+
+
+def _wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL. Processes opening a new file at once can find it locked here without
+    SQLite waiting out the busy timeout (the switch itself takes the lock), so this retries,
+    for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def migrate(conn: sqlite3.Connection, features: Iterable[FeatureSchema]) -> None:
