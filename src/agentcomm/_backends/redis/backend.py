@@ -72,6 +72,9 @@ class RedisBackend(Backend):
     """Implements the backend contract on a Redis server (5.0 or newer; 7.0 or newer runs
     the scripts as Functions libraries, see `scripts.py`)."""
 
+    #: a receive waits in this process, for a message its store delivers (`claim_waiting`)
+    waits_locally = True
+
     def __init__(
         self,
         url: str,
@@ -164,8 +167,6 @@ class RedisBackend(Backend):
             self._pubsub = None
         await self._close_clients(left(1))
         self.notifier.wake_all()  # whoever began to wait meanwhile
-
-    waits_locally = True
 
     async def claim_waiting(
         self,

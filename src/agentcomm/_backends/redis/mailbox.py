@@ -310,13 +310,12 @@ class RedisMailboxes(MailboxStore):
         else given back at once."""
         agent = payload[: payload.index(b"\0")].decode()
         waiters = self._waiters.get(agent)
-        while waiters:
-            waiter = waiters.popleft()
-            if waiter.delivery is None:
-                waiter.delivery = payload
-                waiter.listener.fire()
-                return
-        self._give_back(payload)
+        if not waiters:
+            self._give_back(payload)
+            return
+        waiter = waiters.popleft()  # leaves the queue with its delivery: it gets one only
+        waiter.delivery = payload
+        waiter.listener.fire()
 
     def _give_back(self, payload: bytes) -> None:
         """Release delivered messages no receive took (it left meanwhile), in the background."""
@@ -415,19 +414,17 @@ class RedisMailboxes(MailboxStore):
         waiter = _Waiter(self._scripts.notifier.listen(mail_channel(agent), *also))
         waiters = self._waiters.setdefault(agent, deque())
         waiters.append(waiter)
-        taken = False
+        taken = False  # whether this receive returns the delivery handed to it
         try:
             claimed = await self._claim(agent, max_messages, lease, now, now + wait)
-            if not claimed.messages and waiter.delivery is None:
-                if claimed.next_wake is not None:
-                    wait = min(wait, max(claimed.next_wake - now, 0.0) + 0.001)
-                await waiter.listener.wait(wait)
-            if waiter.delivery is not None and not claimed.messages:
-                claimed = await self._delivered(waiter.delivery, now)
-                taken = True
-            # else: an earlier registration's delivery came as this claim found messages
-            # (given back below), or none came
-            taken = taken or waiter.delivery is None
+            if not claimed.messages:
+                if waiter.delivery is None:
+                    if claimed.next_wake is not None:
+                        wait = min(wait, max(claimed.next_wake - now, 0.0) + 0.001)
+                    await waiter.listener.wait(wait)
+                if waiter.delivery is not None:
+                    claimed = await self._delivered(waiter.delivery, now)
+                    taken = True
             return claimed
         finally:
             waiter.listener.close()
@@ -435,7 +432,9 @@ class RedisMailboxes(MailboxStore):
                 waiters.remove(waiter)
             if not waiters and self._waiters.get(agent) is waiters:
                 del self._waiters[agent]
-            if waiter.delivery is not None and not taken:  # cancelled as it came
+            # cancelled as it came, or it came for an earlier registration as the claim
+            # found messages: back to the mailbox
+            if waiter.delivery is not None and not taken:
                 self._give_back(waiter.delivery)
 
     async def _delivered(self, payload: bytes, now: float) -> Claimed:
